@@ -1,0 +1,89 @@
+//! The `tidegate` command line: `serve`, `bench`, `openapi`, `config`.
+
+use std::path::PathBuf;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use crate::config::{Config, ConfigLayer};
+
+/// Tidegate: HTTP/WebSocket event-streaming gateway on a partitioned RocksDB log.
+#[derive(Debug, Parser)]
+#[command(name = "tidegate", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a gateway node. Every setting can also be given as `TIDEGATE_<NAME>`
+    /// (e.g. TIDEGATE_FSYNC=never) or in the TOML file named by --config.
+    Serve {
+        /// TOML file with settings (flags and environment override it).
+        #[arg(long, env = "TIDEGATE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Settings.
+        #[command(flatten)]
+        settings: ConfigLayer,
+    },
+    /// Load tools: measure a running gateway.
+    #[command(subcommand)]
+    Bench(crate::bench::BenchCommand),
+    /// Print the OpenAPI document (or write it to a file).
+    Openapi {
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
+    /// Print the configuration reference (every setting, its default and meaning).
+    Config {
+        /// Print as a TOML file with every default instead of a Markdown table.
+        #[arg(long)]
+        toml: bool,
+    },
+}
+
+/// Parses the command line, giving every `serve` setting its `TIDEGATE_*` variable.
+pub fn parse() -> Cli {
+    let command = Cli::command().mut_subcommand("serve", |serve| {
+        serve.mut_args(|arg| {
+            let id = arg.get_id().as_str();
+            if id == "config" || id == "help" || id == "version" {
+                arg
+            } else {
+                let env = format!("TIDEGATE_{}", id.to_ascii_uppercase());
+                arg.env(env)
+            }
+        })
+    });
+    let matches = command.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// The configuration reference as a Markdown table.
+pub fn config_reference_markdown() -> String {
+    let mut out =
+        String::from("| setting (TOML) | flag | environment | default | meaning |\n| --- | --- | --- | --- | --- |\n");
+    for s in Config::reference() {
+        out.push_str(&format!(
+            "| `{}` | `--{}` | `TIDEGATE_{}` | `{}` | {} |\n",
+            s.name,
+            s.name.replace('_', "-"),
+            s.name.to_ascii_uppercase(),
+            s.default,
+            s.doc.replace('|', "\\|")
+        ));
+    }
+    out
+}
+
+/// The configuration reference as a commented TOML file of defaults.
+pub fn config_reference_toml() -> String {
+    let mut out = String::new();
+    for s in Config::reference() {
+        out.push_str(&format!("# {}\n{} = {}\n\n", s.doc, s.name, s.default));
+    }
+    out
+}

@@ -1,0 +1,250 @@
+//! Configuration: one typed struct, filled from defaults, a TOML file, `TIDEGATE_*`
+//! environment variables and command-line flags (later ones win), validated at boot.
+//!
+//! Every setting is declared once in the `settings!` list below; the macro generates
+//! the resolved [`Config`], the all-optional [`ConfigLayer`] that a file or the
+//! command line fills, and the reference table printed by `tidegate config`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tidegate_storage::{FsyncPolicy, StoreConfig};
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * 1024;
+
+/// One row of the configuration reference.
+#[derive(Debug, Clone, Serialize)]
+pub struct SettingDoc {
+    /// Name in the TOML file (the flag is `--name-with-dashes`, the variable `TIDEGATE_NAME`).
+    pub name: &'static str,
+    /// What it does.
+    pub doc: String,
+    /// Default value, as TOML would spell it.
+    pub default: String,
+}
+
+macro_rules! settings {
+    ($( $(#[doc = $doc:literal])+ $name:ident : $ty:ty = $default:expr; )+) => {
+        /// Resolved configuration of a gateway node.
+        #[derive(Debug, Clone, PartialEq, Serialize)]
+        pub struct Config {
+            $( $(#[doc = $doc])+ pub $name: $ty, )+
+        }
+
+        impl Default for Config {
+            fn default() -> Self {
+                Self { $( $name: $default, )+ }
+            }
+        }
+
+        /// One source of settings (a TOML file, or flags and environment): every field
+        /// optional, unknown keys refused.
+        #[derive(Debug, Clone, Default, Deserialize, clap::Args)]
+        #[serde(deny_unknown_fields)]
+        pub struct ConfigLayer {
+            $( $(#[doc = $doc])+ #[arg(long)] pub $name: Option<$ty>, )+
+        }
+
+        impl Config {
+            /// Overrides the settings that `layer` sets.
+            pub fn apply(&mut self, layer: ConfigLayer) {
+                $( if let Some(v) = layer.$name { self.$name = v; } )+
+            }
+
+            /// The reference table of every setting, with its default.
+            pub fn reference() -> Vec<SettingDoc> {
+                let d = Config::default();
+                let defaults = toml::Value::try_from(&d).ok();
+                vec![ $( SettingDoc {
+                    name: stringify!($name),
+                    doc: [$($doc),+].iter().map(|l| l.trim()).collect::<Vec<_>>().join(" "),
+                    default: defaults.as_ref().and_then(|t| t.get(stringify!($name))).map(|v| v.to_string()).unwrap_or_default(),
+                }, )+ ]
+            }
+        }
+    };
+}
+
+settings! {
+    /// Address the HTTP server listens on.
+    addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8080));
+    /// Directory for all data (RocksDB lives in `<data_dir>/rocksdb`).
+    data_dir: PathBuf = PathBuf::from("./tidegate-data");
+    /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` overrides it.
+    log: String = "info".to_string();
+    /// Durability of appends: `always` (WAL synced before the acknowledgement), `interval`
+    /// (acknowledged once in the WAL, synced every `fsync_interval_ms`) or `never`.
+    fsync: FsyncPolicy = FsyncPolicy::Always;
+    /// WAL sync period when `fsync = "interval"`.
+    fsync_interval_ms: u64 = 100;
+    /// Appends that may wait for the writer; producers wait when it is full.
+    write_queue_depth: u64 = 4096;
+    /// Most bytes gathered into one group commit (one RocksDB write and sync).
+    max_group_commit_bytes: u64 = 16 * MIB;
+    /// RocksDB block cache shared by all partitions.
+    block_cache_bytes: u64 = 128 * MIB;
+    /// RocksDB memtable budget across all partitions.
+    write_buffer_bytes: u64 = 256 * MIB;
+    /// How often retention runs.
+    retention_check_interval_ms: u64 = 30_000;
+    /// Create an unknown topic on its first event instead of answering 404.
+    auto_create_topics: bool = false;
+    /// Partitions of a topic created without a count (and of auto-created topics).
+    default_partitions: u32 = 6;
+    /// Time retention of new topics that do not set one, in ms; 0 keeps records forever.
+    default_retention_ms: u64 = 7 * 24 * 3600 * 1000;
+    /// Size retention per partition of new topics that do not set one; 0 is unbounded.
+    default_retention_bytes: u64 = 0;
+    /// Largest request body, after decompression (413 above it).
+    max_body_bytes: u64 = 8 * MIB;
+    /// Largest single event (413 above it).
+    max_event_bytes: u64 = MIB;
+    /// Most events in one request (413 above it).
+    max_events_per_request: u64 = 10_000;
+    /// Add the client IP as the `client-ip` header of ingested records.
+    record_client_ip: bool = true;
+    /// Add the `User-Agent` as the `user-agent` header of ingested records.
+    record_user_agent: bool = true;
+    /// Largest `max_records` a read may ask for.
+    max_fetch_records: u64 = 10_000;
+    /// Largest `max_bytes` a read may ask for.
+    max_fetch_bytes: u64 = 16 * MIB;
+    /// Longest `wait_ms` a long-poll read may ask for.
+    max_wait_ms: u64 = 30_000;
+    /// On shutdown, how long in-flight requests get to finish before they are cut.
+    shutdown_timeout_ms: u64 = 30_000;
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The file is not valid TOML or names unknown settings.
+    #[error("invalid config file {path}: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    /// A setting is out of range.
+    #[error("invalid setting {name}: {reason}")]
+    Invalid { name: &'static str, reason: String },
+}
+
+impl Config {
+    /// Defaults, then the TOML file (if any), then `overrides` (flags and environment).
+    pub fn load(file: Option<&std::path::Path>, overrides: ConfigLayer) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        if let Some(path) = file {
+            let text =
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+            let layer: ConfigLayer = toml::from_str(&text)
+                .map_err(|source| ConfigError::Parse { path: path.into(), source: Box::new(source) })?;
+            config.apply(layer);
+        }
+        config.apply(overrides);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges and relations between settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive: [(&'static str, u64); 11] = [
+            ("fsync_interval_ms", self.fsync_interval_ms),
+            ("write_queue_depth", self.write_queue_depth),
+            ("max_group_commit_bytes", self.max_group_commit_bytes),
+            ("retention_check_interval_ms", self.retention_check_interval_ms),
+            ("default_partitions", u64::from(self.default_partitions)),
+            ("max_body_bytes", self.max_body_bytes),
+            ("max_event_bytes", self.max_event_bytes),
+            ("max_events_per_request", self.max_events_per_request),
+            ("max_fetch_records", self.max_fetch_records),
+            ("max_fetch_bytes", self.max_fetch_bytes),
+            ("write_buffer_bytes", self.write_buffer_bytes),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Invalid { name, reason: "must be greater than 0".into() });
+            }
+        }
+        if self.default_partitions > tidegate_storage::MAX_PARTITIONS {
+            return Err(ConfigError::Invalid {
+                name: "default_partitions",
+                reason: format!("at most {}", tidegate_storage::MAX_PARTITIONS),
+            });
+        }
+        if self.max_event_bytes > self.max_body_bytes {
+            return Err(ConfigError::Invalid {
+                name: "max_event_bytes",
+                reason: format!("{} is larger than max_body_bytes ({})", self.max_event_bytes, self.max_body_bytes),
+            });
+        }
+        if self.max_body_bytes > 1024 * MIB {
+            return Err(ConfigError::Invalid { name: "max_body_bytes", reason: "at most 1 GiB".into() });
+        }
+        if self.block_cache_bytes < 64 * KIB {
+            return Err(ConfigError::Invalid { name: "block_cache_bytes", reason: "at least 64 KiB".into() });
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
+            return Err(ConfigError::Invalid { name: "log", reason: format!("{:?} is not a log filter", self.log) });
+        }
+        Ok(())
+    }
+
+    /// The storage layer's part of the settings.
+    pub fn store_config(&self) -> StoreConfig {
+        let mut sc = StoreConfig::new(&self.data_dir);
+        sc.fsync = self.fsync;
+        sc.fsync_interval = Duration::from_millis(self.fsync_interval_ms);
+        sc.write_queue_depth = self.write_queue_depth as usize;
+        sc.max_group_commit_bytes = self.max_group_commit_bytes as usize;
+        sc.retention_check_interval = Duration::from_millis(self.retention_check_interval_ms);
+        sc.block_cache_bytes = self.block_cache_bytes as usize;
+        sc.write_buffer_bytes = self.write_buffer_bytes as usize;
+        sc
+    }
+
+    /// Retention of a new topic that sets none: `None` means unbounded.
+    pub fn default_retention(&self) -> (Option<u64>, Option<u64>) {
+        let nz = |v: u64| (v > 0).then_some(v);
+        (nz(self.default_retention_ms), nz(self.default_retention_bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn later_layers_win_and_unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, "fsync = \"never\"\nmax_event_bytes = 2048\n").unwrap();
+        let flags = ConfigLayer { max_event_bytes: Some(4096), ..Default::default() };
+        let c = Config::load(Some(&path), flags).unwrap();
+        assert_eq!(c.fsync, FsyncPolicy::Never);
+        assert_eq!(c.max_event_bytes, 4096);
+        std::fs::write(&path, "fsink = \"never\"\n").unwrap();
+        let err = Config::load(Some(&path), ConfigLayer::default()).unwrap_err();
+        assert!(err.to_string().contains("fsink"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_settings_are_refused() {
+        let c = Config { max_event_bytes: 10 * MIB, max_body_bytes: MIB, ..Config::default() };
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { name: "max_event_bytes", .. })));
+        let c = Config { write_queue_depth: 0, ..Config::default() };
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { name: "write_queue_depth", .. })));
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn reference_lists_every_setting_with_its_default() {
+        let r = Config::reference();
+        let fsync = r.iter().find(|s| s.name == "fsync").unwrap();
+        assert_eq!(fsync.default, "\"always\"");
+        assert!(r.iter().all(|s| !s.doc.is_empty()));
+        assert!(r.iter().any(|s| s.name == "addr" && s.default == "\"127.0.0.1:8080\""));
+    }
+}

@@ -1,0 +1,218 @@
+//! Every failure the API reports, and its one mapping to RFC 7807
+//! `application/problem+json` with a stable `code`.
+//!
+//! The mapping is an exhaustive match (no catch-all): 4xx for what the client can
+//! fix, 5xx only for server faults. Responses produced outside our handlers (axum's
+//! extractor rejections, unknown routes, wrong methods) are rewritten into the same
+//! shape by [`problem_layer`].
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use tidegate_storage::StorageError;
+use utoipa::ToSchema;
+
+/// Media type of error bodies.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// One bad event of an ingest request.
+#[derive(Debug, Clone, Serialize, ToSchema, PartialEq, Eq)]
+pub struct EventError {
+    /// Index of the event in the request (0-based; line order for NDJSON).
+    pub index: usize,
+    /// Byte position in the (decompressed) body where parsing failed, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<usize>,
+    /// What is wrong with it.
+    pub detail: String,
+}
+
+/// An RFC 7807 problem document.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Problem {
+    /// URI naming the problem type: `urn:tidegate:problem:<code>`.
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    /// Short summary (the HTTP reason phrase).
+    pub title: String,
+    /// HTTP status code.
+    pub status: u16,
+    /// Human-readable explanation of this occurrence.
+    pub detail: String,
+    /// Stable machine-readable code (snake_case).
+    pub code: String,
+    /// Per-event errors of a rejected ingest request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<EventError>>,
+    /// For `offset_out_of_range`: the first readable offset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_offset: Option<u64>,
+    /// For `offset_out_of_range`: the high watermark (next offset to be readable).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_offset: Option<u64>,
+    /// For `*_too_large`: the limit that was exceeded, and the setting that holds it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+    /// Name of the setting behind a limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub setting: Option<String>,
+}
+
+/// Errors of the HTTP layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A storage-layer failure.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// One or more events of an ingest request are invalid; nothing was written.
+    #[error("{} invalid event(s); nothing was written", errors.len())]
+    InvalidEvents { errors: Vec<EventError> },
+    /// A query parameter, header or body field is invalid.
+    #[error("{detail}")]
+    InvalidRequest { code: &'static str, detail: String },
+    /// The body, an event or the event count is over a configured limit.
+    #[error("{detail}")]
+    TooLarge { code: &'static str, detail: String, limit: u64, setting: &'static str, index: Option<usize> },
+    /// The body's media type or encoding is not accepted.
+    #[error("{detail}")]
+    UnsupportedMediaType { detail: String },
+    /// No route or resource at this path.
+    #[error("{detail}")]
+    NotFound { detail: String },
+    /// The server is shutting down.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+impl ApiError {
+    /// Shorthand for an invalid parameter.
+    pub fn invalid(code: &'static str, detail: impl Into<String>) -> Self {
+        ApiError::InvalidRequest { code, detail: detail.into() }
+    }
+
+    /// Builds the problem document and status.
+    pub fn to_problem(&self) -> Problem {
+        use StorageError as S;
+        let (status, code) = match self {
+            ApiError::Storage(e) => match e {
+                S::InvalidTopicName { .. } => (StatusCode::BAD_REQUEST, "invalid_topic_name"),
+                S::InvalidConfig(_) => (StatusCode::BAD_REQUEST, "invalid_topic_config"),
+                S::TopicNotFound(_) => (StatusCode::NOT_FOUND, "topic_not_found"),
+                S::TopicExists(_) => (StatusCode::CONFLICT, "topic_exists"),
+                S::PartitionNotFound { .. } => (StatusCode::NOT_FOUND, "partition_not_found"),
+                S::PartitionCountNotIncreased { .. } => (StatusCode::BAD_REQUEST, "invalid_partition_count"),
+                S::OffsetOutOfRange { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "offset_out_of_range"),
+                S::TopicDeleted(_) => (StatusCode::NOT_FOUND, "topic_deleted"),
+                S::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+                S::Corrupt { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "storage_corrupt"),
+                S::DataDir { .. } | S::Rocks(_) | S::Internal(_) => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "storage_error")
+                }
+            },
+            ApiError::InvalidEvents { .. } => (StatusCode::BAD_REQUEST, "invalid_events"),
+            ApiError::InvalidRequest { code, .. } => (StatusCode::BAD_REQUEST, *code),
+            ApiError::TooLarge { code, .. } => (StatusCode::PAYLOAD_TOO_LARGE, *code),
+            ApiError::UnsupportedMediaType { .. } => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+        };
+        let mut problem = Problem::new(status, code, self.to_string());
+        match self {
+            ApiError::InvalidEvents { errors } => problem.errors = Some(errors.clone()),
+            ApiError::TooLarge { limit, setting, index, .. } => {
+                problem.limit = Some(*limit);
+                problem.setting = Some((*setting).to_string());
+                if let Some(index) = index {
+                    problem.errors = Some(vec![EventError { index: *index, position: None, detail: self.to_string() }]);
+                }
+            }
+            ApiError::Storage(S::OffsetOutOfRange { start, end, .. }) => {
+                problem.start_offset = Some(*start);
+                problem.end_offset = Some(*end);
+            }
+            _ => {}
+        }
+        if status.is_server_error() {
+            tracing::error!(code, error = %self, "request failed");
+        }
+        problem
+    }
+}
+
+impl Problem {
+    /// A problem with no extension fields.
+    pub fn new(status: StatusCode, code: &str, detail: impl Into<String>) -> Problem {
+        Problem {
+            type_uri: format!("urn:tidegate:problem:{code}"),
+            title: status.canonical_reason().unwrap_or("Error").to_string(),
+            status: status.as_u16(),
+            detail: detail.into(),
+            code: code.to_string(),
+            errors: None,
+            start_offset: None,
+            end_offset: None,
+            limit: None,
+            setting: None,
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&self).expect("problem serialises");
+        let mut resp = (status, body).into_response();
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.to_problem().into_response()
+    }
+}
+
+/// Largest body of a non-problem error response that is carried into `detail`.
+const MAX_REWRITTEN_DETAIL: usize = 16 * 1024;
+
+/// Rewrites error responses that did not come from [`ApiError`] (axum rejections,
+/// body-limit and routing errors) into problem+json, keeping their status and text.
+pub async fn problem_layer(resp: Response) -> Response {
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let is_problem = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(PROBLEM_JSON));
+    if is_problem {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, MAX_REWRITTEN_DETAIL).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_string();
+    let (code, detail) = match status {
+        StatusCode::NOT_FOUND => ("not_found", if text.is_empty() { "no such route".to_string() } else { text }),
+        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "method not allowed on this path".to_string()),
+        StatusCode::PAYLOAD_TOO_LARGE => ("body_too_large", text),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", text),
+        StatusCode::BAD_REQUEST => ("invalid_request", text),
+        StatusCode::UNPROCESSABLE_ENTITY => ("invalid_body", text),
+        s if s.is_server_error() => ("internal_error", text),
+        _ => ("client_error", text),
+    };
+    let detail = if detail.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { detail };
+    let mut out = Problem::new(status, code, detail).into_response();
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
+}

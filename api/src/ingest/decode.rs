@@ -1,0 +1,136 @@
+//! Request framing: `Content-Type` to body format, `Content-Encoding` decoding with
+//! a bound on the decompressed size (so a small gzip bomb cannot fill memory).
+
+use std::io::Read;
+
+use bytes::Bytes;
+
+use super::parse::BodyFormat;
+use crate::error::ApiError;
+
+/// Picks the body format from the media type (parameters such as `charset` ignored).
+/// No media type is treated as JSON, since `navigator.sendBeacon` with a string body
+/// sends `text/plain` and some trackers send nothing.
+pub fn body_format(content_type: Option<&str>) -> Result<BodyFormat, ApiError> {
+    let Some(ct) = content_type else { return Ok(BodyFormat::Json) };
+    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match essence.as_str() {
+        "" | "application/json" | "text/plain" | "text/json" => Ok(BodyFormat::Json),
+        "application/x-ndjson"
+        | "application/ndjson"
+        | "application/jsonl"
+        | "application/x-jsonlines"
+        | "application/jsonlines" => Ok(BodyFormat::Ndjson),
+        "application/octet-stream" => Ok(BodyFormat::Binary),
+        e if e.starts_with("application/") && e.ends_with("+json") => Ok(BodyFormat::Json),
+        other => Err(ApiError::UnsupportedMediaType {
+            detail: format!(
+                "content type {other:?} is not accepted; use application/json, text/plain, \
+                 application/x-ndjson or application/octet-stream"
+            ),
+        }),
+    }
+}
+
+/// Undoes `Content-Encoding` (gzip, deflate, br, identity), refusing output larger
+/// than `max_bytes`.
+pub fn decode_body(encoding: Option<&str>, body: Bytes, max_bytes: usize) -> Result<Bytes, ApiError> {
+    let encoding = encoding.map(|e| e.trim().to_ascii_lowercase()).unwrap_or_default();
+    let reader: Box<dyn Read + '_> = match encoding.as_str() {
+        "" | "identity" => return Ok(body),
+        "gzip" | "x-gzip" => Box::new(flate2::read::MultiGzDecoder::new(&body[..])),
+        // HTTP's "deflate" is zlib-wrapped; some clients send raw deflate instead.
+        "deflate" if looks_like_zlib(&body) => Box::new(flate2::read::ZlibDecoder::new(&body[..])),
+        "deflate" => Box::new(flate2::read::DeflateDecoder::new(&body[..])),
+        "br" => Box::new(brotli::Decompressor::new(&body[..], 64 * 1024)),
+        other => {
+            return Err(ApiError::UnsupportedMediaType {
+                detail: format!("content encoding {other:?} is not accepted; use gzip, deflate, br or identity"),
+            });
+        }
+    };
+    let mut out = Vec::with_capacity((body.len() * 4).min(max_bytes));
+    let read = reader.take(max_bytes as u64 + 1).read_to_end(&mut out);
+    if let Err(e) = read {
+        return Err(ApiError::invalid("invalid_encoding", format!("body is not valid {encoding}: {e}")));
+    }
+    if out.len() > max_bytes {
+        return Err(body_too_large(max_bytes));
+    }
+    Ok(Bytes::from(out))
+}
+
+/// The 413 for a body over `max_body_bytes`.
+pub fn body_too_large(max_bytes: usize) -> ApiError {
+    ApiError::TooLarge {
+        code: "body_too_large",
+        detail: format!("the request body is larger than {max_bytes} bytes (after decompression)"),
+        limit: max_bytes as u64,
+        setting: "max_body_bytes",
+        index: None,
+    }
+}
+
+fn looks_like_zlib(b: &[u8]) -> bool {
+    b.len() >= 2 && b[0] & 0x0f == 8 && (u16::from(b[0]) << 8 | u16::from(b[1])) % 31 == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn every_encoding_round_trips() {
+        let data = b"[{\"a\":1}]".repeat(50);
+        let g = decode_body(Some("gzip"), Bytes::from(gzip(&data)), 1 << 20).unwrap();
+        assert_eq!(&g[..], &data[..]);
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        z.write_all(&data).unwrap();
+        let d = decode_body(Some("deflate"), Bytes::from(z.finish().unwrap()), 1 << 20).unwrap();
+        assert_eq!(&d[..], &data[..]);
+        let mut raw = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        raw.write_all(&data).unwrap();
+        let d = decode_body(Some("deflate"), Bytes::from(raw.finish().unwrap()), 1 << 20).unwrap();
+        assert_eq!(&d[..], &data[..]);
+        let mut br = Vec::new();
+        brotli::CompressorWriter::new(&mut br, 4096, 5, 22).write_all(&data).unwrap();
+        let b = decode_body(Some("br"), Bytes::from(br), 1 << 20).unwrap();
+        assert_eq!(&b[..], &data[..]);
+    }
+
+    #[test]
+    fn bombs_bad_data_and_unknown_encodings_are_refused() {
+        let bomb = gzip(&vec![b' '; 10 << 20]);
+        assert!(bomb.len() < 64 << 10);
+        assert!(matches!(
+            decode_body(Some("gzip"), Bytes::from(bomb), 1 << 20),
+            Err(ApiError::TooLarge { code: "body_too_large", .. })
+        ));
+        assert!(matches!(
+            decode_body(Some("gzip"), Bytes::from_static(b"not gzip"), 1 << 20),
+            Err(ApiError::InvalidRequest { code: "invalid_encoding", .. })
+        ));
+        assert!(matches!(
+            decode_body(Some("zstd"), Bytes::from_static(b"x"), 10),
+            Err(ApiError::UnsupportedMediaType { .. })
+        ));
+    }
+
+    #[test]
+    fn media_types_map_to_formats() {
+        assert_eq!(body_format(None).unwrap(), BodyFormat::Json);
+        assert_eq!(body_format(Some("text/plain;charset=UTF-8")).unwrap(), BodyFormat::Json);
+        assert_eq!(body_format(Some("application/vnd.x+json")).unwrap(), BodyFormat::Json);
+        assert_eq!(body_format(Some("application/x-ndjson")).unwrap(), BodyFormat::Ndjson);
+        assert_eq!(body_format(Some("application/octet-stream")).unwrap(), BodyFormat::Binary);
+        assert!(body_format(Some("application/xml")).is_err());
+        assert!(body_format(Some("multipart/form-data; boundary=x")).is_err());
+    }
+}

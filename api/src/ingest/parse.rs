@@ -1,0 +1,422 @@
+//! Parsing ingest bodies into events, without copying the event text.
+//!
+//! Accepted forms: one JSON value; a JSON array of values; NDJSON (one value per
+//! line); the envelope `{"records":[{"value", "key"?, "partition"?, "headers"?,
+//! "timestamp"?}]}` (Confluent REST Proxy v2's produce shape); and one binary event
+//! (`application/octet-stream`). Every event is validated before any is written:
+//! errors name the event's index and, for syntax errors, the byte position.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde::de::{SeqAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::error::{ApiError, EventError};
+
+/// Most per-event errors listed in one problem document.
+pub const MAX_LISTED_ERRORS: usize = 100;
+
+/// How the body is framed (from `Content-Type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFormat {
+    /// One JSON value, a JSON array, the envelope, or (if it has several top-level
+    /// values) NDJSON. `application/json`, `text/plain` (sendBeacon), none.
+    Json,
+    /// One JSON value per line: `application/x-ndjson`, `application/jsonl`.
+    Ndjson,
+    /// The whole body is one binary event: `application/octet-stream`.
+    Binary,
+}
+
+/// Limits applied while parsing.
+#[derive(Debug, Clone, Copy)]
+pub struct ParseLimits {
+    /// Largest event value in bytes.
+    pub max_event_bytes: usize,
+    /// Most events per request.
+    pub max_events: usize,
+}
+
+/// One event of a request, borrowing from the body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedEvent<'a> {
+    /// The value: JSON text exactly as sent, or binary bytes.
+    pub value: &'a [u8],
+    /// Whether `value` is JSON.
+    pub json: bool,
+    /// Record key, if the envelope gave one.
+    pub key: Option<Cow<'a, [u8]>>,
+    /// Explicit partition, if the envelope gave one.
+    pub partition: Option<u32>,
+    /// Record headers from the envelope.
+    pub headers: Vec<(String, String)>,
+    /// Producer timestamp (ms since the epoch), if given.
+    pub timestamp: Option<i64>,
+}
+
+impl<'a> ParsedEvent<'a> {
+    fn json(value: &'a RawValue) -> Self {
+        ParsedEvent {
+            value: value.get().as_bytes(),
+            json: true,
+            key: None,
+            partition: None,
+            headers: Vec::new(),
+            timestamp: None,
+        }
+    }
+}
+
+/// Parses a (decompressed) body into events. Fails without side effects.
+pub fn parse_body<'a>(
+    body: &'a [u8],
+    format: BodyFormat,
+    limits: ParseLimits,
+) -> Result<Vec<ParsedEvent<'a>>, ApiError> {
+    let events = match format {
+        BodyFormat::Binary => {
+            if body.is_empty() {
+                return Err(no_events());
+            }
+            vec![ParsedEvent { json: false, ..ParsedEvent::json(empty_raw()) }.with_value(body)]
+        }
+        BodyFormat::Ndjson => parse_ndjson(body)?,
+        BodyFormat::Json => parse_json(body)?,
+    };
+    check_limits(&events, limits)?;
+    Ok(events)
+}
+
+impl<'a> ParsedEvent<'a> {
+    fn with_value(mut self, value: &'a [u8]) -> Self {
+        self.value = value;
+        self
+    }
+}
+
+fn empty_raw() -> &'static RawValue {
+    serde_json::from_str::<&RawValue>("null").expect("null is JSON")
+}
+
+fn no_events() -> ApiError {
+    ApiError::invalid("no_events", "the body holds no events")
+}
+
+fn check_limits(events: &[ParsedEvent<'_>], limits: ParseLimits) -> Result<(), ApiError> {
+    if events.is_empty() {
+        return Err(no_events());
+    }
+    if events.len() > limits.max_events {
+        return Err(ApiError::TooLarge {
+            code: "too_many_events",
+            detail: format!("{} events in one request; the limit is {}", events.len(), limits.max_events),
+            limit: limits.max_events as u64,
+            setting: "max_events_per_request",
+            index: None,
+        });
+    }
+    if let Some((index, e)) = events.iter().enumerate().find(|(_, e)| e.value.len() > limits.max_event_bytes) {
+        return Err(ApiError::TooLarge {
+            code: "event_too_large",
+            detail: format!("event {index} is {} bytes; the limit is {}", e.value.len(), limits.max_event_bytes),
+            limit: limits.max_event_bytes as u64,
+            setting: "max_event_bytes",
+            index: Some(index),
+        });
+    }
+    Ok(())
+}
+
+/// Byte offset of serde_json's 1-based line/column in `body`.
+fn byte_position(body: &[u8], line: usize, column: usize) -> usize {
+    let line_start = if line <= 1 {
+        0
+    } else {
+        body.iter().enumerate().filter(|(_, b)| **b == b'\n').nth(line - 2).map_or(body.len(), |(i, _)| i + 1)
+    };
+    (line_start + column.saturating_sub(1)).min(body.len())
+}
+
+fn syntax_error(body: &[u8], base: usize, index: usize, e: &serde_json::Error) -> EventError {
+    EventError {
+        index,
+        position: Some(base + byte_position(body, e.line(), e.column())),
+        detail: format!("malformed JSON: {e}"),
+    }
+}
+
+fn offset_in(body: &[u8], part: &str) -> usize {
+    (part.as_ptr() as usize).saturating_sub(body.as_ptr() as usize)
+}
+
+fn first_byte(body: &[u8]) -> Option<u8> {
+    body.iter().copied().find(|b| !b.is_ascii_whitespace())
+}
+
+fn parse_json(body: &[u8]) -> Result<Vec<ParsedEvent<'_>>, ApiError> {
+    match first_byte(body) {
+        None => Err(no_events()),
+        Some(b'[') => parse_array(body),
+        Some(_) => {
+            let mut de = serde_json::Deserializer::from_slice(body);
+            let single = <&RawValue>::deserialize(&mut de).and_then(|v| de.end().map(|()| v));
+            match single {
+                Ok(value) => match as_envelope(body, value)? {
+                    Some(events) => Ok(events),
+                    None => Ok(vec![ParsedEvent::json(value)]),
+                },
+                Err(e) if e.is_syntax() && looks_like_ndjson(body) => parse_ndjson(body),
+                Err(e) => Err(ApiError::InvalidEvents { errors: vec![syntax_error(body, 0, 0, &e)] }),
+            }
+        }
+    }
+}
+
+/// A body with a complete JSON value on its first line and more after it.
+fn looks_like_ndjson(body: &[u8]) -> bool {
+    let first_line = body.split(|b| *b == b'\n').find(|l| l.iter().any(|b| !b.is_ascii_whitespace()));
+    first_line.is_some_and(|l| serde_json::from_slice::<&RawValue>(l).is_ok())
+}
+
+/// Collects a JSON array's elements, counting them so a syntax error can name
+/// the failing element.
+struct ArrayVisitor<'a, 'b> {
+    out: &'b mut Vec<&'a RawValue>,
+}
+
+impl<'de, 'b> Visitor<'de> for ArrayVisitor<'de, 'b> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON array of events")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(v) = seq.next_element::<&'de RawValue>()? {
+            self.out.push(v);
+        }
+        Ok(())
+    }
+}
+
+fn raw_array(base: usize, text: &[u8]) -> Result<Vec<&RawValue>, ApiError> {
+    let mut out = Vec::new();
+    let mut de = serde_json::Deserializer::from_slice(text);
+    let result = serde::Deserializer::deserialize_seq(&mut de, ArrayVisitor { out: &mut out }).and_then(|()| de.end());
+    match result {
+        Ok(()) => Ok(out),
+        Err(e) => Err(ApiError::InvalidEvents { errors: vec![syntax_error(text, base, out.len(), &e)] }),
+    }
+}
+
+fn parse_array(body: &[u8]) -> Result<Vec<ParsedEvent<'_>>, ApiError> {
+    Ok(raw_array(0, body)?.into_iter().map(ParsedEvent::json).collect())
+}
+
+fn parse_ndjson(body: &[u8]) -> Result<Vec<ParsedEvent<'_>>, ApiError> {
+    let mut events = Vec::new();
+    let mut errors = Vec::new();
+    let mut line_start = 0;
+    for line in body.split(|b| *b == b'\n') {
+        let start = line_start;
+        line_start += line.len() + 1;
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(|b| b.is_ascii_whitespace()) {
+            continue;
+        }
+        let index = events.len() + errors.len();
+        match serde_json::from_slice::<&RawValue>(line) {
+            Ok(v) => events.push(ParsedEvent::json(v)),
+            Err(e) => {
+                if errors.len() < MAX_LISTED_ERRORS {
+                    errors.push(EventError {
+                        index,
+                        position: Some(start + e.column().saturating_sub(1).min(line.len())),
+                        detail: format!("malformed JSON: {e}"),
+                    });
+                } else {
+                    break;
+                }
+            }
+        }
+    }
+    if errors.is_empty() { Ok(events) } else { Err(ApiError::InvalidEvents { errors }) }
+}
+
+/// One record of the envelope form.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvelopeRecord<'a> {
+    #[serde(borrow)]
+    value: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    key: Option<&'a RawValue>,
+    #[serde(default)]
+    partition: Option<u32>,
+    #[serde(default)]
+    headers: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    timestamp: Option<i64>,
+}
+
+/// If `value` is an object whose only key is `records` holding an array, parses it
+/// as the envelope; otherwise returns `None` (it is a plain event).
+fn as_envelope<'a>(body: &'a [u8], value: &'a RawValue) -> Result<Option<Vec<ParsedEvent<'a>>>, ApiError> {
+    let text = value.get();
+    if !text.starts_with('{') {
+        return Ok(None);
+    }
+    let Ok(map) = serde_json::from_str::<BTreeMap<Cow<'a, str>, &'a RawValue>>(text) else { return Ok(None) };
+    let records = match (map.len(), map.get("records")) {
+        (1, Some(r)) if r.get().starts_with('[') => *r,
+        _ => return Ok(None),
+    };
+    let base = offset_in(body, records.get());
+    let raws = raw_array(base, records.get().as_bytes())?;
+    let mut events = Vec::with_capacity(raws.len());
+    let mut errors = Vec::new();
+    for (index, raw) in raws.into_iter().enumerate() {
+        let position = Some(offset_in(body, raw.get()));
+        let bad = |detail: String| EventError { index, position, detail };
+        let rec: EnvelopeRecord<'a> = match serde_json::from_str(raw.get()) {
+            Ok(r) => r,
+            Err(e) => {
+                errors.push(bad(format!("invalid record: {e}")));
+                continue;
+            }
+        };
+        let Some(value) = rec.value else {
+            errors.push(bad("record has no \"value\" (null is not an event)".into()));
+            continue;
+        };
+        let key = match rec.key {
+            None => None,
+            Some(k) if k.get().starts_with('"') => match serde_json::from_str::<Cow<'a, str>>(k.get()) {
+                Ok(Cow::Borrowed(s)) => Some(Cow::Borrowed(s.as_bytes())),
+                Ok(Cow::Owned(s)) => Some(Cow::Owned(s.into_bytes())),
+                Err(e) => {
+                    errors.push(bad(format!("invalid key: {e}")));
+                    continue;
+                }
+            },
+            Some(k) => Some(Cow::Borrowed(k.get().as_bytes())),
+        };
+        if rec.timestamp.is_some_and(|t| t < 0) {
+            errors.push(bad("timestamp must be milliseconds since the Unix epoch (>= 0)".into()));
+            continue;
+        }
+        events.push(ParsedEvent {
+            value: value.get().as_bytes(),
+            json: true,
+            key,
+            partition: rec.partition,
+            headers: rec.headers.unwrap_or_default().into_iter().collect(),
+            timestamp: rec.timestamp,
+        });
+    }
+    if errors.is_empty() {
+        Ok(Some(events))
+    } else {
+        errors.truncate(MAX_LISTED_ERRORS);
+        Err(ApiError::InvalidEvents { errors })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: ParseLimits = ParseLimits { max_event_bytes: 1000, max_events: 10 };
+
+    fn values(events: &[ParsedEvent<'_>]) -> Vec<String> {
+        events.iter().map(|e| String::from_utf8_lossy(e.value).into_owned()).collect()
+    }
+
+    fn errors(r: Result<Vec<ParsedEvent<'_>>, ApiError>) -> Vec<EventError> {
+        match r {
+            Err(ApiError::InvalidEvents { errors }) => errors,
+            other => panic!("expected invalid events, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn single_array_and_ndjson_forms() {
+        let one = parse_body(br#" {"a": 1} "#, BodyFormat::Json, LIMITS).unwrap();
+        assert_eq!(values(&one), vec![r#"{"a": 1}"#]);
+        let arr = parse_body(br#"[{"a":1}, 2, "x"]"#, BodyFormat::Json, LIMITS).unwrap();
+        assert_eq!(values(&arr), vec![r#"{"a":1}"#, "2", "\"x\""]);
+        let nd = parse_body(b"{\"a\":1}\n\n{\"b\":2}\r\n", BodyFormat::Ndjson, LIMITS).unwrap();
+        assert_eq!(values(&nd), vec![r#"{"a":1}"#, r#"{"b":2}"#]);
+        // NDJSON sent as application/json or text/plain is recognised too.
+        let nd = parse_body(b"{\"a\":1}\n{\"b\":2}", BodyFormat::Json, LIMITS).unwrap();
+        assert_eq!(nd.len(), 2);
+        // A pretty-printed single object is one event, not NDJSON.
+        let pretty = parse_body(b"{\n  \"a\": 1\n}\n", BodyFormat::Json, LIMITS).unwrap();
+        assert_eq!(pretty.len(), 1);
+    }
+
+    #[test]
+    fn envelope_form_carries_key_partition_headers_timestamp() {
+        let body = br#"{"records":[{"value":{"x":1},"key":"u1","partition":2,"headers":{"h":"v"},"timestamp":5},{"value":[1]}]}"#;
+        let ev = parse_body(body, BodyFormat::Json, LIMITS).unwrap();
+        assert_eq!(ev.len(), 2);
+        assert_eq!(ev[0].value, br#"{"x":1}"#);
+        assert_eq!(ev[0].key.as_deref(), Some(&b"u1"[..]));
+        assert_eq!(ev[0].partition, Some(2));
+        assert_eq!(ev[0].headers, vec![("h".to_string(), "v".to_string())]);
+        assert_eq!(ev[0].timestamp, Some(5));
+        assert_eq!(ev[1].key, None);
+        // An object with `records` and other keys is a plain event.
+        let plain = parse_body(br#"{"records":[1],"other":true}"#, BodyFormat::Json, LIMITS).unwrap();
+        assert_eq!(plain.len(), 1);
+        assert!(plain[0].value.starts_with(b"{\"records\""));
+    }
+
+    #[test]
+    fn envelope_errors_name_each_bad_record() {
+        let body = br#"{"records":[{"value":1},{"key":"k"},{"value":2,"bogus":1}]}"#;
+        let errs = errors(parse_body(body, BodyFormat::Json, LIMITS));
+        assert_eq!(errs.iter().map(|e| e.index).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(errs[1].detail.contains("bogus"), "{}", errs[1].detail);
+        let record_1 = body.windows(6).position(|w| w == br#"{"key""#).unwrap();
+        assert_eq!(errs[0].position, Some(record_1), "position points at the record");
+    }
+
+    #[test]
+    fn syntax_errors_give_index_and_byte_position() {
+        let body = b"[{\"a\":1},\n {\"b\":}]";
+        let errs = errors(parse_body(body, BodyFormat::Json, LIMITS));
+        assert_eq!(errs[0].index, 1);
+        let pos = errs[0].position.unwrap();
+        assert_eq!(body[pos], b'}', "position {pos} points at {:?}", body[pos] as char);
+        let nd = b"{\"a\":1}\n{\"b\" 2}\n{\"c\":3}\n{oops}";
+        let errs = errors(parse_body(nd, BodyFormat::Ndjson, LIMITS));
+        assert_eq!(errs.iter().map(|e| e.index).collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(nd[errs[0].position.unwrap()], b'2');
+        let errs = errors(parse_body(b"{\"a\":", BodyFormat::Json, LIMITS));
+        assert_eq!(errs[0].index, 0);
+    }
+
+    #[test]
+    fn limits_and_empty_bodies() {
+        let big = format!("[\"{}\"]", "x".repeat(2000));
+        assert!(matches!(
+            parse_body(big.as_bytes(), BodyFormat::Json, LIMITS),
+            Err(ApiError::TooLarge { code: "event_too_large", index: Some(0), .. })
+        ));
+        let many = format!("[{}]", ["1"; 11].join(","));
+        assert!(matches!(
+            parse_body(many.as_bytes(), BodyFormat::Json, LIMITS),
+            Err(ApiError::TooLarge { code: "too_many_events", .. })
+        ));
+        for empty in [&b""[..], b"  ", b"[]"] {
+            assert!(matches!(
+                parse_body(empty, BodyFormat::Json, LIMITS),
+                Err(ApiError::InvalidRequest { code: "no_events", .. })
+            ));
+        }
+        let bin = parse_body(b"\x00\xff", BodyFormat::Binary, LIMITS).unwrap();
+        assert!(!bin[0].json);
+        assert_eq!(bin[0].value, b"\x00\xff");
+    }
+}

@@ -1,0 +1,25 @@
+//! Tidegate: an HTTP/WebSocket event-streaming gateway on a partitioned RocksDB log.
+//!
+//! Map of the crate (the only one that speaks HTTP):
+//! - [`server`]: [`serve`] runs a node on a listener until a shutdown future resolves.
+//! - [`routes`]: the axum router and the OpenAPI document generated from it.
+//! - [`ingest`]: body decoding, parsing and Kafka-compatible partitioning.
+//! - [`render`]: JSON rendering of records.
+//! - [`error`]: the API error type and its problem+json mapping.
+//! - [`config`]: settings from TOML, `TIDEGATE_*` variables and flags.
+//! - [`metrics`]: Prometheus recorder and HTTP middleware.
+//! - [`cli`]: the `tidegate` command line; [`bench`]: the load tool.
+
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod ingest;
+pub mod metrics;
+pub mod render;
+pub mod routes;
+pub mod server;
+pub mod state;
+
+pub use config::{Config, ConfigLayer};
+pub use server::{ServeError, serve, shutdown_signal};

@@ -1,0 +1,86 @@
+//! `tidegate` binary: parses the command line and wires signals; everything else
+//! lives in the library.
+
+use std::process::ExitCode;
+
+use tidegate::cli::{self, Command};
+use tidegate::config::Config;
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn main() -> ExitCode {
+    let cli = cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Serve { config, settings } => {
+            let config = match Config::load(config.as_deref(), settings) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_tracing(&config.log);
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::bind(config.addr).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(addr = %config.addr, error = %e, "cannot listen");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                match tidegate::serve(config, listener, tidegate::shutdown_signal()).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        tracing::error!(error = %e, "stopped with an error");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+        Command::Bench(cmd) => {
+            init_tracing("warn");
+            match runtime.block_on(tidegate::bench::run(cmd)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Openapi { write } => {
+            let doc = tidegate::routes::openapi_json();
+            match write {
+                Some(path) => match std::fs::write(&path, doc) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("error: cannot write {}: {e}", path.display());
+                        ExitCode::FAILURE
+                    }
+                },
+                None => {
+                    print!("{doc}");
+                    ExitCode::SUCCESS
+                }
+            }
+        }
+        Command::Config { toml } => {
+            if toml {
+                print!("{}", cli::config_reference_toml());
+            } else {
+                print!("{}", cli::config_reference_markdown());
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}

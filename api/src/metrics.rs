@@ -1,0 +1,123 @@
+//! Prometheus metrics: the process-wide recorder, the per-route HTTP middleware,
+//! and gauges computed at scrape time (storage sizes and offsets, process memory).
+//!
+//! Counters and histograms go through the `metrics` facade. Gauges that describe
+//! current state are rendered from the store on each scrape instead, so a deleted
+//! topic's series disappear with it.
+
+use std::fmt::Write;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tidegate_storage::Store;
+
+/// Histogram buckets for latencies, in seconds.
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// Buckets for requests per group commit.
+const COUNT_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process-wide Prometheus handle. The recorder is installed on first use; every
+/// server in the process (tests run several) shares it.
+pub fn handle() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_requests".into()), COUNT_BUCKETS))
+                .expect("bucket lists are not empty");
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics shows only scrape-time gauges");
+            }
+            handle
+        })
+        .clone()
+}
+
+/// Middleware: counts requests and records latency by route template, method and status.
+pub async fn track(req: Request, next: Next) -> Response {
+    let route =
+        req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = req.method().as_str().to_string();
+    let began = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    let labels = [("route", route), ("method", method), ("status", status)];
+    metrics::counter!("tidegate_http_requests_total", &labels).increment(1);
+    metrics::histogram!("tidegate_http_request_duration_seconds", &labels).record(began.elapsed().as_secs_f64());
+    resp
+}
+
+/// Resident memory of this process, from `/proc/self/statm` (Linux).
+pub fn resident_memory_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+fn escape(label: &str) -> String {
+    label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// The full exposition: facade metrics plus scrape-time gauges.
+pub fn render(store: &Store) -> String {
+    let mut out = handle().render();
+    let topics = store.topics();
+    let _ = writeln!(out, "# HELP tidegate_partition_end_offset Next offset to be written, per partition.");
+    let _ = writeln!(out, "# TYPE tidegate_partition_end_offset gauge");
+    for t in &topics {
+        for p in t.partitions() {
+            let s = p.stats();
+            let _ = writeln!(
+                out,
+                "tidegate_partition_end_offset{{topic=\"{}\",partition=\"{}\"}} {}",
+                escape(&t.name),
+                s.partition,
+                s.end_offset
+            );
+        }
+    }
+    let _ = writeln!(out, "# HELP tidegate_partition_start_offset First stored offset, per partition.");
+    let _ = writeln!(out, "# TYPE tidegate_partition_start_offset gauge");
+    for t in &topics {
+        for p in t.partitions() {
+            let s = p.stats();
+            let _ = writeln!(
+                out,
+                "tidegate_partition_start_offset{{topic=\"{}\",partition=\"{}\"}} {}",
+                escape(&t.name),
+                s.partition,
+                s.start_offset
+            );
+        }
+    }
+    let _ = writeln!(out, "# HELP tidegate_topic_bytes Bytes of stored batches, per topic.");
+    let _ = writeln!(out, "# TYPE tidegate_topic_bytes gauge");
+    for t in &topics {
+        let bytes: u64 = t.partitions().iter().map(|p| p.stats().bytes).sum();
+        let _ = writeln!(out, "tidegate_topic_bytes{{topic=\"{}\"}} {bytes}", escape(&t.name));
+    }
+    let _ = writeln!(
+        out,
+        "# HELP tidegate_storage_disk_bytes Bytes RocksDB holds for all partitions (SST files and memtables)."
+    );
+    let _ = writeln!(out, "# TYPE tidegate_storage_disk_bytes gauge");
+    let _ = writeln!(out, "tidegate_storage_disk_bytes {}", store.disk_bytes());
+    let _ = writeln!(out, "# HELP tidegate_topics Number of topics.");
+    let _ = writeln!(out, "# TYPE tidegate_topics gauge");
+    let _ = writeln!(out, "tidegate_topics {}", topics.len());
+    if let Some(rss) = resident_memory_bytes() {
+        let _ = writeln!(out, "# HELP process_resident_memory_bytes Resident memory size in bytes.");
+        let _ = writeln!(out, "# TYPE process_resident_memory_bytes gauge");
+        let _ = writeln!(out, "process_resident_memory_bytes {rss}");
+    }
+    out
+}

@@ -1,0 +1,48 @@
+//! Health, readiness and metrics endpoints for orchestrators and Prometheus.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::error::Problem;
+use crate::state::SharedState;
+
+/// Health or readiness answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Status {
+    /// `ok`, or `unavailable` while starting or shutting down.
+    pub status: &'static str,
+}
+
+/// Liveness: 200 while the process serves HTTP.
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "Alive", body = Status)))]
+pub async fn healthz() -> Json<Status> {
+    Json(Status { status: "ok" })
+}
+
+/// Readiness: 200 when the node takes traffic, 503 while starting or shutting down.
+#[utoipa::path(get, path = "/readyz", tag = "ops", responses(
+    (status = 200, description = "Ready", body = Status),
+    (status = 503, description = "Not ready", body = Problem, content_type = "application/problem+json"),
+))]
+pub async fn readyz(State(state): State<SharedState>) -> axum::response::Response {
+    if state.is_ready() {
+        Json(Status { status: "ok" }).into_response()
+    } else {
+        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the node is starting or shutting down")
+            .into_response()
+    }
+}
+
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses(
+    (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain; version=0.0.4"),
+))]
+pub async fn metrics(State(state): State<SharedState>) -> impl IntoResponse {
+    let store = state.store.clone();
+    let body = tokio::task::spawn_blocking(move || crate::metrics::render(&store)).await.unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
+}

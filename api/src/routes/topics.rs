@@ -1,0 +1,243 @@
+//! Topic admin: create, list, describe, alter retention, add partitions, delete.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::IntoResponse;
+use serde::{Deserialize, Deserializer, Serialize};
+use tidegate_storage::{TopicConfig, TopicConfigPatch, TopicInfo};
+use utoipa::ToSchema;
+
+use crate::error::{ApiError, Problem};
+use crate::state::SharedState;
+
+/// Body of `POST /v1/topics`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTopic {
+    /// Topic name: `[A-Za-z0-9._-]{1,249}`.
+    pub name: String,
+    /// Number of partitions (default: the `default_partitions` setting).
+    pub partitions: Option<u32>,
+    /// Time retention in ms; `null` keeps records forever (default: `default_retention_ms`).
+    #[serde(default, deserialize_with = "some")]
+    #[schema(value_type = Option<u64>, nullable)]
+    pub retention_ms: Option<Option<u64>>,
+    /// Size retention per partition in bytes; `null` is unbounded (default: `default_retention_bytes`).
+    #[serde(default, deserialize_with = "some")]
+    #[schema(value_type = Option<u64>, nullable)]
+    pub retention_bytes: Option<Option<u64>>,
+    /// Copies of each partition. A single node holds one.
+    pub replication_factor: Option<u16>,
+}
+
+/// Body of `PATCH /v1/topics/{topic}`: fields left out are unchanged, `null` removes a limit.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AlterTopic {
+    /// New time retention in ms, or `null` for none.
+    #[serde(default, deserialize_with = "some")]
+    #[schema(value_type = Option<u64>, nullable)]
+    pub retention_ms: Option<Option<u64>>,
+    /// New size retention per partition in bytes, or `null` for none.
+    #[serde(default, deserialize_with = "some")]
+    #[schema(value_type = Option<u64>, nullable)]
+    pub retention_bytes: Option<Option<u64>>,
+}
+
+/// Body of `POST /v1/topics/{topic}/partitions`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddPartitions {
+    /// The new total number of partitions (must be larger than the current one).
+    pub count: u32,
+}
+
+/// Distinguishes a field set to `null` from a field left out.
+fn some<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// One partition of a topic description.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PartitionDescription {
+    /// Partition index.
+    pub partition: u32,
+    /// First offset still stored.
+    pub start_offset: u64,
+    /// Next offset to be written.
+    pub end_offset: u64,
+    /// Offsets below this are readable.
+    pub high_watermark: u64,
+    /// Bytes of stored batches (what retention measures).
+    pub bytes: u64,
+    /// Bytes RocksDB holds for the partition (SST files and memtables).
+    pub disk_bytes: u64,
+    /// Leader epoch of the partition.
+    pub leader_epoch: u32,
+}
+
+/// A topic with its settings and per-partition offsets.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TopicDescription {
+    /// Topic name.
+    pub name: String,
+    /// Number of partitions.
+    pub partition_count: u32,
+    /// Copies of each partition.
+    pub replication_factor: u16,
+    /// Time retention in ms (`null`: none).
+    pub retention_ms: Option<u64>,
+    /// Size retention per partition (`null`: none).
+    pub retention_bytes: Option<u64>,
+    /// Creation time, ms since the epoch.
+    pub created_ms: i64,
+    /// Records currently stored, over all partitions.
+    pub records: u64,
+    /// Bytes of stored batches, over all partitions.
+    pub bytes: u64,
+    /// Per-partition offsets and sizes.
+    pub partitions: Vec<PartitionDescription>,
+}
+
+/// `GET /v1/topics` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TopicList {
+    /// Every topic, sorted by name.
+    pub topics: Vec<TopicDescription>,
+}
+
+fn describe(state: &SharedState, info: TopicInfo) -> TopicDescription {
+    let topic = state.store.topic(&info.name).ok();
+    let partitions: Vec<PartitionDescription> = info
+        .partitions
+        .iter()
+        .map(|p| PartitionDescription {
+            partition: p.partition,
+            start_offset: p.start_offset,
+            end_offset: p.end_offset,
+            high_watermark: p.high_watermark,
+            bytes: p.bytes,
+            disk_bytes: topic
+                .as_ref()
+                .and_then(|t| t.partition(p.partition).ok())
+                .map_or(0, |part| state.store.partition_disk_bytes(&part)),
+            leader_epoch: p.leader_epoch,
+        })
+        .collect();
+    TopicDescription {
+        name: info.name,
+        partition_count: info.config.partitions,
+        replication_factor: 1,
+        retention_ms: info.config.retention_ms,
+        retention_bytes: info.config.retention_bytes,
+        created_ms: info.created_ms,
+        records: partitions.iter().map(|p| p.end_offset - p.start_offset).sum(),
+        bytes: partitions.iter().map(|p| p.bytes).sum(),
+        partitions,
+    }
+}
+
+/// Create a topic.
+#[utoipa::path(post, path = "/v1/topics", tag = "topics", request_body = CreateTopic,
+    responses(
+        (status = 201, description = "Created", body = TopicDescription),
+        (status = 400, description = "Invalid name or settings", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A topic by that name exists", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Body has unknown or mistyped fields", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create_topic(
+    State(state): State<SharedState>,
+    Json(body): Json<CreateTopic>,
+) -> Result<impl IntoResponse, ApiError> {
+    if let Some(rf) = body.replication_factor.filter(|rf| *rf != 1) {
+        return Err(ApiError::invalid(
+            "invalid_replication_factor",
+            format!("replication_factor {rf} needs a cluster of {rf} nodes; this node runs alone, so it must be 1"),
+        ));
+    }
+    let (default_ms, default_bytes) = state.config.default_retention();
+    let config = TopicConfig {
+        partitions: body.partitions.unwrap_or(state.config.default_partitions),
+        retention_ms: body.retention_ms.unwrap_or(default_ms),
+        retention_bytes: body.retention_bytes.unwrap_or(default_bytes),
+    };
+    let info = state.store.create_topic(&body.name, config).await?;
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/topics/{}", info.name)) {
+        headers.insert(header::LOCATION, v);
+    }
+    Ok((StatusCode::CREATED, headers, Json(describe(&state, info))))
+}
+
+/// List topics.
+#[utoipa::path(get, path = "/v1/topics", tag = "topics",
+    responses((status = 200, description = "Every topic", body = TopicList)))]
+pub async fn list_topics(State(state): State<SharedState>) -> Json<TopicList> {
+    let topics = state.store.topics().into_iter().map(|t| describe(&state, t.info())).collect();
+    Json(TopicList { topics })
+}
+
+/// Describe a topic: settings and per-partition offsets and sizes.
+#[utoipa::path(get, path = "/v1/topics/{topic}", tag = "topics",
+    params(("topic" = String, Path, description = "Topic name")),
+    responses(
+        (status = 200, description = "The topic", body = TopicDescription),
+        (status = 404, description = "No such topic", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn describe_topic(
+    State(state): State<SharedState>,
+    Path(topic): Path<String>,
+) -> Result<Json<TopicDescription>, ApiError> {
+    let info = state.store.topic(&topic)?.info();
+    Ok(Json(describe(&state, info)))
+}
+
+/// Change a topic's retention.
+#[utoipa::path(patch, path = "/v1/topics/{topic}", tag = "topics", request_body = AlterTopic,
+    params(("topic" = String, Path, description = "Topic name")),
+    responses(
+        (status = 200, description = "The updated topic", body = TopicDescription),
+        (status = 400, description = "Invalid settings", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such topic", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Body has unknown or mistyped fields", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn alter_topic(
+    State(state): State<SharedState>,
+    Path(topic): Path<String>,
+    Json(body): Json<AlterTopic>,
+) -> Result<Json<TopicDescription>, ApiError> {
+    let patch = TopicConfigPatch { retention_ms: body.retention_ms, retention_bytes: body.retention_bytes };
+    let info = state.store.alter_topic(&topic, patch).await?;
+    Ok(Json(describe(&state, info)))
+}
+
+/// Grow a topic to `count` partitions. Keys may map to other partitions afterwards, as in Kafka.
+#[utoipa::path(post, path = "/v1/topics/{topic}/partitions", tag = "topics", request_body = AddPartitions,
+    params(("topic" = String, Path, description = "Topic name")),
+    responses(
+        (status = 200, description = "The grown topic", body = TopicDescription),
+        (status = 400, description = "Count not larger than the current one, or too large", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such topic", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn add_partitions(
+    State(state): State<SharedState>,
+    Path(topic): Path<String>,
+    Json(body): Json<AddPartitions>,
+) -> Result<Json<TopicDescription>, ApiError> {
+    let info = state.store.add_partitions(&topic, body.count).await?;
+    Ok(Json(describe(&state, info)))
+}
+
+/// Delete a topic and all its records.
+#[utoipa::path(delete, path = "/v1/topics/{topic}", tag = "topics",
+    params(("topic" = String, Path, description = "Topic name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such topic", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn delete_topic(State(state): State<SharedState>, Path(topic): Path<String>) -> Result<StatusCode, ApiError> {
+    state.store.delete_topic(&topic).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,107 @@
+//! Running a node: open the store, serve HTTP, shut down in order.
+//!
+//! Shutdown order: stop accepting connections and mark the node not ready; let
+//! in-flight requests finish (long-polls return at once; appends are acknowledged or
+//! failed, never dropped) for at most `shutdown_timeout_ms`; then drain the writer
+//! queue, sync the WAL and flush RocksDB.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tidegate_storage::Store;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::state::AppState;
+
+/// Why a node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The store could not be opened or closed cleanly.
+    #[error("storage: {0}")]
+    Storage(#[from] tidegate_storage::StorageError),
+    /// The HTTP server failed.
+    #[error("http server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves the gateway on `listener` until `shutdown` completes, then shuts down in
+/// order. Returns once the store is closed.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let store_config = config.store_config();
+    let store = tokio::task::spawn_blocking(move || Store::open(store_config))
+        .await
+        .map_err(|e| tidegate_storage::StorageError::Internal(e.to_string()))??;
+    let grace = Duration::from_millis(config.shutdown_timeout_ms);
+    let state = AppState::new(config, store.clone());
+    crate::metrics::handle();
+    let upkeep = tokio::spawn(async {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            crate::metrics::handle().run_upkeep();
+        }
+    });
+    let app = crate::routes::router(state.clone());
+    state.ready.store(true, Ordering::Release);
+    tracing::info!(addr = %listener.local_addr()?, "tidegate listening");
+
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal_state = state.clone();
+    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections, finishing in-flight requests");
+            signal_state.ready.store(false, Ordering::Release);
+            signal_state.store.begin_shutdown();
+            let _ = stopping_tx.send(());
+        },
+    );
+    let served = tokio::select! {
+        r = server => r,
+        () = async {
+            if stopping_rx.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => {
+            tracing::warn!(grace_ms = grace.as_millis() as u64, "in-flight requests did not finish in time; closing anyway");
+            Ok(())
+        }
+    };
+    upkeep.abort();
+    let closed = store.close().await;
+    tracing::info!("store closed");
+    served?;
+    closed?;
+    Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,55 @@
+//! Shared state of one gateway node: a cheap handle cloned into every request.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tidegate_storage::{StorageError, Store, Topic, TopicConfig};
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::ingest::partitioner::Spreader;
+
+/// Everything a handler needs. Held behind an `Arc`; no locks of its own.
+#[derive(Debug)]
+pub struct AppState {
+    /// Resolved settings.
+    pub config: Config,
+    /// The log.
+    pub store: Store,
+    /// Round-robin source for keyless events.
+    pub spreader: Spreader,
+    /// False until start-up is done and again once shutdown begins (`/readyz`).
+    pub ready: AtomicBool,
+}
+
+/// The handle handlers receive.
+pub type SharedState = Arc<AppState>;
+
+impl AppState {
+    /// New state around an open store.
+    pub fn new(config: Config, store: Store) -> SharedState {
+        Arc::new(AppState { config, store, spreader: Spreader::default(), ready: AtomicBool::new(false) })
+    }
+
+    /// Whether the node takes traffic.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.store.is_closing()
+    }
+
+    /// A topic for ingest: created with the defaults when it is unknown and
+    /// `auto_create_topics` is on.
+    pub async fn topic_for_ingest(&self, name: &str) -> Result<Arc<Topic>, ApiError> {
+        match self.store.topic(name) {
+            Ok(t) => Ok(t),
+            Err(StorageError::TopicNotFound(_)) if self.config.auto_create_topics => {
+                let (retention_ms, retention_bytes) = self.config.default_retention();
+                let config = TopicConfig { partitions: self.config.default_partitions, retention_ms, retention_bytes };
+                match self.store.create_topic(name, config).await {
+                    Ok(_) | Err(StorageError::TopicExists(_)) => Ok(self.store.topic(name)?),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! Tidegate's storage layer: a Kafka-style partitioned log on RocksDB.
+//!
+//! Map of the crate:
+//! - [`store`]: opening, recovery, topic admin, appends ([`Store`]).
+//! - [`writer`]: the single writer thread (group commit, fsync policy, offsets).
+//! - [`read`]: ranged reads, long-poll fetches, timestamp lookup.
+//! - [`retention`]: background retention and interval WAL sync.
+//! - [`batch`]: the binary batch format stored under each RocksDB key.
+//! - [`partition`], [`topic`], [`config`], [`error`]: state, metadata, settings, errors.
+//!
+//! Guarantees: offsets in a partition are dense, start at 0, and are never reused;
+//! an append is atomic across partitions and acknowledged only after the fsync policy
+//! is met; readers see only records below the high watermark; nothing here knows HTTP.
+
+pub mod batch;
+pub mod config;
+pub mod error;
+pub mod partition;
+pub mod read;
+pub mod retention;
+pub mod store;
+pub mod topic;
+mod writer;
+
+pub use batch::{BatchBuilder, EncodedBatch, Record};
+pub use config::{FsyncPolicy, StoreConfig};
+pub use error::{Result, StorageError};
+pub use partition::{PartitionLog, PartitionStats};
+pub use read::{ReadLimits, ReadResult, TimestampOffset};
+pub use store::{Store, Topic, TopicInfo};
+pub use topic::{MAX_PARTITIONS, TopicConfig, TopicConfigPatch, validate_topic_name};

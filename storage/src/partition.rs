@@ -1,0 +1,131 @@
+//! Live state of one partition: offsets, size and the high-watermark notifier.
+//!
+//! Invariants: `start <= high_watermark <= end`. `end` and `bytes` change only on
+//! the writer thread (appends and retention); readers load them atomically. On a
+//! single node the writer moves the high watermark to `end` once the group commit
+//! meets the fsync policy, so readers never see data that was not acknowledged-able.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+
+use tokio::sync::watch;
+
+/// One partition's log state. Shared by the writer, readers and retention.
+#[derive(Debug)]
+pub struct PartitionLog {
+    /// Topic name (for errors and metrics).
+    pub topic: String,
+    /// Partition index within the topic.
+    pub index: u32,
+    /// Column family holding this partition's batches.
+    pub(crate) cf: String,
+    pub(crate) start: AtomicU64,
+    pub(crate) end: AtomicU64,
+    pub(crate) bytes: AtomicU64,
+    pub(crate) running_max_ts: AtomicI64,
+    pub(crate) leader_epoch: AtomicU32,
+    pub(crate) deleted: AtomicBool,
+    /// High watermark: readers see offsets below it; changes wake long-polls.
+    pub(crate) hw: watch::Sender<u64>,
+}
+
+/// A snapshot of a partition's offsets and size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionStats {
+    /// Partition index.
+    pub partition: u32,
+    /// First offset still stored (moves forward with retention).
+    pub start_offset: u64,
+    /// Next offset to be written.
+    pub end_offset: u64,
+    /// Offsets below this are readable (equals `end_offset` on one node).
+    pub high_watermark: u64,
+    /// Bytes of stored batches (the size retention measures).
+    pub bytes: u64,
+    /// Leader epoch stamped on new batches.
+    pub leader_epoch: u32,
+}
+
+impl PartitionLog {
+    pub(crate) fn new(
+        topic: &str,
+        index: u32,
+        cf: String,
+        start: u64,
+        end: u64,
+        bytes: u64,
+        running_max_ts: i64,
+    ) -> Self {
+        debug_assert!(start <= end);
+        Self {
+            topic: topic.to_string(),
+            index,
+            cf,
+            start: AtomicU64::new(start),
+            end: AtomicU64::new(end),
+            bytes: AtomicU64::new(bytes),
+            running_max_ts: AtomicI64::new(running_max_ts),
+            leader_epoch: AtomicU32::new(0),
+            deleted: AtomicBool::new(false),
+            hw: watch::Sender::new(end),
+        }
+    }
+
+    /// First stored offset.
+    pub fn start_offset(&self) -> u64 {
+        self.start.load(Ordering::Acquire)
+    }
+    /// Next offset to be written.
+    pub fn end_offset(&self) -> u64 {
+        self.end.load(Ordering::Acquire)
+    }
+    /// Offsets below this are visible to readers.
+    pub fn high_watermark(&self) -> u64 {
+        *self.hw.borrow()
+    }
+    /// Whether the partition's topic has been deleted.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    /// A receiver that changes whenever the high watermark moves (or the topic goes).
+    pub fn watch_high_watermark(&self) -> watch::Receiver<u64> {
+        self.hw.subscribe()
+    }
+
+    /// Current offsets and size.
+    pub fn stats(&self) -> PartitionStats {
+        PartitionStats {
+            partition: self.index,
+            start_offset: self.start_offset(),
+            end_offset: self.end_offset(),
+            high_watermark: self.high_watermark(),
+            bytes: self.bytes.load(Ordering::Acquire),
+            leader_epoch: self.leader_epoch.load(Ordering::Acquire),
+        }
+    }
+
+    /// Persisted part of the state: start offset and byte count (16 bytes).
+    pub(crate) fn encode_state(start: u64, bytes: u64) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&start.to_be_bytes());
+        out[8..].copy_from_slice(&bytes.to_be_bytes());
+        out
+    }
+
+    pub(crate) fn decode_state(raw: &[u8]) -> Option<(u64, u64)> {
+        let raw: &[u8; 16] = raw.try_into().ok()?;
+        let start = u64::from_be_bytes(raw[..8].try_into().ok()?);
+        let bytes = u64::from_be_bytes(raw[8..].try_into().ok()?);
+        Some((start, bytes))
+    }
+}
+
+/// Meta-CF key of a partition's persisted state.
+pub(crate) fn state_key(cf: &str) -> Vec<u8> {
+    format!("pstate/{cf}").into_bytes()
+}
+
+/// Column family name of a partition: `p/{topic}/{incarnation}/{partition}`.
+pub(crate) fn cf_name(topic: &str, topic_id: u64, partition: u32) -> String {
+    format!("p/{topic}/{topic_id}/{partition}")
+}

@@ -1,0 +1,134 @@
+//! Background upkeep: retention by time and size, and the WAL sync for
+//! `fsync = interval`.
+//!
+//! Retention deletes whole batches from the start of a partition: a batch goes when
+//! its newest record is older than `retention_ms`, or while the partition is larger
+//! than `retention_bytes`. It never deletes at or above the high watermark. The cut
+//! itself (range delete plus the new start offset) is made by the writer thread, so
+//! it is atomic and ordered with appends.
+
+use std::sync::Weak;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::batch::{key_offset, offset_key, read_header};
+use crate::config::FsyncPolicy;
+use crate::error::{Result, StorageError};
+use crate::partition::PartitionLog;
+use crate::store::{Inner, Store, now_ms};
+
+/// Starts the upkeep thread. It holds only a weak reference to the store and stops
+/// when `stop` is dropped or the store is gone.
+pub(crate) fn spawn(
+    store: Weak<Inner>,
+    stop: Receiver<()>,
+    retention_every: Duration,
+    fsync: FsyncPolicy,
+    fsync_every: Duration,
+) -> Result<JoinHandle<()>> {
+    let tick = if fsync == FsyncPolicy::Interval { fsync_every.min(retention_every) } else { retention_every };
+    std::thread::Builder::new()
+        .name("tidegate-upkeep".into())
+        .spawn(move || {
+            let mut last_retention = Instant::now();
+            loop {
+                match stop.recv_timeout(tick) {
+                    Err(RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
+                let Some(inner) = store.upgrade() else { return };
+                let store = Store { inner };
+                if fsync == FsyncPolicy::Interval {
+                    let began = Instant::now();
+                    if let Err(e) = store.inner.db.flush_wal(true) {
+                        tracing::error!(error = %e, "interval WAL sync failed");
+                    }
+                    metrics::histogram!("tidegate_storage_fsync_seconds").record(began.elapsed().as_secs_f64());
+                }
+                if last_retention.elapsed() >= retention_every {
+                    last_retention = Instant::now();
+                    store.apply_retention_all();
+                }
+            }
+        })
+        .map_err(|e| StorageError::Internal(format!("spawn upkeep thread: {e}")))
+}
+
+impl Store {
+    /// Applies every topic's retention now (the background thread calls this on its
+    /// period). Blocking. Returns the number of records deleted.
+    pub fn apply_retention_all(&self) -> u64 {
+        let mut deleted = 0;
+        for topic in self.topics() {
+            let config = topic.config();
+            if config.retention_ms.is_none() && config.retention_bytes.is_none() {
+                continue;
+            }
+            for part in topic.partitions() {
+                match self.apply_retention(&part, config.retention_ms, config.retention_bytes) {
+                    Ok(n) => deleted += n,
+                    Err(e) => {
+                        tracing::warn!(topic = %topic.name, partition = part.index, error = %e, "retention failed")
+                    }
+                }
+            }
+        }
+        if deleted > 0 {
+            metrics::counter!("tidegate_retention_deleted_records_total").increment(deleted);
+        }
+        deleted
+    }
+
+    /// Async form of [`Store::apply_retention_all`].
+    pub async fn apply_retention_now(&self) -> Result<u64> {
+        self.blocking(|s| Ok(s.apply_retention_all())).await
+    }
+
+    fn apply_retention(
+        &self,
+        part: &std::sync::Arc<PartitionLog>,
+        retention_ms: Option<u64>,
+        retention_bytes: Option<u64>,
+    ) -> Result<u64> {
+        let db = &self.inner.db;
+        let Some(cf) = db.cf_handle(&part.cf) else { return Ok(0) };
+        let start = part.start_offset();
+        let hw = part.high_watermark();
+        let stats = part.stats();
+        let cutoff = retention_ms.map(|ms| now_ms().saturating_sub(ms.min(i64::MAX as u64) as i64));
+        let mut remaining = stats.bytes;
+        let mut cut = start;
+        let mut removed = 0u64;
+        let mut it = db.raw_iterator_cf(&cf);
+        it.seek(offset_key(start));
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let base = key_offset(k, &part.cf)?;
+            let header =
+                read_header(v).map_err(|reason| StorageError::Corrupt { cf: part.cf.clone(), offset: base, reason })?;
+            let next = base + u64::from(header.count);
+            if next > hw {
+                break;
+            }
+            let expired = cutoff.is_some_and(|c| header.max_ts < c);
+            let oversize = retention_bytes.is_some_and(|limit| remaining > limit);
+            if !expired && !oversize {
+                break;
+            }
+            remaining = remaining.saturating_sub(v.len() as u64);
+            removed += v.len() as u64;
+            cut = next;
+            it.next();
+        }
+        it.status()?;
+        drop(it);
+        if cut <= start {
+            return Ok(0);
+        }
+        self.truncate_blocking(part.clone(), cut, removed)?;
+        // Reclaim the space of the deleted range now rather than at some later compaction.
+        db.compact_range_cf(&cf, None::<&[u8]>, Some(&offset_key(cut)[..]));
+        tracing::debug!(topic = %part.topic, partition = part.index, from = start, to = cut, "retention deleted records");
+        Ok(cut - start)
+    }
+}

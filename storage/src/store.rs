@@ -1,0 +1,551 @@
+//! The store: opens RocksDB, recovers topics and partitions, and is the handle every
+//! other layer uses for topic admin, appends and reads.
+//!
+//! Column families: `meta` (topics, per-partition start offset and size, id counter)
+//! and one per partition (`p/{topic}/{incarnation}/{partition}`). The incarnation id
+//! makes a re-created topic start on fresh column families.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBWithThreadMode, MultiThreaded, Options};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::batch::{EncodedBatch, key_offset, verify};
+use crate::config::{FsyncPolicy, StoreConfig};
+use crate::error::{Result, StorageError};
+use crate::partition::{PartitionLog, PartitionStats, cf_name, state_key};
+use crate::topic::{TopicConfig, TopicConfigPatch, TopicMeta, validate_topic_name};
+use crate::writer::{Writer, WriterCmd};
+
+pub(crate) type Db = DBWithThreadMode<MultiThreaded>;
+pub(crate) const META_CF: &str = "meta";
+const NEXT_ID_KEY: &[u8] = b"next_topic_id";
+const TOPIC_PREFIX: &str = "topic/";
+
+/// A topic and its partitions.
+#[derive(Debug)]
+pub struct Topic {
+    /// Topic name.
+    pub name: String,
+    pub(crate) id: u64,
+    /// Creation time, ms since the Unix epoch.
+    pub created_ms: i64,
+    pub(crate) config: RwLock<TopicConfig>,
+    pub(crate) partitions: RwLock<Vec<Arc<PartitionLog>>>,
+}
+
+impl Topic {
+    /// Current settings.
+    pub fn config(&self) -> TopicConfig {
+        self.config.read().expect("topic config lock").clone()
+    }
+    /// Current number of partitions.
+    pub fn partition_count(&self) -> u32 {
+        self.partitions.read().expect("partitions lock").len() as u32
+    }
+    /// One partition, or `PartitionNotFound`.
+    pub fn partition(&self, index: u32) -> Result<Arc<PartitionLog>> {
+        let parts = self.partitions.read().expect("partitions lock");
+        parts.get(index as usize).cloned().ok_or_else(|| StorageError::PartitionNotFound {
+            topic: self.name.clone(),
+            partition: index,
+            count: parts.len() as u32,
+        })
+    }
+    /// All partitions, in index order.
+    pub fn partitions(&self) -> Vec<Arc<PartitionLog>> {
+        self.partitions.read().expect("partitions lock").clone()
+    }
+    /// A description with per-partition offsets and sizes.
+    pub fn info(&self) -> TopicInfo {
+        TopicInfo {
+            name: self.name.clone(),
+            created_ms: self.created_ms,
+            config: self.config(),
+            partitions: self.partitions().iter().map(|p| p.stats()).collect(),
+        }
+    }
+}
+
+/// A topic's description.
+#[derive(Debug, Clone)]
+pub struct TopicInfo {
+    pub name: String,
+    pub created_ms: i64,
+    pub config: TopicConfig,
+    pub partitions: Vec<PartitionStats>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) db: Arc<Db>,
+    pub(crate) config: StoreConfig,
+    pub(crate) topics: RwLock<HashMap<String, Arc<Topic>>>,
+    /// Serialises admin operations (create, delete, grow, alter).
+    admin: Mutex<()>,
+    writer: mpsc::Sender<WriterCmd>,
+    /// Flipped on shutdown: wakes long-polls.
+    pub(crate) closing: watch::Sender<bool>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Block cache shared by every partition's column family.
+    cache: Cache,
+    /// Dropping it stops the background threads.
+    stop_background: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+}
+
+/// Cheap, cloneable handle to the log. All methods are safe to call from any thread;
+/// the async ones never block the async runtime (RocksDB work runs on blocking threads).
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("data_dir", &self.inner.config.data_dir).finish()
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Memtable size of one partition: a quarter of the total budget, within 4..64 MiB.
+fn per_cf_buffer(config: &StoreConfig) -> usize {
+    (config.write_buffer_bytes / 4).clamp(4 << 20, 64 << 20)
+}
+
+fn cf_options(cache: &Cache, write_buffer: usize) -> Options {
+    let mut opts = Options::default();
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    table.set_block_size(32 << 10);
+    opts.set_block_based_table_factory(&table);
+    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    opts.set_write_buffer_size(write_buffer);
+    opts
+}
+
+impl Store {
+    /// Opens (or creates) the store in `config.data_dir`, recovering every topic's
+    /// offsets from disk, and starts the writer and background threads. Blocking.
+    pub fn open(config: StoreConfig) -> Result<Store> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|source| StorageError::DataDir { path: config.data_dir.clone(), source })?;
+        let path = config.data_dir.join("rocksdb");
+        let cache = Cache::new_lru_cache(config.block_cache_bytes);
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.set_db_write_buffer_size(config.write_buffer_bytes);
+        db_opts.set_max_total_wal_size((config.write_buffer_bytes as u64) * 2);
+        db_opts.set_max_background_jobs(2);
+        db_opts.set_keep_log_file_num(3);
+        db_opts.set_bytes_per_sync(1 << 20);
+        let existing = if path.join("CURRENT").exists() { Db::list_cf(&db_opts, &path)? } else { Vec::new() };
+        let mut names: Vec<String> = existing;
+        for required in ["default", META_CF] {
+            if !names.iter().any(|n| n == required) {
+                names.push(required.to_string());
+            }
+        }
+        let descriptors = names
+            .iter()
+            .map(|n| ColumnFamilyDescriptor::new(n, cf_options(&cache, per_cf_buffer(&config))))
+            .collect::<Vec<_>>();
+        let db = Arc::new(Db::open_cf_descriptors(&db_opts, &path, descriptors)?);
+        let topics = recover(&db, &names)?;
+        tracing::info!(path = %path.display(), topics = topics.len(), "store opened");
+
+        let (tx, rx) = mpsc::channel(config.write_queue_depth.max(1));
+        let writer =
+            Writer { db: db.clone(), fsync: config.fsync, max_group_commit_bytes: config.max_group_commit_bytes };
+        let mut threads = Vec::new();
+        threads.push(
+            std::thread::Builder::new()
+                .name("tidegate-writer".into())
+                .spawn(move || writer.run(rx))
+                .map_err(|e| StorageError::Internal(format!("spawn writer: {e}")))?,
+        );
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let store = Store {
+            inner: Arc::new(Inner {
+                db,
+                config: config.clone(),
+                topics: RwLock::new(topics),
+                admin: Mutex::new(()),
+                writer: tx,
+                closing: watch::Sender::new(false),
+                threads: Mutex::new(Vec::new()),
+                cache,
+                stop_background: Mutex::new(Some(stop_tx)),
+            }),
+        };
+        threads.push(crate::retention::spawn(
+            store.downgrade(),
+            stop_rx,
+            config.retention_check_interval,
+            config.fsync,
+            config.fsync_interval,
+        )?);
+        *store.inner.threads.lock().expect("threads lock") = threads;
+        Ok(store)
+    }
+
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<Inner> {
+        Arc::downgrade(&self.inner)
+    }
+
+    /// The fsync policy in force.
+    pub fn fsync_policy(&self) -> FsyncPolicy {
+        self.inner.config.fsync
+    }
+
+    /// A topic by name.
+    pub fn topic(&self, name: &str) -> Result<Arc<Topic>> {
+        self.inner
+            .topics
+            .read()
+            .expect("topics lock")
+            .get(name)
+            .cloned()
+            .ok_or_else(|| StorageError::TopicNotFound(name.to_string()))
+    }
+
+    /// Every topic, sorted by name.
+    pub fn topics(&self) -> Vec<Arc<Topic>> {
+        let mut all: Vec<_> = self.inner.topics.read().expect("topics lock").values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Runs blocking store work on tokio's blocking pool.
+    pub(crate) async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| StorageError::Internal(format!("blocking task failed: {e}")))?
+    }
+
+    /// Creates a topic with its partitions' column families. Durable when it returns.
+    pub async fn create_topic(&self, name: &str, config: TopicConfig) -> Result<TopicInfo> {
+        let name = name.to_string();
+        self.blocking(move |s| s.create_topic_sync(&name, config)).await
+    }
+
+    fn create_topic_sync(&self, name: &str, config: TopicConfig) -> Result<TopicInfo> {
+        validate_topic_name(name)?;
+        config.validate()?;
+        let _admin = self.inner.admin.lock().expect("admin lock");
+        if self.inner.topics.read().expect("topics lock").contains_key(name) {
+            return Err(StorageError::TopicExists(name.to_string()));
+        }
+        let db = &self.inner.db;
+        let meta = self.meta_cf()?;
+        let id = match db.get_cf(&meta, NEXT_ID_KEY)? {
+            Some(raw) => u64::from_be_bytes(raw.as_slice().try_into().unwrap_or([0; 8])),
+            None => 1,
+        };
+        // Column families first, metadata last: a crash in between leaves orphan
+        // column families, which the next start-up drops.
+        let mut parts = Vec::with_capacity(config.partitions as usize);
+        for p in 0..config.partitions {
+            let cf = cf_name(name, id, p);
+            self.create_cf(&cf)?;
+            parts.push(Arc::new(PartitionLog::new(name, p, cf, 0, 0, 0, i64::MIN)));
+        }
+        let topic_meta = TopicMeta { name: name.to_string(), id, created_ms: now_ms(), config: config.clone() };
+        let mut wb = rocksdb::WriteBatch::default();
+        wb.put_cf(&meta, NEXT_ID_KEY, (id + 1).to_be_bytes());
+        wb.put_cf(&meta, topic_key(name), serde_json::to_vec(&topic_meta).expect("topic meta serialises"));
+        self.write_meta(wb)?;
+        let topic = Arc::new(Topic {
+            name: name.to_string(),
+            id,
+            created_ms: topic_meta.created_ms,
+            config: RwLock::new(config),
+            partitions: RwLock::new(parts),
+        });
+        self.inner.topics.write().expect("topics lock").insert(name.to_string(), topic.clone());
+        tracing::info!(topic = name, partitions = topic.partition_count(), "topic created");
+        Ok(topic.info())
+    }
+
+    fn meta_cf(&self) -> Result<Arc<rocksdb::BoundColumnFamily<'_>>> {
+        self.inner.db.cf_handle(META_CF).ok_or_else(|| StorageError::Internal("meta column family missing".into()))
+    }
+
+    fn create_cf(&self, cf: &str) -> Result<()> {
+        let opts = cf_options(&self.inner.cache, per_cf_buffer(&self.inner.config));
+        self.inner.db.create_cf(cf, &opts)?;
+        Ok(())
+    }
+
+    fn write_meta(&self, wb: rocksdb::WriteBatch) -> Result<()> {
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(true);
+        self.inner.db.write_opt(wb, &opts)?;
+        Ok(())
+    }
+
+    /// Deletes a topic: its metadata first, then its column families. Appends still
+    /// queued for it fail with `TopicDeleted`; nothing is half-written.
+    pub async fn delete_topic(&self, name: &str) -> Result<()> {
+        let name = name.to_string();
+        let parts = self
+            .blocking(move |s| {
+                let _admin = s.inner.admin.lock().expect("admin lock");
+                let topic = s.topic(&name)?;
+                let meta = s.meta_cf()?;
+                let mut wb = rocksdb::WriteBatch::default();
+                wb.delete_cf(&meta, topic_key(&name));
+                for p in topic.partitions() {
+                    wb.delete_cf(&meta, state_key(&p.cf));
+                }
+                s.write_meta(wb)?;
+                s.inner.topics.write().expect("topics lock").remove(&name);
+                tracing::info!(topic = %name, "topic deleted");
+                Ok(topic.partitions())
+            })
+            .await?;
+        let (reply, rx) = oneshot::channel();
+        self.send(WriterCmd::Drop { parts, reply }).await?;
+        rx.await.map_err(|_| StorageError::ShuttingDown)?
+    }
+
+    /// Grows a topic to `count` partitions. Existing partitions are untouched.
+    pub async fn add_partitions(&self, name: &str, count: u32) -> Result<TopicInfo> {
+        let name = name.to_string();
+        self.blocking(move |s| {
+            let _admin = s.inner.admin.lock().expect("admin lock");
+            let topic = s.topic(&name)?;
+            let current = topic.partition_count();
+            let mut config = topic.config();
+            if count <= current {
+                return Err(StorageError::PartitionCountNotIncreased { topic: name, current, requested: count });
+            }
+            config.partitions = count;
+            config.validate()?;
+            let mut added = Vec::new();
+            for p in current..count {
+                let cf = cf_name(&name, topic.id, p);
+                s.create_cf(&cf)?;
+                added.push(Arc::new(PartitionLog::new(&name, p, cf, 0, 0, 0, i64::MIN)));
+            }
+            s.persist_topic(&topic, &config)?;
+            topic.partitions.write().expect("partitions lock").extend(added);
+            *topic.config.write().expect("topic config lock") = config;
+            Ok(topic.info())
+        })
+        .await
+    }
+
+    /// Changes a topic's retention settings. Retention applies them on its next run.
+    pub async fn alter_topic(&self, name: &str, patch: TopicConfigPatch) -> Result<TopicInfo> {
+        let name = name.to_string();
+        self.blocking(move |s| {
+            let _admin = s.inner.admin.lock().expect("admin lock");
+            let topic = s.topic(&name)?;
+            let config = topic.config().patched(&patch);
+            config.validate()?;
+            s.persist_topic(&topic, &config)?;
+            *topic.config.write().expect("topic config lock") = config;
+            Ok(topic.info())
+        })
+        .await
+    }
+
+    fn persist_topic(&self, topic: &Topic, config: &TopicConfig) -> Result<()> {
+        let meta = self.meta_cf()?;
+        let topic_meta =
+            TopicMeta { name: topic.name.clone(), id: topic.id, created_ms: topic.created_ms, config: config.clone() };
+        let mut wb = rocksdb::WriteBatch::default();
+        wb.put_cf(&meta, topic_key(&topic.name), serde_json::to_vec(&topic_meta).expect("topic meta serialises"));
+        self.write_meta(wb)
+    }
+
+    pub(crate) async fn send(&self, cmd: WriterCmd) -> Result<()> {
+        self.inner.writer.send(cmd).await.map_err(|_| StorageError::ShuttingDown)
+    }
+
+    pub(crate) fn send_blocking(&self, cmd: WriterCmd) -> Result<()> {
+        self.inner.writer.blocking_send(cmd).map_err(|_| StorageError::ShuttingDown)
+    }
+
+    /// Appends batches, each to a partition of `topic`, as one atomic write. Returns
+    /// each batch's base offset, in order, once the write met the fsync policy.
+    /// Fails as a whole (nothing stored) on any error.
+    pub async fn append(&self, topic: &str, batches: Vec<(u32, EncodedBatch)>) -> Result<Vec<u64>> {
+        let batches = self.resolve(topic, batches)?;
+        let (reply, rx) = oneshot::channel();
+        self.send(WriterCmd::Append { batches, reply: Some(reply) }).await?;
+        rx.await.map_err(|_| StorageError::ShuttingDown)?
+    }
+
+    /// Queues batches for appending and returns once they are queued (`acks=none`):
+    /// the caller learns neither the offsets nor the outcome.
+    pub async fn append_detached(&self, topic: &str, batches: Vec<(u32, EncodedBatch)>) -> Result<()> {
+        let batches = self.resolve(topic, batches)?;
+        self.send(WriterCmd::Append { batches, reply: None }).await
+    }
+
+    fn resolve(
+        &self,
+        topic: &str,
+        batches: Vec<(u32, EncodedBatch)>,
+    ) -> Result<Vec<(Arc<PartitionLog>, EncodedBatch)>> {
+        let topic = self.topic(topic)?;
+        batches.into_iter().map(|(p, b)| Ok((topic.partition(p)?, b))).collect()
+    }
+
+    /// Bytes RocksDB holds on disk and in memtables for all partitions.
+    pub fn disk_bytes(&self) -> u64 {
+        let db = &self.inner.db;
+        let mut total = 0;
+        for topic in self.topics() {
+            for p in topic.partitions() {
+                total += partition_disk_bytes(db, &p.cf);
+            }
+        }
+        total
+    }
+
+    /// Bytes RocksDB holds for one partition (SST files plus memtables).
+    pub fn partition_disk_bytes(&self, part: &PartitionLog) -> u64 {
+        partition_disk_bytes(&self.inner.db, &part.cf)
+    }
+
+    /// Starts shutdown: long-polls return at once. Appends are still accepted until
+    /// [`Store::close`].
+    pub fn begin_shutdown(&self) {
+        self.inner.closing.send_replace(true);
+    }
+
+    /// Finishes every queued append (each is acknowledged or failed), syncs the WAL,
+    /// flushes memtables and stops the background threads. Later appends fail with
+    /// `ShuttingDown`.
+    pub async fn close(&self) -> Result<()> {
+        self.begin_shutdown();
+        let (reply, rx) = oneshot::channel();
+        let result = match self.send(WriterCmd::Shutdown { reply }).await {
+            Ok(()) => rx.await.map_err(|_| StorageError::ShuttingDown).and_then(|r| r),
+            Err(_) => Ok(()), // already closed
+        };
+        self.inner.stop_background.lock().expect("stop lock").take();
+        let threads = std::mem::take(&mut *self.inner.threads.lock().expect("threads lock"));
+        tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await
+        .map_err(|e| StorageError::Internal(e.to_string()))?;
+        result
+    }
+
+    /// How long the background sync waits between WAL syncs (`fsync = interval`).
+    pub fn fsync_interval(&self) -> Duration {
+        self.inner.config.fsync_interval
+    }
+}
+
+fn partition_disk_bytes(db: &Db, cf: &str) -> u64 {
+    let Some(handle) = db.cf_handle(cf) else { return 0 };
+    let prop = |name: &str| db.property_int_value_cf(&handle, name).ok().flatten().unwrap_or(0);
+    prop("rocksdb.live-sst-files-size") + prop("rocksdb.cur-size-all-mem-tables")
+}
+
+fn topic_key(name: &str) -> Vec<u8> {
+    format!("{TOPIC_PREFIX}{name}").into_bytes()
+}
+
+/// Rebuilds topics from the meta column family and each partition's last batch;
+/// drops column families that belong to no topic (left by a crash mid-admin).
+fn recover(db: &Db, cf_names: &[String]) -> Result<HashMap<String, Arc<Topic>>> {
+    let meta = db.cf_handle(META_CF).ok_or_else(|| StorageError::Internal("meta column family missing".into()))?;
+    let mut topics = HashMap::new();
+    let mut wanted = std::collections::HashSet::new();
+    for item in db.prefix_iterator_cf(&meta, TOPIC_PREFIX.as_bytes()) {
+        let (key, value) = item?;
+        if !key.starts_with(TOPIC_PREFIX.as_bytes()) {
+            break;
+        }
+        let tm: TopicMeta = serde_json::from_slice(&value).map_err(|e| StorageError::Corrupt {
+            cf: META_CF.into(),
+            offset: 0,
+            reason: format!("topic record {}: {e}", String::from_utf8_lossy(&key)),
+        })?;
+        let mut parts = Vec::with_capacity(tm.config.partitions as usize);
+        for p in 0..tm.config.partitions {
+            let cf = cf_name(&tm.name, tm.id, p);
+            wanted.insert(cf.clone());
+            let (start, bytes) = match db.get_cf(&meta, state_key(&cf))? {
+                Some(raw) => PartitionLog::decode_state(&raw).unwrap_or((0, 0)),
+                None => (0, 0),
+            };
+            let handle = db.cf_handle(&cf).ok_or_else(|| StorageError::Corrupt {
+                cf: cf.clone(),
+                offset: 0,
+                reason: "column family of a known partition is missing".into(),
+            })?;
+            let mut it = db.raw_iterator_cf(&handle);
+            it.seek_to_last();
+            let (end, running_max_ts) = match (it.key(), it.value()) {
+                (Some(k), Some(v)) => {
+                    let base = key_offset(k, &cf)?;
+                    let header =
+                        verify(v).map_err(|reason| StorageError::Corrupt { cf: cf.clone(), offset: base, reason })?;
+                    (base + u64::from(header.count), header.running_max_ts)
+                }
+                _ => {
+                    it.status()?;
+                    (start, i64::MIN)
+                }
+            };
+            parts.push(Arc::new(PartitionLog::new(&tm.name, p, cf, start.min(end), end, bytes, running_max_ts)));
+        }
+        let topic = Topic {
+            name: tm.name.clone(),
+            id: tm.id,
+            created_ms: tm.created_ms,
+            config: RwLock::new(tm.config),
+            partitions: RwLock::new(parts),
+        };
+        topics.insert(tm.name, Arc::new(topic));
+    }
+    for name in cf_names {
+        if name.starts_with("p/") && !wanted.contains(name) {
+            tracing::warn!(cf = %name, "dropping orphan column family");
+            db.drop_cf(name)?;
+        }
+    }
+    Ok(topics)
+}
+
+impl Store {
+    /// The partition log of `topic`/`partition`.
+    pub fn partition(&self, topic: &str, partition: u32) -> Result<Arc<PartitionLog>> {
+        self.topic(topic)?.partition(partition)
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_closing(&self) -> bool {
+        *self.inner.closing.borrow()
+    }
+
+    pub(crate) fn closing(&self) -> watch::Receiver<bool> {
+        self.inner.closing.subscribe()
+    }
+
+    /// Moves a partition's start forward (retention); used by the retention thread.
+    pub(crate) fn truncate_blocking(&self, part: Arc<PartitionLog>, new_start: u64, removed_bytes: u64) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.send_blocking(WriterCmd::Truncate { part, new_start, removed_bytes, reply })?;
+        rx.blocking_recv().map_err(|_| StorageError::ShuttingDown)?
+    }
+}

@@ -1,0 +1,251 @@
+//! The single writer thread: group commit of appends, retention truncation and
+//! column-family drops, all serialised so offsets are assigned in one place.
+//!
+//! Guarantees:
+//! - Offsets in a partition are dense and increasing: the writer is the only code
+//!   that assigns them, and it advances `end` only after RocksDB accepted the write.
+//! - An append request is atomic: all its batches (to any partitions) go into one
+//!   RocksDB `WriteBatch`, or the request fails and nothing of it is stored.
+//! - Acknowledgements (the reply) are sent only after the write met the fsync policy.
+//! - Concurrent requests waiting in the queue are gathered into one `WriteBatch` and
+//!   one WAL sync (group commit), up to `max_group_commit_bytes`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use rocksdb::{WriteBatch, WriteOptions};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::batch::{EncodedBatch, offset_key};
+use crate::config::FsyncPolicy;
+use crate::error::{Result, StorageError};
+use crate::partition::{PartitionLog, state_key};
+use crate::store::{Db, META_CF};
+
+/// Work for the writer thread.
+pub(crate) enum WriterCmd {
+    /// Append batches atomically; reply with each batch's base offset, in order.
+    Append { batches: AppendBatches, reply: AppendReply },
+    /// Move a partition's start offset forward and delete the batches below it.
+    Truncate { part: Arc<PartitionLog>, new_start: u64, removed_bytes: u64, reply: oneshot::Sender<Result<()>> },
+    /// Drop the column families of a deleted topic's partitions.
+    Drop { parts: Vec<Arc<PartitionLog>>, reply: oneshot::Sender<Result<()>> },
+    /// Finish everything queued before this, sync the WAL and stop.
+    Shutdown { reply: oneshot::Sender<Result<()>> },
+}
+
+impl WriterCmd {
+    fn size(&self) -> usize {
+        match self {
+            WriterCmd::Append { batches, .. } => batches.iter().map(|(_, b)| b.len()).sum(),
+            _ => 0,
+        }
+    }
+}
+
+/// Batches of one append request, each with its partition.
+type AppendBatches = Vec<(Arc<PartitionLog>, EncodedBatch)>;
+/// Where an append's base offsets (or its error) go; `None` for `acks=none`.
+type AppendReply = Option<oneshot::Sender<Result<Vec<u64>>>>;
+
+/// Tentative state of a partition within one group commit.
+struct Pending {
+    part: Arc<PartitionLog>,
+    end: u64,
+    bytes: u64,
+    running_max_ts: i64,
+}
+
+pub(crate) struct Writer {
+    pub db: Arc<Db>,
+    pub fsync: FsyncPolicy,
+    pub max_group_commit_bytes: usize,
+}
+
+impl Writer {
+    /// Runs until a `Shutdown` command or until every sender is gone.
+    pub fn run(self, mut rx: mpsc::Receiver<WriterCmd>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut size = first.size();
+            let mut appends = Vec::new();
+            let mut next = Some(first);
+            while let Some(cmd) = next.take() {
+                match cmd {
+                    WriterCmd::Append { batches, reply } => appends.push((batches, reply)),
+                    other => {
+                        // Keep order: flush the appends gathered so far first.
+                        self.commit(std::mem::take(&mut appends));
+                        if self.control(other) {
+                            return;
+                        }
+                    }
+                }
+                if size < self.max_group_commit_bytes
+                    && let Ok(cmd) = rx.try_recv()
+                {
+                    size += cmd.size();
+                    next = Some(cmd);
+                }
+            }
+            self.commit(appends);
+        }
+        let _ = self.sync();
+    }
+
+    fn sync(&self) -> Result<()> {
+        if self.fsync != FsyncPolicy::Never {
+            self.db.flush_wal(true)?;
+        }
+        Ok(())
+    }
+
+    /// Handles a non-append command; returns true when the writer must stop.
+    fn control(&self, cmd: WriterCmd) -> bool {
+        match cmd {
+            WriterCmd::Append { .. } => unreachable!("appends are gathered by run"),
+            WriterCmd::Truncate { part, new_start, removed_bytes, reply } => {
+                let _ = reply.send(self.truncate(&part, new_start, removed_bytes));
+                false
+            }
+            WriterCmd::Drop { parts, reply } => {
+                let mut result = Ok(());
+                for part in &parts {
+                    part.deleted.store(true, Ordering::Release);
+                    // Wake long-polls so they notice the deletion.
+                    part.hw.send_modify(|_| {});
+                    if let Err(e) = self.db.drop_cf(&part.cf) {
+                        result = Err(e.into());
+                    }
+                }
+                let _ = reply.send(result);
+                false
+            }
+            WriterCmd::Shutdown { reply } => {
+                let _ = reply.send(self.sync().and_then(|()| Ok(self.db.flush()?)));
+                true
+            }
+        }
+    }
+
+    fn truncate(&self, part: &PartitionLog, new_start: u64, removed_bytes: u64) -> Result<()> {
+        let start = part.start.load(Ordering::Acquire);
+        let hw = *part.hw.borrow();
+        if part.is_deleted() || new_start <= start {
+            return Ok(());
+        }
+        if new_start > hw {
+            return Err(StorageError::Internal(format!("retention cut {new_start} above high watermark {hw}")));
+        }
+        let cf = self.db.cf_handle(&part.cf).ok_or_else(|| StorageError::TopicDeleted(part.topic.clone()))?;
+        let meta = self.db.cf_handle(META_CF).ok_or_else(|| StorageError::Internal("meta cf missing".into()))?;
+        let bytes = part.bytes.load(Ordering::Acquire).saturating_sub(removed_bytes);
+        let mut wb = WriteBatch::default();
+        wb.delete_range_cf(&cf, offset_key(0), offset_key(new_start));
+        wb.put_cf(&meta, state_key(&part.cf), PartitionLog::encode_state(new_start, bytes));
+        self.db.write_opt(wb, &self.write_options())?;
+        part.start.store(new_start, Ordering::Release);
+        part.bytes.store(bytes, Ordering::Release);
+        Ok(())
+    }
+
+    fn write_options(&self) -> WriteOptions {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(self.fsync == FsyncPolicy::Always);
+        opts
+    }
+
+    /// Writes the gathered appends as one `WriteBatch` and answers each request.
+    fn commit(&self, appends: Vec<(AppendBatches, AppendReply)>) {
+        if appends.is_empty() {
+            return;
+        }
+        let Some(meta) = self.db.cf_handle(META_CF) else {
+            for (_, reply) in appends {
+                reply_to(reply, Err(StorageError::Internal("meta cf missing".into())));
+            }
+            return;
+        };
+        let mut wb = WriteBatch::default();
+        let mut pending: HashMap<*const PartitionLog, Pending> = HashMap::new();
+        let mut accepted = Vec::with_capacity(appends.len());
+        let mut events = 0u64;
+        for (batches, reply) in appends {
+            // Check the whole request before adding any of it: it is all or nothing.
+            let mut cfs = Vec::with_capacity(batches.len());
+            let mut refused = None;
+            for (part, _) in &batches {
+                match self.db.cf_handle(&part.cf) {
+                    Some(cf) if !part.is_deleted() => cfs.push(cf),
+                    _ => {
+                        refused = Some(StorageError::TopicDeleted(part.topic.clone()));
+                        break;
+                    }
+                }
+            }
+            if let Some(err) = refused {
+                reply_to(reply, Err(err));
+                continue;
+            }
+            let mut bases = Vec::with_capacity(batches.len());
+            for ((part, mut batch), cf) in batches.into_iter().zip(cfs) {
+                let p = pending.entry(Arc::as_ptr(&part)).or_insert_with(|| Pending {
+                    end: part.end.load(Ordering::Acquire),
+                    bytes: part.bytes.load(Ordering::Acquire),
+                    running_max_ts: part.running_max_ts.load(Ordering::Acquire),
+                    part: part.clone(),
+                });
+                p.running_max_ts = p.running_max_ts.max(batch.max_ts);
+                batch.set_running_max_ts(p.running_max_ts);
+                wb.put_cf(&cf, offset_key(p.end), &batch.bytes);
+                bases.push(p.end);
+                p.end += u64::from(batch.count);
+                p.bytes += batch.bytes.len() as u64;
+                events += u64::from(batch.count);
+            }
+            accepted.push((bases, reply));
+        }
+        if accepted.is_empty() {
+            return;
+        }
+        for p in pending.values() {
+            let start = p.part.start.load(Ordering::Acquire);
+            wb.put_cf(&meta, state_key(&p.part.cf), PartitionLog::encode_state(start, p.bytes));
+        }
+        let began = Instant::now();
+        let written = self.db.write_opt(wb, &self.write_options());
+        metrics::histogram!("tidegate_storage_write_seconds").record(began.elapsed().as_secs_f64());
+        metrics::histogram!("tidegate_storage_group_commit_requests").record(accepted.len() as f64);
+        match written {
+            Ok(()) => {
+                metrics::counter!("tidegate_storage_records_written_total").increment(events);
+                for p in pending.into_values() {
+                    p.part.end.store(p.end, Ordering::Release);
+                    p.part.bytes.store(p.bytes, Ordering::Release);
+                    p.part.running_max_ts.store(p.running_max_ts, Ordering::Release);
+                    // One node: everything durable is committed. Replication will
+                    // move this to the in-sync replicas' minimum instead.
+                    p.part.hw.send_replace(p.end);
+                }
+                for (bases, reply) in accepted {
+                    reply_to(reply, Ok(bases));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, requests = accepted.len(), "group commit failed");
+                metrics::counter!("tidegate_storage_write_errors_total").increment(1);
+                let msg = e.to_string();
+                for (_, reply) in accepted {
+                    reply_to(reply, Err(StorageError::Internal(format!("write failed: {msg}"))));
+                }
+            }
+        }
+    }
+}
+
+fn reply_to(reply: AppendReply, result: Result<Vec<u64>>) {
+    if let Some(reply) = reply {
+        let _ = reply.send(result);
+    }
+}

@@ -1,0 +1,256 @@
+//! Topic admin, retention, and the ops endpoints (health, readiness, metrics, OpenAPI).
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tidegate_tests::{TestServer, assert_problem, eventually};
+
+fn names(list: &Value) -> Vec<String> {
+    let topics = list["topics"].as_array().unwrap_or_else(|| panic!("no topics in {list}"));
+    topics.iter().map(|t| t["name"].as_str().expect("name").to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_topic_answers_201_with_location_and_description() {
+    let server = TestServer::with_defaults().await;
+    let resp = server.post("/v1/topics").json(&json!({"name": "orders", "partitions": 3})).send().await.expect("post");
+    assert_eq!(resp.status(), 201);
+    let location = resp.headers().get("location").and_then(|v| v.to_str().ok()).map(str::to_string);
+    assert_eq!(location.as_deref(), Some("/v1/topics/orders"));
+    let created: Value = resp.json().await.expect("JSON");
+    assert_eq!(created["name"], "orders");
+    assert_eq!(created["partition_count"], 3);
+    assert_eq!(created["replication_factor"], 1);
+    assert_eq!(created["retention_ms"], 7 * 24 * 3600 * 1000_u64, "the default time retention applies");
+    assert!(created["retention_bytes"].is_null(), "{created}");
+    let parts = created["partitions"].as_array().expect("partitions");
+    assert_eq!(parts.len(), 3);
+    for (i, p) in parts.iter().enumerate() {
+        assert_eq!(p["partition"], i);
+        assert_eq!((p["start_offset"].as_u64(), p["end_offset"].as_u64()), (Some(0), Some(0)), "{p}");
+    }
+    let described = server.get_json("/v1/topics/orders").await;
+    assert_eq!(described["name"], "orders");
+    assert_eq!(described["partition_count"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_topics_shows_every_topic_sorted_by_name() {
+    let server = TestServer::with_defaults().await;
+    assert_eq!(names(&server.get_json("/v1/topics").await), Vec::<String>::new());
+    server.create_topic("b-topic", 1).await;
+    server.create_topic("a-topic", 2).await;
+    server.create_topic("c.topic_3", 1).await;
+    let list = server.get_json("/v1/topics").await;
+    assert_eq!(names(&list), vec!["a-topic", "b-topic", "c.topic_3"]);
+    assert_eq!(list["topics"][0]["partitions"].as_array().expect("partitions").len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_shows_per_partition_offsets_and_bytes() {
+    let server = TestServer::with_defaults().await;
+    server.create_topic("described", 3).await;
+    let events: Vec<Value> = (0..5).map(|i| json!({"i": i, "text": "some payload"})).collect();
+    let offsets =
+        server.produce_raw("described", "?partition=1", "application/json", Value::Array(events).to_string()).await;
+    assert_eq!(offsets, (0..5).map(|o| (1, o)).collect::<Vec<_>>());
+    let d = server.describe("described").await;
+    assert_eq!(d["records"], 5, "{d}");
+    assert!(d["bytes"].as_u64().expect("bytes") > 0, "{d}");
+    let p1 = &d["partitions"][1];
+    assert_eq!(p1["start_offset"], 0, "{d}");
+    assert_eq!(p1["end_offset"], 5, "{d}");
+    assert_eq!(p1["high_watermark"], 5, "{d}");
+    assert!(p1["bytes"].as_u64().expect("bytes") > 5 * 20, "five events of 30+ bytes: {d}");
+    for untouched in [0, 2] {
+        let p = &d["partitions"][untouched];
+        assert_eq!((p["end_offset"].as_u64(), p["bytes"].as_u64()), (Some(0), Some(0)), "{d}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alter_changes_retention_and_null_removes_it() {
+    let server = TestServer::with_defaults().await;
+    server.create_topic_with(json!({"name": "kept", "partitions": 1, "retention_ms": 60_000})).await;
+    let patch = |body: Value| server.http.patch(server.url("/v1/topics/kept")).json(&body).send();
+
+    let resp = patch(json!({"retention_bytes": 1_000_000})).await.expect("patch");
+    assert_eq!(resp.status(), 200);
+    let t: Value = resp.json().await.expect("JSON");
+    assert_eq!((t["retention_ms"].clone(), t["retention_bytes"].clone()), (json!(60_000), json!(1_000_000)), "{t}");
+
+    let t: Value = patch(json!({"retention_ms": null})).await.expect("patch").json().await.expect("JSON");
+    assert!(t["retention_ms"].is_null(), "null removes the time limit: {t}");
+    assert_eq!(t["retention_bytes"], 1_000_000, "fields left out are unchanged: {t}");
+
+    let t: Value = patch(json!({})).await.expect("patch").json().await.expect("JSON");
+    assert_eq!((t["retention_ms"].clone(), t["retention_bytes"].clone()), (Value::Null, json!(1_000_000)));
+
+    assert_problem(patch(json!({"retention_bytes": 0})).await.expect("patch"), 400, "invalid_topic_config").await;
+    let d = server.describe("kept").await;
+    assert_eq!((d["retention_ms"].clone(), d["retention_bytes"].clone()), (Value::Null, json!(1_000_000)));
+    let resp = server.http.patch(server.url("/v1/topics/nope")).json(&json!({})).send().await.expect("patch");
+    assert_problem(resp, 404, "topic_not_found").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn added_partitions_take_writes_and_old_ones_keep_their_data() {
+    let server = TestServer::with_defaults().await;
+    server.create_topic("growing", 2).await;
+    server.produce_raw("growing", "?partition=1", "application/json", "[1,2]").await;
+    let resp = server.post("/v1/topics/growing/partitions").json(&json!({"count": 5})).send().await.expect("post");
+    assert_eq!(resp.status(), 200);
+    let grown: Value = resp.json().await.expect("JSON");
+    assert_eq!(grown["partition_count"], 5, "{grown}");
+    assert_eq!(grown["partitions"].as_array().expect("partitions").len(), 5);
+    assert_eq!(server.end_offsets("growing").await, vec![0, 2, 0, 0, 0]);
+    let offsets = server.produce_raw("growing", "?partition=4", "application/json", "{\"new\":true}").await;
+    assert_eq!(offsets, vec![(4, 0)]);
+    assert_eq!(server.read_all("growing", 4).await[0]["value"], json!({"new": true}));
+    let old: Vec<Value> = server.read_all("growing", 1).await.iter().map(|r| r["value"].clone()).collect();
+    assert_eq!(old, vec![json!(1), json!(2)]);
+
+    let resp = server.post("/v1/topics/growing/partitions").json(&json!({"count": 20_000})).send().await.expect("post");
+    assert_problem(resp, 400, "invalid_topic_config").await;
+    let resp = server.post("/v1/topics/nope/partitions").json(&json!({"count": 3})).send().await.expect("post");
+    assert_problem(resp, 404, "topic_not_found").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_topic_is_gone_and_a_recreated_one_starts_empty() {
+    let server = TestServer::with_defaults().await;
+    server.create_topic("gone", 2).await;
+    server
+        .produce("gone", &json!({"records": [{"value": "old", "partition": 1}, {"value": "old", "partition": 1}]}))
+        .await;
+
+    let resp = server.http.delete(server.url("/v1/topics/gone")).send().await.expect("delete");
+    assert_eq!(resp.status(), 204);
+    assert!(resp.bytes().await.expect("body").is_empty());
+    let resp = server.http.delete(server.url("/v1/topics/gone")).send().await.expect("delete");
+    assert_problem(resp, 404, "topic_not_found").await;
+    assert_problem(server.get("/v1/topics/gone").send().await.expect("get"), 404, "topic_not_found").await;
+    let resp = server.get("/v1/topics/gone/partitions/1/records").send().await.expect("get");
+    assert_problem(resp, 404, "topic_not_found").await;
+    let resp = server.post_events("gone", "", "application/json", "{\"a\":1}").await;
+    assert_problem(resp, 404, "topic_not_found").await;
+    assert!(!names(&server.get_json("/v1/topics").await).contains(&"gone".to_string()));
+
+    server.create_topic("gone", 2).await;
+    assert_eq!(server.end_offsets("gone").await, vec![0, 0]);
+    let offsets = server.produce_raw("gone", "?partition=1", "application/json", "\"new\"").await;
+    assert_eq!(offsets, vec![(1, 0)], "offsets of a re-created topic start at 0");
+    let records = server.read_all("gone", 1).await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["value"], "new");
+}
+
+async fn start_offset_after_retention(server: &TestServer, topic: &str) -> u64 {
+    let api = server.api().clone();
+    let topic = topic.to_string();
+    eventually("retention to move the log start", Duration::from_secs(30), move || {
+        let (api, topic) = (api.clone(), topic.clone());
+        async move {
+            let start = api.describe(&topic).await["partitions"][0]["start_offset"].as_u64().expect("start_offset");
+            (start > 0).then_some(start)
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn size_retention_deletes_the_oldest_batches() {
+    let server = TestServer::start(|c| c.retention_check_interval_ms = 100).await;
+    server.create_topic_with(json!({"name": "small", "partitions": 1, "retention_bytes": 2000})).await;
+    for request in 0..10 {
+        let events: Vec<Value> =
+            (0..10).map(|i| json!({"seq": request * 10 + i, "pad": "0123456789".repeat(8)})).collect();
+        server.produce("small", &Value::Array(events)).await;
+    }
+    let start = start_offset_after_retention(&server, "small").await;
+    assert_eq!(start % 10, 0, "retention deletes whole batches (one per request): start {start}");
+    let d = server.describe("small").await;
+    let p = &d["partitions"][0];
+    assert_eq!(p["end_offset"], 100, "retention never moves the end: {d}");
+    assert!(p["bytes"].as_u64().expect("bytes") <= 2000, "the partition is trimmed to its limit: {d}");
+
+    let resp = server.get("/v1/topics/small/partitions/0/records?offset=0").send().await.expect("get");
+    let problem = assert_problem(resp, 416, "offset_out_of_range").await;
+    assert_eq!((problem["start_offset"].as_u64(), problem["end_offset"].as_u64()), (Some(start), Some(100)));
+
+    let records = server.read_from("small", 0, start).await;
+    let seqs: Vec<u64> = records.iter().map(|r| r["value"]["seq"].as_u64().expect("seq")).collect();
+    assert_eq!(seqs, (start..100).collect::<Vec<u64>>());
+    let earliest = server.get_json("/v1/topics/small/offsets?timestamp=earliest").await;
+    assert_eq!(earliest["partitions"][0]["offset"], start);
+    let page = server.get_json("/v1/topics/small/partitions/0/records").await;
+    assert_eq!(page["records"][0]["offset"], start, "a read without offset starts at the log start");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_retention_deletes_expired_batches_only() {
+    let server = TestServer::start(|c| c.retention_check_interval_ms = 100).await;
+    server.create_topic_with(json!({"name": "aging", "partitions": 1, "retention_ms": 3_600_000})).await;
+    let old: Vec<Value> = (0..3).map(|i| json!({"value": {"old": i}, "timestamp": 1000 + i})).collect();
+    server.produce("aging", &json!({ "records": old })).await;
+    server.produce("aging", &json!({"fresh": true})).await;
+    let start = start_offset_after_retention(&server, "aging").await;
+    assert_eq!(start, 3, "the expired batch went, the fresh one stayed");
+    let records = server.read_from("aging", 0, start).await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["value"], json!({"fresh": true}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_readiness_answer_200() {
+    let server = TestServer::with_defaults().await;
+    assert_eq!(server.get_json("/healthz").await["status"], "ok");
+    assert_eq!(server.get_json("/readyz").await["status"], "ok");
+}
+
+fn sample(text: &str, prefix: &str) -> Option<f64> {
+    text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_expose_http_storage_and_process_series() {
+    let server = TestServer::with_defaults().await;
+    server.create_topic("metered", 1).await;
+    server.produce("metered", &json!([1, 2, 3])).await;
+    let resp = server.get("/metrics").send().await.expect("metrics");
+    assert_eq!(resp.status(), 200);
+    let content_type = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    let text = resp.text().await.expect("metrics text");
+
+    let ingest_line = text.lines().find(|l| {
+        l.starts_with("tidegate_http_requests_total{")
+            && l.contains("route=\"/v1/topics/{topic}/events\"")
+            && l.contains("method=\"POST\"")
+            && l.contains("status=\"200\"")
+    });
+    assert!(ingest_line.is_some(), "no request counter for the ingest route:\n{text}");
+    assert_eq!(sample(&text, "tidegate_events_appended_total{topic=\"metered\"}"), Some(3.0), "\n{text}");
+    let writes = sample(&text, "tidegate_storage_write_seconds_count");
+    assert!(writes.is_some_and(|n| n >= 1.0), "no storage write histogram:\n{text}");
+    assert!(sample(&text, "tidegate_storage_disk_bytes ").is_some(), "no disk gauge:\n{text}");
+    let rss = sample(&text, "process_resident_memory_bytes ");
+    assert!(rss.is_some_and(|b| b > 1_000_000.0), "no resident memory gauge:\n{text}");
+    assert_eq!(sample(&text, "tidegate_partition_end_offset{topic=\"metered\",partition=\"0\"}"), Some(3.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_document_describes_the_ingest_path() {
+    let server = TestServer::with_defaults().await;
+    let resp = server.get("/openapi.json").send().await.expect("openapi");
+    assert_eq!(resp.status(), 200);
+    let content_type = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    assert!(content_type.starts_with("application/json"), "{content_type}");
+    let doc: Value = resp.json().await.expect("the document is JSON");
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "{}", doc["openapi"]);
+    let paths = &doc["paths"];
+    assert!(paths["/v1/topics/{topic}/events"]["post"].is_object(), "no POST events path in {paths}");
+    for path in ["/v1/topics", "/v1/topics/{topic}", "/v1/topics/{topic}/partitions/{partition}/records"] {
+        assert!(paths[path].is_object(), "{path} is missing from the document");
+    }
+}

@@ -1,0 +1,220 @@
+//! Durability: data and offsets survive a restart, a `kill -9` loses no acknowledged
+//! event, and SIGTERM drains in-flight requests and exits 0.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::process::ExitStatusExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tidegate_tests::{Api, ProcessServer, TestServer, offsets_of};
+
+/// Events per request in the load tests.
+const BATCH: u64 = 20;
+/// Upper bound on requests per client, so a load loop always ends.
+const MAX_REQUESTS_PER_CLIENT: u64 = 5_000;
+
+/// Identity of one posted event: (client, request, index in request).
+type EventId = (u64, u64, u64);
+
+fn event_id(value: &Value) -> EventId {
+    let field = |name: &str| value[name].as_u64().unwrap_or_else(|| panic!("no {name} in {value}"));
+    (field("client"), field("req"), field("i"))
+}
+
+/// What one load client saw.
+#[derive(Debug, Default)]
+struct ClientLog {
+    /// Every event of a 200 answer: the event and where it was acknowledged.
+    acked: Vec<(Value, u32, u64)>,
+    /// Statuses other than 200 that the client got (it stops at the first).
+    refused: Vec<u16>,
+}
+
+/// Posts batches of `BATCH` events in a loop until a request fails (connection
+/// error or non-200 answer) or `MAX_REQUESTS_PER_CLIENT` is reached.
+async fn load_client(api: Api, topic: String, client: u64, acked_requests: Arc<AtomicUsize>) -> ClientLog {
+    let mut log = ClientLog::default();
+    for req in 0..MAX_REQUESTS_PER_CLIENT {
+        let events: Vec<Value> =
+            (0..BATCH).map(|i| json!({"client": client, "req": req, "i": i, "pad": "payload-payload"})).collect();
+        let sent = api.post(&format!("/v1/topics/{topic}/events")).json(&events).send().await;
+        let Ok(resp) = sent else { break };
+        if resp.status() != 200 {
+            log.refused.push(resp.status().as_u16());
+            break;
+        }
+        // A connection cut while the answer is read means "not acknowledged".
+        let Ok(body) = resp.json::<Value>().await else { break };
+        let offsets = offsets_of(&body);
+        assert_eq!(offsets.len(), events.len(), "one offset per event: {body}");
+        log.acked.extend(events.into_iter().zip(offsets).map(|(e, (p, o))| (e, p, o)));
+        acked_requests.fetch_add(1, Ordering::Relaxed);
+    }
+    log
+}
+
+/// Starts `clients` load clients against `topic`.
+fn start_load(api: &Api, topic: &str, clients: u64) -> (Vec<tokio::task::JoinHandle<ClientLog>>, Arc<AtomicUsize>) {
+    let acked = Arc::new(AtomicUsize::new(0));
+    let tasks =
+        (0..clients).map(|c| tokio::spawn(load_client(api.clone(), topic.to_string(), c, acked.clone()))).collect();
+    (tasks, acked)
+}
+
+/// Waits until `enough` requests are acknowledged, or `run_for` has passed with at
+/// least one acknowledged; panics if not even one is acknowledged within a minute.
+async fn let_load_run(acked: &AtomicUsize, enough: usize, run_for: Duration) -> usize {
+    let began = Instant::now();
+    loop {
+        let n = acked.load(Ordering::Relaxed);
+        if n >= enough || (n > 0 && began.elapsed() >= run_for) {
+            return n;
+        }
+        assert!(began.elapsed() < Duration::from_secs(60), "no request was acknowledged within a minute");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn finish_load(tasks: Vec<tokio::task::JoinHandle<ClientLog>>) -> Vec<ClientLog> {
+    let mut logs = Vec::new();
+    for task in tasks {
+        let log = tokio::time::timeout(Duration::from_secs(120), task)
+            .await
+            .expect("a load client did not finish within 2 minutes")
+            .expect("load client task");
+        logs.push(log);
+    }
+    logs
+}
+
+/// Reads every partition of `topic` in full (offsets dense from 0, checked by
+/// `read_all`) and checks that every acknowledged event is stored at exactly its
+/// acknowledged partition and offset with the same content, that no event is
+/// stored twice, and that every request was stored whole or not at all.
+async fn assert_acknowledged_events_survived(api: &Api, topic: &str, logs: &[ClientLog]) {
+    let ends = api.end_offsets(topic).await;
+    let mut stored: HashMap<EventId, (u32, u64, Value)> = HashMap::new();
+    for (p, &end) in ends.iter().enumerate() {
+        let p = p as u32;
+        let records = api.read_all(topic, p).await;
+        assert_eq!(records.len() as u64, end, "{topic}/{p}: offsets 0..{end} are all readable");
+        for r in records {
+            let offset = r["offset"].as_u64().expect("offset");
+            let value = r["value"].clone();
+            let id = event_id(&value);
+            if let Some((p0, o0, _)) = stored.insert(id, (p, offset, value)) {
+                panic!("event {id:?} is stored twice: {p0}/{o0} and {p}/{offset}");
+            }
+        }
+    }
+    let mut acked = 0;
+    for log in logs {
+        for (event, p, o) in &log.acked {
+            let id = event_id(event);
+            let (sp, so, value) =
+                stored.get(&id).unwrap_or_else(|| panic!("acknowledged event {id:?} at {p}/{o} is lost"));
+            assert_eq!((*sp, *so), (*p, *o), "event {id:?} moved from its acknowledged offset");
+            assert_eq!(value, event, "event {id:?} changed");
+            acked += 1;
+        }
+    }
+    let mut per_request: BTreeMap<(u64, u64), u64> = BTreeMap::new();
+    for (client, req, _) in stored.keys() {
+        *per_request.entry((*client, *req)).or_default() += 1;
+    }
+    let partial: Vec<_> = per_request.iter().filter(|(_, n)| **n != BATCH).collect();
+    assert!(partial.is_empty(), "requests stored in part (request → events stored): {partial:?}");
+    eprintln!("{topic}: {acked} acknowledged events verified, {} stored in total", stored.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_records_and_offsets_continue() {
+    let mut server = TestServer::with_defaults().await;
+    server.create_topic_with(json!({"name": "durable", "partitions": 3, "retention_bytes": 10_000_000})).await;
+    for p in 0..3 {
+        let events: Vec<Value> = (0..5).map(|i| json!({"p": p, "i": i})).collect();
+        let offsets = server
+            .produce_raw("durable", &format!("?partition={p}"), "application/json", Value::Array(events).to_string())
+            .await;
+        assert_eq!(offsets, (0..5).map(|o| (p, o)).collect::<Vec<_>>());
+    }
+    let mut before = Vec::new();
+    for p in 0..3 {
+        before.push(server.read_all("durable", p).await);
+    }
+
+    server.restart().await;
+
+    let d = server.describe("durable").await;
+    assert_eq!(d["partition_count"], 3, "{d}");
+    assert_eq!(d["retention_bytes"], 10_000_000, "topic settings survive a restart: {d}");
+    assert_eq!(server.end_offsets("durable").await, vec![5, 5, 5]);
+    for p in 0..3 {
+        assert_eq!(server.read_all("durable", p).await, before[p as usize], "partition {p} after restart");
+    }
+    for p in 0..3 {
+        let offsets =
+            server.produce_raw("durable", &format!("?partition={p}"), "application/json", "[\"a\",\"b\"]").await;
+        assert_eq!(offsets, vec![(p, 5), (p, 6)], "offsets continue where they were");
+        let records = server.read_all("durable", p).await;
+        assert_eq!(records.len(), 7);
+        assert_eq!(records[5]["value"], "a");
+        assert_eq!(records[6]["value"], "b");
+    }
+    // Keyless writes after a restart work too.
+    assert_eq!(server.produce("durable", &json!({"after": "restart"})).await.len(), 1);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_under_load_loses_no_acknowledged_event() {
+    let dir = tempfile::Builder::new().prefix("tidegate-crash-").tempdir().expect("temporary directory");
+    let mut server = ProcessServer::start(dir.path(), &["--fsync", "always"]).await;
+    server.create_topic("crash", 4).await;
+
+    let (tasks, acked) = start_load(server.api(), "crash", 8);
+    let before_kill = let_load_run(&acked, 1000, Duration::from_secs(2)).await;
+    let status = server.kill9().await;
+    assert_eq!(status.signal(), Some(9), "the server died of SIGKILL: {status}");
+    let logs = finish_load(tasks).await;
+    let acked_requests: usize = logs.iter().map(|l| l.acked.len()).sum::<usize>() / BATCH as usize;
+    assert!(acked_requests >= before_kill, "clients kept their acknowledgements");
+    for log in &logs {
+        assert!(log.refused.is_empty(), "a request was refused before the kill: {:?}", log.refused);
+    }
+
+    server.restart().await;
+    assert_acknowledged_events_survived(server.api(), "crash", &logs).await;
+
+    // The log takes appends again, densely after what survived.
+    let ends = server.end_offsets("crash").await;
+    let offsets = server.produce_raw("crash", "?partition=0", "application/json", "{\"after\":\"crash\"}").await;
+    assert_eq!(offsets, vec![(0, ends[0])]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_drains_in_flight_requests_and_exits_0() {
+    let dir = tempfile::Builder::new().prefix("tidegate-term-").tempdir().expect("temporary directory");
+    // Settings from the environment, this time.
+    let mut server = ProcessServer::start_with_env(dir.path(), &[], &[("TIDEGATE_FSYNC", "always")]).await;
+    server.create_topic("graceful", 2).await;
+
+    let (tasks, acked) = start_load(server.api(), "graceful", 4);
+    let_load_run(&acked, 100, Duration::from_secs(1)).await;
+    server.terminate();
+    let status = server.wait_exit(Duration::from_secs(60)).await;
+    assert_eq!(status.code(), Some(0), "graceful shutdown exits 0 ({status}); log:\n{}", server.log());
+    let logs = finish_load(tasks).await;
+    for log in &logs {
+        assert!(
+            log.refused.iter().all(|s| *s == 503),
+            "during shutdown requests are answered 200 or 503, got {:?}",
+            log.refused
+        );
+    }
+
+    server.restart().await;
+    assert_acknowledged_events_survived(server.api(), "graceful", &logs).await;
+}

@@ -1,0 +1,334 @@
+//! Every bad input gets its documented status, `application/problem+json`, a stable
+//! `code`, and writes nothing.
+
+use std::io::Write;
+
+use reqwest::RequestBuilder;
+use serde_json::{Value, json};
+use tidegate_tests::{TestServer, assert_any_problem, assert_problem};
+
+const MAX_BODY: usize = 4096;
+const MAX_EVENT: usize = 1024;
+const MAX_EVENTS: usize = 50;
+
+/// A server with small limits and a topic `t` (2 partitions) that already holds one
+/// event in each partition.
+async fn limited() -> TestServer {
+    let server = TestServer::start(|c| {
+        c.max_body_bytes = MAX_BODY as u64;
+        c.max_event_bytes = MAX_EVENT as u64;
+        c.max_events_per_request = MAX_EVENTS as u64;
+    })
+    .await;
+    server.create_topic("t", 2).await;
+    server
+        .produce("t", &json!({"records": [{"value": "seed", "partition": 0}, {"value": "seed", "partition": 1}]}))
+        .await;
+    server
+}
+
+/// Sends `request`, asserts the problem, and asserts that topic `t` did not change.
+async fn rejects(server: &TestServer, request: RequestBuilder, status: u16, code: &str) -> Value {
+    let before = server.end_offsets("t").await;
+    let problem = assert_problem(request.send().await.expect("request"), status, code).await;
+    assert_eq!(server.end_offsets("t").await, before, "a rejected request wrote nothing ({code})");
+    problem
+}
+
+fn ingest(server: &TestServer, content_type: &str, body: impl Into<reqwest::Body>) -> RequestBuilder {
+    server.post("/v1/topics/t/events").header("content-type", content_type).body(body)
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    e.write_all(data).expect("gzip");
+    e.finish().expect("gzip")
+}
+
+fn indexes(problem: &Value) -> Vec<u64> {
+    let errors = problem["errors"].as_array().unwrap_or_else(|| panic!("no errors list in {problem}"));
+    errors.iter().map(|e| e["index"].as_u64().expect("index")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_json_in_an_array_names_the_event_and_byte() {
+    let server = limited().await;
+    let body = "[{\"a\":1},\n {\"b\":2},\n {\"c\":}]";
+    let problem = rejects(&server, ingest(&server, "application/json", body), 400, "invalid_events").await;
+    assert_eq!(indexes(&problem), vec![2], "{problem}");
+    let position = problem["errors"][0]["position"].as_u64().expect("position") as usize;
+    assert_eq!(body.as_bytes().get(position), Some(&b'}'), "position {position} points at the bad byte in {body:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_ndjson_lines_are_named_by_event_index() {
+    let server = limited().await;
+    let body = "{\"a\":1}\n{\"b\":2}\n\n{\"c\" 3}\n{\"d\":4}\n{oops}\n";
+    let problem = rejects(&server, ingest(&server, "application/x-ndjson", body), 400, "invalid_events").await;
+    assert_eq!(indexes(&problem), vec![2, 4], "blank lines are not events: {problem}");
+    let position = problem["errors"][0]["position"].as_u64().expect("position") as usize;
+    assert_eq!(body.as_bytes().get(position), Some(&b'3'), "position {position} in {body:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_media_type_is_415() {
+    let server = limited().await;
+    rejects(&server, ingest(&server, "application/xml", "<event/>"), 415, "unsupported_media_type").await;
+    rejects(&server, ingest(&server, "multipart/form-data; boundary=x", "--x--"), 415, "unsupported_media_type").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_content_encoding_is_415() {
+    let server = limited().await;
+    let request = ingest(&server, "application/json", "[1,2]").header("content-encoding", "zstd");
+    rejects(&server, request, 415, "unsupported_media_type").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_gzip_is_400_invalid_encoding() {
+    let server = limited().await;
+    let request = ingest(&server, "application/json", "this is not gzip").header("content-encoding", "gzip");
+    rejects(&server, request, 400, "invalid_encoding").await;
+    let whole = gzip(json!([{"a": 1}, {"b": 2}]).to_string().as_bytes());
+    let truncated = whole[..whole.len() / 2].to_vec();
+    let request = ingest(&server, "application/json", truncated).header("content-encoding", "gzip");
+    rejects(&server, request, 400, "invalid_encoding").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_over_max_body_bytes_is_413() {
+    let server = limited().await;
+    let events: Vec<Value> = (0..200).map(|i| json!({"i": i, "pad": "xxxxxxxx"})).collect();
+    let body = Value::Array(events).to_string();
+    assert!(body.len() > MAX_BODY && body.len() < 2 * MAX_BODY);
+    let problem = rejects(&server, ingest(&server, "application/json", body), 413, "body_too_large").await;
+    assert_eq!(problem["limit"], MAX_BODY, "{problem}");
+    assert_eq!(problem["setting"], "max_body_bytes", "{problem}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_bomb_expanding_past_the_limit_is_413() {
+    let server = limited().await;
+    let mut plain = b"[\"".to_vec();
+    plain.extend(std::iter::repeat_n(b'a', 1 << 20));
+    plain.extend(b"\"]");
+    let bomb = gzip(&plain);
+    assert!(bomb.len() < MAX_BODY, "the compressed bomb ({} bytes) fits the limit", bomb.len());
+    let request = ingest(&server, "application/json", bomb).header("content-encoding", "gzip");
+    rejects(&server, request, 413, "body_too_large").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_over_max_event_bytes_is_413_with_its_index() {
+    let server = limited().await;
+    let body = json!([{"a": 1}, {"a": 2}, "x".repeat(MAX_EVENT + 10), {"a": 4}]).to_string();
+    assert!(body.len() < MAX_BODY);
+    let problem = rejects(&server, ingest(&server, "application/json", body), 413, "event_too_large").await;
+    assert_eq!(indexes(&problem), vec![2], "{problem}");
+    assert_eq!(problem["limit"], MAX_EVENT, "{problem}");
+    assert_eq!(problem["setting"], "max_event_bytes", "{problem}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_events_is_413() {
+    let server = limited().await;
+    let body = Value::Array((0..=MAX_EVENTS).map(|i| json!(i)).collect()).to_string();
+    let problem = rejects(&server, ingest(&server, "application/json", body), 413, "too_many_events").await;
+    assert_eq!(problem["limit"], MAX_EVENTS, "{problem}");
+    // Exactly the limit is fine.
+    let body = Value::Array((0..MAX_EVENTS).map(|i| json!(i)).collect()).to_string();
+    assert_eq!(server.produce_raw("t", "", "application/json", body).await.len(), MAX_EVENTS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_topic_names_are_refused_on_create() {
+    let server = limited().await;
+    let long = "x".repeat(250);
+    for name in ["bad name", "a/b", "", "..", ".", "ümlaut", "semi;colon", long.as_str()] {
+        let resp = server.post("/v1/topics").json(&json!({"name": name, "partitions": 1})).send().await.expect("post");
+        assert_problem(resp, 400, "invalid_topic_name").await;
+    }
+    let list = server.get_json("/v1/topics").await;
+    assert_eq!(list["topics"].as_array().expect("topics").len(), 1, "only the seed topic exists: {list}");
+    // The longest valid name is fine.
+    server.create_topic(&"y".repeat(249), 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_topic_is_404_on_ingest() {
+    let server = limited().await;
+    let resp = server.post_events("nope", "", "application/json", "{\"a\":1}").await;
+    assert_problem(resp, 404, "topic_not_found").await;
+    let resp = server.get("/v1/topics/nope").send().await.expect("get");
+    assert_problem(resp, 404, "topic_not_found").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_topic_is_created_on_ingest_when_auto_create_is_on() {
+    let server = TestServer::start(|c| {
+        c.auto_create_topics = true;
+        c.default_partitions = 3;
+    })
+    .await;
+    let offsets = server.produce("auto-made", &json!({"hello": "world"})).await;
+    assert_eq!(offsets.len(), 1);
+    let topic = server.describe("auto-made").await;
+    assert_eq!(topic["partition_count"], 3, "{topic}");
+    let (p, o) = offsets[0];
+    assert_eq!(server.record_at("auto-made", p, o).await["value"], json!({"hello": "world"}));
+    // Auto-creation still validates the name.
+    let resp = server.post_events("bad%20name", "", "application/json", "{\"a\":1}").await;
+    assert_problem(resp, 400, "invalid_topic_name").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_partition_or_topic_on_read_is_404() {
+    let server = limited().await;
+    let resp = server.get("/v1/topics/t/partitions/2/records").send().await.expect("get");
+    assert_problem(resp, 404, "partition_not_found").await;
+    let resp = server.get("/v1/topics/nope/partitions/0/records").send().await.expect("get");
+    assert_problem(resp, 404, "topic_not_found").await;
+    let resp = server.get("/v1/topics/nope/offsets").send().await.expect("get");
+    assert_problem(resp, 404, "topic_not_found").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explicit_partition_out_of_range_is_400_invalid_events() {
+    let server = limited().await;
+    let body = json!({"records": [{"value": 1, "partition": 0}, {"value": 2, "partition": 9}, {"value": 3}]});
+    let problem = rejects(&server, ingest(&server, "application/json", body.to_string()), 400, "invalid_events").await;
+    assert_eq!(indexes(&problem), vec![1], "{problem}");
+    let request = server.post("/v1/topics/t/events?partition=2").json(&json!([1, 2]));
+    let problem = rejects(&server, request, 400, "invalid_events").await;
+    assert_eq!(indexes(&problem), vec![0, 1], "{problem}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_envelope_records_are_named_by_index() {
+    let server = limited().await;
+    let body = json!({"records": [{"value": 1}, {"key": "no-value"}, {"value": 3, "bogus": true}, {"value": 4, "timestamp": -5}]});
+    let problem = rejects(&server, ingest(&server, "application/json", body.to_string()), 400, "invalid_events").await;
+    assert_eq!(indexes(&problem), vec![1, 2, 3], "{problem}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offset_out_of_range_is_416_with_the_valid_range() {
+    let server = limited().await;
+    server.produce("t", &json!({"records": [{"value": 1, "partition": 0}, {"value": 2, "partition": 0}]})).await;
+    let resp = server.get("/v1/topics/t/partitions/0/records?offset=10").send().await.expect("get");
+    let problem = assert_problem(resp, 416, "offset_out_of_range").await;
+    assert_eq!(problem["start_offset"], 0, "{problem}");
+    assert_eq!(problem["end_offset"], 3, "{problem}");
+    // The end itself is a valid (empty) read.
+    let page = server.fetch("t", 0, 3, 10).await;
+    assert_eq!(page["records"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_route_is_404_not_found() {
+    let server = limited().await;
+    for path in ["/v1/nope", "/v1/topics/t/partitions/0/records/extra", "/favicon.ico.nope"] {
+        let resp = server.get(path).send().await.expect("get");
+        assert_problem(resp, 404, "not_found").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_method_is_405_problem() {
+    let server = limited().await;
+    let resp = server.http.put(server.url("/v1/topics")).json(&json!({})).send().await.expect("put");
+    assert_problem(resp, 405, "method_not_allowed").await;
+    let resp = server.http.delete(server.url("/v1/topics/t/events")).send().await.expect("delete");
+    let allow = resp.headers().get("allow").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    assert_problem(resp, 405, "method_not_allowed").await;
+    assert!(allow.contains("POST"), "the Allow header names POST: {allow:?}");
+    assert_eq!(server.end_offsets("t").await, vec![1, 1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_create_topic_bodies_are_problems() {
+    let server = limited().await;
+    let syntax = server.post("/v1/topics").header("content-type", "application/json").body("{\"name\":");
+    let problem = assert_any_problem(syntax.send().await.expect("post"), 400).await;
+    assert_ne!(problem["code"], "invalid_topic_name");
+    for body in [json!({"name": "x", "partitions": "many"}), json!({"name": "x", "bogus": 1}), json!([1, 2]), json!({})]
+    {
+        let resp = server.post("/v1/topics").json(&body).send().await.expect("post");
+        assert_any_problem(resp, 422).await;
+    }
+    let not_json = server.post("/v1/topics").header("content-type", "text/plain").body("{\"name\":\"x\"}");
+    assert_any_problem(not_json.send().await.expect("post"), 415).await;
+    let resp = server.post("/v1/topics").json(&json!({"name": "x", "partitions": 0})).send().await.expect("post");
+    assert_problem(resp, 400, "invalid_topic_config").await;
+    let resp = server.post("/v1/topics").json(&json!({"name": "x", "retention_ms": 0})).send().await.expect("post");
+    assert_problem(resp, 400, "invalid_topic_config").await;
+    let resp =
+        server.post("/v1/topics").json(&json!({"name": "x", "replication_factor": 3})).send().await.expect("post");
+    assert_problem(resp, 400, "invalid_replication_factor").await;
+    let list = server.get_json("/v1/topics").await;
+    assert_eq!(list["topics"].as_array().expect("topics").len(), 1, "nothing was created: {list}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_topic_is_409() {
+    let server = limited().await;
+    let resp = server.post("/v1/topics").json(&json!({"name": "t", "partitions": 5})).send().await.expect("post");
+    assert_problem(resp, 409, "topic_exists").await;
+    assert_eq!(server.describe("t").await["partition_count"], 2, "the existing topic is unchanged");
+    assert_eq!(server.end_offsets("t").await, vec![1, 1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_can_not_shrink_or_stay() {
+    let server = limited().await;
+    for count in [1, 2] {
+        let resp = server.post("/v1/topics/t/partitions").json(&json!({"count": count})).send().await.expect("post");
+        assert_problem(resp, 400, "invalid_partition_count").await;
+    }
+    assert_eq!(server.describe("t").await["partition_count"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_bodies_are_400_no_events() {
+    let server = limited().await;
+    for (content_type, body) in [
+        ("application/json", ""),
+        ("application/json", "   \n"),
+        ("application/json", "[]"),
+        ("text/plain", ""),
+        ("application/x-ndjson", "\n\n"),
+        ("application/octet-stream", ""),
+    ] {
+        rejects(&server, ingest(&server, content_type, body), 400, "no_events").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_query_parameters_are_400() {
+    let server = limited().await;
+    let before = server.end_offsets("t").await;
+    let cases = [
+        (server.post("/v1/topics/t/events?kye=user-1").json(&json!({"a": 1})), "kye"),
+        (server.post("/v1/topics/t/events?acks=maybe").json(&json!({"a": 1})), "maybe"),
+        (server.post("/v1/topics/t/events?partition=first").json(&json!({"a": 1})), "partition"),
+        (server.get("/v1/topics/t/partitions/0/records?ofset=0"), "ofset"),
+        (server.get("/v1/topics/t/offsets?ts=5"), "ts"),
+    ];
+    for (request, parameter) in cases {
+        let problem = assert_any_problem(request.send().await.expect("request"), 400).await;
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(parameter), "the detail names {parameter:?}: {problem}");
+    }
+    assert_eq!(server.end_offsets("t").await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_parameters_over_their_limits_are_400() {
+    let server = limited().await;
+    for query in ["max_records=10001", "wait_ms=30001", "offset=soon", "max_bytes=999999999999"] {
+        let resp = server.get(&format!("/v1/topics/t/partitions/0/records?{query}")).send().await.expect("get");
+        assert_problem(resp, 400, "invalid_parameter").await;
+    }
+    let resp = server.get("/v1/topics/t/offsets?timestamp=yesterday").send().await.expect("get");
+    assert_problem(resp, 400, "invalid_parameter").await;
+}

@@ -1,0 +1,386 @@
+//! Ingest end to end: every body form of `POST /v1/topics/{t}/events` round-trips
+//! through the records read endpoint, partitioning matches Kafka, long-polls wake on
+//! appends, and offsets can be looked up by time.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use serde_json::{Value, json};
+use tidegate_tests::{TestServer, eventually, offsets_of};
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_millis() as i64
+}
+
+fn values(records: &[Value]) -> Vec<Value> {
+    records.iter().map(|r| r["value"].clone()).collect()
+}
+
+/// A body compressor.
+type Encoder = fn(&[u8]) -> Vec<u8>;
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).expect("gzip");
+    e.finish().expect("gzip")
+}
+
+fn zlib(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).expect("deflate");
+    e.finish().expect("deflate")
+}
+
+fn brotli(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut w = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
+    w.write_all(data).expect("brotli");
+    drop(w);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_json_object_round_trips_as_inline_json() {
+    let server = TestServer::with_defaults().await;
+    server.create_topic("single", 1).await;
+    let event = json!({"event": "signup", "user": {"id": 7, "tags": ["a", "b"]}, "ok": true, "n": 1.5});
+    let offsets = server.produce("single", &event).await;
+    assert_eq!(offsets, vec![(0, 0)]);
+    let records = server.read_all("single", 0).await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["value"], event, "the value comes back as JSON, not an escaped string");
+    assert!(records[0].get("value_encoding").is_none(), "JSON values carry no encoding: {}", records[0]);
+    assert!(records[0]["key"].is_null(), "no key was given: {}", records[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_array_is_one_event_per_element_in_request_order() {
+    let server = TestServer::with_defaults().await;
+    server.create_topic("array", 3).await;
+    let events = vec![json!({"a": 1}), json!(2), json!("three"), json!([4, {"four": 4}]), json!(null), json!(false)];
+    let offsets = server.produce("array", &Value::Array(events.clone())).await;
+    assert_eq!(offsets.len(), events.len());
+    server.assert_stored_at("array", &offsets, &events).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_offsets_follow_request_order_across_partitions() {
+    let server = TestServer::with_defaults().await;
+    server.create_topic("order", 3).await;
+    let partitions = [2, 0, 2, 1, 0];
+    let events: Vec<Value> = (0..partitions.len()).map(|i| json!({"i": i})).collect();
+    let records: Vec<Value> =
+        partitions.iter().zip(&events).map(|(p, v)| json!({"value": v, "partition": p})).collect();
+    let offsets = server.produce("order", &json!({ "records": records })).await;
+    assert_eq!(offsets, vec![(2, 0), (0, 0), (2, 1), (1, 0), (0, 1)]);
+    server.assert_stored_at("order", &offsets, &events).await;
+    assert_eq!(values(&server.read_all("order", 2).await), vec![json!({"i": 0}), json!({"i": 2})]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ndjson_body_is_one_event_per_line() {
+    let server = TestServer::with_defaults().await;
+    server.create_topic("ndjson", 1).await;
+    let body = "{\"n\":1}\n\n{\"n\":2}\r\n[3]\n\"four\"\n";
+    let offsets = server.produce_raw("ndjson", "", "application/x-ndjson", body).await;
+    assert_eq!(offsets, vec![(0, 0), (0, 1), (0, 2), (0, 3)]);
+    let got = values(&server.read_all("ndjson", 0).await);
+    assert_eq!(got, vec![json!({"n": 1}), json!({"n": 2}), json!([3]), json!("four")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ndjson_sent_as_text_plain_is_recognised() {
+    let server = TestServer::with_defaults().await;
+    server.create_topic("ndjson-text", 1).await;
+    let body = "{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n";
+    let offsets = server.produce_raw("ndjson-text", "", "text/plain", body).await;
+    assert_eq!(offsets.len(), 3);
+    let got = values(&server.read_all("ndjson-text", 0).await);
+    assert_eq!(got, vec![json!({"n": 1}), json!({"n": 2}), json!({"n": 3})]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_plain_from_send_beacon_is_parsed_as_json() {
+    let server = TestServer::with_defaults().await;
+    server.create_topic("beacon", 1).await;
+    let events = json!([{"event": "page_view", "path": "/pricing"}, {"event": "click", "target": "buy"}]);
+    let offsets = server.produce_raw("beacon", "", "text/plain;charset=UTF-8", events.to_string()).await;
+    assert_eq!(offsets.len(), 2);
+    let got = values(&server.read_all("beacon", 0).await);
+    assert_eq!(Value::Array(got), events);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_deflate_and_brotli_bodies_are_decoded() {
+    let server = TestServer::with_defaults().await;
+    server.create_topic("compressed", 1).await;
+    let mut expected = Vec::new();
+    let encoders: [(&str, Encoder); 3] = [("gzip", gzip), ("deflate", zlib), ("br", brotli)];
+    for (encoding, encode) in encoders {
+        let events: Vec<Value> =
+            (0..50).map(|i| json!({"encoding": encoding, "i": i, "pad": "lorem ipsum ".repeat(10)})).collect();
+        let plain = serde_json::to_vec(&events).expect("serialise");
+        let body = encode(&plain);
+        assert!(body.len() < plain.len() / 2, "{encoding} compresses the body");
+        let resp = server
+            .post("/v1/topics/compressed/events")
+            .header("content-type", "application/json")
+            .header("content-encoding", encoding)
+            .body(body)
+            .send()
+            .await
+            .expect("post");
+        let status = resp.status();
+        let answer: Value = resp.json().await.expect("JSON answer");
+        assert_eq!(status, 200, "{encoding}: {answer}");
+        assert_eq!(offsets_of(&answer).len(), 50, "{encoding}: {answer}");
+        expected.extend(events);
+    }
+    assert_eq!(values(&server.read_all("compressed", 0).await), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelope_carries_key_partition_headers_and_timestamp() {
+    let server = TestServer::with_defaults().await;
+    server.create_topic("envelope", 4).await;
+    let body = json!({"records": [
+        {"value": {"kind": "a"}, "key": "user-7", "partition": 3, "headers": {"trace": "t-1", "source": "test"}, "timestamp": 1234},
+        {"value": [1, 2, 3], "key": "user-7"},
+        {"value": "just text"},
+    ]});
+    let before = now_ms();
+    let offsets = server.produce("envelope", &body).await;
+    let after = now_ms();
+    assert_eq!(offsets.len(), 3);
+    assert_eq!(offsets[0], (3, 0), "the explicit partition wins");
+
+    let first = server.record_at("envelope", 3, 0).await;
+    assert_eq!(first["value"], json!({"kind": "a"}));
+    assert_eq!(first["key"], "user-7");
+    assert_eq!(first["timestamp"], 1234, "the producer's timestamp is kept");
+    assert_eq!(first["headers"]["trace"], "t-1");
+    assert_eq!(first["headers"]["source"], "test");
+    assert!(first["headers"]["received-at"].is_string(), "gateway headers are kept too: {first}");
+
+    let (p, o) = offsets[1];
+    let second = server.record_at("envelope", p, o).await;
+    assert_eq!(second["value"], json!([1, 2, 3]));
+    assert_eq!(second["key"], "user-7");
+    assert!(second["headers"].get("trace").is_none(), "headers are per record: {second}");
+    let ts = second["timestamp"].as_i64().expect("timestamp");
+    assert!(
+        (before..=after).contains(&ts),
+        "without a timestamp the receive time is used: {ts} not in {before}..={after}"
+    );
+
+    let (p, o) = offsets[2];
+    let third = server.record_at("envelope", p, o).await;
+    assert_eq!(third["value"], "just text");
+    assert!(third["key"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn octet_stream_body_is_one_binary_event_returned_as_base64() {
+    let server = TestServer::with_defaults().await;
+    server.create_topic("binary", 1).await;
+    let payload: Vec<u8> = vec![0, 159, 146, 150, 255, 254, b'{', 1, 2, 3, b'\n', 0];
+    let offsets = server.produce_raw("binary", "?key=device-1", "application/octet-stream", payload.clone()).await;
+    assert_eq!(offsets, vec![(0, 0)]);
+    let record = server.record_at("binary", 0, 0).await;
+    assert_eq!(record["value_encoding"], "base64", "{record}");
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(record["value"].as_str().expect("base64 text"))
+        .expect("valid base64");
+    assert_eq!(decoded, payload);
+    assert_eq!(record["key"], "device-1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_adds_received_at_client_ip_and_user_agent_headers() {
+    let server = TestServer::with_defaults().await;
+    server.create_topic("gateway-headers", 1).await;
+    let before = now_ms();
+    let resp = server
+        .post("/v1/topics/gateway-headers/events")
+        .header("user-agent", "tidegate-tests/1.0 (e2e)")
+        .json(&json!({"e": 1}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 200);
+    let after = now_ms();
+    let record = server.record_at("gateway-headers", 0, 0).await;
+    let headers = &record["headers"];
+    let received: i64 = headers["received-at"].as_str().expect("received-at header").parse().expect("ms number");
+    assert!((before..=after).contains(&received), "received-at {received} not in {before}..={after}");
+    assert_eq!(record["timestamp"], received, "the record's timestamp is the receive time");
+    assert_eq!(headers["client-ip"], "127.0.0.1");
+    assert_eq!(headers["user-agent"], "tidegate-tests/1.0 (e2e)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_within_a_partition_is_preserved() {
+    let server = TestServer::with_defaults().await;
+    server.create_topic("ordered", 1).await;
+    let mut acknowledged = Vec::new();
+    for request in 0..10 {
+        let events: Vec<Value> = (0..100).map(|i| json!({"seq": request * 100 + i})).collect();
+        acknowledged.extend(server.produce("ordered", &Value::Array(events)).await);
+    }
+    let expected_offsets: Vec<(u32, u64)> = (0..1000).map(|o| (0, o)).collect();
+    assert_eq!(acknowledged, expected_offsets, "offsets are dense and follow the posting order");
+    let records = server.read_all("ordered", 0).await;
+    let seqs: Vec<u64> = records.iter().map(|r| r["value"]["seq"].as_u64().expect("seq")).collect();
+    assert_eq!(seqs, (0..1000).collect::<Vec<u64>>());
+}
+
+/// `toPositive(murmur2(key))` from Kafka's `UtilsTest.testMurmur2`.
+const FOOBAR_HASH: u32 = 1_357_151_166;
+const ABC_HASH: u32 = 479_470_107;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_key_lands_on_kafkas_partition() {
+    let server = TestServer::with_defaults().await;
+    for partitions in [6u32, 7] {
+        let topic = format!("keyed-{partitions}");
+        server.create_topic(&topic, partitions).await;
+        let foobar = FOOBAR_HASH % partitions;
+        let abc = ABC_HASH % partitions;
+        // Query keys, over several requests so a round-robin choice would have moved.
+        for n in 0..4 {
+            let offsets = server
+                .produce_raw(&topic, "?key=foobar", "application/json", json!([{"n": n}, {"n": n}]).to_string())
+                .await;
+            assert!(offsets.iter().all(|&(p, _)| p == foobar), "key foobar on {partitions}: {offsets:?}");
+            let offsets = server.produce_raw(&topic, "?key=abc", "application/json", json!({"n": n}).to_string()).await;
+            assert!(offsets.iter().all(|&(p, _)| p == abc), "key abc on {partitions}: {offsets:?}");
+        }
+        // Envelope keys, mixed in one request.
+        let body = json!({"records": [
+            {"value": 1, "key": "abc"}, {"value": 2, "key": "foobar"}, {"value": 3, "key": "abc"},
+        ]});
+        let offsets = server.produce(&topic, &body).await;
+        let parts: Vec<u32> = offsets.iter().map(|&(p, _)| p).collect();
+        assert_eq!(parts, vec![abc, foobar, abc], "envelope keys on {partitions} partitions");
+        let record = server.record_at(&topic, foobar, offsets[1].1).await;
+        assert_eq!(record["key"], "foobar");
+        assert_eq!(record["value"], 2);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyless_requests_spread_over_all_partitions() {
+    let server = TestServer::with_defaults().await;
+    server.create_topic("spread", 4).await;
+    let mut used = BTreeSet::new();
+    for i in 0..16 {
+        for (p, _) in server.produce("spread", &json!({"i": i})).await {
+            used.insert(p);
+        }
+    }
+    assert_eq!(used, (0..4).collect::<BTreeSet<u32>>(), "16 keyless requests used every partition");
+    let total: u64 = server.end_offsets("spread").await.iter().sum();
+    assert_eq!(total, 16);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_none_answers_202_and_the_events_become_readable() {
+    let server = TestServer::with_defaults().await;
+    server.create_topic("fire", 2).await;
+    let events: Vec<Value> = (0..5).map(|i| json!({"fire": i})).collect();
+    let resp =
+        server.post_events("fire", "?acks=none", "application/json", Value::Array(events.clone()).to_string()).await;
+    assert_eq!(resp.status(), 202);
+    let answer: Value = resp.json().await.expect("JSON answer");
+    assert_eq!(answer["accepted"], 5, "{answer}");
+    let api = server.api().clone();
+    eventually("the acks=none events to be readable", Duration::from_secs(10), || {
+        let api = api.clone();
+        async move { (api.end_offsets("fire").await.iter().sum::<u64>() == 5).then_some(()) }
+    })
+    .await;
+    let mut got = values(&server.read_all("fire", 0).await);
+    got.extend(values(&server.read_all("fire", 1).await));
+    got.sort_by_key(|v| v["fire"].as_u64());
+    assert_eq!(got, events);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_returns_as_soon_as_a_record_is_appended() {
+    let server = TestServer::with_defaults().await;
+    server.create_topic("long-poll", 1).await;
+    server.produce("long-poll", &json!({"first": true})).await;
+    let api = server.api().clone();
+    let began = Instant::now();
+    let reader =
+        tokio::spawn(
+            async move { api.get_json("/v1/topics/long-poll/partitions/0/records?offset=1&wait_ms=5000").await },
+        );
+    // Let the read park at the end of the log first; the assertions hold either way.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let offsets = server.produce("long-poll", &json!({"second": true})).await;
+    assert_eq!(offsets, vec![(0, 1)]);
+    let page = reader.await.expect("reader task");
+    let elapsed = began.elapsed();
+    assert_eq!(page["records"][0]["offset"], 1, "{page}");
+    assert_eq!(page["records"][0]["value"], json!({"second": true}), "{page}");
+    assert_eq!(page["next_offset"], 2);
+    assert!(elapsed < Duration::from_millis(5000), "the read returned only when its wait ended ({elapsed:?})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_with_nothing_new_returns_empty_after_the_wait() {
+    let server = TestServer::with_defaults().await;
+    server.create_topic("idle", 1).await;
+    server.produce("idle", &json!({"only": 1})).await;
+    let began = Instant::now();
+    let page = server.get_json("/v1/topics/idle/partitions/0/records?offset=1&wait_ms=300").await;
+    assert!(began.elapsed() >= Duration::from_millis(300), "returned before the wait ended");
+    assert_eq!(page["records"], json!([]));
+    assert_eq!(page["next_offset"], 1);
+    assert_eq!(page["high_watermark"], 1);
+}
+
+async fn offset_at(server: &TestServer, at: &str) -> Value {
+    let answer = server.get_json(&format!("/v1/topics/times/offsets?timestamp={at}")).await;
+    let parts = answer["partitions"].as_array().expect("partitions");
+    assert_eq!(parts.len(), 1, "{answer}");
+    assert_eq!(parts[0]["start_offset"], 0, "{answer}");
+    assert_eq!(parts[0]["end_offset"], 4, "{answer}");
+    parts[0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_can_be_looked_up_by_earliest_latest_and_timestamp() {
+    let server = TestServer::with_defaults().await;
+    server.create_topic("times", 1).await;
+    // Three requests, so the lookup has to pick the right batch as well as the record.
+    let requests = [vec![1000], vec![2000, 2500], vec![3000]];
+    let mut offsets = Vec::new();
+    for stamps in requests {
+        let records: Vec<Value> = stamps.iter().map(|t| json!({"value": {"t": t}, "timestamp": t})).collect();
+        offsets.extend(server.produce("times", &json!({ "records": records })).await);
+    }
+    assert_eq!(offsets, vec![(0, 0), (0, 1), (0, 2), (0, 3)]);
+
+    assert_eq!(offset_at(&server, "earliest").await["offset"], 0);
+    assert_eq!(offset_at(&server, "latest").await["offset"], 4);
+    let cases: [(i64, u64, Value); 6] = [
+        (0, 0, json!(1000)),
+        (1000, 0, json!(1000)),
+        (1500, 1, json!(2000)),
+        (2200, 2, json!(2500)),
+        (2600, 3, json!(3000)),
+        (3500, 4, Value::Null),
+    ];
+    for (at, offset, timestamp) in cases {
+        let found = offset_at(&server, &at.to_string()).await;
+        assert_eq!(found["offset"], offset, "lookup of {at}: {found}");
+        assert_eq!(found["timestamp"], timestamp, "lookup of {at}: {found}");
+    }
+    let record = server.record_at("times", 0, 1).await;
+    assert_eq!(record["timestamp"], 2000);
+    assert_eq!(record["value"], json!({"t": 2000}));
+}
