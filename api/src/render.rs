@@ -55,6 +55,11 @@ impl Serialize for RecordView<'_> {
     }
 }
 
+/// `serialize_with` helper: a list of records in the API's record shape.
+pub fn records<S: Serializer>(records: &[Record], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(records.iter().map(RecordView))
+}
+
 /// Schema of a record as the API renders it (documentation only).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct RecordJson {

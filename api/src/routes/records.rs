@@ -10,7 +10,7 @@ use tidegate_storage::ReadLimits;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, Problem};
-use crate::render::{RecordJson, RecordView};
+use crate::render::RecordJson;
 use crate::state::SharedState;
 
 /// Records per read when `max_records` is not given.
@@ -44,7 +44,8 @@ pub struct FetchResponse {
     pub partition: u32,
     /// Records in offset order.
     #[schema(value_type = Vec<RecordJson>)]
-    pub records: Vec<serde_json::Value>,
+    #[serde(serialize_with = "crate::render::records")]
+    pub records: Vec<tidegate_storage::Record>,
     /// Offset to read next.
     pub next_offset: u64,
     /// The partition's high watermark (end of the readable log).
@@ -106,12 +107,10 @@ pub async fn fetch(
     };
     let limits = ReadLimits { max_records, max_bytes };
     let result = state.store.fetch(part, offset, limits, Duration::from_millis(wait_ms)).await?;
-    let records =
-        result.records.iter().map(|r| serde_json::to_value(RecordView(r)).unwrap_or(serde_json::Value::Null)).collect();
     Ok(Json(FetchResponse {
         topic,
         partition,
-        records,
+        records: result.records,
         next_offset: result.next_offset,
         high_watermark: result.high_watermark,
         log_start_offset: result.log_start_offset,
