@@ -6,6 +6,11 @@ use std::process::ExitCode;
 use tidegate::cli::{self, Command};
 use tidegate::config::Config;
 
+/// mimalloc: fewer cycles per allocation than glibc's malloc on the ingest path, and
+/// less fragmentation under many threads.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn init_tracing(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
