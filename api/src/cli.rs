@@ -26,7 +26,7 @@ pub enum Command {
         config: Option<PathBuf>,
         /// Settings.
         #[command(flatten)]
-        settings: ConfigLayer,
+        settings: Box<ConfigLayer>,
     },
     /// Load tools: measure a running gateway.
     #[command(subcommand)]

@@ -114,6 +114,17 @@ settings! {
     max_fetch_bytes: u64 = 16 * MIB;
     /// Longest `wait_ms` a long-poll read may ask for.
     max_wait_ms: u64 = 30_000;
+    /// A consumer-group member that sends nothing (not even a pong) for this long is
+    /// removed; a static member may reconnect within it and keep its partitions.
+    session_timeout_ms: u64 = 10_000;
+    /// How often the server pings WebSocket subscribers.
+    heartbeat_interval_ms: u64 = 3_000;
+    /// With `auto_commit`, how often delivered positions are committed.
+    auto_commit_interval_ms: u64 = 1_000;
+    /// Most bytes of records in one subscription frame: the per-subscriber memory bound.
+    subscription_frame_bytes: u64 = 256 * KIB;
+    /// Most concurrent WebSocket and SSE subscriptions (503 above it).
+    max_subscriptions: u64 = 10_000;
     /// On shutdown, how long in-flight requests get to finish before they are cut.
     shutdown_timeout_ms: u64 = 30_000;
 }
@@ -150,7 +161,11 @@ impl Config {
 
     /// Checks ranges and relations between settings.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let positive: [(&'static str, u64); 11] = [
+        let positive: [(&'static str, u64); 15] = [
+            ("session_timeout_ms", self.session_timeout_ms),
+            ("heartbeat_interval_ms", self.heartbeat_interval_ms),
+            ("auto_commit_interval_ms", self.auto_commit_interval_ms),
+            ("subscription_frame_bytes", self.subscription_frame_bytes),
             ("fsync_interval_ms", self.fsync_interval_ms),
             ("write_queue_depth", self.write_queue_depth),
             ("max_group_commit_bytes", self.max_group_commit_bytes),
@@ -178,6 +193,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 name: "max_event_bytes",
                 reason: format!("{} is larger than max_body_bytes ({})", self.max_event_bytes, self.max_body_bytes),
+            });
+        }
+        if self.heartbeat_interval_ms >= self.session_timeout_ms {
+            return Err(ConfigError::Invalid {
+                name: "heartbeat_interval_ms",
+                reason: "must be shorter than session_timeout_ms".into(),
             });
         }
         if self.max_body_bytes > 1024 * MIB {

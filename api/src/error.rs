@@ -12,6 +12,8 @@ use serde::Serialize;
 use tidegate_storage::StorageError;
 use utoipa::ToSchema;
 
+use crate::groups::coordinator::GroupError;
+
 /// Media type of error bodies.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -82,6 +84,12 @@ pub enum ApiError {
     /// The server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// `max_subscriptions` subscriptions are open.
+    #[error("{limit} subscriptions are open (setting max_subscriptions); retry later")]
+    TooManySubscriptions { limit: u64 },
+    /// A consumer-group operation was refused.
+    #[error(transparent)]
+    Group(#[from] crate::groups::coordinator::GroupError),
 }
 
 impl ApiError {
@@ -96,6 +104,7 @@ impl ApiError {
         let (status, code) = match self {
             ApiError::Storage(e) => match e {
                 S::InvalidTopicName { .. } => (StatusCode::BAD_REQUEST, "invalid_topic_name"),
+                S::InvalidGroupName(_) => (StatusCode::BAD_REQUEST, "invalid_group_name"),
                 S::InvalidConfig(_) => (StatusCode::BAD_REQUEST, "invalid_topic_config"),
                 S::TopicNotFound(_) => (StatusCode::NOT_FOUND, "topic_not_found"),
                 S::TopicExists(_) => (StatusCode::CONFLICT, "topic_exists"),
@@ -115,6 +124,13 @@ impl ApiError {
             ApiError::UnsupportedMediaType { .. } => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            ApiError::TooManySubscriptions { .. } => (StatusCode::SERVICE_UNAVAILABLE, "too_many_subscriptions"),
+            ApiError::Group(e) => match e {
+                GroupError::GroupActive(_) => (StatusCode::CONFLICT, "group_active"),
+                GroupError::MemberInUse(_) => (StatusCode::CONFLICT, "member_in_use"),
+                GroupError::StaleGeneration { .. } => (StatusCode::CONFLICT, "stale_generation"),
+                GroupError::NotOwner(..) => (StatusCode::CONFLICT, "not_owner"),
+            },
         };
         let mut problem = Problem::new(status, code, self.to_string());
         match self {

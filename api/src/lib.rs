@@ -13,7 +13,9 @@
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod consume;
 pub mod error;
+pub mod groups;
 pub mod ingest;
 pub mod metrics;
 pub mod render;

@@ -28,7 +28,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve { config, settings } => {
-            let config = match Config::load(config.as_deref(), settings) {
+            let config = match Config::load(config.as_deref(), *settings) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("error: {e}");

@@ -48,6 +48,15 @@ pub async fn serve(
             crate::metrics::handle().run_upkeep();
         }
     });
+    let expiry_state = state.clone();
+    let expiry = tokio::spawn(async move {
+        let mut tick =
+            tokio::time::interval(Duration::from_millis((expiry_state.config.session_timeout_ms / 4).max(50)));
+        loop {
+            tick.tick().await;
+            expiry_state.coordinator.expire();
+        }
+    });
     let app = crate::routes::router(state.clone());
     state.ready.store(true, Ordering::Release);
     tracing::info!(addr = %listener.local_addr()?, "tidegate listening");
@@ -77,6 +86,7 @@ pub async fn serve(
         }
     };
     upkeep.abort();
+    expiry.abort();
     let closed = store.close().await;
     tracing::info!("store closed");
     served?;

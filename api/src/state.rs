@@ -7,7 +7,9 @@ use tidegate_storage::{StorageError, Store, Topic, TopicConfig};
 
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::groups::coordinator::Coordinator;
 use crate::ingest::partitioner::Spreader;
+use std::time::Duration;
 
 /// Everything a handler needs. Held behind an `Arc`; no locks of its own.
 #[derive(Debug)]
@@ -18,6 +20,10 @@ pub struct AppState {
     pub store: Store,
     /// Round-robin source for keyless events.
     pub spreader: Spreader,
+    /// Consumer groups of this node.
+    pub coordinator: Coordinator,
+    /// Open subscriptions, bounded by `max_subscriptions`.
+    pub subscriptions: Arc<tokio::sync::Semaphore>,
     /// False until start-up is done and again once shutdown begins (`/readyz`).
     pub ready: AtomicBool,
 }
@@ -28,7 +34,16 @@ pub type SharedState = Arc<AppState>;
 impl AppState {
     /// New state around an open store.
     pub fn new(config: Config, store: Store) -> SharedState {
-        Arc::new(AppState { config, store, spreader: Spreader::default(), ready: AtomicBool::new(false) })
+        let coordinator = Coordinator::new(store.clone(), Duration::from_millis(config.session_timeout_ms));
+        let subscriptions = Arc::new(tokio::sync::Semaphore::new(config.max_subscriptions as usize));
+        Arc::new(AppState {
+            config,
+            store,
+            spreader: Spreader::default(),
+            coordinator,
+            subscriptions,
+            ready: AtomicBool::new(false),
+        })
     }
 
     /// Whether the node takes traffic.

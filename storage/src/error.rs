@@ -9,6 +9,9 @@ pub enum StorageError {
     /// The topic name does not match `[A-Za-z0-9._-]{1,249}` (or is `.`/`..`).
     #[error("invalid topic name {name:?}: {reason}")]
     InvalidTopicName { name: String, reason: &'static str },
+    /// The consumer group name is not valid.
+    #[error("invalid group name {0:?}: use 1-249 ASCII letters, digits, '.', '_' or '-'")]
+    InvalidGroupName(String),
     /// A topic setting is out of range.
     #[error("invalid topic config: {0}")]
     InvalidConfig(String),

@@ -15,6 +15,7 @@
 pub mod batch;
 pub mod config;
 pub mod error;
+pub mod groups;
 pub mod partition;
 pub mod read;
 pub mod retention;
@@ -25,6 +26,7 @@ mod writer;
 pub use batch::{BatchBuilder, EncodedBatch, Record};
 pub use config::{FsyncPolicy, StoreConfig};
 pub use error::{Result, StorageError};
+pub use groups::{CommittedOffset, validate_group_name};
 pub use partition::{PartitionLog, PartitionStats};
 pub use read::{ReadLimits, ReadResult, TimestampOffset};
 pub use store::{Store, Topic, TopicInfo};

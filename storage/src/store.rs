@@ -146,7 +146,7 @@ impl Store {
         db_opts.set_bytes_per_sync(1 << 20);
         let existing = if path.join("CURRENT").exists() { Db::list_cf(&db_opts, &path)? } else { Vec::new() };
         let mut names: Vec<String> = existing;
-        for required in ["default", META_CF] {
+        for required in ["default", META_CF, crate::groups::GROUPS_CF] {
             if !names.iter().any(|n| n == required) {
                 names.push(required.to_string());
             }
@@ -536,6 +536,11 @@ impl Store {
     /// Whether shutdown has begun.
     pub fn is_closing(&self) -> bool {
         *self.inner.closing.borrow()
+    }
+
+    /// A receiver that turns `true` when shutdown begins (sessions close on it).
+    pub fn closing_signal(&self) -> watch::Receiver<bool> {
+        self.inner.closing.subscribe()
     }
 
     pub(crate) fn closing(&self) -> watch::Receiver<bool> {

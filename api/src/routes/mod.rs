@@ -2,8 +2,10 @@
 //! from the same route list (so the document cannot miss an endpoint).
 
 pub mod events;
+pub mod groups;
 pub mod ops;
 pub mod records;
+pub mod subscribe;
 pub mod topics;
 
 use axum::Router;
@@ -32,6 +34,8 @@ use crate::state::SharedState;
         (name = "events", description = "Ingest"),
         (name = "records", description = "Reading the log"),
         (name = "topics", description = "Topic admin"),
+        (name = "consume", description = "WebSocket subscriptions (protocol: docs/websocket.md)"),
+        (name = "groups", description = "Consumer-group admin"),
         (name = "ops", description = "Health, readiness, metrics"),
     )
 )]
@@ -45,6 +49,10 @@ fn api_router() -> OpenApiRouter<SharedState> {
         .routes(routes!(events::produce))
         .routes(routes!(records::fetch))
         .routes(routes!(records::offsets))
+        .routes(routes!(subscribe::subscribe))
+        .routes(routes!(groups::list_groups))
+        .routes(routes!(groups::describe_group, groups::delete_group))
+        .routes(routes!(groups::reset_group))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))

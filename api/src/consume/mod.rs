@@ -1,0 +1,4 @@
+//! Consumption: the WebSocket subscription protocol and its sessions.
+
+pub mod protocol;
+pub mod session;

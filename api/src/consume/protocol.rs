@@ -1,0 +1,152 @@
+//! The WebSocket protocol's frames (JSON text, one object per frame, `type` first)
+//! and subscription parameters. Documented in docs/websocket.md.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::groups::assign::TopicPartition;
+
+/// Close codes the server uses.
+pub mod close {
+    /// Normal close (client asked, or the subscription ended).
+    pub const NORMAL: u16 = 1000;
+    /// The server is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// The client sent a frame that is not valid protocol.
+    pub const PROTOCOL: u16 = 1008;
+    /// No frame or pong from the client within the session timeout.
+    pub const SESSION_TIMEOUT: u16 = 4000;
+    /// A subscribed topic was deleted.
+    pub const TOPIC_DELETED: u16 = 4001;
+    /// The member id is in use by another live session.
+    pub const MEMBER_IN_USE: u16 = 4002;
+}
+
+/// Where to start a partition that has no committed offset (or, for ephemeral
+/// subscriptions, always).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFrom {
+    Earliest,
+    Latest,
+    Offset(u64),
+    Timestamp(i64),
+}
+
+impl StartFrom {
+    /// Parses `earliest`, `latest`, a number (an offset), `offset:N` or `timestamp:MS`.
+    pub fn parse(s: &str) -> Result<StartFrom, String> {
+        let bad = || format!("from={s:?}: expected earliest, latest, an offset, offset:N or timestamp:MS");
+        match s {
+            "earliest" => Ok(StartFrom::Earliest),
+            "latest" => Ok(StartFrom::Latest),
+            _ => {
+                if let Some(ms) = s.strip_prefix("timestamp:") {
+                    ms.parse().map(StartFrom::Timestamp).map_err(|_| bad())
+                } else {
+                    s.strip_prefix("offset:").unwrap_or(s).parse().map(StartFrom::Offset).map_err(|_| bad())
+                }
+            }
+        }
+    }
+}
+
+/// One `topic`/`partition`/`offset` triple in client frames (topic defaults to the
+/// subscription's first topic).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OffsetRef {
+    pub topic: Option<String>,
+    pub partition: u32,
+    pub offset: u64,
+}
+
+/// A partition named in pause/resume frames.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionRef {
+    pub topic: Option<String>,
+    pub partition: u32,
+}
+
+/// Frames a client may send.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ClientFrame {
+    /// Commit offsets (offset = next to read). Groups only.
+    Commit { offsets: Vec<OffsetRef>, generation: Option<u64> },
+    /// Move a partition's read position.
+    Seek { topic: Option<String>, partition: u32, offset: Option<u64>, timestamp: Option<i64>, to: Option<String> },
+    /// Stop delivering (all, or the listed partitions).
+    Pause { partitions: Option<Vec<PartitionRef>> },
+    /// Deliver again.
+    Resume { partitions: Option<Vec<PartitionRef>> },
+}
+
+/// `{"type":"assignment"}`: the partitions this session now reads and from where.
+pub fn assignment(generation: u64, parts: &[(TopicPartition, u64)]) -> String {
+    let partitions: Vec<Value> =
+        parts.iter().map(|((t, p), o)| json!({"topic": t, "partition": p, "offset": o})).collect();
+    json!({"type": "assignment", "generation": generation, "partitions": partitions}).to_string()
+}
+
+/// `{"type":"revoked"}`.
+pub fn revoked(parts: &[TopicPartition]) -> String {
+    let partitions: Vec<Value> = parts.iter().map(|(t, p)| json!({"topic": t, "partition": p})).collect();
+    json!({"type": "revoked", "partitions": partitions}).to_string()
+}
+
+/// `{"type":"committed"}`.
+pub fn committed(offsets: &[(TopicPartition, u64)]) -> String {
+    let offsets: Vec<Value> =
+        offsets.iter().map(|((t, p), o)| json!({"topic": t, "partition": p, "offset": o})).collect();
+    json!({"type": "committed", "offsets": offsets}).to_string()
+}
+
+/// `{"type":"gap"}`: records `from..to` are gone through retention.
+pub fn gap(topic: &str, partition: u32, from: u64, to: u64) -> String {
+    json!({"type": "gap", "topic": topic, "partition": partition, "from": from, "to": to}).to_string()
+}
+
+/// `{"type":"error"}` with a stable code.
+pub fn error(code: &str, detail: &str) -> String {
+    json!({"type": "error", "code": code, "detail": detail}).to_string()
+}
+
+#[derive(Serialize)]
+struct RecordsFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    topic: &'a str,
+    partition: u32,
+    #[serde(serialize_with = "crate::render::records")]
+    records: &'a [tidegate_storage::Record],
+}
+
+/// `{"type":"records"}` with JSON values inline.
+pub fn records(topic: &str, partition: u32, records: &[tidegate_storage::Record]) -> String {
+    serde_json::to_string(&RecordsFrame { kind: "records", topic, partition, records }).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_parses_every_form() {
+        assert_eq!(StartFrom::parse("earliest"), Ok(StartFrom::Earliest));
+        assert_eq!(StartFrom::parse("12"), Ok(StartFrom::Offset(12)));
+        assert_eq!(StartFrom::parse("offset:3"), Ok(StartFrom::Offset(3)));
+        assert_eq!(StartFrom::parse("timestamp:99"), Ok(StartFrom::Timestamp(99)));
+        assert!(StartFrom::parse("soon").is_err());
+    }
+
+    #[test]
+    fn client_frames_parse_and_unknown_fields_are_refused() {
+        let f: ClientFrame =
+            serde_json::from_str(r#"{"type":"commit","offsets":[{"partition":1,"offset":5}]}"#).unwrap();
+        assert!(matches!(f, ClientFrame::Commit { ref offsets, generation: None } if offsets[0].offset == 5));
+        assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"pause"}"#).is_ok());
+        assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"commit","offsets":[],"x":1}"#).is_err());
+        assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"dance"}"#).is_err());
+    }
+}

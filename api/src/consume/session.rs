@@ -1,0 +1,496 @@
+//! One WebSocket subscription: reads storage from its own positions and sends while
+//! the socket accepts.
+//!
+//! Flow control: the session holds at most one records frame (bounded by the
+//! `subscription_frame_bytes` setting) and awaits its send before reading more, so
+//! a slow client only slows itself, server memory per subscriber stays bounded, and
+//! a client that catches up reads the backlog from storage. It never polls: when
+//! every partition is at its high watermark it sleeps on the watermark notifiers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use tidegate_storage::{PartitionLog, ReadLimits, StorageError};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::protocol::{self, ClientFrame, StartFrom, close};
+use crate::groups::assign::TopicPartition;
+use crate::groups::coordinator::Control;
+use crate::state::SharedState;
+
+/// Records per frame at most.
+pub const MAX_FRAME_RECORDS: usize = 1000;
+
+/// How a session ended.
+#[derive(Debug)]
+enum End {
+    /// Close with this code and reason.
+    Close(u16, String),
+    /// The socket is gone.
+    Gone,
+}
+
+struct Position {
+    log: Arc<PartitionLog>,
+    /// Next offset to deliver.
+    next: u64,
+    paused: bool,
+    hw: watch::Receiver<u64>,
+}
+
+/// Parameters a session starts with.
+pub struct SessionParams {
+    pub topics: Vec<String>,
+    pub group: Option<String>,
+    pub member: Option<String>,
+    pub from: StartFrom,
+    pub auto_commit: bool,
+    /// Explicit start positions (ephemeral resume), by topic partition.
+    pub resume: BTreeMap<TopicPartition, u64>,
+    pub client: String,
+}
+
+struct Session {
+    state: SharedState,
+    params: SessionParams,
+    member: String,
+    generation: u64,
+    positions: BTreeMap<TopicPartition, Position>,
+    /// Last committed offset per partition (auto-commit only commits changes).
+    committed: BTreeMap<TopicPartition, u64>,
+    tx: SplitSink<WebSocket, Message>,
+    last_seen: Instant,
+    round_robin: usize,
+}
+
+/// Runs a subscription to completion on an upgraded socket.
+pub async fn run(state: SharedState, socket: WebSocket, params: SessionParams) {
+    let (tx, mut rx) = socket.split();
+    let mut control = None;
+    let mut member = String::from("ephemeral");
+    if let Some(group) = params.group.clone() {
+        let topics: BTreeSet<String> = params.topics.iter().cloned().collect();
+        match state.coordinator.join(&group, params.member.as_deref(), topics, params.client.clone()) {
+            Ok((id, c)) => {
+                member = id;
+                control = Some(c);
+            }
+            Err(e) => {
+                let mut tx = tx;
+                let _ = tx.send(Message::Text(protocol::error("member_in_use", &e.to_string()).into())).await;
+                let _ = tx.send(close_msg(close::MEMBER_IN_USE, &e.to_string())).await;
+                return;
+            }
+        }
+    }
+    metrics::gauge!("tidegate_subscriptions").increment(1.0);
+    let mut s = Session {
+        state: state.clone(),
+        params,
+        member,
+        generation: 0,
+        positions: BTreeMap::new(),
+        committed: BTreeMap::new(),
+        tx,
+        last_seen: Instant::now(),
+        round_robin: 0,
+    };
+    let end = match control.as_mut() {
+        Some(c) => s.run(&mut rx, Some(c)).await,
+        None => match s.start_ephemeral().await {
+            Ok(()) => s.run(&mut rx, None).await,
+            Err(end) => end,
+        },
+    };
+    let leave = matches!(end, End::Close(code, _) if code == close::NORMAL);
+    s.finish(end).await;
+    if let Some(group) = &s.params.group {
+        state.coordinator.disconnect(group, &s.member, leave);
+    }
+    metrics::gauge!("tidegate_subscriptions").decrement(1.0);
+}
+
+/// A close frame; the reason is cut to the 123 bytes the protocol allows.
+fn close_msg(code: u16, reason: &str) -> Message {
+    let mut cut = reason.len().min(120);
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let reason = &reason[..cut];
+    Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(reason.to_string()) }))
+}
+
+impl Session {
+    fn cfg(&self) -> &crate::config::Config {
+        &self.state.config
+    }
+
+    async fn send(&mut self, text: String) -> Result<(), End> {
+        self.tx.send(Message::Text(text.into())).await.map_err(|_| End::Gone)
+    }
+
+    /// Ephemeral subscription: every partition of every topic.
+    async fn start_ephemeral(&mut self) -> Result<(), End> {
+        let mut parts = Vec::new();
+        for topic in self.params.topics.clone() {
+            let handle = self.state.store.topic(&topic).map_err(|e| End::Close(close::TOPIC_DELETED, e.to_string()))?;
+            for p in 0..handle.partition_count() {
+                parts.push((topic.clone(), p));
+            }
+        }
+        self.add_partitions(parts).await
+    }
+
+    /// Starts reading partitions: committed offset, else resume position, else `from`.
+    async fn add_partitions(&mut self, parts: Vec<TopicPartition>) -> Result<(), End> {
+        let committed: BTreeMap<TopicPartition, u64> = match &self.params.group {
+            Some(g) => self
+                .state
+                .store
+                .committed_offsets(g)
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| ((c.topic, c.partition), c.offset))
+                .collect(),
+            None => BTreeMap::new(),
+        };
+        for tp in parts {
+            let Ok(log) = self.state.store.partition(&tp.0, tp.1) else { continue };
+            let next = match committed.get(&tp).or(self.params.resume.get(&tp)) {
+                Some(o) => *o,
+                None => self.start_offset(&log, self.params.from).await,
+            };
+            if let Some(c) = committed.get(&tp) {
+                self.committed.insert(tp.clone(), *c);
+            }
+            let hw = log.watch_high_watermark();
+            self.positions.insert(tp, Position { log, next, paused: false, hw });
+        }
+        let list: Vec<(TopicPartition, u64)> = self.positions.iter().map(|(tp, p)| (tp.clone(), p.next)).collect();
+        self.send(protocol::assignment(self.generation, &list)).await
+    }
+
+    async fn start_offset(&self, log: &Arc<PartitionLog>, from: StartFrom) -> u64 {
+        match from {
+            StartFrom::Earliest => log.start_offset(),
+            StartFrom::Latest => log.high_watermark(),
+            StartFrom::Offset(o) => o.min(log.high_watermark()),
+            StartFrom::Timestamp(ts) => match self.state.store.offset_for_timestamp(log.clone(), ts).await {
+                Ok(found) => found.offset,
+                Err(_) => log.high_watermark(),
+            },
+        }
+    }
+
+    async fn run(&mut self, rx: &mut SplitStream<WebSocket>, mut control: Option<&mut mpsc::Receiver<Control>>) -> End {
+        let heartbeat = Duration::from_millis(self.cfg().heartbeat_interval_ms);
+        let session_timeout = Duration::from_millis(self.cfg().session_timeout_ms);
+        let auto_commit_every = Duration::from_millis(self.cfg().auto_commit_interval_ms);
+        let mut next_ping = Instant::now() + heartbeat;
+        let mut next_commit = Instant::now() + auto_commit_every;
+        let mut closing = self.state.store.closing_signal();
+        loop {
+            // Control messages and client frames first, without waiting.
+            if let Some(c) = control.as_deref_mut() {
+                while let Ok(msg) = c.try_recv() {
+                    if let Err(end) = self.on_control(msg).await {
+                        return end;
+                    }
+                }
+            }
+            while let Some(frame) = rx.next().now_or_never() {
+                if let Err(end) = self.on_frame(frame).await {
+                    return end;
+                }
+            }
+            if *closing.borrow() {
+                return End::Close(close::GOING_AWAY, "server shutting down".into());
+            }
+            let now = Instant::now();
+            if now >= next_ping {
+                if now.duration_since(self.last_seen) > session_timeout {
+                    return End::Close(close::SESSION_TIMEOUT, "no frame or pong within the session timeout".into());
+                }
+                if self.tx.send(Message::Ping(Default::default())).await.is_err() {
+                    return End::Gone;
+                }
+                next_ping = now + heartbeat;
+            }
+            if self.params.auto_commit && now >= next_commit {
+                self.auto_commit().await;
+                next_commit = now + auto_commit_every;
+            }
+            match self.deliver_one().await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(end) => return end,
+            }
+            // Nothing to send: sleep until something changes.
+            let wake_at = if self.params.auto_commit { next_ping.min(next_commit) } else { next_ping };
+            let mut watchers: Vec<_> = self
+                .positions
+                .values_mut()
+                .filter(|p| !p.paused)
+                .map(|p| Box::pin(p.hw.changed().map(|_| ())))
+                .collect();
+            let any_hw = async {
+                if watchers.is_empty() {
+                    std::future::pending::<()>().await
+                } else {
+                    futures_util::future::select_all(watchers.iter_mut()).await;
+                }
+            };
+            let next_control = async {
+                match control.as_deref_mut() {
+                    Some(c) => c.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                msg = next_control => {
+                    drop(watchers);
+                    match msg {
+                        Some(msg) => if let Err(end) = self.on_control(msg).await { return end },
+                        None => return End::Close(close::GOING_AWAY, "group coordinator gone".into()),
+                    }
+                }
+                frame = rx.next() => {
+                    drop(watchers);
+                    if let Err(end) = self.on_frame(frame).await { return end }
+                }
+                () = any_hw => {}
+                () = tokio::time::sleep_until(wake_at) => {}
+                _ = closing.changed() => {}
+            }
+        }
+    }
+
+    /// Reads and sends one frame from the next partition with records; false when
+    /// every partition is caught up (or paused).
+    async fn deliver_one(&mut self) -> Result<bool, End> {
+        let keys: Vec<TopicPartition> = self.positions.keys().cloned().collect();
+        let n = keys.len();
+        for i in 0..n {
+            let tp = &keys[(self.round_robin + i) % n];
+            let pos = &self.positions[tp];
+            if pos.log.is_deleted() {
+                return Err(End::Close(close::TOPIC_DELETED, format!("topic {} was deleted", tp.0)));
+            }
+            if pos.paused || pos.next >= pos.log.high_watermark() {
+                continue;
+            }
+            self.round_robin = (self.round_robin + i + 1) % n;
+            let limits =
+                ReadLimits { max_records: MAX_FRAME_RECORDS, max_bytes: self.cfg().subscription_frame_bytes as usize };
+            let (log, next) = (pos.log.clone(), pos.next);
+            match self.state.store.fetch(log.clone(), next, limits, Duration::ZERO).await {
+                Ok(read) => {
+                    if read.records.is_empty() {
+                        return Ok(false);
+                    }
+                    let frame = protocol::records(&tp.0, tp.1, &read.records);
+                    let count = read.records.len() as u64;
+                    self.send(frame).await?;
+                    metrics::counter!("tidegate_records_delivered_total").increment(count);
+                    if let Some(p) = self.positions.get_mut(tp) {
+                        p.next = read.next_offset;
+                    }
+                    return Ok(true);
+                }
+                Err(StorageError::OffsetOutOfRange { start, end, .. }) => {
+                    let to = if next < start { start } else { end };
+                    self.send(protocol::gap(&tp.0, tp.1, next, to)).await?;
+                    if let Some(p) = self.positions.get_mut(tp) {
+                        p.next = to;
+                    }
+                    return Ok(true);
+                }
+                Err(StorageError::TopicDeleted(t) | StorageError::TopicNotFound(t)) => {
+                    return Err(End::Close(close::TOPIC_DELETED, format!("topic {t} was deleted")));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "subscription read failed");
+                    self.send(protocol::error("storage_error", &e.to_string())).await?;
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    async fn on_control(&mut self, msg: Control) -> Result<(), End> {
+        match msg {
+            Control::Assign { generation, partitions } => {
+                self.generation = generation;
+                let new: Vec<TopicPartition> =
+                    partitions.into_iter().filter(|tp| !self.positions.contains_key(tp)).collect();
+                self.add_partitions(new).await
+            }
+            Control::Revoke { generation, partitions } => {
+                self.generation = generation;
+                if self.params.auto_commit {
+                    self.commit_positions(Some(&partitions)).await;
+                }
+                for tp in &partitions {
+                    self.positions.remove(tp);
+                    self.committed.remove(tp);
+                }
+                // Stopped: only now may another member read them.
+                if let Some(group) = &self.params.group {
+                    self.state.coordinator.revoked(group, &self.member, &partitions);
+                }
+                self.send(protocol::revoked(&partitions)).await
+            }
+        }
+    }
+
+    async fn on_frame(&mut self, frame: Option<Result<Message, axum::Error>>) -> Result<(), End> {
+        let msg = match frame {
+            None | Some(Err(_)) => return Err(End::Gone),
+            Some(Ok(m)) => m,
+        };
+        self.last_seen = Instant::now();
+        let text = match msg {
+            Message::Text(t) => t,
+            Message::Close(_) => return Err(End::Close(close::NORMAL, "client closed".into())),
+            Message::Ping(_) | Message::Pong(_) => return Ok(()),
+            Message::Binary(_) => {
+                return self.send(protocol::error("invalid_frame", "frames are JSON text")).await;
+            }
+        };
+        let frame: ClientFrame = match serde_json::from_str(&text) {
+            Ok(f) => f,
+            Err(e) => return self.send(protocol::error("invalid_frame", &e.to_string())).await,
+        };
+        let default_topic = self.params.topics[0].clone();
+        match frame {
+            ClientFrame::Commit { offsets, generation } => {
+                let Some(group) = self.params.group.clone() else {
+                    return self.send(protocol::error("no_group", "commits need a group subscription")).await;
+                };
+                let offsets: Vec<(TopicPartition, u64)> = offsets
+                    .into_iter()
+                    .map(|o| ((o.topic.unwrap_or_else(|| default_topic.clone()), o.partition), o.offset))
+                    .collect();
+                let parts: Vec<TopicPartition> = offsets.iter().map(|(tp, _)| tp.clone()).collect();
+                if let Err(e) = self.state.coordinator.check_commit(&group, &self.member, generation, &parts) {
+                    return self.send(protocol::error("commit_refused", &e.to_string())).await;
+                }
+                self.store_commit(&group, offsets).await
+            }
+            ClientFrame::Seek { topic, partition, offset, timestamp, to } => {
+                let tp = (topic.unwrap_or(default_topic), partition);
+                let Some(log) = self.positions.get(&tp).map(|p| p.log.clone()) else {
+                    return self
+                        .send(protocol::error("not_assigned", &format!("{}/{} is not assigned", tp.0, tp.1)))
+                        .await;
+                };
+                let from = match (offset, timestamp, to.as_deref()) {
+                    (Some(o), None, None) => StartFrom::Offset(o),
+                    (None, Some(ts), None) => StartFrom::Timestamp(ts),
+                    (None, None, Some("earliest")) => StartFrom::Earliest,
+                    (None, None, Some("latest")) => StartFrom::Latest,
+                    _ => {
+                        return self
+                            .send(protocol::error(
+                                "invalid_frame",
+                                "seek takes one of offset, timestamp, to=earliest|latest",
+                            ))
+                            .await;
+                    }
+                };
+                let next = self.start_offset(&log, from).await;
+                if let Some(p) = self.positions.get_mut(&tp) {
+                    p.next = next;
+                }
+                let list: Vec<(TopicPartition, u64)> =
+                    self.positions.iter().map(|(tp, p)| (tp.clone(), p.next)).collect();
+                self.send(protocol::assignment(self.generation, &list)).await
+            }
+            ClientFrame::Pause { partitions } => {
+                self.set_paused(partitions, true, &default_topic);
+                Ok(())
+            }
+            ClientFrame::Resume { partitions } => {
+                self.set_paused(partitions, false, &default_topic);
+                Ok(())
+            }
+        }
+    }
+
+    fn set_paused(&mut self, parts: Option<Vec<super::protocol::PartitionRef>>, paused: bool, default_topic: &str) {
+        match parts {
+            None => self.positions.values_mut().for_each(|p| p.paused = paused),
+            Some(list) => {
+                for r in list {
+                    let tp = (r.topic.unwrap_or_else(|| default_topic.to_string()), r.partition);
+                    if let Some(p) = self.positions.get_mut(&tp) {
+                        p.paused = paused;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn store_commit(&mut self, group: &str, offsets: Vec<(TopicPartition, u64)>) -> Result<(), End> {
+        let rows = offsets.iter().map(|((t, p), o)| (t.clone(), *p, *o)).collect();
+        match self.state.store.commit_offsets(group, rows).await {
+            Ok(()) => {
+                for (tp, o) in &offsets {
+                    self.committed.insert(tp.clone(), *o);
+                }
+                self.send(protocol::committed(&offsets)).await
+            }
+            Err(e) => self.send(protocol::error("commit_failed", &e.to_string())).await,
+        }
+    }
+
+    /// Commits the delivered position of owned partitions that moved since the
+    /// last commit (only records already sent count as delivered).
+    async fn commit_positions(&mut self, only: Option<&[TopicPartition]>) {
+        let Some(group) = self.params.group.clone() else { return };
+        let changed: Vec<(TopicPartition, u64)> = self
+            .positions
+            .iter()
+            .filter(|(tp, _)| only.is_none_or(|o| o.contains(tp)))
+            .filter(|(tp, p)| self.committed.get(*tp) != Some(&p.next))
+            .map(|(tp, p)| (tp.clone(), p.next))
+            .collect();
+        if changed.is_empty() {
+            return;
+        }
+        let rows = changed.iter().map(|((t, p), o)| (t.clone(), *p, *o)).collect();
+        match self.state.store.commit_offsets(&group, rows).await {
+            Ok(()) => {
+                for (tp, o) in changed {
+                    self.committed.insert(tp, o);
+                }
+            }
+            Err(e) => tracing::warn!(group = %group, error = %e, "auto-commit failed"),
+        }
+    }
+
+    async fn auto_commit(&mut self) {
+        self.commit_positions(None).await;
+    }
+
+    /// Final commit (auto-commit) and close frame.
+    async fn finish(&mut self, end: End) {
+        if self.params.auto_commit {
+            self.commit_positions(None).await;
+        }
+        if let End::Close(code, reason) = end {
+            if code != close::NORMAL {
+                let _ = self.tx.send(Message::Text(protocol::error("closing", &reason).into())).await;
+            }
+            let _ = self.tx.send(close_msg(code, &reason)).await;
+        }
+        let _ = self.tx.close().await;
+    }
+}

@@ -1,0 +1,298 @@
+//! Consumer-group admin: list, describe (members, assignment, committed offsets,
+//! lag), reset offsets, delete.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::error::{ApiError, Problem};
+use crate::state::SharedState;
+
+/// One group in the list.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GroupSummary {
+    /// Group name.
+    pub group: String,
+    /// `stable`, `rebalancing`, or `empty` (committed offsets, no members).
+    pub state: String,
+    /// Number of members.
+    pub members: usize,
+}
+
+/// `GET /v1/groups` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GroupList {
+    /// Groups with members or committed offsets, sorted.
+    pub groups: Vec<GroupSummary>,
+}
+
+/// A partition owned by a member.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AssignedPartition {
+    pub topic: String,
+    pub partition: u32,
+}
+
+/// A group member.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MemberDescription {
+    /// Member id.
+    pub member: String,
+    /// Client address (ip:port).
+    pub client: String,
+    /// False while a static member is disconnected (within its session timeout).
+    pub connected: bool,
+    /// Whether the member named itself (static membership).
+    pub is_static: bool,
+    /// Subscribed topics.
+    pub topics: Vec<String>,
+    /// Partitions it owns now.
+    pub partitions: Vec<AssignedPartition>,
+}
+
+/// Committed offset and lag of one partition.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PartitionLag {
+    pub topic: String,
+    pub partition: u32,
+    /// Committed offset (next to read), `null` when nothing is committed.
+    pub committed: Option<u64>,
+    /// The partition's high watermark.
+    pub end_offset: u64,
+    /// `end_offset - committed` (from the log start when nothing is committed).
+    pub lag: u64,
+    /// Member owning the partition, if any.
+    pub owner: Option<String>,
+}
+
+/// `GET /v1/groups/{group}` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GroupDescription {
+    pub group: String,
+    pub state: String,
+    /// Generation of the latest rebalance (0 without members).
+    pub generation: u64,
+    pub members: Vec<MemberDescription>,
+    /// Every partition of the group's topics (subscribed or committed).
+    pub partitions: Vec<PartitionLag>,
+    /// Sum of the partitions' lag.
+    pub lag: u64,
+}
+
+fn state_name(info: Option<&crate::groups::coordinator::GroupInfo>) -> String {
+    match info {
+        None => "empty",
+        Some(i) if i.pending > 0 => "rebalancing",
+        Some(_) => "stable",
+    }
+    .to_string()
+}
+
+/// List consumer groups.
+#[utoipa::path(get, path = "/v1/groups", tag = "groups", responses((status = 200, description = "Groups", body = GroupList)))]
+pub async fn list_groups(State(state): State<SharedState>) -> Result<Json<GroupList>, ApiError> {
+    let mut names: BTreeSet<String> = state.store.group_names().await?.into_iter().collect();
+    names.extend(state.coordinator.active_groups());
+    let groups = names
+        .into_iter()
+        .map(|g| {
+            let info = state.coordinator.describe(&g);
+            GroupSummary { state: state_name(info.as_ref()), members: info.map_or(0, |i| i.members.len()), group: g }
+        })
+        .collect();
+    Ok(Json(GroupList { groups }))
+}
+
+/// Builds a group's description (shared with metrics).
+pub async fn describe(state: &SharedState, group: &str) -> Result<GroupDescription, ApiError> {
+    let info = state.coordinator.describe(group);
+    let committed = state.store.committed_offsets(group).await?;
+    if info.is_none() && committed.is_empty() {
+        return Err(ApiError::NotFound { detail: format!("group {group:?} has no members and no committed offsets") });
+    }
+    let mut owners: BTreeMap<(String, u32), String> = BTreeMap::new();
+    let mut topics: BTreeSet<String> = committed.iter().map(|c| c.topic.clone()).collect();
+    if let Some(i) = &info {
+        for m in &i.members {
+            topics.extend(m.topics.iter().cloned());
+            for tp in &m.partitions {
+                owners.insert(tp.clone(), m.member.clone());
+            }
+        }
+    }
+    let committed: BTreeMap<(String, u32), u64> =
+        committed.into_iter().map(|c| ((c.topic, c.partition), c.offset)).collect();
+    let mut partitions = Vec::new();
+    for t in topics {
+        let Ok(topic) = state.store.topic(&t) else { continue };
+        for log in topic.partitions() {
+            let key = (t.clone(), log.index);
+            let end = log.high_watermark();
+            let c = committed.get(&key).copied();
+            let lag = end.saturating_sub(c.unwrap_or(log.start_offset()).max(log.start_offset()));
+            partitions.push(PartitionLag {
+                topic: t.clone(),
+                partition: log.index,
+                committed: c,
+                end_offset: end,
+                lag,
+                owner: owners.get(&key).cloned(),
+            });
+        }
+    }
+    let members = info
+        .as_ref()
+        .map(|i| {
+            i.members
+                .iter()
+                .map(|m| MemberDescription {
+                    member: m.member.clone(),
+                    client: m.client.clone(),
+                    connected: m.connected,
+                    is_static: m.is_static,
+                    topics: m.topics.clone(),
+                    partitions: m
+                        .partitions
+                        .iter()
+                        .map(|(t, p)| AssignedPartition { topic: t.clone(), partition: *p })
+                        .collect(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(GroupDescription {
+        group: group.to_string(),
+        state: state_name(info.as_ref()),
+        generation: info.as_ref().map_or(0, |i| i.generation),
+        lag: partitions.iter().map(|p| p.lag).sum(),
+        members,
+        partitions,
+    })
+}
+
+/// Describe a group: members, assignment, committed offsets and lag.
+#[utoipa::path(get, path = "/v1/groups/{group}", tag = "groups",
+    params(("group" = String, Path, description = "Group name")),
+    responses(
+        (status = 200, description = "The group", body = GroupDescription),
+        (status = 404, description = "No such group", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn describe_group(
+    State(state): State<SharedState>,
+    Path(group): Path<String>,
+) -> Result<Json<GroupDescription>, ApiError> {
+    Ok(Json(describe(&state, &group).await?))
+}
+
+/// `force` flag of destructive group operations.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ForceParams {
+    /// Act even while the group has members (they keep reading from their positions).
+    pub force: Option<bool>,
+}
+
+/// Delete a group's committed offsets.
+#[utoipa::path(delete, path = "/v1/groups/{group}", tag = "groups",
+    params(("group" = String, Path, description = "Group name"), ForceParams),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such group", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The group has members (use force=true)", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn delete_group(
+    State(state): State<SharedState>,
+    Path(group): Path<String>,
+    Query(q): Query<ForceParams>,
+) -> Result<StatusCode, ApiError> {
+    if !q.force.unwrap_or(false) {
+        state.coordinator.ensure_empty(&group)?;
+    }
+    if state.store.committed_offsets(&group).await?.is_empty() && state.coordinator.describe(&group).is_none() {
+        return Err(ApiError::NotFound { detail: format!("group {group:?} does not exist") });
+    }
+    state.store.delete_group_offsets(&group).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Body of an offset reset.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResetOffsets {
+    /// Topic whose partitions are reset.
+    pub topic: String,
+    /// `earliest` or `latest`.
+    pub to: Option<String>,
+    /// First offset at or after this time (ms since the epoch).
+    pub timestamp: Option<i64>,
+    /// This exact offset (clamped to the partition's range).
+    pub offset: Option<u64>,
+    /// Only these partitions (default: all).
+    pub partitions: Option<Vec<u32>>,
+    /// Reset even while the group has members.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// The committed offsets after a reset.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResetResult {
+    pub group: String,
+    pub offsets: Vec<PartitionLag>,
+}
+
+/// Reset a group's committed offsets for a topic.
+#[utoipa::path(post, path = "/v1/groups/{group}/reset", tag = "groups", request_body = ResetOffsets,
+    params(("group" = String, Path, description = "Group name")),
+    responses(
+        (status = 200, description = "New committed offsets", body = ResetResult),
+        (status = 400, description = "Give exactly one of to, timestamp, offset", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such topic or partition", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The group has members (set force)", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn reset_group(
+    State(state): State<SharedState>,
+    Path(group): Path<String>,
+    Json(body): Json<ResetOffsets>,
+) -> Result<Json<ResetResult>, ApiError> {
+    tidegate_storage::validate_group_name(&group)?;
+    if !body.force {
+        state.coordinator.ensure_empty(&group)?;
+    }
+    let topic = state.store.topic(&body.topic)?;
+    let targets: Vec<u32> = body.partitions.clone().unwrap_or_else(|| (0..topic.partition_count()).collect());
+    let mut rows = Vec::new();
+    let mut out = Vec::new();
+    for p in targets {
+        let log = topic.partition(p)?;
+        let (start, end) = (log.start_offset(), log.high_watermark());
+        let offset = match (body.to.as_deref(), body.timestamp, body.offset) {
+            (Some("earliest"), None, None) => start,
+            (Some("latest"), None, None) => end,
+            (None, Some(ts), None) => state.store.offset_for_timestamp(log.clone(), ts).await?.offset,
+            (None, None, Some(o)) => o.clamp(start, end),
+            _ => {
+                return Err(ApiError::invalid(
+                    "invalid_reset",
+                    "give exactly one of to (earliest|latest), timestamp, offset",
+                ));
+            }
+        };
+        rows.push((body.topic.clone(), p, offset));
+        out.push(PartitionLag {
+            topic: body.topic.clone(),
+            partition: p,
+            committed: Some(offset),
+            end_offset: end,
+            lag: end - offset,
+            owner: None,
+        });
+    }
+    state.store.commit_offsets(&group, rows).await?;
+    Ok(Json(ResetResult { group, offsets: out }))
+}

@@ -1,0 +1,125 @@
+//! `GET /v1/topics/{topic}/subscribe`: the WebSocket subscription (protocol in
+//! docs/websocket.md).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::response::Response;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::consume::protocol::StartFrom;
+use crate::consume::session::{self, SessionParams};
+use crate::error::{ApiError, Problem};
+use crate::groups::assign::TopicPartition;
+use crate::state::SharedState;
+
+/// Largest client frame accepted (commits, seeks): clients send small control frames.
+const MAX_CLIENT_FRAME: usize = 64 * 1024;
+
+/// Query parameters of a subscription.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SubscribeParams {
+    /// Consumer group; without it the subscription is ephemeral (every partition, nothing committed).
+    pub group: Option<String>,
+    /// Static member id: reconnecting with it within `session_timeout_ms` keeps the partitions.
+    pub member: Option<String>,
+    /// Start when nothing is committed: `earliest`, `latest` (default), an offset, `offset:N` or `timestamp:MS`.
+    pub from: Option<String>,
+    /// Commit delivered positions automatically (default true with a group).
+    pub auto_commit: Option<bool>,
+    /// More topics to subscribe to, comma-separated.
+    pub topics: Option<String>,
+    /// Ephemeral resume positions: `partition:offset` (first topic) or `topic:partition:offset`, comma-separated.
+    pub offsets: Option<String>,
+}
+
+fn parse_resume(first_topic: &str, text: &str) -> Result<BTreeMap<TopicPartition, u64>, ApiError> {
+    let mut out = BTreeMap::new();
+    for item in text.split(',').filter(|s| !s.is_empty()) {
+        let parts: Vec<&str> = item.split(':').collect();
+        let (topic, p, o) = match parts.as_slice() {
+            [p, o] => (first_topic, *p, *o),
+            [t, p, o] => (*t, *p, *o),
+            _ => {
+                return Err(ApiError::invalid(
+                    "invalid_parameter",
+                    format!("offsets item {item:?} is not partition:offset"),
+                ));
+            }
+        };
+        let p = p.parse().map_err(|_| ApiError::invalid("invalid_parameter", format!("bad partition in {item:?}")))?;
+        let o = o.parse().map_err(|_| ApiError::invalid("invalid_parameter", format!("bad offset in {item:?}")))?;
+        out.insert((topic.to_string(), p), o);
+    }
+    Ok(out)
+}
+
+/// Subscribe over WebSocket.
+///
+/// Server frames: `assignment`, `revoked`, `records`, `committed`, `gap`, `error`.
+/// Client frames: `commit`, `seek`, `pause`, `resume`. See docs/websocket.md.
+#[utoipa::path(get, path = "/v1/topics/{topic}/subscribe", tag = "consume",
+    params(("topic" = String, Path, description = "Topic name"), SubscribeParams),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, description = "Invalid parameter or not a WebSocket request", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such topic", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Too many subscriptions (`max_subscriptions`)", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn subscribe(
+    State(state): State<SharedState>,
+    Path(topic): Path<String>,
+    Query(params): Query<SubscribeParams>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let mut topics = vec![topic.clone()];
+    for t in params.topics.as_deref().unwrap_or("").split(',').filter(|t| !t.is_empty()) {
+        if !topics.iter().any(|x| x == t) {
+            topics.push(t.to_string());
+        }
+    }
+    for t in &topics {
+        state.store.topic(t)?;
+    }
+    if let Some(g) = &params.group {
+        tidegate_storage::validate_group_name(g)?;
+    }
+    if params.group.is_none() && params.member.is_some() {
+        return Err(ApiError::invalid("invalid_parameter", "member needs a group"));
+    }
+    let from = StartFrom::parse(params.from.as_deref().unwrap_or("latest"))
+        .map_err(|e| ApiError::invalid("invalid_parameter", e))?;
+    let resume = parse_resume(&topic, params.offsets.as_deref().unwrap_or(""))?;
+    let permit = state
+        .subscriptions
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::TooManySubscriptions { limit: state.config.max_subscriptions })?;
+    let auto_commit = params.auto_commit.unwrap_or(params.group.is_some());
+    let session_params = SessionParams {
+        topics,
+        group: params.group,
+        member: params.member,
+        from,
+        auto_commit,
+        resume,
+        client: peer.to_string(),
+    };
+    let frame_bytes = state.config.subscription_frame_bytes as usize;
+    let state2 = state.clone();
+    Ok(ws
+        .max_message_size(MAX_CLIENT_FRAME)
+        .max_frame_size(MAX_CLIENT_FRAME)
+        .write_buffer_size(0)
+        .max_write_buffer_size(frame_bytes * 2 + 64 * 1024)
+        .on_upgrade(move |socket| async move {
+            let _permit = permit;
+            session::run(state2, socket, session_params).await;
+        }))
+}
