@@ -43,6 +43,39 @@ pub async fn readyz(State(state): State<SharedState>) -> axum::response::Respons
 ))]
 pub async fn metrics(State(state): State<SharedState>) -> impl IntoResponse {
     let store = state.store.clone();
-    let body = tokio::task::spawn_blocking(move || crate::metrics::render(&store)).await.unwrap_or_default();
+    let mut body = tokio::task::spawn_blocking(move || crate::metrics::render(&store)).await.unwrap_or_default();
+    body.push_str(&group_lag(&state).await);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
+}
+
+/// `tidegate_group_lag` per group and partition, and the total per group.
+async fn group_lag(state: &SharedState) -> String {
+    use std::fmt::Write;
+    let mut names: std::collections::BTreeSet<String> =
+        state.store.group_names().await.unwrap_or_default().into_iter().collect();
+    names.extend(state.coordinator.active_groups());
+    let mut out = String::from(
+        "# HELP tidegate_group_lag Records between a group's committed offset and the high watermark.\n\
+         # TYPE tidegate_group_lag gauge\n",
+    );
+    let mut totals = String::from(
+        "# HELP tidegate_group_lag_total A group's lag summed over its partitions.\n# TYPE tidegate_group_lag_total gauge\n",
+    );
+    for g in names {
+        let Ok(d) = super::groups::describe(state, &g).await else { continue };
+        let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+        for p in &d.partitions {
+            let _ = writeln!(
+                out,
+                "tidegate_group_lag{{group=\"{}\",topic=\"{}\",partition=\"{}\"}} {}",
+                esc(&g),
+                esc(&p.topic),
+                p.partition,
+                p.lag
+            );
+        }
+        let _ = writeln!(totals, "tidegate_group_lag_total{{group=\"{}\"}} {}", esc(&g), d.lag);
+    }
+    out.push_str(&totals);
+    out
 }
