@@ -6,6 +6,7 @@
 //! - [`ProcessServer`]: the real `tidegate` binary as a child process; SIGKILL,
 //!   SIGTERM and restart.
 //! - [`Api`]: the client both dereference to (topics, ingest, reads, problem checks).
+//! - [`Subscriber`]: a WebSocket subscription (`/v1/topics/{topic}/subscribe`).
 //!
 //! Waiting is done on conditions with deadlines ([`eventually`]), never fixed sleeps.
 
@@ -16,10 +17,13 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::{self, Message};
 
 pub use tidegate::Config;
 
@@ -242,6 +246,41 @@ impl Api {
         let record = page["records"][0].clone();
         assert_eq!(record["offset"], offset, "no record at {topic}/{partition}/{offset}: {page}");
         record
+    }
+
+    /// Opens a WebSocket on `path` (which starts with `/`) and completes the handshake;
+    /// nothing reads the socket until the caller does.
+    pub async fn ws_connect(&self, path: &str) -> Result<WsStream, tungstenite::Error> {
+        let url = format!("ws://{}{path}", self.base.trim_start_matches("http://"));
+        tokio_tungstenite::connect_async(url).await.map(|(ws, _)| ws)
+    }
+
+    /// Subscribes to `topic` (`query` is `""` or `group=g&from=earliest`…); panics
+    /// unless the upgrade succeeds.
+    pub async fn subscribe(&self, topic: &str, query: &str) -> Subscriber {
+        let path = format!("/v1/topics/{topic}/subscribe?{query}");
+        let ws = self.ws_connect(&path).await.unwrap_or_else(|e| panic!("subscribing with {path}: {e}"));
+        Subscriber::new(ws)
+    }
+
+    /// Tries to subscribe and expects the upgrade to be refused with an RFC 7807
+    /// problem of `status` and `code`; returns the problem.
+    pub async fn subscribe_refused(&self, topic: &str, query: &str, status: u16, code: &str) -> Value {
+        let path = format!("/v1/topics/{topic}/subscribe?{query}");
+        let resp = match self.ws_connect(&path).await {
+            Ok(_) => panic!("subscribing with {path} was accepted; expected {status} {code}"),
+            Err(tungstenite::Error::Http(resp)) => resp,
+            Err(e) => panic!("subscribing with {path} failed without an HTTP answer: {e}"),
+        };
+        let body = String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).to_string();
+        assert_eq!(resp.status().as_u16(), status, "status of {path}; body: {body}");
+        let content_type = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+        assert!(content_type.starts_with("application/problem+json"), "content-type {content_type:?} of {path}");
+        let problem: Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("problem is not JSON ({e}): {body}"));
+        assert_eq!(problem["code"], code, "problem code, in {problem}");
+        assert_eq!(problem["status"], status, "status field, in {problem}");
+        problem
     }
 
     /// Asserts that event `i` of `events` is stored at `offsets[i]`, with its value intact.
@@ -602,5 +641,133 @@ impl Drop for ProcessServer {
         if let Some(child) = self.child.as_mut() {
             let _ = child.start_kill();
         }
+    }
+}
+
+/// The client side of a WebSocket connection to a gateway.
+pub type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// What a [`Subscriber`] received.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WsEvent {
+    /// A text frame, parsed as JSON.
+    Frame(Value),
+    /// The connection ended: the close code (`None` without a close frame) and reason.
+    Closed(Option<u16>, String),
+}
+
+/// A WebSocket subscription. A background task reads the socket all the time (so
+/// the server's pings are answered) and queues what arrives; the test takes it
+/// from the queue with [`Subscriber::recv`] and friends.
+pub struct Subscriber {
+    sink: SplitSink<WsStream, Message>,
+    events: mpsc::UnboundedReceiver<WsEvent>,
+    reader: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriber").finish_non_exhaustive()
+    }
+}
+
+impl Subscriber {
+    /// Starts reading an open connection.
+    pub fn new(ws: WsStream) -> Subscriber {
+        let (sink, mut stream) = ws.split();
+        let (tx, events) = mpsc::unbounded_channel();
+        let reader = tokio::spawn(async move {
+            let mut closed = false;
+            while let Some(item) = stream.next().await {
+                let event = match item {
+                    Ok(Message::Text(text)) => WsEvent::Frame(
+                        serde_json::from_str(&text)
+                            .unwrap_or_else(|e| json!({"type": "not-json", "error": e.to_string()})),
+                    ),
+                    Ok(Message::Binary(b)) => WsEvent::Frame(json!({"type": "binary", "len": b.len()})),
+                    Ok(Message::Close(frame)) => {
+                        let (code, reason) =
+                            frame.map_or((None, String::new()), |f| (Some(f.code.into()), f.reason.to_string()));
+                        WsEvent::Closed(code, reason)
+                    }
+                    Ok(_) => continue,
+                    Err(e) => WsEvent::Closed(None, e.to_string()),
+                };
+                // After a close frame keep reading, so the reply is flushed, until the server hangs up.
+                if !closed {
+                    closed = matches!(event, WsEvent::Closed(..));
+                    let _ = tx.send(event);
+                }
+            }
+            if !closed {
+                let _ = tx.send(WsEvent::Closed(None, "the connection ended without a close frame".into()));
+            }
+        });
+        Subscriber { sink, events, reader }
+    }
+
+    /// The next event, or `None` if nothing arrives within `deadline`.
+    pub async fn recv(&mut self, deadline: Duration) -> Option<WsEvent> {
+        tokio::time::timeout(deadline, self.events.recv()).await.ok().flatten()
+    }
+
+    /// The next event if one is queued.
+    pub fn try_recv(&mut self) -> Option<WsEvent> {
+        self.events.try_recv().ok()
+    }
+
+    /// The next frame; panics if the connection closes or nothing arrives within `deadline`.
+    pub async fn next_frame(&mut self, deadline: Duration) -> Value {
+        match self.recv(deadline).await {
+            Some(WsEvent::Frame(v)) => v,
+            Some(WsEvent::Closed(code, reason)) => {
+                panic!("the connection closed ({code:?}, {reason:?}) awaiting a frame")
+            }
+            None => panic!("no frame within {deadline:?}"),
+        }
+    }
+
+    /// Skips frames until the connection closes; returns the close code and reason,
+    /// and the frames skipped. Panics after `deadline`.
+    pub async fn closed(&mut self, deadline: Duration) -> (Option<u16>, String, Vec<Value>) {
+        let until = Instant::now() + deadline;
+        let mut frames = Vec::new();
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.recv(left).await {
+                Some(WsEvent::Frame(v)) => frames.push(v),
+                Some(WsEvent::Closed(code, reason)) => return (code, reason, frames),
+                None => panic!("the connection did not close within {deadline:?}; frames: {frames:?}"),
+            }
+        }
+    }
+
+    /// Sends a JSON text frame.
+    pub async fn send(&mut self, frame: &Value) {
+        self.send_message(Message::text(frame.to_string())).await;
+    }
+
+    /// Sends any message.
+    pub async fn send_message(&mut self, message: Message) {
+        self.sink.send(message).await.expect("send a WebSocket frame");
+    }
+
+    /// Closes normally (code 1000) and waits for the server's close frame; returns its code.
+    pub async fn close(mut self) -> Option<u16> {
+        let frame = tungstenite::protocol::CloseFrame { code: 1000.into(), reason: "done".into() };
+        self.send_message(Message::Close(Some(frame))).await;
+        self.closed(STARTUP_DEADLINE).await.0
+    }
+
+    /// Drops the TCP connection without a close frame (a crashed client).
+    pub async fn kill(mut self) {
+        self.reader.abort();
+        let _ = (&mut self.reader).await;
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.reader.abort();
     }
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use axum::response::sse::Event;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tidegate_storage::{PartitionLog, ReadLimits, StorageError};
@@ -33,6 +34,56 @@ enum End {
     Close(u16, String),
     /// The socket is gone.
     Gone,
+}
+
+/// Where frames go: a WebSocket, or the event channel of an SSE response.
+pub enum Outbound {
+    /// WebSocket frames.
+    Ws(SplitSink<WebSocket, Message>),
+    /// Server-Sent Events; the channel holds one event, so the response's pace is
+    /// the reader's pace.
+    Sse(mpsc::Sender<Event>),
+}
+
+impl Outbound {
+    async fn send(&mut self, kind: &'static str, text: String, id: Option<String>) -> Result<(), End> {
+        match self {
+            Outbound::Ws(tx) => tx.send(Message::Text(text.into())).await.map_err(|_| End::Gone),
+            Outbound::Sse(tx) => {
+                let mut event = Event::default().event(kind).data(text);
+                if let Some(id) = id {
+                    event = event.id(id);
+                }
+                tx.send(event).await.map_err(|_| End::Gone)
+            }
+        }
+    }
+
+    async fn ping(&mut self) -> Result<(), End> {
+        match self {
+            Outbound::Ws(tx) => tx.send(Message::Ping(Default::default())).await.map_err(|_| End::Gone),
+            // The SSE response sends keep-alive comments itself.
+            Outbound::Sse(_) => Ok(()),
+        }
+    }
+
+    async fn closed(&self) {
+        match self {
+            Outbound::Ws(_) => std::future::pending().await,
+            Outbound::Sse(tx) => tx.closed().await,
+        }
+    }
+
+    fn is_sse(&self) -> bool {
+        matches!(self, Outbound::Sse(_))
+    }
+}
+
+async fn next_frame(rx: &mut Option<SplitStream<WebSocket>>) -> Option<Result<Message, axum::Error>> {
+    match rx {
+        Some(rx) => rx.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 struct Position {
@@ -63,14 +114,23 @@ struct Session {
     positions: BTreeMap<TopicPartition, Position>,
     /// Last committed offset per partition (auto-commit only commits changes).
     committed: BTreeMap<TopicPartition, u64>,
-    tx: SplitSink<WebSocket, Message>,
+    tx: Outbound,
     last_seen: Instant,
     round_robin: usize,
 }
 
 /// Runs a subscription to completion on an upgraded socket.
 pub async fn run(state: SharedState, socket: WebSocket, params: SessionParams) {
-    let (tx, mut rx) = socket.split();
+    let (tx, rx) = socket.split();
+    run_on(state, Outbound::Ws(tx), Some(rx), params).await;
+}
+
+/// Runs a subscription whose frames go out as Server-Sent Events.
+pub async fn run_sse(state: SharedState, tx: mpsc::Sender<Event>, params: SessionParams) {
+    run_on(state, Outbound::Sse(tx), None, params).await;
+}
+
+async fn run_on(state: SharedState, tx: Outbound, mut rx: Option<SplitStream<WebSocket>>, params: SessionParams) {
     let mut control = None;
     let mut member = String::from("ephemeral");
     if let Some(group) = params.group.clone() {
@@ -82,8 +142,10 @@ pub async fn run(state: SharedState, socket: WebSocket, params: SessionParams) {
             }
             Err(e) => {
                 let mut tx = tx;
-                let _ = tx.send(Message::Text(protocol::error("member_in_use", &e.to_string()).into())).await;
-                let _ = tx.send(close_msg(close::MEMBER_IN_USE, &e.to_string())).await;
+                let _ = tx.send("error", protocol::error("member_in_use", &e.to_string()), None).await;
+                if let Outbound::Ws(ws) = &mut tx {
+                    let _ = ws.send(close_msg(close::MEMBER_IN_USE, &e.to_string())).await;
+                }
                 return;
             }
         }
@@ -130,8 +192,13 @@ impl Session {
         &self.state.config
     }
 
-    async fn send(&mut self, text: String) -> Result<(), End> {
-        self.tx.send(Message::Text(text.into())).await.map_err(|_| End::Gone)
+    async fn send(&mut self, kind: &'static str, text: String) -> Result<(), End> {
+        self.tx.send(kind, text, None).await
+    }
+
+    /// SSE event id: every position, so `Last-Event-ID` resumes exactly.
+    fn resume_id(&self) -> String {
+        self.positions.iter().map(|((t, p), pos)| format!("{t}:{p}:{}", pos.next)).collect::<Vec<_>>().join(",")
     }
 
     /// Ephemeral subscription: every partition of every topic.
@@ -173,7 +240,7 @@ impl Session {
             self.positions.insert(tp, Position { log, next, paused: false, hw });
         }
         let list: Vec<(TopicPartition, u64)> = self.positions.iter().map(|(tp, p)| (tp.clone(), p.next)).collect();
-        self.send(protocol::assignment(self.generation, &list)).await
+        self.send("assignment", protocol::assignment(self.generation, &list)).await
     }
 
     async fn start_offset(&self, log: &Arc<PartitionLog>, from: StartFrom) -> u64 {
@@ -188,7 +255,11 @@ impl Session {
         }
     }
 
-    async fn run(&mut self, rx: &mut SplitStream<WebSocket>, mut control: Option<&mut mpsc::Receiver<Control>>) -> End {
+    async fn run(
+        &mut self,
+        rx: &mut Option<SplitStream<WebSocket>>,
+        mut control: Option<&mut mpsc::Receiver<Control>>,
+    ) -> End {
         let heartbeat = Duration::from_millis(self.cfg().heartbeat_interval_ms);
         let session_timeout = Duration::from_millis(self.cfg().session_timeout_ms);
         let auto_commit_every = Duration::from_millis(self.cfg().auto_commit_interval_ms);
@@ -204,10 +275,14 @@ impl Session {
                     }
                 }
             }
-            while let Some(frame) = rx.next().now_or_never() {
+            while let Some(frame) = next_frame(rx).now_or_never() {
                 if let Err(end) = self.on_frame(frame).await {
                     return end;
                 }
+            }
+            if self.tx.is_sse() {
+                // SSE clients send nothing; liveness is the response being read.
+                self.last_seen = Instant::now();
             }
             if *closing.borrow() {
                 return End::Close(close::GOING_AWAY, "server shutting down".into());
@@ -217,8 +292,8 @@ impl Session {
                 if now.duration_since(self.last_seen) > session_timeout {
                     return End::Close(close::SESSION_TIMEOUT, "no frame or pong within the session timeout".into());
                 }
-                if self.tx.send(Message::Ping(Default::default())).await.is_err() {
-                    return End::Gone;
+                if let Err(end) = self.tx.ping().await {
+                    return end;
                 }
                 next_ping = now + heartbeat;
             }
@@ -260,7 +335,8 @@ impl Session {
                         None => return End::Close(close::GOING_AWAY, "group coordinator gone".into()),
                     }
                 }
-                frame = rx.next() => {
+                () = self.tx.closed() => return End::Gone,
+                frame = next_frame(rx) => {
                     drop(watchers);
                     if let Err(end) = self.on_frame(frame).await { return end }
                 }
@@ -296,16 +372,23 @@ impl Session {
                     }
                     let frame = protocol::records(&tp.0, tp.1, &read.records);
                     let count = read.records.len() as u64;
-                    self.send(frame).await?;
-                    metrics::counter!("tidegate_records_delivered_total").increment(count);
                     if let Some(p) = self.positions.get_mut(tp) {
                         p.next = read.next_offset;
                     }
+                    let id = self.tx.is_sse().then(|| self.resume_id());
+                    if let Err(end) = self.tx.send("records", frame, id).await {
+                        // Not delivered: do not count it as delivered (auto-commit).
+                        if let Some(p) = self.positions.get_mut(tp) {
+                            p.next = next;
+                        }
+                        return Err(end);
+                    }
+                    metrics::counter!("tidegate_records_delivered_total").increment(count);
                     return Ok(true);
                 }
                 Err(StorageError::OffsetOutOfRange { start, end, .. }) => {
                     let to = if next < start { start } else { end };
-                    self.send(protocol::gap(&tp.0, tp.1, next, to)).await?;
+                    self.send("gap", protocol::gap(&tp.0, tp.1, next, to)).await?;
                     if let Some(p) = self.positions.get_mut(tp) {
                         p.next = to;
                     }
@@ -316,7 +399,7 @@ impl Session {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "subscription read failed");
-                    self.send(protocol::error("storage_error", &e.to_string())).await?;
+                    self.send("error", protocol::error("storage_error", &e.to_string())).await?;
                     return Ok(false);
                 }
             }
@@ -345,7 +428,7 @@ impl Session {
                 if let Some(group) = &self.params.group {
                     self.state.coordinator.revoked(group, &self.member, &partitions);
                 }
-                self.send(protocol::revoked(&partitions)).await
+                self.send("revoked", protocol::revoked(&partitions)).await
             }
         }
     }
@@ -361,18 +444,18 @@ impl Session {
             Message::Close(_) => return Err(End::Close(close::NORMAL, "client closed".into())),
             Message::Ping(_) | Message::Pong(_) => return Ok(()),
             Message::Binary(_) => {
-                return self.send(protocol::error("invalid_frame", "frames are JSON text")).await;
+                return self.send("error", protocol::error("invalid_frame", "frames are JSON text")).await;
             }
         };
         let frame: ClientFrame = match serde_json::from_str(&text) {
             Ok(f) => f,
-            Err(e) => return self.send(protocol::error("invalid_frame", &e.to_string())).await,
+            Err(e) => return self.send("error", protocol::error("invalid_frame", &e.to_string())).await,
         };
         let default_topic = self.params.topics[0].clone();
         match frame {
             ClientFrame::Commit { offsets, generation } => {
                 let Some(group) = self.params.group.clone() else {
-                    return self.send(protocol::error("no_group", "commits need a group subscription")).await;
+                    return self.send("error", protocol::error("no_group", "commits need a group subscription")).await;
                 };
                 let offsets: Vec<(TopicPartition, u64)> = offsets
                     .into_iter()
@@ -380,7 +463,7 @@ impl Session {
                     .collect();
                 let parts: Vec<TopicPartition> = offsets.iter().map(|(tp, _)| tp.clone()).collect();
                 if let Err(e) = self.state.coordinator.check_commit(&group, &self.member, generation, &parts) {
-                    return self.send(protocol::error("commit_refused", &e.to_string())).await;
+                    return self.send("error", protocol::error("commit_refused", &e.to_string())).await;
                 }
                 self.store_commit(&group, offsets).await
             }
@@ -388,7 +471,7 @@ impl Session {
                 let tp = (topic.unwrap_or(default_topic), partition);
                 let Some(log) = self.positions.get(&tp).map(|p| p.log.clone()) else {
                     return self
-                        .send(protocol::error("not_assigned", &format!("{}/{} is not assigned", tp.0, tp.1)))
+                        .send("error", protocol::error("not_assigned", &format!("{}/{} is not assigned", tp.0, tp.1)))
                         .await;
                 };
                 let from = match (offset, timestamp, to.as_deref()) {
@@ -398,10 +481,13 @@ impl Session {
                     (None, None, Some("latest")) => StartFrom::Latest,
                     _ => {
                         return self
-                            .send(protocol::error(
-                                "invalid_frame",
-                                "seek takes one of offset, timestamp, to=earliest|latest",
-                            ))
+                            .send(
+                                "error",
+                                protocol::error(
+                                    "invalid_frame",
+                                    "seek takes one of offset, timestamp, to=earliest|latest",
+                                ),
+                            )
                             .await;
                     }
                 };
@@ -411,7 +497,7 @@ impl Session {
                 }
                 let list: Vec<(TopicPartition, u64)> =
                     self.positions.iter().map(|(tp, p)| (tp.clone(), p.next)).collect();
-                self.send(protocol::assignment(self.generation, &list)).await
+                self.send("assignment", protocol::assignment(self.generation, &list)).await
             }
             ClientFrame::Pause { partitions } => {
                 self.set_paused(partitions, true, &default_topic);
@@ -445,9 +531,9 @@ impl Session {
                 for (tp, o) in &offsets {
                     self.committed.insert(tp.clone(), *o);
                 }
-                self.send(protocol::committed(&offsets)).await
+                self.send("committed", protocol::committed(&offsets)).await
             }
-            Err(e) => self.send(protocol::error("commit_failed", &e.to_string())).await,
+            Err(e) => self.send("error", protocol::error("commit_failed", &e.to_string())).await,
         }
     }
 
@@ -487,10 +573,14 @@ impl Session {
         }
         if let End::Close(code, reason) = end {
             if code != close::NORMAL {
-                let _ = self.tx.send(Message::Text(protocol::error("closing", &reason).into())).await;
+                let _ = self.tx.send("error", protocol::error("closing", &reason), None).await;
             }
-            let _ = self.tx.send(close_msg(code, &reason)).await;
+            if let Outbound::Ws(ws) = &mut self.tx {
+                let _ = ws.send(close_msg(code, &reason)).await;
+            }
         }
-        let _ = self.tx.close().await;
+        if let Outbound::Ws(ws) = &mut self.tx {
+            let _ = ws.close().await;
+        }
     }
 }

@@ -5,6 +5,7 @@ pub mod events;
 pub mod groups;
 pub mod ops;
 pub mod records;
+pub mod stream;
 pub mod subscribe;
 pub mod topics;
 
@@ -50,6 +51,7 @@ fn api_router() -> OpenApiRouter<SharedState> {
         .routes(routes!(records::fetch))
         .routes(routes!(records::offsets))
         .routes(routes!(subscribe::subscribe))
+        .routes(routes!(stream::stream))
         .routes(routes!(groups::list_groups))
         .routes(routes!(groups::describe_group, groups::delete_group))
         .routes(routes!(groups::reset_group))

@@ -8,6 +8,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::response::Response;
 use serde::Deserialize;
+use tokio::sync::OwnedSemaphorePermit;
 use utoipa::IntoParams;
 
 use crate::consume::protocol::StartFrom;
@@ -59,6 +60,51 @@ fn parse_resume(first_topic: &str, text: &str) -> Result<BTreeMap<TopicPartition
     Ok(out)
 }
 
+/// Validates subscription parameters (WebSocket and SSE share them) and takes a
+/// subscription slot.
+pub fn prepare(
+    state: &SharedState,
+    topic: &str,
+    params: SubscribeParams,
+    last_event_id: Option<&str>,
+    peer: SocketAddr,
+) -> Result<(SessionParams, OwnedSemaphorePermit), ApiError> {
+    let mut topics = vec![topic.to_string()];
+    for t in params.topics.as_deref().unwrap_or("").split(',').filter(|t| !t.is_empty()) {
+        if !topics.iter().any(|x| x == t) {
+            topics.push(t.to_string());
+        }
+    }
+    for t in &topics {
+        state.store.topic(t)?;
+    }
+    if let Some(g) = &params.group {
+        tidegate_storage::validate_group_name(g)?;
+    }
+    if params.group.is_none() && params.member.is_some() {
+        return Err(ApiError::invalid("invalid_parameter", "member needs a group"));
+    }
+    let from = StartFrom::parse(params.from.as_deref().unwrap_or("latest"))
+        .map_err(|e| ApiError::invalid("invalid_parameter", e))?;
+    let resume = parse_resume(topic, last_event_id.or(params.offsets.as_deref()).unwrap_or(""))?;
+    let permit = state
+        .subscriptions
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::TooManySubscriptions { limit: state.config.max_subscriptions })?;
+    let auto_commit = params.auto_commit.unwrap_or(params.group.is_some());
+    let session_params = SessionParams {
+        topics,
+        group: params.group,
+        member: params.member,
+        from,
+        auto_commit,
+        resume,
+        client: peer.to_string(),
+    };
+    Ok((session_params, permit))
+}
+
 /// Subscribe over WebSocket.
 ///
 /// Server frames: `assignment`, `revoked`, `records`, `committed`, `gap`, `error`.
@@ -78,39 +124,7 @@ pub async fn subscribe(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let mut topics = vec![topic.clone()];
-    for t in params.topics.as_deref().unwrap_or("").split(',').filter(|t| !t.is_empty()) {
-        if !topics.iter().any(|x| x == t) {
-            topics.push(t.to_string());
-        }
-    }
-    for t in &topics {
-        state.store.topic(t)?;
-    }
-    if let Some(g) = &params.group {
-        tidegate_storage::validate_group_name(g)?;
-    }
-    if params.group.is_none() && params.member.is_some() {
-        return Err(ApiError::invalid("invalid_parameter", "member needs a group"));
-    }
-    let from = StartFrom::parse(params.from.as_deref().unwrap_or("latest"))
-        .map_err(|e| ApiError::invalid("invalid_parameter", e))?;
-    let resume = parse_resume(&topic, params.offsets.as_deref().unwrap_or(""))?;
-    let permit = state
-        .subscriptions
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| ApiError::TooManySubscriptions { limit: state.config.max_subscriptions })?;
-    let auto_commit = params.auto_commit.unwrap_or(params.group.is_some());
-    let session_params = SessionParams {
-        topics,
-        group: params.group,
-        member: params.member,
-        from,
-        auto_commit,
-        resume,
-        client: peer.to_string(),
-    };
+    let (session_params, permit) = prepare(&state, &topic, params, None, peer)?;
     let frame_bytes = state.config.subscription_frame_bytes as usize;
     let state2 = state.clone();
     Ok(ws

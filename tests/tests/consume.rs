@@ -1,0 +1,1106 @@
+//! Consumption over WebSocket (`/v1/topics/{topic}/subscribe`) and consumer groups:
+//! partition sharing, rebalancing on leave and crash, static membership, commits
+//! (explicit, automatic, across a restart), ephemeral resume and gaps, flow control,
+//! the client frames (seek, pause, resume, commit) and the group admin API.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tidegate_tests::{
+    Api, Config, ProcessServer, Subscriber, TestServer, WsEvent, WsStream, assert_problem, eventually,
+};
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+/// How long any one condition may take to become true.
+const WAIT: Duration = Duration::from_secs(30);
+/// Session timeout of the in-process servers (heartbeats every 300 ms, auto-commit every 100 ms).
+const SESSION_TIMEOUT: Duration = Duration::from_millis(1500);
+
+fn quick(c: &mut Config) {
+    c.session_timeout_ms = SESSION_TIMEOUT.as_millis() as u64;
+    c.heartbeat_interval_ms = 300;
+    c.auto_commit_interval_ms = 100;
+}
+
+async fn quick_server() -> TestServer {
+    TestServer::start(quick).await
+}
+
+/// Posts events `{"id": i}` for `ids`, event `i` to partition `i % partitions`.
+async fn produce_ids(api: &Api, topic: &str, ids: Range<u64>, partitions: u32) -> Vec<(u32, u64)> {
+    let records: Vec<Value> =
+        ids.map(|i| json!({"partition": i % u64::from(partitions), "value": {"id": i}})).collect();
+    api.produce(topic, &json!({ "records": records })).await
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64
+}
+
+fn commit_frame(offsets: &[(u32, u64)]) -> Value {
+    let offsets: Vec<Value> = offsets.iter().map(|(p, o)| json!({"partition": p, "offset": o})).collect();
+    json!({"type": "commit", "offsets": offsets})
+}
+
+/// A subscriber to one topic and everything it has been told.
+struct Consumer {
+    name: String,
+    topic: String,
+    sub: Subscriber,
+    /// Partitions it reads now (latest assignment minus later revocations).
+    owned: BTreeSet<u32>,
+    /// Generation of the latest assignment.
+    generation: Option<u64>,
+    /// Where each partition started when this consumer last acquired it.
+    acquired_at: BTreeMap<u32, u64>,
+    /// Every assignment frame, in order.
+    assignments: Vec<Value>,
+    /// Every revoked frame, in order.
+    revocations: Vec<Value>,
+    /// Records received, per partition, in arrival order.
+    records: BTreeMap<u32, Vec<Value>>,
+    /// Offsets acknowledged by `committed` frames.
+    committed: BTreeMap<u32, u64>,
+    gaps: Vec<Value>,
+    errors: Vec<Value>,
+    /// The `type` of every frame, in arrival order.
+    kinds: Vec<String>,
+    closed: Option<(Option<u16>, String)>,
+    /// Commit each records frame once "processed" (explicit commits).
+    commit_each: bool,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let counts: BTreeMap<u32, usize> = self.records.iter().map(|(p, r)| (*p, r.len())).collect();
+        f.debug_struct("Consumer")
+            .field("name", &self.name)
+            .field("owned", &self.owned)
+            .field("generation", &self.generation)
+            .field("acquired_at", &self.acquired_at)
+            .field("records_per_partition", &counts)
+            .field("committed", &self.committed)
+            .field("errors", &self.errors)
+            .field("gaps", &self.gaps)
+            .field("closed", &self.closed)
+            .finish()
+    }
+}
+
+impl Consumer {
+    async fn join(api: &Api, name: &str, topic: &str, query: &str) -> Consumer {
+        Self::wrap(name, topic, api.subscribe(topic, query).await)
+    }
+
+    fn wrap(name: &str, topic: &str, sub: Subscriber) -> Consumer {
+        Consumer {
+            name: name.to_string(),
+            topic: topic.to_string(),
+            sub,
+            owned: BTreeSet::new(),
+            generation: None,
+            acquired_at: BTreeMap::new(),
+            assignments: Vec::new(),
+            revocations: Vec::new(),
+            records: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            gaps: Vec::new(),
+            errors: Vec::new(),
+            kinds: Vec::new(),
+            closed: None,
+            commit_each: false,
+        }
+    }
+
+    /// Handles every queued event.
+    async fn drain(&mut self) {
+        while let Some(event) = self.sub.try_recv() {
+            match event {
+                WsEvent::Frame(frame) => self.on_frame(frame).await,
+                WsEvent::Closed(code, reason) => self.closed = Some((code, reason)),
+            }
+        }
+    }
+
+    async fn on_frame(&mut self, f: Value) {
+        let name = &self.name;
+        let kind = f["type"].as_str().unwrap_or_else(|| panic!("{name}: frame without a type: {f}")).to_string();
+        self.kinds.push(kind.clone());
+        let partition = |v: &Value| -> u32 {
+            u32::try_from(v["partition"].as_u64().unwrap_or_else(|| panic!("no partition in {v}"))).expect("u32")
+        };
+        match kind.as_str() {
+            "assignment" => {
+                self.generation = Some(f["generation"].as_u64().unwrap_or_else(|| panic!("no generation in {f}")));
+                let mut now = BTreeSet::new();
+                for p in f["partitions"].as_array().unwrap_or_else(|| panic!("no partitions in {f}")) {
+                    assert_eq!(p["topic"], self.topic.as_str(), "{name}: assignment of another topic: {f}");
+                    let part = partition(p);
+                    let offset = p["offset"].as_u64().unwrap_or_else(|| panic!("no offset in {p}"));
+                    if !self.owned.contains(&part) {
+                        self.acquired_at.insert(part, offset);
+                    }
+                    now.insert(part);
+                }
+                self.owned = now;
+                self.assignments.push(f);
+            }
+            "revoked" => {
+                for p in f["partitions"].as_array().unwrap_or_else(|| panic!("no partitions in {f}")) {
+                    self.owned.remove(&partition(p));
+                }
+                self.revocations.push(f);
+            }
+            "records" => {
+                assert_eq!(f["topic"], self.topic.as_str(), "{name}: records of another topic: {f}");
+                let p = partition(&f);
+                assert!(self.owned.contains(&p), "{name} got records of partition {p}, which it does not own: {f}");
+                let records = f["records"].as_array().unwrap_or_else(|| panic!("no records in {f}"));
+                assert!(!records.is_empty(), "{name}: empty records frame");
+                let next = records.last().and_then(|r| r["offset"].as_u64()).expect("offset") + 1;
+                self.records.entry(p).or_default().extend(records.iter().cloned());
+                if self.commit_each {
+                    self.sub.send(&commit_frame(&[(p, next)])).await;
+                }
+            }
+            "committed" => {
+                for o in f["offsets"].as_array().unwrap_or_else(|| panic!("no offsets in {f}")) {
+                    assert_eq!(o["topic"], self.topic.as_str(), "{name}: commit of another topic: {f}");
+                    self.committed.insert(partition(o), o["offset"].as_u64().expect("offset"));
+                }
+            }
+            "gap" => self.gaps.push(f),
+            "error" => self.errors.push(f),
+            _ => panic!("{name}: unexpected frame {f}"),
+        }
+    }
+
+    /// Offsets received for `partition`, in arrival order.
+    fn offsets(&self, partition: u32) -> Vec<u64> {
+        self.records
+            .get(&partition)
+            .map_or_else(Vec::new, |r| r.iter().map(|r| r["offset"].as_u64().unwrap()).collect())
+    }
+
+    /// The `id` of every record received.
+    fn ids(&self) -> Vec<u64> {
+        self.records
+            .values()
+            .flatten()
+            .map(|r| r["value"]["id"].as_u64().unwrap_or_else(|| panic!("no id in {r}")))
+            .collect()
+    }
+
+    fn received(&self) -> usize {
+        self.records.values().map(Vec::len).sum()
+    }
+
+    /// Error frames with `code`.
+    fn errors_with(&self, code: &str) -> usize {
+        self.errors.iter().filter(|e| e["code"] == code).count()
+    }
+
+    /// Closes normally and returns the server's close code (frames before it are handled).
+    async fn close(&mut self) -> Option<u16> {
+        let frame = CloseFrame { code: 1000.into(), reason: "bye".into() };
+        self.sub.send_message(Message::Close(Some(frame))).await;
+        self.wait_closed().await
+    }
+
+    /// Handles frames until the connection closes; returns the close code.
+    async fn wait_closed(&mut self) -> Option<u16> {
+        self.drain().await;
+        if self.closed.is_none() {
+            let (code, reason, frames) = self.sub.closed(WAIT).await;
+            for f in frames {
+                self.on_frame(f).await;
+            }
+            self.closed = Some((code, reason));
+        }
+        self.closed.as_ref().and_then(|c| c.0)
+    }
+
+    /// Sends a frame and waits until the consumer holds `done`.
+    async fn request(&mut self, what: &str, frame: &Value, done: impl Fn(&Consumer) -> bool) {
+        self.sub.send(frame).await;
+        until(what, &mut [&mut *self], |c| done(c[0])).await;
+    }
+
+    /// A round trip: an unknown frame is answered, in order, by an `invalid_frame`
+    /// error without closing, so every frame the server sent before is in.
+    async fn round_trip(&mut self) {
+        let before = self.errors_with("invalid_frame");
+        let frame = json!({"type": "round-trip"});
+        self.request("a round trip", &frame, |c| c.errors_with("invalid_frame") > before).await;
+    }
+}
+
+/// Drains the consumers until `done` holds; panics with their state after [`WAIT`].
+async fn until(what: &str, consumers: &mut [&mut Consumer], done: impl Fn(&[&mut Consumer]) -> bool) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        for c in consumers.iter_mut() {
+            c.drain().await;
+        }
+        if done(consumers) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out after {WAIT:?} waiting for {what}; consumers: {consumers:#?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Each consumer owns `share` partitions and together they own `0..total` without overlap.
+fn split_evenly(consumers: &[&mut Consumer], total: u32, shares: &[usize]) -> bool {
+    let union: BTreeSet<u32> = consumers.iter().flat_map(|c| c.owned.iter().copied()).collect();
+    let sum: usize = consumers.iter().map(|c| c.owned.len()).sum();
+    let mut counts: Vec<usize> = consumers.iter().map(|c| c.owned.len()).collect();
+    counts.sort_unstable();
+    union == (0..total).collect() && sum == total as usize && counts == shares
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n_members_share_the_partitions_each_exactly_once() {
+    let server = quick_server().await;
+    server.create_topic("shared", 6).await;
+    let q = "group=workers&from=earliest";
+    let mut a = Consumer::join(&server, "a", "shared", q).await;
+    let mut b = Consumer::join(&server, "b", "shared", q).await;
+    let mut c = Consumer::join(&server, "c", "shared", q).await;
+    until("three members to own two partitions each", &mut [&mut a, &mut b, &mut c], |m| {
+        split_evenly(m, 6, &[2, 2, 2])
+    })
+    .await;
+
+    let events: Vec<Value> = (0..300).map(|i| json!({"key": format!("user-{i}"), "value": {"id": i}})).collect();
+    let placed = server.produce("shared", &json!({ "records": events })).await;
+    let used: BTreeSet<u32> = placed.iter().map(|(p, _)| *p).collect();
+    assert_eq!(used, (0..6).collect(), "the keys spread over every partition");
+    let mut ends = [0u64; 6];
+    for (p, o) in &placed {
+        ends[*p as usize] = ends[*p as usize].max(o + 1);
+    }
+    until("every event to arrive", &mut [&mut a, &mut b, &mut c], |m| {
+        m.iter().map(|c| c.received()).sum::<usize>() >= 300
+    })
+    .await;
+    // A round trip on each, so anything delivered twice would be in as well.
+    for m in [&mut a, &mut b, &mut c] {
+        m.round_trip().await;
+    }
+    let mut ids: Vec<u64> = [&a, &b, &c].iter().flat_map(|m| m.ids()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..300).collect::<Vec<u64>>(), "every event exactly once across the members");
+    for m in [&a, &b, &c] {
+        assert!(m.records.keys().all(|p| m.owned.contains(p)), "{m:?} read a partition it does not own");
+        for p in &m.owned {
+            assert_eq!(m.offsets(*p), (0..ends[*p as usize]).collect::<Vec<_>>(), "{} reads {p} in order", m.name);
+        }
+        assert!(m.errors.is_empty(), "{m:?}");
+    }
+
+    // The admin view agrees, and auto-commit brings the lag to zero.
+    let d = eventually("auto-commit to catch up", WAIT, || async {
+        let d = server.get_json("/v1/groups/workers").await;
+        (d["lag"] == 0).then_some(d)
+    })
+    .await;
+    assert_eq!(d["state"], "stable", "{d}");
+    let members = d["members"].as_array().expect("members");
+    assert_eq!(members.len(), 3, "{d}");
+    let mut owned: Vec<BTreeSet<u64>> = members
+        .iter()
+        .map(|m| {
+            m["partitions"].as_array().expect("partitions").iter().map(|p| p["partition"].as_u64().unwrap()).collect()
+        })
+        .collect();
+    owned.sort();
+    let mut seen: Vec<BTreeSet<u64>> =
+        [&a, &b, &c].iter().map(|m| m.owned.iter().map(|p| u64::from(*p)).collect()).collect();
+    seen.sort();
+    assert_eq!(owned, seen, "the group description shows the assignment the members were given: {d}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_leaves_and_its_partitions_move_without_skipping() {
+    let server = quick_server().await;
+    server.create_topic("moving", 4).await;
+    let q = "group=movers&from=earliest&auto_commit=false";
+    let mut a = Consumer::join(&server, "a", "moving", q).await;
+    let mut b = Consumer::join(&server, "b", "moving", q).await;
+    a.commit_each = true;
+    b.commit_each = true;
+    until("a and b to own two partitions each", &mut [&mut a, &mut b], |m| split_evenly(m, 4, &[2, 2])).await;
+    let a_parts = a.owned.clone();
+
+    // Batch 1: processed and committed by both.
+    produce_ids(&server, "moving", 0..40, 4).await;
+    until("batch 1 to be received and committed", &mut [&mut a, &mut b], |m| {
+        m.iter().all(|c| c.owned.iter().all(|p| c.committed.get(p) == Some(&10)))
+    })
+    .await;
+    // Batch 2: received, but `a` stops committing (its tail stays uncommitted).
+    a.commit_each = false;
+    let a_commits = a.committed.clone();
+    produce_ids(&server, "moving", 40..80, 4).await;
+    until("batch 2 to be received", &mut [&mut a, &mut b], |m| m.iter().map(|c| c.received()).sum::<usize>() == 80)
+        .await;
+    assert_eq!(a.close().await, Some(1000), "a normal close is answered with 1000");
+
+    until("b to own every partition", &mut [&mut b], |m| m[0].owned.len() == 4).await;
+    for p in &a_parts {
+        assert_eq!(b.acquired_at.get(p), a_commits.get(p), "b starts {p} at a's last commit: {b:?}");
+    }
+    produce_ids(&server, "moving", 80..120, 4).await;
+    until("b to read every partition to its end", &mut [&mut b], |m| {
+        (0..4).all(|p| m[0].offsets(p).last() == Some(&29))
+    })
+    .await;
+    for p in 0..4 {
+        let from_b = b.offsets(p);
+        if a_parts.contains(&p) {
+            let from_a = a.offsets(p);
+            assert_eq!(from_a, (0..20).collect::<Vec<u64>>(), "a read batches 1 and 2 of {p}");
+            // a committed 10: b re-reads 10..20 (at-least-once) and nothing before the commit.
+            assert_eq!(from_b, (10..30).collect::<Vec<u64>>(), "b resumes {p} at a's commit, skipping nothing");
+        } else {
+            assert_eq!(from_b, (0..30).collect::<Vec<u64>>(), "b reads its own {p} once, in order");
+        }
+    }
+    let mut ids: BTreeSet<u64> = a.ids().into_iter().collect();
+    ids.extend(b.ids());
+    assert_eq!(ids, (0..120).collect(), "no event skipped");
+    assert!(a.errors.is_empty() && b.errors.is_empty(), "{a:?} {b:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_member_resumes_from_last_commit() {
+    let server = quick_server().await;
+    server.create_topic("crashy", 2).await;
+    // `k` is a static member: after its crash the group holds its partition for the session timeout.
+    let mut k = Consumer::join(&server, "k", "crashy", "group=crash&member=k&from=earliest&auto_commit=false").await;
+    until("k to own both partitions", &mut [&mut k], |m| m[0].owned.len() == 2).await;
+    let mut s = Consumer::join(&server, "s", "crashy", "group=crash&from=earliest").await;
+    until("k and s to own one partition each", &mut [&mut k, &mut s], |m| split_evenly(m, 2, &[1, 1])).await;
+    let kp = *k.owned.first().expect("k owns a partition");
+
+    produce_ids(&server, "crashy", 0..60, 2).await;
+    until("k to read its partition", &mut [&mut k, &mut s], |m| m[0].offsets(kp).len() == 30).await;
+    k.request("k's commit to be acknowledged", &commit_frame(&[(kp, 12)]), |c| c.committed.get(&kp) == Some(&12)).await;
+    let killed = Instant::now();
+    k.sub.kill().await;
+
+    until("s to own both partitions", &mut [&mut s], |m| m[0].owned.len() == 2).await;
+    let took = killed.elapsed();
+    assert!(took >= SESSION_TIMEOUT, "a crashed static member keeps its partitions for the session timeout ({took:?})");
+    assert_eq!(s.acquired_at.get(&kp), Some(&12), "s starts at k's last commit: {s:?}");
+    produce_ids(&server, "crashy", 60..80, 2).await;
+    until("s to read k's partition to its end", &mut [&mut s], |m| m[0].offsets(kp).last() == Some(&39)).await;
+    assert_eq!(s.offsets(kp), (12..40).collect::<Vec<u64>>(), "from the commit on, nothing skipped, nothing earlier");
+    let sp = 1 - kp;
+    assert_eq!(s.offsets(sp), (0..40).collect::<Vec<u64>>(), "s's own partition is read once");
+    let d = server.get_json("/v1/groups/crash").await;
+    let members: Vec<&str> =
+        d["members"].as_array().expect("members").iter().map(|m| m["member"].as_str().unwrap()).collect();
+    assert!(!members.contains(&"k"), "the crashed member expired: {d}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_member_reconnects_and_keeps_its_partitions() {
+    // A longer session timeout: the reconnect below must fit in it on a slow machine.
+    let server = TestServer::start(|c| {
+        quick(c);
+        c.session_timeout_ms = 10_000;
+    })
+    .await;
+    server.create_topic("sticky", 4).await;
+    let mut m1 = Consumer::join(&server, "m1", "sticky", "group=statics&member=m1&from=earliest").await;
+    let mut m2 = Consumer::join(&server, "m2", "sticky", "group=statics&member=m2&from=earliest").await;
+    until("m1 and m2 to own two partitions each", &mut [&mut m1, &mut m2], |m| split_evenly(m, 4, &[2, 2])).await;
+    let (p1, p2) = (m1.owned.clone(), m2.owned.clone());
+    let d = server.get_json("/v1/groups/statics").await;
+    let generation = d["generation"].as_u64().expect("generation");
+    for m in d["members"].as_array().expect("members") {
+        assert_eq!(m["is_static"], true, "{d}");
+    }
+
+    // The id is taken while m1 is connected.
+    let mut dup = Consumer::join(&server, "m1-again", "sticky", "group=statics&member=m1").await;
+    assert_eq!(dup.wait_closed().await, Some(4002), "a second session with a live member id: {dup:?}");
+    assert_eq!(dup.errors_with("member_in_use"), 1, "{dup:?}");
+    assert!(dup.assignments.is_empty(), "{dup:?}");
+
+    produce_ids(&server, "sticky", 0..40, 4).await;
+    until("every event to arrive", &mut [&mut m1, &mut m2], |m| m.iter().map(|c| c.received()).sum::<usize>() == 40)
+        .await;
+    let m2_frames = m2.kinds.len();
+    m1.sub.kill().await;
+    eventually("the group to show m1 disconnected", WAIT, || async {
+        let d = server.get_json("/v1/groups/statics").await;
+        let m1 = d["members"].as_array()?.iter().find(|m| m["member"] == "m1")?.clone();
+        (m1["connected"] == false).then_some(())
+    })
+    .await;
+    let d = server.get_json("/v1/groups/statics").await;
+    let held: BTreeSet<u32> =
+        d["members"].as_array().expect("members").iter().find(|m| m["member"] == "m1").expect("m1")["partitions"]
+            .as_array()
+            .expect("partitions")
+            .iter()
+            .map(|p| p["partition"].as_u64().unwrap() as u32)
+            .collect();
+    assert_eq!(held, p1, "a disconnected static member keeps its partitions: {d}");
+
+    let mut back = Consumer::join(&server, "m1-back", "sticky", "group=statics&member=m1&from=earliest").await;
+    until("m1 to get its partitions back", &mut [&mut back], |m| !m[0].owned.is_empty()).await;
+    assert_eq!(back.owned, p1, "the same partitions: {back:?}");
+    assert_eq!(back.generation, Some(generation), "no rebalance: {back:?}");
+    for p in &p1 {
+        // Auto-commit committed what m1 had been sent: it resumes after it.
+        assert_eq!(back.acquired_at.get(p), Some(&10), "m1 resumes {p} at its committed position: {back:?}");
+    }
+    m2.round_trip().await;
+    let m2_new: Vec<&String> = m2.kinds[m2_frames..].iter().filter(|k| *k != "error").collect();
+    assert!(m2_new.is_empty(), "m2 saw no assignment change: {m2_new:?}");
+    assert_eq!(m2.owned, p2);
+    let d = server.get_json("/v1/groups/statics").await;
+    assert_eq!(d["generation"], generation, "{d}");
+    assert_eq!(d["state"], "stable", "{d}");
+    assert!(d["members"].as_array().expect("members").iter().all(|m| m["connected"] == true), "{d}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_groups_each_receive_every_record() {
+    let server = quick_server().await;
+    server.create_topic("fanout", 3).await;
+    let mut a1 = Consumer::join(&server, "a1", "fanout", "group=alpha&from=earliest").await;
+    let mut a2 = Consumer::join(&server, "a2", "fanout", "group=alpha&from=earliest").await;
+    let mut b1 = Consumer::join(&server, "b1", "fanout", "group=beta&from=earliest").await;
+    until("alpha to split the partitions and beta to own them all", &mut [&mut a1, &mut a2, &mut b1], |m| {
+        split_evenly(&m[..2], 3, &[1, 2]) && m[2].owned.len() == 3
+    })
+    .await;
+    produce_ids(&server, "fanout", 0..90, 3).await;
+    until("both groups to receive every event", &mut [&mut a1, &mut a2, &mut b1], |m| {
+        m[0].received() + m[1].received() == 90 && m[2].received() == 90
+    })
+    .await;
+    for m in [&mut a1, &mut a2, &mut b1] {
+        m.round_trip().await;
+    }
+    let mut alpha: Vec<u64> = a1.ids().into_iter().chain(a2.ids()).collect();
+    alpha.sort_unstable();
+    let mut beta = b1.ids();
+    beta.sort_unstable();
+    assert_eq!(alpha, (0..90).collect::<Vec<u64>>(), "alpha reads every event once");
+    assert_eq!(beta, (0..90).collect::<Vec<u64>>(), "beta reads every event once");
+    let list = server.get_json("/v1/groups").await;
+    let groups: Vec<(String, u64)> = list["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .map(|g| (g["group"].as_str().unwrap().to_string(), g["members"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(groups, vec![("alpha".to_string(), 2), ("beta".to_string(), 1)], "{list}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ephemeral_subscription_resumes_without_gaps() {
+    let server = quick_server().await;
+    server.create_topic("tail", 3).await;
+    produce_ids(&server, "tail", 0..30, 3).await;
+    let mut first = Consumer::join(&server, "first", "tail", "from=earliest").await;
+    until("the backlog to arrive", &mut [&mut first], |m| m[0].received() == 30).await;
+    assert_eq!(first.acquired_at, (0..3).map(|p| (p, 0)).collect(), "{first:?}");
+    let next: BTreeMap<u32, u64> =
+        first.records.iter().map(|(p, r)| (*p, r.last().unwrap()["offset"].as_u64().unwrap() + 1)).collect();
+    assert_eq!(first.close().await, Some(1000));
+
+    produce_ids(&server, "tail", 30..60, 3).await;
+    let resume: Vec<String> = next.iter().map(|(p, o)| format!("{p}:{o}")).collect();
+    let mut second = Consumer::join(&server, "second", "tail", &format!("offsets={}", resume.join(","))).await;
+    until("the records after the resume point", &mut [&mut second], |m| m[0].received() == 30).await;
+    second.round_trip().await;
+    assert_eq!(second.acquired_at, next, "it starts where it was told: {second:?}");
+    let mut ids = second.ids();
+    ids.sort_unstable();
+    assert_eq!(ids, (30..60).collect::<Vec<u64>>(), "exactly the records that followed");
+    for p in 0..3 {
+        assert_eq!(second.offsets(p), (10..20).collect::<Vec<u64>>(), "partition {p} in order");
+    }
+    assert!(second.gaps.is_empty(), "{second:?}");
+
+    // Without a resume position an ephemeral subscription starts at the end.
+    let mut latest = Consumer::join(&server, "latest", "tail", "").await;
+    until("the assignment", &mut [&mut latest], |m| m[0].owned.len() == 3).await;
+    assert_eq!(latest.acquired_at, (0..3).map(|p| (p, 20)).collect(), "{latest:?}");
+    produce_ids(&server, "tail", 60..63, 3).await;
+    until("the new records", &mut [&mut latest], |m| m[0].received() == 3).await;
+    let mut ids = latest.ids();
+    ids.sort_unstable();
+    assert_eq!(ids, vec![60, 61, 62]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ephemeral_resume_below_the_log_start_gets_a_gap_frame_first() {
+    let server = TestServer::start(|c| {
+        quick(c);
+        c.retention_check_interval_ms = 100;
+    })
+    .await;
+    server.create_topic_with(json!({"name": "short", "partitions": 1, "retention_bytes": 2000})).await;
+    for batch in 0..10 {
+        produce_ids(&server, "short", batch * 10..batch * 10 + 10, 1).await;
+    }
+    let start = eventually("retention to move the log start", WAIT, || async {
+        let d = server.describe("short").await;
+        let start = d["partitions"][0]["start_offset"].as_u64().expect("start_offset");
+        (start > 0).then_some(start)
+    })
+    .await;
+    let mut c = Consumer::join(&server, "late", "short", "offsets=0:0").await;
+    until("the records after the gap", &mut [&mut c], |m| m[0].offsets(0).last() == Some(&99)).await;
+    assert_eq!(c.acquired_at.get(&0), Some(&0), "{c:?}");
+    assert_eq!(c.kinds[..3], ["assignment", "gap", "records"], "the gap comes before any record: {c:?}");
+    assert_eq!(c.gaps.len(), 1, "{c:?}");
+    let gap = &c.gaps[0];
+    assert_eq!(
+        (gap["topic"].as_str(), gap["partition"].as_u64(), gap["from"].as_u64()),
+        (Some("short"), Some(0), Some(0))
+    );
+    let to = gap["to"].as_u64().expect("to");
+    assert!(to >= start, "the gap reaches the log start ({start}): {gap}");
+    assert_eq!(c.offsets(0), (to..100).collect::<Vec<u64>>(), "from the end of the gap on, nothing is skipped");
+}
+
+/// Reads a Prometheus sample (`name` followed by a space, no labels).
+fn metric(text: &str, name: &str) -> f64 {
+    let prefix = format!("{name} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} sample in:\n{text}"))
+}
+
+async fn resident_bytes(api: &Api) -> f64 {
+    let text = api.get("/metrics").send().await.expect("metrics").text().await.expect("metrics text");
+    metric(&text, "process_resident_memory_bytes")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumer_does_not_slow_a_fast_one() {
+    const EVENTS_PER_REQUEST: u64 = 400;
+    const REQUESTS: u64 = 50;
+    const TOTAL: u64 = EVENTS_PER_REQUEST * REQUESTS;
+    // A real process, so /metrics reports the server's memory alone. Small RocksDB
+    // buffers keep the storage side of the memory growth small.
+    let dir = tempfile::tempdir().expect("data directory");
+    let mb8 = (8u64 << 20).to_string();
+    let server = ProcessServer::start(
+        dir.path(),
+        &[
+            "--fsync",
+            "never",
+            "--write-buffer-bytes",
+            &mb8,
+            "--block-cache-bytes",
+            &mb8,
+            // The stalled subscribers must stay subscribed for the whole test.
+            "--session-timeout-ms",
+            "600000",
+        ],
+    )
+    .await;
+    server.create_topic("firehose", 4).await;
+    // Four subscribers that never read their socket, and one that does.
+    let mut stalled: Vec<WsStream> = Vec::new();
+    for _ in 0..4 {
+        stalled.push(server.ws_connect("/v1/topics/firehose/subscribe?from=earliest").await.expect("connect"));
+    }
+    let mut fast = Consumer::join(&server, "fast", "firehose", "from=earliest").await;
+    until("the fast subscriber's assignment", &mut [&mut fast], |m| m[0].owned.len() == 4).await;
+    let rss_before = resident_bytes(&server).await;
+
+    let pad = "x".repeat(1000);
+    let started = Instant::now();
+    for r in 0..REQUESTS {
+        let events: Vec<Value> =
+            (0..EVENTS_PER_REQUEST).map(|i| json!({"id": r * EVENTS_PER_REQUEST + i, "pad": pad})).collect();
+        server.produce("firehose", &Value::Array(events)).await;
+        // Keep the fast subscriber's queue short (its frames are parsed as they come).
+        fast.drain().await;
+        fast.records.values_mut().for_each(|r| r.iter_mut().for_each(|v| v["value"]["pad"] = Value::Null));
+    }
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        fast.drain().await;
+        fast.records.values_mut().for_each(|r| r.iter_mut().for_each(|v| v["value"]["pad"] = Value::Null));
+        if fast.received() as u64 == TOTAL {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the fast subscriber got {} of {TOTAL} events in time", fast.received());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = started.elapsed();
+    let mut ids = fast.ids();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..TOTAL).collect::<Vec<u64>>(), "every event once, while four subscribers stall");
+    for p in 0..4 {
+        let offsets = fast.offsets(p);
+        assert_eq!(offsets, (0..offsets.len() as u64).collect::<Vec<u64>>(), "partition {p} in order");
+    }
+    let rss_after = resident_bytes(&server).await;
+    let growth = rss_after - rss_before;
+    eprintln!("{TOTAL} events (~{} MB) in {took:?}; resident memory grew {:.1} MB", TOTAL * 1000 >> 20, growth / 1e6);
+    assert!(growth < 64.0 * 1024.0 * 1024.0, "the server's resident memory grew by {:.1} MB", growth / 1e6);
+    drop(stalled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_survive_a_restart() {
+    let mut server = quick_server().await;
+    server.create_topic("durable", 2).await;
+    produce_ids(&server, "durable", 0..20, 2).await;
+    let mut c = Consumer::join(&server, "c", "durable", "group=keep&from=earliest&auto_commit=false").await;
+    until("the backlog", &mut [&mut c], |m| m[0].received() == 20).await;
+    c.request("the commit", &commit_frame(&[(0, 6), (1, 10)]), |c| c.committed.len() == 2).await;
+    assert_eq!(c.committed, BTreeMap::from([(0, 6), (1, 10)]));
+
+    server.stop().await;
+    assert_eq!(c.wait_closed().await, Some(1001), "shutdown closes subscriptions with 1001: {c:?}");
+    server.restart().await;
+
+    let d = server.get_json("/v1/groups/keep").await;
+    assert_eq!(
+        (d["group"].as_str(), d["state"].as_str(), d["generation"].as_u64()),
+        (Some("keep"), Some("empty"), Some(0))
+    );
+    assert_eq!(d["members"], json!([]), "{d}");
+    let parts: Vec<(u64, u64, u64)> = d["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .map(|p| (p["committed"].as_u64().unwrap(), p["end_offset"].as_u64().unwrap(), p["lag"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(parts, vec![(6, 10, 4), (10, 10, 0)], "committed, end_offset and lag per partition: {d}");
+    assert_eq!(d["lag"], 4, "{d}");
+
+    // The commit wins over `from`.
+    let mut again = Consumer::join(&server, "again", "durable", "group=keep&from=latest").await;
+    until("the records after the commit", &mut [&mut again], |m| m[0].received() == 4).await;
+    assert_eq!(again.acquired_at, BTreeMap::from([(0, 6), (1, 10)]), "{again:?}");
+    assert_eq!(again.offsets(0), vec![6, 7, 8, 9]);
+    assert!(again.offsets(1).is_empty());
+}
+
+fn member_partitions(d: &Value, member: &Value) -> BTreeSet<u32> {
+    member["partitions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no partitions in {d}"))
+        .iter()
+        .map(|p| p["partition"].as_u64().unwrap() as u32)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_admin_lists_describes_resets_and_deletes() {
+    let server = quick_server().await;
+    server.create_topic("ledger", 4).await;
+    // Partition p holds 5 + p events.
+    for p in 0..4u32 {
+        let events: Vec<Value> = (0..5 + p).map(|i| json!({"id": p * 100 + i})).collect();
+        server
+            .produce_raw("ledger", &format!("?partition={p}"), "application/json", Value::Array(events).to_string())
+            .await;
+    }
+    let end = |p: u32| u64::from(5 + p);
+    let q = "group=ops&from=earliest&auto_commit=false";
+    let mut a = Consumer::join(&server, "a", "ledger", q).await;
+    let mut b = Consumer::join(&server, "b", "ledger", q).await;
+    until("a and b to split the partitions and read them", &mut [&mut a, &mut b], |m| {
+        split_evenly(m, 4, &[2, 2]) && m.iter().map(|c| c.received()).sum::<usize>() == 26
+    })
+    .await;
+    // a commits one before the end of its partitions; b commits nothing.
+    let commits: Vec<(u32, u64)> = a.owned.iter().map(|p| (*p, end(*p) - 1)).collect();
+    let n = commits.len();
+    a.request("a's commits", &commit_frame(&commits), |c| c.committed.len() == n).await;
+
+    let list = server.get_json("/v1/groups").await;
+    assert_eq!(list["groups"], json!([{"group": "ops", "state": "stable", "members": 2}]), "{list}");
+    let d = server.get_json("/v1/groups/ops").await;
+    assert_eq!((d["group"].as_str(), d["state"].as_str()), (Some("ops"), Some("stable")), "{d}");
+    assert!(d["generation"].as_u64().is_some_and(|g| g >= 1), "{d}");
+    let members = d["members"].as_array().expect("members");
+    assert_eq!(members.len(), 2, "{d}");
+    let mut owner_of = BTreeMap::new();
+    for m in members {
+        assert_eq!((m["connected"].as_bool(), m["is_static"].as_bool()), (Some(true), Some(false)), "{d}");
+        assert_eq!(m["topics"], json!(["ledger"]), "{d}");
+        assert!(m["client"].as_str().is_some_and(|c| c.starts_with("127.0.0.1:")), "{d}");
+        let parts = member_partitions(&d, m);
+        assert!(parts == a.owned || parts == b.owned, "members' partitions match their assignments: {d}");
+        for p in parts {
+            owner_of.insert(p, m["member"].as_str().unwrap().to_string());
+        }
+    }
+    let mut total = 0;
+    let parts = d["partitions"].as_array().expect("partitions");
+    assert_eq!(parts.len(), 4, "{d}");
+    for (i, row) in parts.iter().enumerate() {
+        let p = i as u32;
+        let committed = a.owned.contains(&p).then(|| end(p) - 1);
+        let lag = end(p) - committed.unwrap_or(0);
+        total += lag;
+        assert_eq!(
+            row,
+            &json!({"topic": "ledger", "partition": p, "committed": committed, "end_offset": end(p), "lag": lag, "owner": owner_of[&p]}),
+            "{d}"
+        );
+    }
+    assert_eq!(d["lag"], total, "{d}");
+
+    // Resets and deletes are refused while members are connected, unless forced.
+    let reset = |body: Value| server.post("/v1/groups/ops/reset").json(&body).send();
+    assert_problem(reset(json!({"topic": "ledger", "to": "earliest"})).await.expect("reset"), 409, "group_active")
+        .await;
+    let delete = |path: &str| server.http.delete(server.url(path)).send();
+    assert_problem(delete("/v1/groups/ops").await.expect("delete"), 409, "group_active").await;
+    let resp = reset(json!({"topic": "ledger", "to": "earliest", "force": true})).await.expect("reset");
+    assert_eq!(resp.status(), 200);
+    let answer: Value = resp.json().await.expect("JSON");
+    assert_eq!(answer["group"], "ops");
+    let reset_to: Vec<(u64, u64, u64)> = answer["offsets"]
+        .as_array()
+        .expect("offsets")
+        .iter()
+        .map(|o| (o["partition"].as_u64().unwrap(), o["committed"].as_u64().unwrap(), o["lag"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(reset_to, (0..4).map(|p| (u64::from(p), 0, end(p))).collect::<Vec<_>>(), "{answer}");
+    let d = server.get_json("/v1/groups/ops").await;
+    assert!(d["partitions"].as_array().unwrap().iter().all(|p| p["committed"] == 0), "{d}");
+    assert_eq!(d["lag"], 26, "{d}");
+
+    // After the members leave, resets need no force.
+    assert_eq!(a.close().await, Some(1000));
+    assert_eq!(b.close().await, Some(1000));
+    eventually("the group to have no members", WAIT, || async {
+        let d = server.get_json("/v1/groups/ops").await;
+        (d["state"] == "empty" && d["members"] == json!([])).then_some(())
+    })
+    .await;
+    let resp = reset(json!({"topic": "ledger", "offset": 3, "partitions": [1]})).await.expect("reset");
+    assert_eq!(resp.status(), 200);
+    let answer: Value = resp.json().await.expect("JSON");
+    assert_eq!(answer["offsets"][0]["partition"], 1, "{answer}");
+    assert_eq!((answer["offsets"][0]["committed"].as_u64(), answer["offsets"][0]["lag"].as_u64()), (Some(3), Some(3)));
+    assert_eq!(answer["offsets"].as_array().map(Vec::len), Some(1), "{answer}");
+    let resp = reset(json!({"topic": "ledger", "offset": 1000})).await.expect("reset");
+    assert_eq!(resp.status(), 200, "an offset past the end is clamped");
+    let answer: Value = resp.json().await.expect("JSON");
+    assert!(answer["offsets"].as_array().unwrap().iter().all(|o| o["committed"] == o["end_offset"] && o["lag"] == 0));
+    assert_problem(
+        reset(json!({"topic": "ledger", "to": "latest", "offset": 1})).await.expect("reset"),
+        400,
+        "invalid_reset",
+    )
+    .await;
+    assert_problem(reset(json!({"topic": "ledger"})).await.expect("reset"), 400, "invalid_reset").await;
+    assert_problem(reset(json!({"topic": "nope", "to": "latest"})).await.expect("reset"), 404, "topic_not_found").await;
+    reset(json!({"topic": "ledger", "to": "earliest", "partitions": [2]})).await.expect("reset");
+    let d = server.get_json("/v1/groups/ops").await;
+    let committed: Vec<u64> =
+        d["partitions"].as_array().unwrap().iter().map(|p| p["committed"].as_u64().unwrap()).collect();
+    assert_eq!(committed, vec![5, 6, 0, 8], "{d}");
+    assert_eq!(d["lag"], 7, "{d}");
+    let list = server.get_json("/v1/groups").await;
+    assert_eq!(list["groups"], json!([{"group": "ops", "state": "empty", "members": 0}]), "{list}");
+
+    let resp = delete("/v1/groups/ops").await.expect("delete");
+    assert_eq!(resp.status(), 204);
+    assert_problem(server.get("/v1/groups/ops").send().await.expect("get"), 404, "not_found").await;
+    assert_problem(delete("/v1/groups/ops").await.expect("delete"), 404, "not_found").await;
+    assert_eq!(server.get_json("/v1/groups").await["groups"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seek_moves_the_read_position() {
+    let server = quick_server().await;
+    server.create_topic("seeker", 2).await;
+    let base = now_ms() - 60_000;
+    let records: Vec<Value> = (0..10).map(|i| json!({"value": {"id": i}, "timestamp": base + 10 * i})).collect();
+    server.produce_raw("seeker", "?partition=0", "application/json", json!({ "records": records }).to_string()).await;
+    let mut c = Consumer::join(&server, "c", "seeker", "from=earliest").await;
+    until("the backlog", &mut [&mut c], |m| m[0].received() == 10).await;
+    let seek = |body: Value| {
+        let mut frame = json!({"type": "seek", "partition": 0});
+        frame.as_object_mut().unwrap().extend(body.as_object().unwrap().clone());
+        frame
+    };
+    let assignment_at = |c: &Consumer| {
+        let last = c.assignments.last().unwrap();
+        last["partitions"].as_array().unwrap().iter().find(|p| p["partition"] == 0).unwrap()["offset"].as_u64()
+    };
+
+    c.request("a seek to offset 3", &seek(json!({"offset": 3})), |c| c.received() == 17).await;
+    assert_eq!(assignment_at(&c), Some(3), "a seek is answered with the new positions");
+    assert_eq!(c.offsets(0)[10..], (3..10).collect::<Vec<u64>>());
+    c.request("a seek by time", &seek(json!({"timestamp": base + 55})), |c| c.received() == 21).await;
+    assert_eq!(assignment_at(&c), Some(6), "the first record at or after the time");
+    assert_eq!(c.offsets(0)[17..], (6..10).collect::<Vec<u64>>());
+    c.request("a seek to the start", &seek(json!({"to": "earliest"})), |c| c.received() == 31).await;
+    assert_eq!(c.offsets(0)[21..], (0..10).collect::<Vec<u64>>());
+    let n = c.assignments.len();
+    c.request("a seek to the end", &seek(json!({"to": "latest"})), |c| c.assignments.len() > n).await;
+    assert_eq!(assignment_at(&c), Some(10));
+    c.round_trip().await;
+    assert_eq!(c.received(), 31, "nothing re-read after a seek to the end");
+    server.produce_raw("seeker", "?partition=0", "application/json", json!({"id": 10}).to_string()).await;
+    until("the next record", &mut [&mut c], |m| m[0].received() == 32).await;
+    assert_eq!(c.offsets(0).last(), Some(&10));
+
+    let errors = c.errors.len();
+    c.request("a seek of an unknown partition", &json!({"type": "seek", "partition": 7, "offset": 0}), |c| {
+        c.errors.len() > errors
+    })
+    .await;
+    assert_eq!(c.errors.last().unwrap()["code"], "not_assigned", "{c:?}");
+    c.request("a seek with two targets", &seek(json!({"offset": 1, "to": "latest"})), |c| c.errors.len() > errors + 1)
+        .await;
+    assert_eq!(c.errors.last().unwrap()["code"], "invalid_frame", "{c:?}");
+    assert!(c.closed.is_none(), "{c:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_stops_delivery_until_resume() {
+    let server = quick_server().await;
+    server.create_topic("valve", 2).await;
+    let mut c = Consumer::join(&server, "c", "valve", "").await;
+    until("the assignment", &mut [&mut c], |m| m[0].owned.len() == 2).await;
+
+    c.sub.send(&json!({"type": "pause", "partitions": [{"partition": 0}]})).await;
+    c.round_trip().await;
+    produce_ids(&server, "valve", 0..10, 2).await;
+    until("the unpaused partition's records", &mut [&mut c], |m| m[0].offsets(1).len() == 5).await;
+    // Two round trips: the session has looked for records at least once in between.
+    c.round_trip().await;
+    c.round_trip().await;
+    assert!(c.offsets(0).is_empty(), "a paused partition delivers nothing: {c:?}");
+    c.sub.send(&json!({"type": "resume", "partitions": [{"partition": 0}]})).await;
+    until("the resumed partition's records", &mut [&mut c], |m| m[0].offsets(0).len() == 5).await;
+    assert_eq!(c.offsets(0), (0..5).collect::<Vec<u64>>(), "from where it stopped");
+
+    // Without a list, pause and resume apply to every partition.
+    c.sub.send(&json!({"type": "pause"})).await;
+    c.round_trip().await;
+    produce_ids(&server, "valve", 10..20, 2).await;
+    c.round_trip().await;
+    c.round_trip().await;
+    assert_eq!(c.received(), 10, "nothing while everything is paused: {c:?}");
+    c.sub.send(&json!({"type": "resume"})).await;
+    until("everything after resume", &mut [&mut c], |m| m[0].received() == 20).await;
+    for p in 0..2 {
+        assert_eq!(c.offsets(p), (0..10).collect::<Vec<u64>>());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_frames_get_an_error_frame_and_the_session_goes_on() {
+    let server = quick_server().await;
+    server.create_topic("strict", 1).await;
+    let mut c = Consumer::join(&server, "c", "strict", "").await;
+    until("the assignment", &mut [&mut c], |m| m[0].owned.len() == 1).await;
+    let invalid: Vec<Message> = vec![
+        Message::text("not json"),
+        Message::text(r#"{"type":"dance"}"#),
+        Message::text(r#"{"type":"commit","offsets":[],"extra":1}"#),
+        Message::text(r#"{"type":"seek"}"#),
+        Message::text(r#"{"partition":0,"offset":1}"#),
+        Message::binary(vec![1u8, 2, 3]),
+    ];
+    for (i, msg) in invalid.into_iter().enumerate() {
+        c.sub.send_message(msg).await;
+        until("the error frame", &mut [&mut c], |m| m[0].errors.len() > i).await;
+        let e = &c.errors[i];
+        assert_eq!(e["code"], "invalid_frame", "frame {i}: {e}");
+        assert!(e["detail"].as_str().is_some_and(|d| !d.is_empty()), "frame {i}: {e}");
+    }
+    // A commit needs a group.
+    c.request("the refusal", &commit_frame(&[(0, 0)]), |c| c.errors.len() == 7).await;
+    assert_eq!(c.errors[6]["code"], "no_group", "{c:?}");
+    produce_ids(&server, "strict", 0..3, 1).await;
+    until("records after the errors", &mut [&mut c], |m| m[0].received() == 3).await;
+    assert!(c.closed.is_none(), "{c:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_of_a_partition_not_owned_is_refused() {
+    let server = quick_server().await;
+    server.create_topic("owned", 2).await;
+    let q = "group=owners&from=earliest&auto_commit=false";
+    let mut a = Consumer::join(&server, "a", "owned", q).await;
+    let mut b = Consumer::join(&server, "b", "owned", q).await;
+    until("a and b to own one partition each", &mut [&mut a, &mut b], |m| split_evenly(m, 2, &[1, 1])).await;
+    produce_ids(&server, "owned", 0..10, 2).await;
+    until("the records", &mut [&mut a, &mut b], |m| m.iter().all(|c| c.received() == 5)).await;
+    let (mine, theirs) = (*a.owned.first().unwrap(), *b.owned.first().unwrap());
+    let generation = server.get_json("/v1/groups/owners").await["generation"].as_u64().expect("generation");
+
+    a.request("the refusal", &commit_frame(&[(theirs, 5)]), |c| !c.errors.is_empty()).await;
+    assert_eq!(a.errors[0]["code"], "commit_refused", "{a:?}");
+    a.request("the refusal", &commit_frame(&[(mine, 5), (theirs, 5)]), |c| c.errors.len() == 2).await;
+    assert_eq!(a.errors[1]["code"], "commit_refused", "all or nothing: {a:?}");
+    let stale = json!({"type": "commit", "offsets": [{"partition": mine, "offset": 5}], "generation": generation + 7});
+    a.request("the refusal", &stale, |c| c.errors.len() == 3).await;
+    assert_eq!(a.errors[2]["code"], "commit_refused", "a stale generation: {a:?}");
+    assert!(a.committed.is_empty(), "{a:?}");
+    let current = json!({"type": "commit", "offsets": [{"topic": "owned", "partition": mine, "offset": 5}], "generation": generation});
+    a.request("the commit", &current, |c| c.committed.get(&mine) == Some(&5)).await;
+    let d = server.get_json("/v1/groups/owners").await;
+    let committed: Vec<Value> = d["partitions"].as_array().unwrap().iter().map(|p| p["committed"].clone()).collect();
+    let mut expected = vec![Value::Null, Value::Null];
+    expected[mine as usize] = json!(5);
+    assert_eq!(committed, expected, "only the owner's commit was stored: {d}");
+    assert!(a.closed.is_none(), "{a:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_subscriptions_are_refused_before_the_upgrade() {
+    let server = quick_server().await;
+    server.create_topic("present", 1).await;
+    let p = server.subscribe_refused("absent", "", 404, "topic_not_found").await;
+    assert!(p["detail"].as_str().unwrap().contains("absent"), "{p}");
+    server.subscribe_refused("absent", "group=g", 404, "topic_not_found").await;
+    server.subscribe_refused("present", "topics=absent", 404, "topic_not_found").await;
+    server.subscribe_refused("present", "from=soon", 400, "invalid_parameter").await;
+    server.subscribe_refused("present", "member=m1", 400, "invalid_parameter").await;
+    server.subscribe_refused("present", "offsets=zero", 400, "invalid_parameter").await;
+    server.subscribe_refused("present", "group=bad%20name", 400, "invalid_group_name").await;
+    server.subscribe_refused("present", "colour=blue", 400, "invalid_request").await;
+    // The same path without the WebSocket handshake is a client error too.
+    let resp = server.get("/v1/topics/present/subscribe").send().await.expect("get");
+    assert!(resp.status().is_client_error(), "{}", resp.status());
+    assert_eq!(server.get_json("/v1/groups").await["groups"], json!([]), "refused subscriptions join no group");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_subscribed_topic_closes_the_socket_with_4001() {
+    let server = quick_server().await;
+    server.create_topic("doomed", 2).await;
+    produce_ids(&server, "doomed", 0..4, 2).await;
+    let mut eph = Consumer::join(&server, "ephemeral", "doomed", "from=earliest").await;
+    let mut member = Consumer::join(&server, "member", "doomed", "group=mourners&from=earliest").await;
+    until("both to read the backlog", &mut [&mut eph, &mut member], |m| m.iter().all(|c| c.received() == 4)).await;
+    let resp = server.http.delete(server.url("/v1/topics/doomed")).send().await.expect("delete");
+    assert_eq!(resp.status(), 204);
+    for c in [&mut eph, &mut member] {
+        assert_eq!(c.wait_closed().await, Some(4001), "{c:?}");
+        let reason = &c.closed.as_ref().unwrap().1;
+        assert!(reason.contains("doomed"), "the close reason names the topic: {reason:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_member_is_closed_with_4000_and_its_partitions_move() {
+    let server = quick_server().await;
+    server.create_topic("quiet", 2).await;
+    // A client that never reads its socket, so it never answers a ping.
+    let connected = Instant::now();
+    let silent = server.ws_connect("/v1/topics/quiet/subscribe?group=hush&from=earliest").await.expect("connect");
+    let mut live = Consumer::join(&server, "live", "quiet", "group=hush&from=earliest").await;
+    until("the live member to own both partitions", &mut [&mut live], |m| m[0].owned.len() == 2).await;
+    assert!(
+        connected.elapsed() >= SESSION_TIMEOUT,
+        "removed only after the session timeout: {:?}",
+        connected.elapsed()
+    );
+    let mut silent = Consumer::wrap("silent", "quiet", Subscriber::new(silent));
+    assert_eq!(silent.wait_closed().await, Some(4000), "{silent:?}");
+    produce_ids(&server, "quiet", 0..10, 2).await;
+    until("the live member to read everything", &mut [&mut live], |m| m[0].received() == 10).await;
+    let d = server.get_json("/v1/groups/hush").await;
+    assert_eq!(d["members"].as_array().map(Vec::len), Some(1), "{d}");
+}
+
+/// Reads a connection (answering pings) until told to stop, then hands it back
+/// unread: a client that was healthy and then stopped reading.
+fn read_until_stopped(mut ws: WsStream) -> (oneshot::Sender<()>, tokio::task::JoinHandle<WsStream>) {
+    let (stop, mut stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = &mut stopped => return ws,
+                msg = ws.next() => if msg.is_none() { return ws },
+            }
+        }
+    });
+    (stop, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_that_stops_reading_mid_stream_is_removed_after_the_session_timeout() {
+    let server = quick_server().await;
+    server.create_topic("clogged", 2).await;
+    let ws = server.ws_connect("/v1/topics/clogged/subscribe?group=clog&from=earliest").await.expect("connect");
+    let (stop, reader) = read_until_stopped(ws);
+    eventually("the first member to own both partitions", WAIT, || async {
+        let d = server.get_json("/v1/groups/clog").await;
+        let m = d["members"].as_array()?.first()?.clone();
+        (member_partitions(&d, &m).len() == 2).then_some(())
+    })
+    .await;
+    let mut live = Consumer::join(&server, "live", "clogged", "group=clog&from=earliest").await;
+    until("the live member to get its share", &mut [&mut live], |m| m[0].owned.len() == 1).await;
+    let live_part = *live.owned.first().unwrap();
+    let clogged_part = 1 - live_part;
+
+    // The first member stops reading, and its partition gets far more than socket buffers hold.
+    let _ = stop.send(());
+    let unread = reader.await.expect("reader task");
+    let pad = "y".repeat(2000);
+    for r in 0..16 {
+        let events: Vec<Value> = (0..1000).map(|i| json!({"id": r * 1000 + i, "pad": pad})).collect();
+        server
+            .produce_raw(
+                "clogged",
+                &format!("?partition={clogged_part}"),
+                "application/json",
+                Value::Array(events).to_string(),
+            )
+            .await;
+    }
+    until("the live member to take over the silent member's partition", &mut [&mut live], |m| m[0].owned.len() == 2)
+        .await;
+    drop(unread);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_member_learns_the_current_generation_after_a_rebalance() {
+    let server = quick_server().await;
+    server.create_topic("generations", 4).await;
+    let q = "group=gens&from=earliest&auto_commit=false";
+    let mut a = Consumer::join(&server, "a", "generations", q).await;
+    until("a to own every partition", &mut [&mut a], |m| m[0].owned.len() == 4).await;
+    let mut b = Consumer::join(&server, "b", "generations", q).await;
+    until("a and b to own two partitions each", &mut [&mut a, &mut b], |m| split_evenly(m, 4, &[2, 2])).await;
+    let current = server.get_json("/v1/groups/gens").await["generation"].as_u64().expect("generation");
+    // `a` lost two partitions: it must be told its new (full) assignment and generation.
+    until("both members to know the current generation", &mut [&mut a, &mut b], |m| {
+        m.iter().all(|c| c.generation == Some(current))
+    })
+    .await;
+    let last = a.assignments.last().expect("an assignment");
+    let listed: BTreeSet<u64> =
+        last["partitions"].as_array().unwrap().iter().map(|p| p["partition"].as_u64().unwrap()).collect();
+    assert_eq!(listed, a.owned.iter().map(|p| u64::from(*p)).collect(), "the full current set: {last}");
+    // And a commit naming the generation it was told is accepted.
+    let p = *a.owned.first().unwrap();
+    let frame = json!({"type": "commit", "offsets": [{"partition": p, "offset": 0}], "generation": a.generation});
+    a.request("the commit or its refusal", &frame, |c| !c.committed.is_empty() || !c.errors.is_empty()).await;
+    assert!(a.errors.is_empty(), "{a:?}");
+}
