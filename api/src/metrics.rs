@@ -67,36 +67,30 @@ fn escape(label: &str) -> String {
     label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
+/// A per-partition gauge: name, help text, and the value it reads.
+type PartitionGauge = (&'static str, &'static str, fn(&tidegate_storage::PartitionStats) -> u64);
+
 /// The full exposition: facade metrics plus scrape-time gauges.
 pub fn render(store: &Store) -> String {
     let mut out = handle().render();
     let topics = store.topics();
-    let _ = writeln!(out, "# HELP tidegate_partition_end_offset Next offset to be written, per partition.");
-    let _ = writeln!(out, "# TYPE tidegate_partition_end_offset gauge");
-    for t in &topics {
-        for p in t.partitions() {
-            let s = p.stats();
-            let _ = writeln!(
-                out,
-                "tidegate_partition_end_offset{{topic=\"{}\",partition=\"{}\"}} {}",
-                escape(&t.name),
-                s.partition,
-                s.end_offset
-            );
-        }
-    }
-    let _ = writeln!(out, "# HELP tidegate_partition_start_offset First stored offset, per partition.");
-    let _ = writeln!(out, "# TYPE tidegate_partition_start_offset gauge");
-    for t in &topics {
-        for p in t.partitions() {
-            let s = p.stats();
-            let _ = writeln!(
-                out,
-                "tidegate_partition_start_offset{{topic=\"{}\",partition=\"{}\"}} {}",
-                escape(&t.name),
-                s.partition,
-                s.start_offset
-            );
+    let per_partition: [PartitionGauge; 2] = [
+        ("tidegate_partition_end_offset", "Next offset to be written, per partition.", |s| s.end_offset),
+        ("tidegate_partition_start_offset", "First stored offset, per partition.", |s| s.start_offset),
+    ];
+    for (name, help, value) in per_partition {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for t in &topics {
+            for p in t.partitions() {
+                let s = p.stats();
+                let _ = writeln!(
+                    out,
+                    "{name}{{topic=\"{}\",partition=\"{}\"}} {}",
+                    escape(&t.name),
+                    s.partition,
+                    value(&s)
+                );
+            }
         }
     }
     let _ = writeln!(out, "# HELP tidegate_topic_bytes Bytes of stored batches, per topic.");

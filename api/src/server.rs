@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tidegate_storage::Store;
 use tokio::net::TcpListener;
 
@@ -63,6 +64,10 @@ pub async fn serve(
 
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let signal_state = state.clone();
+    // Responses are written whole; Nagle's algorithm would only delay them.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(
         async move {
             shutdown.await;

@@ -12,6 +12,8 @@ use serde_json::{Value, json};
 use tidegate_tests::{
     Api, Config, ProcessServer, Subscriber, TestServer, WsEvent, WsStream, assert_problem, eventually,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -60,8 +62,6 @@ struct Consumer {
     acquired_at: BTreeMap<u32, u64>,
     /// Every assignment frame, in order.
     assignments: Vec<Value>,
-    /// Every revoked frame, in order.
-    revocations: Vec<Value>,
     /// Records received, per partition, in arrival order.
     records: BTreeMap<u32, Vec<Value>>,
     /// Offsets acknowledged by `committed` frames.
@@ -93,11 +93,9 @@ impl std::fmt::Debug for Consumer {
 }
 
 impl Consumer {
+    /// Subscribes to `topic` with `query`.
     async fn join(api: &Api, name: &str, topic: &str, query: &str) -> Consumer {
-        Self::wrap(name, topic, api.subscribe(topic, query).await)
-    }
-
-    fn wrap(name: &str, topic: &str, sub: Subscriber) -> Consumer {
+        let sub = api.subscribe(topic, query).await;
         Consumer {
             name: name.to_string(),
             topic: topic.to_string(),
@@ -106,7 +104,6 @@ impl Consumer {
             generation: None,
             acquired_at: BTreeMap::new(),
             assignments: Vec::new(),
-            revocations: Vec::new(),
             records: BTreeMap::new(),
             committed: BTreeMap::new(),
             gaps: Vec::new(),
@@ -154,7 +151,6 @@ impl Consumer {
                 for p in f["partitions"].as_array().unwrap_or_else(|| panic!("no partitions in {f}")) {
                     self.owned.remove(&partition(p));
                 }
-                self.revocations.push(f);
             }
             "records" => {
                 assert_eq!(f["topic"], self.topic.as_str(), "{name}: records of another topic: {f}");
@@ -237,6 +233,8 @@ impl Consumer {
         let before = self.errors_with("invalid_frame");
         let frame = json!({"type": "round-trip"});
         self.request("a round trip", &frame, |c| c.errors_with("invalid_frame") > before).await;
+        let answer = self.errors.iter().rposition(|e| e["detail"].as_str().is_some_and(|d| d.contains("round-trip")));
+        self.errors.remove(answer.expect("the round trip's answer"));
     }
 }
 
@@ -255,7 +253,8 @@ async fn until(what: &str, consumers: &mut [&mut Consumer], done: impl Fn(&[&mut
     }
 }
 
-/// Each consumer owns `share` partitions and together they own `0..total` without overlap.
+/// Together the consumers own `0..total` without overlap, in shares of the sizes
+/// `shares` (sorted).
 fn split_evenly(consumers: &[&mut Consumer], total: u32, shares: &[usize]) -> bool {
     let union: BTreeSet<u32> = consumers.iter().flat_map(|c| c.owned.iter().copied()).collect();
     let sum: usize = consumers.iter().map(|c| c.owned.len()).sum();
@@ -400,7 +399,10 @@ async fn killed_member_resumes_from_last_commit() {
     assert!(took >= SESSION_TIMEOUT, "a crashed static member keeps its partitions for the session timeout ({took:?})");
     assert_eq!(s.acquired_at.get(&kp), Some(&12), "s starts at k's last commit: {s:?}");
     produce_ids(&server, "crashy", 60..80, 2).await;
-    until("s to read k's partition to its end", &mut [&mut s], |m| m[0].offsets(kp).last() == Some(&39)).await;
+    until("s to read both partitions to their end", &mut [&mut s], |m| {
+        (0..2).all(|p| m[0].offsets(p).last() == Some(&39))
+    })
+    .await;
     assert_eq!(s.offsets(kp), (12..40).collect::<Vec<u64>>(), "from the commit on, nothing skipped, nothing earlier");
     let sp = 1 - kp;
     assert_eq!(s.offsets(sp), (0..40).collect::<Vec<u64>>(), "s's own partition is read once");
@@ -592,11 +594,39 @@ async fn resident_bytes(api: &Api) -> f64 {
     metric(&text, "process_resident_memory_bytes")
 }
 
+/// Posts `REQUESTS` requests of `EVENTS_PER_REQUEST` 1 kB events (ids from `first`)
+/// and waits until `fast` has received them all; returns how long that took.
+async fn firehose(api: &Api, fast: &mut Consumer, first: u64) -> Duration {
+    let pad = "x".repeat(1000);
+    let started = Instant::now();
+    let total = first + REQUESTS * EVENTS_PER_REQUEST;
+    let forget_values = |c: &mut Consumer| {
+        c.records.values_mut().flatten().for_each(|r| r["value"]["pad"] = Value::Null);
+    };
+    for r in 0..REQUESTS {
+        let events: Vec<Value> =
+            (0..EVENTS_PER_REQUEST).map(|i| json!({"id": first + r * EVENTS_PER_REQUEST + i, "pad": pad})).collect();
+        api.produce("firehose", &Value::Array(events)).await;
+        fast.drain().await;
+        forget_values(fast);
+    }
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        fast.drain().await;
+        forget_values(fast);
+        if fast.received() as u64 == total {
+            return started.elapsed();
+        }
+        assert!(Instant::now() < deadline, "the fast subscriber got {} of {total} events in time", fast.received());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const EVENTS_PER_REQUEST: u64 = 400;
+const REQUESTS: u64 = 50;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumer_does_not_slow_a_fast_one() {
-    const EVENTS_PER_REQUEST: u64 = 400;
-    const REQUESTS: u64 = 50;
-    const TOTAL: u64 = EVENTS_PER_REQUEST * REQUESTS;
     // A real process, so /metrics reports the server's memory alone. Small RocksDB
     // buffers keep the storage side of the memory growth small.
     let dir = tempfile::tempdir().expect("data directory");
@@ -624,40 +654,33 @@ async fn slow_consumer_does_not_slow_a_fast_one() {
     }
     let mut fast = Consumer::join(&server, "fast", "firehose", "from=earliest").await;
     until("the fast subscriber's assignment", &mut [&mut fast], |m| m[0].owned.len() == 4).await;
-    let rss_before = resident_bytes(&server).await;
-
-    let pad = "x".repeat(1000);
-    let started = Instant::now();
-    for r in 0..REQUESTS {
-        let events: Vec<Value> =
-            (0..EVENTS_PER_REQUEST).map(|i| json!({"id": r * EVENTS_PER_REQUEST + i, "pad": pad})).collect();
-        server.produce("firehose", &Value::Array(events)).await;
-        // Keep the fast subscriber's queue short (its frames are parsed as they come).
-        fast.drain().await;
-        fast.records.values_mut().for_each(|r| r.iter_mut().for_each(|v| v["value"]["pad"] = Value::Null));
-    }
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        fast.drain().await;
-        fast.records.values_mut().for_each(|r| r.iter_mut().for_each(|v| v["value"]["pad"] = Value::Null));
-        if fast.received() as u64 == TOTAL {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the fast subscriber got {} of {TOTAL} events in time", fast.received());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let took = started.elapsed();
+    // The first 20 MB also pay one-time costs (memtables, block cache, reader
+    // threads); the second 20 MB show whether memory grows with the backlog that
+    // the stalled subscribers have not read (it would, by 20 MB each, if the
+    // server queued their records).
+    let rss_start = resident_bytes(&server).await;
+    let took1 = firehose(&server, &mut fast, 0).await;
+    let rss_mid = resident_bytes(&server).await;
+    let took2 = firehose(&server, &mut fast, REQUESTS * EVENTS_PER_REQUEST).await;
+    let rss_end = resident_bytes(&server).await;
+    let total = 2 * REQUESTS * EVENTS_PER_REQUEST;
     let mut ids = fast.ids();
     ids.sort_unstable();
-    assert_eq!(ids, (0..TOTAL).collect::<Vec<u64>>(), "every event once, while four subscribers stall");
+    assert_eq!(ids, (0..total).collect::<Vec<u64>>(), "every event once, while subscribers stall");
     for p in 0..4 {
         let offsets = fast.offsets(p);
         assert_eq!(offsets, (0..offsets.len() as u64).collect::<Vec<u64>>(), "partition {p} in order");
     }
-    let rss_after = resident_bytes(&server).await;
-    let growth = rss_after - rss_before;
-    eprintln!("{TOTAL} events (~{} MB) in {took:?}; resident memory grew {:.1} MB", TOTAL * 1000 >> 20, growth / 1e6);
-    assert!(growth < 64.0 * 1024.0 * 1024.0, "the server's resident memory grew by {:.1} MB", growth / 1e6);
+    let mb = |b: f64| b / (1024.0 * 1024.0);
+    eprintln!(
+        "4 stalled subscribers: 2 x {} MB in {took1:?} and {took2:?}; resident memory {:.1} MB, +{:.1} MB, +{:.1} MB",
+        (REQUESTS * EVENTS_PER_REQUEST * 1000) >> 20,
+        mb(rss_start),
+        mb(rss_mid - rss_start),
+        mb(rss_end - rss_mid)
+    );
+    let growth = rss_end - rss_mid;
+    assert!(growth < 64.0 * 1024.0 * 1024.0, "resident memory grew {:.1} MB during the second 20 MB", mb(growth));
     drop(stalled);
 }
 
@@ -711,6 +734,10 @@ fn member_partitions(d: &Value, member: &Value) -> BTreeSet<u32> {
 async fn group_admin_lists_describes_resets_and_deletes() {
     let server = quick_server().await;
     server.create_topic("ledger", 4).await;
+    let q = "group=ops&from=earliest&auto_commit=false";
+    let mut a = Consumer::join(&server, "a", "ledger", q).await;
+    let mut b = Consumer::join(&server, "b", "ledger", q).await;
+    until("a and b to split the partitions", &mut [&mut a, &mut b], |m| split_evenly(m, 4, &[2, 2])).await;
     // Partition p holds 5 + p events.
     for p in 0..4u32 {
         let events: Vec<Value> = (0..5 + p).map(|i| json!({"id": p * 100 + i})).collect();
@@ -719,13 +746,7 @@ async fn group_admin_lists_describes_resets_and_deletes() {
             .await;
     }
     let end = |p: u32| u64::from(5 + p);
-    let q = "group=ops&from=earliest&auto_commit=false";
-    let mut a = Consumer::join(&server, "a", "ledger", q).await;
-    let mut b = Consumer::join(&server, "b", "ledger", q).await;
-    until("a and b to split the partitions and read them", &mut [&mut a, &mut b], |m| {
-        split_evenly(m, 4, &[2, 2]) && m.iter().map(|c| c.received()).sum::<usize>() == 26
-    })
-    .await;
+    until("a and b to read them", &mut [&mut a, &mut b], |m| m.iter().map(|c| c.received()).sum::<usize>() == 26).await;
     // a commits one before the end of its partitions; b commits nothing.
     let commits: Vec<(u32, u64)> = a.owned.iter().map(|p| (*p, end(*p) - 1)).collect();
     let n = commits.len();
@@ -1005,13 +1026,58 @@ async fn deleting_a_subscribed_topic_closes_the_socket_with_4001() {
     }
 }
 
+/// Completes a WebSocket handshake on a plain TCP connection and hands the
+/// connection back: a client that then neither reads nor answers pings.
+async fn raw_upgrade(addr: std::net::SocketAddr, path: &str) -> TcpStream {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.expect("send the handshake");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(tcp.read_u8().await.expect("read the handshake answer"));
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "the upgrade was refused: {head}");
+    tcp
+}
+
+/// Reads a raw connection to its end and splits what the server sent into
+/// `(opcode, payload)` frames (server frames are not masked).
+async fn raw_frames(tcp: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
+    let mut data = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut data)).await.expect("the server to hang up").expect("read");
+    let mut frames = Vec::new();
+    let mut i = 0;
+    while i + 2 <= data.len() {
+        let (opcode, short) = (data[i] & 0x0f, usize::from(data[i + 1] & 0x7f));
+        i += 2;
+        let len = match short {
+            126 => {
+                i += 2;
+                usize::from(u16::from_be_bytes([data[i - 2], data[i - 1]]))
+            }
+            127 => {
+                i += 8;
+                usize::try_from(u64::from_be_bytes(data[i - 8..i].try_into().unwrap())).unwrap()
+            }
+            n => n,
+        };
+        frames.push((opcode, data[i..i + len].to_vec()));
+        i += len;
+    }
+    assert_eq!(i, data.len(), "the stream ends on a frame boundary");
+    frames
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_member_is_closed_with_4000_and_its_partitions_move() {
     let server = quick_server().await;
     server.create_topic("quiet", 2).await;
-    // A client that never reads its socket, so it never answers a ping.
     let connected = Instant::now();
-    let silent = server.ws_connect("/v1/topics/quiet/subscribe?group=hush&from=earliest").await.expect("connect");
+    let mut silent = raw_upgrade(server.addr, "/v1/topics/quiet/subscribe?group=hush&from=earliest").await;
     let mut live = Consumer::join(&server, "live", "quiet", "group=hush&from=earliest").await;
     until("the live member to own both partitions", &mut [&mut live], |m| m[0].owned.len() == 2).await;
     assert!(
@@ -1019,8 +1085,11 @@ async fn silent_member_is_closed_with_4000_and_its_partitions_move() {
         "removed only after the session timeout: {:?}",
         connected.elapsed()
     );
-    let mut silent = Consumer::wrap("silent", "quiet", Subscriber::new(silent));
-    assert_eq!(silent.wait_closed().await, Some(4000), "{silent:?}");
+    let frames = raw_frames(&mut silent).await;
+    assert!(frames.iter().any(|(op, _)| *op == 0x9), "the server pinged the silent member");
+    let (op, payload) = frames.last().expect("frames");
+    assert_eq!(*op, 0x8, "the last frame is a close frame");
+    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 4000, "{}", String::from_utf8_lossy(&payload[2..]));
     produce_ids(&server, "quiet", 0..10, 2).await;
     until("the live member to read everything", &mut [&mut live], |m| m[0].received() == 10).await;
     let d = server.get_json("/v1/groups/hush").await;
@@ -1040,6 +1109,17 @@ fn read_until_stopped(mut ws: WsStream) -> (oneshot::Sender<()>, tokio::task::Jo
         }
     });
     (stop, task)
+}
+
+/// Posts 32 MB to one partition: far more than the socket buffers of a client
+/// that does not read can hold, so its session blocks sending.
+async fn clog(api: &Api, topic: &str, partition: u32) {
+    let pad = "y".repeat(2000);
+    for r in 0..16 {
+        let events: Vec<Value> = (0..1000).map(|i| json!({"id": r * 1000 + i, "pad": pad})).collect();
+        let body = Value::Array(events).to_string();
+        api.produce_raw(topic, &format!("?partition={partition}"), "application/json", body).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1062,18 +1142,7 @@ async fn member_that_stops_reading_mid_stream_is_removed_after_the_session_timeo
     // The first member stops reading, and its partition gets far more than socket buffers hold.
     let _ = stop.send(());
     let unread = reader.await.expect("reader task");
-    let pad = "y".repeat(2000);
-    for r in 0..16 {
-        let events: Vec<Value> = (0..1000).map(|i| json!({"id": r * 1000 + i, "pad": pad})).collect();
-        server
-            .produce_raw(
-                "clogged",
-                &format!("?partition={clogged_part}"),
-                "application/json",
-                Value::Array(events).to_string(),
-            )
-            .await;
-    }
+    clog(&server, "clogged", clogged_part).await;
     until("the live member to take over the silent member's partition", &mut [&mut live], |m| m[0].owned.len() == 2)
         .await;
     drop(unread);
@@ -1103,4 +1172,45 @@ async fn every_member_learns_the_current_generation_after_a_rebalance() {
     let frame = json!({"type": "commit", "offsets": [{"partition": p, "offset": 0}], "generation": a.generation});
     a.request("the commit or its refusal", &frame, |c| !c.committed.is_empty() || !c.errors.is_empty()).await;
     assert!(a.errors.is_empty(), "{a:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_member_that_drops_during_a_rebalance_gives_up_the_revoked_partition() {
+    let server = TestServer::start(|c| {
+        quick(c);
+        c.session_timeout_ms = 10_000;
+    })
+    .await;
+    server.create_topic("handover", 2).await;
+    let path = "/v1/topics/handover/subscribe?group=relay&member=m1&from=earliest";
+    let (stop, reader) = read_until_stopped(server.ws_connect(path).await.expect("connect"));
+    eventually("m1 to own both partitions", WAIT, || async {
+        let d = server.get_json("/v1/groups/relay").await;
+        let m = d["members"].as_array()?.first()?.clone();
+        (member_partitions(&d, &m).len() == 2).then_some(())
+    })
+    .await;
+    // m1's session is busy sending (its client stopped reading) when m2 joins, so the
+    // revocation waits in its queue; then m1's connection drops.
+    let _ = stop.send(());
+    let unread = reader.await.expect("reader task");
+    clog(&server, "handover", 0).await;
+    let mut m2 = Consumer::join(&server, "m2", "handover", "group=relay&member=m2&from=earliest").await;
+    eventually("the rebalance to start", WAIT, || async {
+        let d = server.get_json("/v1/groups/relay").await;
+        (d["members"].as_array()?.len() == 2).then_some(())
+    })
+    .await;
+    drop(unread);
+    eventually("m1 to be shown disconnected", WAIT, || async {
+        let d = server.get_json("/v1/groups/relay").await;
+        let m1 = d["members"].as_array()?.iter().find(|m| m["member"] == "m1")?.clone();
+        (m1["connected"] == false).then_some(())
+    })
+    .await;
+    // m1 comes back within the session timeout.
+    let mut m1 = Consumer::join(&server, "m1", "handover", "group=relay&member=m1&from=earliest").await;
+    until("the two members to own one partition each", &mut [&mut m1, &mut m2], |m| split_evenly(m, 2, &[1, 1])).await;
+    let d = server.get_json("/v1/groups/relay").await;
+    assert_eq!(d["state"], "stable", "{d}");
 }

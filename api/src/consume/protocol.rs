@@ -90,9 +90,9 @@ pub fn assignment(generation: u64, parts: &[(TopicPartition, u64)]) -> String {
 }
 
 /// `{"type":"revoked"}`.
-pub fn revoked(parts: &[TopicPartition]) -> String {
+pub fn revoked(generation: u64, parts: &[TopicPartition]) -> String {
     let partitions: Vec<Value> = parts.iter().map(|(t, p)| json!({"topic": t, "partition": p})).collect();
-    json!({"type": "revoked", "partitions": partitions}).to_string()
+    json!({"type": "revoked", "generation": generation, "partitions": partitions}).to_string()
 }
 
 /// `{"type":"committed"}`.

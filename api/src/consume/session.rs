@@ -24,6 +24,9 @@ use crate::groups::assign::TopicPartition;
 use crate::groups::coordinator::Control;
 use crate::state::SharedState;
 
+/// How long the last frames (error, close) may wait for a client that is going away.
+const FINAL_FRAME_WAIT: Duration = Duration::from_secs(1);
+
 /// Records per frame at most.
 pub const MAX_FRAME_RECORDS: usize = 1000;
 
@@ -46,22 +49,40 @@ pub enum Outbound {
 }
 
 impl Outbound {
-    async fn send(&mut self, kind: &'static str, text: String, id: Option<String>) -> Result<(), End> {
-        match self {
-            Outbound::Ws(tx) => tx.send(Message::Text(text.into())).await.map_err(|_| End::Gone),
+    /// Sends one frame. A client that does not take it within `stall` (the session
+    /// timeout) has stopped reading: the session ends, so a stuck member cannot hold
+    /// its partitions or delay shutdown.
+    async fn send(&mut self, kind: &'static str, text: String, id: Option<String>, stall: Duration) -> Result<(), End> {
+        let sent = match self {
+            Outbound::Ws(tx) => {
+                tokio::time::timeout(stall, tx.send(Message::Text(text.into()))).await.map(|r| r.is_ok())
+            }
             Outbound::Sse(tx) => {
                 let mut event = Event::default().event(kind).data(text);
                 if let Some(id) = id {
                     event = event.id(id);
                 }
-                tx.send(event).await.map_err(|_| End::Gone)
+                tokio::time::timeout(stall, tx.send(event)).await.map(|r| r.is_ok())
+            }
+        };
+        match sent {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(End::Gone),
+            Err(_) => {
+                Err(End::Close(close::SESSION_TIMEOUT, "the client stopped reading for the session timeout".into()))
             }
         }
     }
 
-    async fn ping(&mut self) -> Result<(), End> {
+    async fn ping(&mut self, stall: Duration) -> Result<(), End> {
         match self {
-            Outbound::Ws(tx) => tx.send(Message::Ping(Default::default())).await.map_err(|_| End::Gone),
+            Outbound::Ws(tx) => match tokio::time::timeout(stall, tx.send(Message::Ping(Default::default()))).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(End::Gone),
+                Err(_) => {
+                    Err(End::Close(close::SESSION_TIMEOUT, "the client stopped reading for the session timeout".into()))
+                }
+            },
             // The SSE response sends keep-alive comments itself.
             Outbound::Sse(_) => Ok(()),
         }
@@ -142,9 +163,14 @@ async fn run_on(state: SharedState, tx: Outbound, mut rx: Option<SplitStream<Web
             }
             Err(e) => {
                 let mut tx = tx;
-                let _ = tx.send("error", protocol::error("member_in_use", &e.to_string()), None).await;
+                let _ =
+                    tx.send("error", protocol::error("member_in_use", &e.to_string()), None, FINAL_FRAME_WAIT).await;
                 if let Outbound::Ws(ws) = &mut tx {
-                    let _ = ws.send(close_msg(close::MEMBER_IN_USE, &e.to_string())).await;
+                    let _ = tokio::time::timeout(
+                        FINAL_FRAME_WAIT,
+                        ws.send(close_msg(close::MEMBER_IN_USE, &e.to_string())),
+                    )
+                    .await;
                 }
                 return;
             }
@@ -193,7 +219,13 @@ impl Session {
     }
 
     async fn send(&mut self, kind: &'static str, text: String) -> Result<(), End> {
-        self.tx.send(kind, text, None).await
+        let stall = self.stall();
+        self.tx.send(kind, text, None, stall).await
+    }
+
+    /// How long a send may wait for the client: the session timeout.
+    fn stall(&self) -> Duration {
+        Duration::from_millis(self.cfg().session_timeout_ms)
     }
 
     /// SSE event id: every position, so `Last-Event-ID` resumes exactly.
@@ -292,7 +324,8 @@ impl Session {
                 if now.duration_since(self.last_seen) > session_timeout {
                     return End::Close(close::SESSION_TIMEOUT, "no frame or pong within the session timeout".into());
                 }
-                if let Err(end) = self.tx.ping().await {
+                let stall = self.stall();
+                if let Err(end) = self.tx.ping(stall).await {
                     return end;
                 }
                 next_ping = now + heartbeat;
@@ -376,7 +409,8 @@ impl Session {
                         p.next = read.next_offset;
                     }
                     let id = self.tx.is_sse().then(|| self.resume_id());
-                    if let Err(end) = self.tx.send("records", frame, id).await {
+                    let stall = self.stall();
+                    if let Err(end) = self.tx.send("records", frame, id, stall).await {
                         // Not delivered: do not count it as delivered (auto-commit).
                         if let Some(p) = self.positions.get_mut(tp) {
                             p.next = next;
@@ -428,7 +462,10 @@ impl Session {
                 if let Some(group) = &self.params.group {
                     self.state.coordinator.revoked(group, &self.member, &partitions);
                 }
-                self.send("revoked", protocol::revoked(&partitions)).await
+                self.send("revoked", protocol::revoked(generation, &partitions)).await?;
+                let list: Vec<(TopicPartition, u64)> =
+                    self.positions.iter().map(|(tp, p)| (tp.clone(), p.next)).collect();
+                self.send("assignment", protocol::assignment(self.generation, &list)).await
             }
         }
     }
@@ -573,14 +610,14 @@ impl Session {
         }
         if let End::Close(code, reason) = end {
             if code != close::NORMAL {
-                let _ = self.tx.send("error", protocol::error("closing", &reason), None).await;
+                let _ = self.tx.send("error", protocol::error("closing", &reason), None, FINAL_FRAME_WAIT).await;
             }
             if let Outbound::Ws(ws) = &mut self.tx {
-                let _ = ws.send(close_msg(code, &reason)).await;
+                let _ = tokio::time::timeout(FINAL_FRAME_WAIT, ws.send(close_msg(code, &reason))).await;
             }
         }
         if let Outbound::Ws(ws) = &mut self.tx {
-            let _ = ws.close().await;
+            let _ = tokio::time::timeout(FINAL_FRAME_WAIT, ws.close()).await;
         }
     }
 }

@@ -136,7 +136,10 @@ impl Coordinator {
                 return Err(GroupError::MemberInUse(id));
             }
             if existing.topics == topics {
-                // Static re-join: same partitions back, no rebalance.
+                // Static re-join: its partitions back, no rebalance. Partitions a
+                // rebalance moved away while it was gone are released first (its old
+                // session read nothing after it ended).
+                existing.owned.retain(|tp| g.target.get(tp) == Some(&id));
                 existing.control = Some(tx);
                 existing.disconnected_at = None;
                 existing.client = client;
@@ -145,6 +148,7 @@ impl Coordinator {
                 if let Some(c) = &existing.control {
                     let _ = c.try_send(Control::Assign { generation, partitions });
                 }
+                self.hand_out_free(g);
                 tracing::info!(group, member = %id, "static member re-joined");
                 return Ok((id, rx));
             }
@@ -176,6 +180,10 @@ impl Coordinator {
         if m.is_static && !leave {
             m.control = None;
             m.disconnected_at = Some(Instant::now());
+            // A revocation it did not get to confirm: the session is gone, so the
+            // partitions are not being read; hand them on now.
+            m.owned.retain(|tp| g.target.get(tp).is_some_and(|owner| owner == member));
+            self.hand_out_free(g);
             tracing::info!(group, member, "static member disconnected; partitions held for the session timeout");
             return;
         }
@@ -268,6 +276,13 @@ impl Coordinator {
                         m.owned.remove(tp);
                     }
                 }
+            }
+        }
+        // Every connected member learns the new generation (an assignment frame),
+        // also those whose partitions did not change.
+        for m in g.members.values() {
+            if let Some(c) = &m.control {
+                let _ = c.try_send(Control::Assign { generation, partitions: Vec::new() });
             }
         }
         tracing::debug!(group, generation, members = g.members.len(), "rebalanced");
