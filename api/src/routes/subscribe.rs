@@ -130,6 +130,7 @@ pub async fn subscribe(
     Ok(ws
         .max_message_size(MAX_CLIENT_FRAME)
         .max_frame_size(MAX_CLIENT_FRAME)
+        .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
         .max_write_buffer_size(frame_bytes * 2 + 64 * 1024)
         .on_upgrade(move |socket| async move {

@@ -1,4 +1,4 @@
-//! Load tool: `tidegate bench ingest` posts batches of tracker events to a running gateway
+//! `tidegate bench ingest` posts batches of tracker events to a running gateway
 //! over a fixed number of HTTP/1.1 keep-alive connections, then reports throughput, request
 //! latency (HdrHistogram, µs resolution) and the server's resident memory (from `/metrics`).
 //!
@@ -9,12 +9,12 @@
 //! count the successful requests sent after the warm-up; errors are counted apart.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result};
 use bytes::Bytes;
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::{Client, RequestBuilder, StatusCode, Url, header::CONTENT_TYPE};
@@ -22,22 +22,15 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until};
 
+use super::{
+    MAX_LATENCY_US, RSS_GAUGE, Rng, Rss, SECOND, check_http, create_topic, endpoint, lock, merged, mib, parse_rate,
+    poll_rss,
+};
+
 /// Timeout of one request; the end of a run waits at most this long for in-flight requests.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Memory budget of the pre-built request bodies (at most 16 distinct bodies).
 const MAX_BODY_MEMORY: usize = 64 << 20;
-/// Prometheus gauge read from `GET {url}/metrics`.
-const RSS_GAUGE: &str = "process_resident_memory_bytes";
-/// Highest latency the histograms track, in µs (larger values are clamped).
-const MAX_LATENCY_US: u64 = 3_600_000_000;
-const SECOND: Duration = Duration::from_secs(1);
-
-/// Arguments of `tidegate bench ...`.
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// Post events to a running gateway and report throughput and latency.
-    Ingest(IngestArgs),
-}
 
 /// Acknowledgement mode requested from the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -104,39 +97,6 @@ pub struct IngestArgs {
     pub json: bool,
 }
 
-/// Runs a `tidegate bench` subcommand to completion.
-pub async fn run(cmd: BenchCommand) -> Result<()> {
-    match cmd {
-        BenchCommand::Ingest(args) => ingest(args).await,
-    }
-}
-
-fn parse_rate(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(r) if r.is_finite() && r >= 0.0 => Ok(r),
-        _ => Err(format!("`{s}` is not a non-negative number")),
-    }
-}
-
-/// xorshift64*: enough randomness for picking bodies, keys and field values.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH);
-        Self((now.unwrap_or_default().as_nanos() as u64 ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
 /// A pre-built request body and the sum of the sizes of its events.
 struct Body {
     data: Bytes,
@@ -186,32 +146,6 @@ fn build_bodies(format: BodyFormat, batch: u64, event_bytes: usize, rng: &mut Rn
         bodies.push(Body { data: data.into(), payload });
     }
     Ok(bodies)
-}
-
-/// Value of the first sample of `name` (labels allowed) in Prometheus text format.
-fn parse_gauge(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        let rest = line.trim_start().strip_prefix(name)?;
-        let rest = match rest.strip_prefix('{') {
-            Some(labelled) => labelled.split_once('}')?.1,
-            None => rest,
-        };
-        rest.starts_with([' ', '\t']).then(|| rest.split_whitespace().next()?.parse().ok())?
-    })
-}
-
-/// `base` with `segments` appended (percent-encoded) to its path.
-fn endpoint(base: &Url, segments: &[&str]) -> Result<Url> {
-    let mut url = base.clone();
-    url.path_segments_mut()
-        .map_err(|()| anyhow!("{base} cannot be used as a base URL"))?
-        .pop_if_empty()
-        .extend(segments);
-    Ok(url)
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 const REQUESTS: usize = 0;
@@ -324,61 +258,6 @@ async fn worker(
             }
         }
     }
-}
-
-/// First, lowest, highest and last server RSS sample, in bytes.
-#[derive(Debug, Clone, Copy, Serialize)]
-struct Rss {
-    first: u64,
-    min: u64,
-    max: u64,
-    last: u64,
-}
-
-fn update_rss(slot: &Mutex<Option<Rss>>, v: u64) {
-    let mut slot = lock(slot);
-    let r = slot.get_or_insert(Rss { first: v, min: v, max: v, last: v });
-    (r.min, r.max, r.last) = (r.min.min(v), r.max.max(v), v);
-}
-
-/// Samples the server RSS gauge into `slot`; silently skipped when unavailable.
-async fn poll_rss(client: &Client, url: &Url, slot: &Mutex<Option<Rss>>) {
-    let Ok(resp) = client.get(url.clone()).send().await else { return };
-    if !resp.status().is_success() {
-        return;
-    }
-    let text = resp.text().await.unwrap_or_default();
-    if let Some(v) = parse_gauge(&text, RSS_GAUGE).filter(|v| v.is_finite() && *v >= 0.0) {
-        update_rss(slot, v as u64);
-    }
-}
-
-async fn create_topic(client: &Client, base: &Url, topic: &str, partitions: u32) -> Result<()> {
-    let url = endpoint(base, &["v1", "topics"])?;
-    let resp = client
-        .post(url.clone())
-        .json(&serde_json::json!({"name": topic, "partitions": partitions}))
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the gateway: POST {url}"))?;
-    match resp.status() {
-        StatusCode::CREATED => eprintln!("created topic `{topic}` with {partitions} partitions"),
-        StatusCode::CONFLICT => eprintln!("topic `{topic}` already exists"),
-        status => bail!("creating topic `{topic}`: HTTP {status}: {}", resp.text().await.unwrap_or_default()),
-    }
-    Ok(())
-}
-
-fn merged(hists: &[Arc<Mutex<Histogram<u64>>>]) -> Result<Histogram<u64>> {
-    let mut all = Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)?;
-    for h in hists {
-        all.add(&*lock(h)).context("merging latency histograms")?;
-    }
-    Ok(all)
-}
-
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
 }
 
 /// Final result; latencies are of successful requests, in ms; MB = 10^6 payload bytes.
@@ -514,11 +393,10 @@ async fn progress(
     Ok(Instant::now())
 }
 
-async fn ingest(args: IngestArgs) -> Result<()> {
+/// Runs `tidegate bench ingest`.
+pub(super) async fn ingest(args: IngestArgs) -> Result<()> {
     let base = &args.url;
-    if base.scheme() != "http" {
-        bail!("--url must be an http:// URL (this build has no TLS), got {base}");
-    }
+    check_http(base)?;
     let mut events_url = endpoint(base, &["v1", "topics", &args.topic, "events"])?;
     if args.acks == Acks::None {
         events_url.query_pairs_mut().append_pair("acks", "none");
@@ -624,6 +502,7 @@ async fn ingest(args: IngestArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::BenchCommand;
     use super::*;
     use clap::{CommandFactory, Parser};
     use serde_json::Value;
@@ -636,7 +515,10 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<IngestArgs, clap::Error> {
         let argv = ["tidegate", "ingest"].iter().chain(args);
-        Cli::try_parse_from(argv).map(|Cli { cmd: BenchCommand::Ingest(a) }| a)
+        match Cli::try_parse_from(argv)?.cmd {
+            BenchCommand::Ingest(a) => Ok(a),
+            other => panic!("parsed as {other:?}"),
+        }
     }
 
     #[test]
@@ -696,36 +578,5 @@ mod tests {
         assert_eq!(body_count(10_000, 1_000), 6);
         assert_eq!(body_count(100_000, 1_000), 1);
         assert_eq!(body_count(u64::MAX, usize::MAX), 1);
-    }
-
-    #[test]
-    fn parses_prometheus_gauge() {
-        let text = "# HELP process_resident_memory_bytes Resident memory size in bytes.\n\
-                    # TYPE process_resident_memory_bytes gauge\n\
-                    process_resident_memory_bytes_total 1\n\
-                    process_resident_memory_bytes 123456789\n";
-        assert_eq!(parse_gauge(text, RSS_GAUGE), Some(123_456_789.0));
-        assert_eq!(parse_gauge("process_resident_memory_bytes 1.5e8 1700000000", RSS_GAUGE), Some(1.5e8));
-        assert_eq!(parse_gauge("process_resident_memory_bytes{pid=\"1\"} 42", RSS_GAUGE), Some(42.0));
-        assert_eq!(parse_gauge("other_metric 5\n", RSS_GAUGE), None);
-        assert_eq!(parse_gauge("process_resident_memory_bytes abc", RSS_GAUGE), None);
-        assert_eq!(parse_gauge("", RSS_GAUGE), None);
-    }
-
-    #[test]
-    fn rss_tracks_first_min_max_last() {
-        let slot = Mutex::new(None);
-        [300, 100, 500, 200].into_iter().for_each(|v| update_rss(&slot, v));
-        let r = slot.into_inner().expect("lock").expect("samples");
-        assert_eq!((r.first, r.min, r.max, r.last), (300, 100, 500, 200));
-    }
-
-    #[test]
-    fn endpoints_extend_the_base_path() {
-        let url = |s: &str| Url::parse(s).expect("url");
-        let e = endpoint(&url("http://h:1"), &["v1", "topics", "a b", "events"]).expect("endpoint");
-        assert_eq!(e.as_str(), "http://h:1/v1/topics/a%20b/events");
-        let e = endpoint(&url("http://h:1/gw/"), &["metrics"]).expect("endpoint");
-        assert_eq!(e.as_str(), "http://h:1/gw/metrics");
     }
 }
