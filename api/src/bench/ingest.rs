@@ -457,15 +457,7 @@ pub(super) async fn ingest(args: IngestArgs) -> Result<()> {
     let (mut hists, mut workers) = (Vec::new(), Vec::new());
     for i in 0..args.connections {
         // One client per connection: exactly one pooled HTTP/1.1 keep-alive connection each.
-        let client = Client::builder()
-            .http1_only()
-            .pool_max_idle_per_host(1)
-            .tcp_nodelay(true)
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .context("building HTTP client")?;
+        let client = super::one_connection_client(REQUEST_TIMEOUT)?;
         let hist = Arc::new(Mutex::new(Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)?));
         // Open loop: the connections' schedules are staggered evenly over one interval.
         let schedule = interval.map(|iv| (start + iv.mul_f64(i as f64 / args.connections as f64), iv));

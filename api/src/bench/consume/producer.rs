@@ -41,15 +41,7 @@ pub(super) fn event_batch(count: u64, sent_us: u64, event_bytes: usize) -> Vec<u
 
 /// HTTP client holding exactly one keep-alive connection (one per producer connection).
 pub(super) fn producer_client() -> Result<Client> {
-    Client::builder()
-        .http1_only()
-        .pool_max_idle_per_host(1)
-        .tcp_nodelay(true)
-        .no_proxy()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(REQUEST_TIMEOUT)
-        .build()
-        .context("building HTTP client")
+    crate::bench::one_connection_client(REQUEST_TIMEOUT)
 }
 
 /// Posts one JSON array of events and reads the whole answer; errors are descriptions.
