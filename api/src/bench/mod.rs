@@ -280,6 +280,21 @@ async fn ctrl_c() {
     }
 }
 
+/// An HTTP client that keeps exactly one HTTP/1.1 keep-alive connection (one per
+/// simulated producer), with no proxy and the given request timeout.
+pub(crate) fn one_connection_client(timeout: std::time::Duration) -> anyhow::Result<reqwest::Client> {
+    use anyhow::Context;
+    reqwest::Client::builder()
+        .http1_only()
+        .pool_max_idle_per_host(1)
+        .tcp_nodelay(true)
+        .no_proxy()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(timeout)
+        .build()
+        .context("building HTTP client")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,19 +352,4 @@ mod tests {
         let us = wall_us();
         assert!(us > 1_600_000_000_000_000 && us < 4_000_000_000_000_000, "{us}");
     }
-}
-
-/// An HTTP client that keeps exactly one HTTP/1.1 keep-alive connection (one per
-/// simulated producer), with no proxy and the given request timeout.
-pub(crate) fn one_connection_client(timeout: std::time::Duration) -> anyhow::Result<reqwest::Client> {
-    use anyhow::Context;
-    reqwest::Client::builder()
-        .http1_only()
-        .pool_max_idle_per_host(1)
-        .tcp_nodelay(true)
-        .no_proxy()
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .timeout(timeout)
-        .build()
-        .context("building HTTP client")
 }
