@@ -123,6 +123,9 @@ settings! {
     auto_commit_interval_ms: u64 = 1_000;
     /// Most bytes of records in one subscription frame: the per-subscriber memory bound.
     subscription_frame_bytes: u64 = 256 * KIB;
+    /// Bytes of recently sent records frames shared by all subscriptions (subscribers
+    /// tailing the same partition reuse one read and one encoding); 0 disables it.
+    subscription_cache_bytes: u64 = 32 * MIB;
     /// Most concurrent WebSocket and SSE subscriptions (503 above it).
     max_subscriptions: u64 = 10_000;
     /// On shutdown, how long in-flight requests get to finish before they are cut.

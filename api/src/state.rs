@@ -22,6 +22,8 @@ pub struct AppState {
     pub spreader: Spreader,
     /// Consumer groups of this node.
     pub coordinator: Coordinator,
+    /// Records frames shared by subscriptions.
+    pub frames: crate::consume::cache::FrameCache,
     /// Open subscriptions, bounded by `max_subscriptions`.
     pub subscriptions: Arc<tokio::sync::Semaphore>,
     /// False until start-up is done and again once shutdown begins (`/readyz`).
@@ -36,7 +38,9 @@ impl AppState {
     pub fn new(config: Config, store: Store) -> SharedState {
         let coordinator = Coordinator::new(store.clone(), Duration::from_millis(config.session_timeout_ms));
         let subscriptions = Arc::new(tokio::sync::Semaphore::new(config.max_subscriptions as usize));
+        let frames = crate::consume::cache::FrameCache::new(config.subscription_cache_bytes as usize);
         Arc::new(AppState {
+            frames,
             config,
             store,
             spreader: Spreader::default(),

@@ -70,6 +70,12 @@ impl PartitionLog {
         }
     }
 
+    /// Identity of this partition's storage, unique per topic incarnation (a deleted
+    /// and re-created topic gets new ids).
+    pub fn storage_id(&self) -> &str {
+        &self.cf
+    }
+
     /// First stored offset.
     pub fn start_offset(&self) -> u64 {
         self.start.load(Ordering::Acquire)

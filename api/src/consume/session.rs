@@ -19,6 +19,7 @@ use tidegate_storage::{PartitionLog, ReadLimits, StorageError};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use super::cache::CachedFrame;
 use super::protocol::{self, ClientFrame, StartFrom, close};
 use crate::groups::assign::TopicPartition;
 use crate::groups::coordinator::Control;
@@ -52,13 +53,18 @@ impl Outbound {
     /// Sends one frame. A client that does not take it within `stall` (the session
     /// timeout) has stopped reading: the session ends, so a stuck member cannot hold
     /// its partitions or delay shutdown.
-    async fn send(&mut self, kind: &'static str, text: String, id: Option<String>, stall: Duration) -> Result<(), End> {
+    async fn send(
+        &mut self,
+        kind: &'static str,
+        text: impl Into<Utf8Bytes>,
+        id: Option<String>,
+        stall: Duration,
+    ) -> Result<(), End> {
+        let text: Utf8Bytes = text.into();
         let sent = match self {
-            Outbound::Ws(tx) => {
-                tokio::time::timeout(stall, tx.send(Message::Text(text.into()))).await.map(|r| r.is_ok())
-            }
+            Outbound::Ws(tx) => tokio::time::timeout(stall, tx.send(Message::Text(text))).await.map(|r| r.is_ok()),
             Outbound::Sse(tx) => {
-                let mut event = Event::default().event(kind).data(text);
+                let mut event = Event::default().event(kind).data(text.as_str());
                 if let Some(id) = id {
                     event = event.id(id);
                 }
@@ -398,26 +404,39 @@ impl Session {
             let limits =
                 ReadLimits { max_records: MAX_FRAME_RECORDS, max_bytes: self.cfg().subscription_frame_bytes as usize };
             let (log, next) = (pos.log.clone(), pos.next);
-            match self.state.store.fetch(log.clone(), next, limits, Duration::ZERO).await {
-                Ok(read) => {
-                    if read.records.is_empty() {
+            let cached = self.state.frames.get(log.storage_id(), next);
+            let frame = match cached {
+                Some(frame) => Ok(frame),
+                None => self.state.store.fetch(log.clone(), next, limits, Duration::ZERO).await.map(|read| {
+                    let frame = CachedFrame {
+                        text: protocol::records(&tp.0, tp.1, &read.records).into(),
+                        next_offset: read.next_offset,
+                        count: read.records.len() as u64,
+                    };
+                    if frame.count > 0 {
+                        self.state.frames.insert(log.storage_id(), next, frame.clone());
+                    }
+                    frame
+                }),
+            };
+            match frame {
+                Ok(frame) => {
+                    if frame.count == 0 {
                         return Ok(false);
                     }
-                    let frame = protocol::records(&tp.0, tp.1, &read.records);
-                    let count = read.records.len() as u64;
                     if let Some(p) = self.positions.get_mut(tp) {
-                        p.next = read.next_offset;
+                        p.next = frame.next_offset;
                     }
                     let id = self.tx.is_sse().then(|| self.resume_id());
                     let stall = self.stall();
-                    if let Err(end) = self.tx.send("records", frame, id, stall).await {
+                    if let Err(end) = self.tx.send("records", frame.text, id, stall).await {
                         // Not delivered: do not count it as delivered (auto-commit).
                         if let Some(p) = self.positions.get_mut(tp) {
                             p.next = next;
                         }
                         return Err(end);
                     }
-                    metrics::counter!("tidegate_records_delivered_total").increment(count);
+                    metrics::counter!("tidegate_records_delivered_total").increment(frame.count);
                     return Ok(true);
                 }
                 Err(StorageError::OffsetOutOfRange { start, end, .. }) => {
