@@ -107,7 +107,7 @@ pub struct TopicList {
     pub topics: Vec<TopicDescription>,
 }
 
-fn describe(state: &SharedState, info: TopicInfo) -> TopicDescription {
+fn describe_blocking(state: &SharedState, info: TopicInfo) -> TopicDescription {
     let topic = state.store.topic(&info.name).ok();
     let partitions: Vec<PartitionDescription> = info
         .partitions
@@ -136,6 +136,20 @@ fn describe(state: &SharedState, info: TopicInfo) -> TopicDescription {
         bytes: partitions.iter().map(|p| p.bytes).sum(),
         partitions,
     }
+}
+
+/// Describes topics on a blocking thread: the on-disk sizes are RocksDB property
+/// reads, which stay off the async workers.
+async fn describe(state: &SharedState, infos: Vec<TopicInfo>) -> Result<Vec<TopicDescription>, ApiError> {
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || infos.into_iter().map(|i| describe_blocking(&state, i)).collect())
+        .await
+        .map_err(|e| ApiError::Storage(tidegate_storage::StorageError::Internal(e.to_string())))
+}
+
+async fn describe_one(state: &SharedState, info: TopicInfo) -> Result<TopicDescription, ApiError> {
+    let mut all = describe(state, vec![info]).await?;
+    all.pop().ok_or_else(|| ApiError::Storage(tidegate_storage::StorageError::Internal("no description".into())))
 }
 
 /// Create a topic.
@@ -168,15 +182,15 @@ pub async fn create_topic(
     if let Ok(v) = HeaderValue::from_str(&format!("/v1/topics/{}", info.name)) {
         headers.insert(header::LOCATION, v);
     }
-    Ok((StatusCode::CREATED, headers, Json(describe(&state, info))))
+    Ok((StatusCode::CREATED, headers, Json(describe_one(&state, info).await?)))
 }
 
 /// List topics.
 #[utoipa::path(get, path = "/v1/topics", tag = "topics",
     responses((status = 200, description = "Every topic", body = TopicList)))]
-pub async fn list_topics(State(state): State<SharedState>) -> Json<TopicList> {
-    let topics = state.store.topics().into_iter().map(|t| describe(&state, t.info())).collect();
-    Json(TopicList { topics })
+pub async fn list_topics(State(state): State<SharedState>) -> Result<Json<TopicList>, ApiError> {
+    let infos = state.store.topics().into_iter().map(|t| t.info()).collect();
+    Ok(Json(TopicList { topics: describe(&state, infos).await? }))
 }
 
 /// Describe a topic: settings and per-partition offsets and sizes.
@@ -191,7 +205,7 @@ pub async fn describe_topic(
     Path(topic): Path<String>,
 ) -> Result<Json<TopicDescription>, ApiError> {
     let info = state.store.topic(&topic)?.info();
-    Ok(Json(describe(&state, info)))
+    Ok(Json(describe_one(&state, info).await?))
 }
 
 /// Change a topic's retention.
@@ -210,7 +224,7 @@ pub async fn alter_topic(
 ) -> Result<Json<TopicDescription>, ApiError> {
     let patch = TopicConfigPatch { retention_ms: body.retention_ms, retention_bytes: body.retention_bytes };
     let info = state.store.alter_topic(&topic, patch).await?;
-    Ok(Json(describe(&state, info)))
+    Ok(Json(describe_one(&state, info).await?))
 }
 
 /// Grow a topic to `count` partitions. Keys may map to other partitions afterwards, as in Kafka.
@@ -227,7 +241,7 @@ pub async fn add_partitions(
     Json(body): Json<AddPartitions>,
 ) -> Result<Json<TopicDescription>, ApiError> {
     let info = state.store.add_partitions(&topic, body.count).await?;
-    Ok(Json(describe(&state, info)))
+    Ok(Json(describe_one(&state, info).await?))
 }
 
 /// Delete a topic and all its records.
