@@ -63,7 +63,8 @@ pub fn resident_memory_bytes() -> Option<u64> {
     Some(pages * 4096)
 }
 
-fn escape(label: &str) -> String {
+/// Escapes a Prometheus label value.
+pub(crate) fn escape(label: &str) -> String {
     label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 

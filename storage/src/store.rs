@@ -8,13 +8,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBWithThreadMode, MultiThreaded, Options};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::batch::{EncodedBatch, key_offset, verify};
-use crate::config::{FsyncPolicy, StoreConfig};
+use crate::config::StoreConfig;
 use crate::error::{Result, StorageError};
 use crate::partition::{PartitionLog, PartitionStats, cf_name, state_key};
 use crate::topic::{TopicConfig, TopicConfigPatch, TopicMeta, validate_topic_name};
@@ -196,11 +195,6 @@ impl Store {
 
     pub(crate) fn downgrade(&self) -> std::sync::Weak<Inner> {
         Arc::downgrade(&self.inner)
-    }
-
-    /// The fsync policy in force.
-    pub fn fsync_policy(&self) -> FsyncPolicy {
-        self.inner.config.fsync
     }
 
     /// A topic by name.
@@ -446,11 +440,6 @@ impl Store {
         .await
         .map_err(|e| StorageError::Internal(e.to_string()))?;
         result
-    }
-
-    /// How long the background sync waits between WAL syncs (`fsync = interval`).
-    pub fn fsync_interval(&self) -> Duration {
-        self.inner.config.fsync_interval
     }
 }
 

@@ -253,8 +253,10 @@ impl Session {
 
     /// Starts reading partitions: committed offset, else resume position, else `from`.
     async fn add_partitions(&mut self, parts: Vec<TopicPartition>) -> Result<(), End> {
+        // Only new partitions need their committed offsets (an empty assignment just
+        // announces a new generation).
         let committed: BTreeMap<TopicPartition, u64> = match &self.params.group {
-            Some(g) => self
+            Some(g) if !parts.is_empty() => self
                 .state
                 .store
                 .committed_offsets(g)
@@ -263,7 +265,7 @@ impl Session {
                 .into_iter()
                 .map(|c| ((c.topic, c.partition), c.offset))
                 .collect(),
-            None => BTreeMap::new(),
+            _ => BTreeMap::new(),
         };
         for tp in parts {
             let Ok(log) = self.state.store.partition(&tp.0, tp.1) else { continue };
@@ -337,7 +339,7 @@ impl Session {
                 next_ping = now + heartbeat;
             }
             if self.params.auto_commit && now >= next_commit {
-                self.auto_commit().await;
+                self.commit_positions(None).await;
                 next_commit = now + auto_commit_every;
             }
             match self.deliver_one().await {
@@ -616,10 +618,6 @@ impl Session {
             }
             Err(e) => tracing::warn!(group = %group, error = %e, "auto-commit failed"),
         }
-    }
-
-    async fn auto_commit(&mut self) {
-        self.commit_positions(None).await;
     }
 
     /// Final commit (auto-commit) and close frame.

@@ -224,17 +224,18 @@ impl Coordinator {
         }
     }
 
+    /// Every partition of a topic (none if it no longer exists).
+    fn topic_partitions(&self, topic: &str) -> BTreeSet<TopicPartition> {
+        match self.store.topic(topic) {
+            Ok(t) => (0..t.partition_count()).map(|p| (topic.to_string(), p)).collect(),
+            Err(_) => BTreeSet::new(),
+        }
+    }
+
+    /// Every partition of the topics the group's members subscribe to.
     fn partitions_of(&self, g: &Group) -> BTreeSet<TopicPartition> {
         let topics: BTreeSet<&String> = g.members.values().flat_map(|m| m.topics.iter()).collect();
-        let mut out = BTreeSet::new();
-        for t in topics {
-            if let Ok(topic) = self.store.topic(t) {
-                for p in 0..topic.partition_count() {
-                    out.insert((t.clone(), p));
-                }
-            }
-        }
-        out
+        topics.into_iter().flat_map(|t| self.topic_partitions(t)).collect()
     }
 
     /// Computes the new target and sends revocations and assignments. Partitions
@@ -248,10 +249,7 @@ impl Coordinator {
         for topic in topics {
             let members: BTreeSet<String> =
                 g.members.iter().filter(|(_, m)| m.topics.contains(&topic)).map(|(id, _)| id.clone()).collect();
-            let parts: BTreeSet<TopicPartition> = match self.store.topic(&topic) {
-                Ok(t) => (0..t.partition_count()).map(|p| (topic.clone(), p)).collect(),
-                Err(_) => BTreeSet::new(),
-            };
+            let parts = self.topic_partitions(&topic);
             let current: BTreeMap<TopicPartition, String> = g
                 .members
                 .iter()

@@ -92,12 +92,18 @@ fn state_name(info: Option<&crate::groups::coordinator::GroupInfo>) -> String {
     .to_string()
 }
 
+/// Groups with committed offsets or live members, sorted.
+pub async fn group_names(state: &SharedState) -> Result<BTreeSet<String>, ApiError> {
+    let mut names: BTreeSet<String> = state.store.group_names().await?.into_iter().collect();
+    names.extend(state.coordinator.active_groups());
+    Ok(names)
+}
+
 /// List consumer groups.
 #[utoipa::path(get, path = "/v1/groups", tag = "groups", responses((status = 200, description = "Groups", body = GroupList)))]
 pub async fn list_groups(State(state): State<SharedState>) -> Result<Json<GroupList>, ApiError> {
-    let mut names: BTreeSet<String> = state.store.group_names().await?.into_iter().collect();
-    names.extend(state.coordinator.active_groups());
-    let groups = names
+    let groups = group_names(&state)
+        .await?
         .into_iter()
         .map(|g| {
             let info = state.coordinator.describe(&g);

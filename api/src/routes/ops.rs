@@ -50,10 +50,9 @@ pub async fn metrics(State(state): State<SharedState>) -> impl IntoResponse {
 
 /// `tidegate_group_lag` per group and partition, and the total per group.
 async fn group_lag(state: &SharedState) -> String {
+    use crate::metrics::escape as esc;
     use std::fmt::Write;
-    let mut names: std::collections::BTreeSet<String> =
-        state.store.group_names().await.unwrap_or_default().into_iter().collect();
-    names.extend(state.coordinator.active_groups());
+    let names = super::groups::group_names(state).await.unwrap_or_default();
     let mut out = String::from(
         "# HELP tidegate_group_lag Records between a group's committed offset and the high watermark.\n\
          # TYPE tidegate_group_lag gauge\n",
@@ -63,7 +62,6 @@ async fn group_lag(state: &SharedState) -> String {
     );
     for g in names {
         let Ok(d) = super::groups::describe(state, &g).await else { continue };
-        let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
         for p in &d.partitions {
             let _ = writeln!(
                 out,
