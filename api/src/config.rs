@@ -12,6 +12,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tidegate_storage::{FsyncPolicy, StoreConfig};
 
+use crate::auth::settings::{IpNets, JwtKeys, StringList, WriteKeys};
+
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * 1024;
 
@@ -45,7 +47,9 @@ macro_rules! settings {
         #[derive(Debug, Clone, Default, Deserialize, clap::Args)]
         #[serde(deny_unknown_fields)]
         pub struct ConfigLayer {
-            $( $(#[doc = $doc])+ #[arg(long)] pub $name: Option<$ty>, )+
+            // A flag given without a value means `true`, so boolean settings read as
+            // switches (`--insecure`); every other setting needs its value.
+            $( $(#[doc = $doc])+ #[arg(long, num_args = 0..=1, default_missing_value = "true")] pub $name: Option<$ty>, )+
         }
 
         impl Config {
@@ -130,6 +134,59 @@ settings! {
     max_subscriptions: u64 = 10_000;
     /// On shutdown, how long in-flight requests get to finish before they are cut.
     shutdown_timeout_ms: u64 = 30_000;
+    /// Browser origins allowed by CORS: exact (`https://shop.example`), wildcard
+    /// subdomains (`https://*.example.com`) or `*` (any origin; not with credentials).
+    /// The origins of write keys are added. None at all: no CORS headers.
+    cors_origins: StringList = StringList::default();
+    /// Answer allowed origins with `Access-Control-Allow-Credentials: true`.
+    cors_allow_credentials: bool = false;
+    /// How long browsers may cache a preflight answer (`Access-Control-Max-Age`), in seconds.
+    cors_max_age_s: u64 = 600;
+    /// JWT verification keys: a TOML array of tables (a JSON array as flag or variable)
+    /// `{alg, kid?, secret | secret_base64 | public_key_pem | public_key_file}`; `alg` is
+    /// HS256, HS384, HS512, RS256, RS384, RS512, PS256, ES256, ES384 or EdDSA. HMAC secrets
+    /// need at least 32 bytes. Any key (or `jwks_file`, or `write_keys`) turns
+    /// authentication on.
+    jwt_keys: JwtKeys = JwtKeys::default();
+    /// JWKS file (RFC 7517) with more verification keys, re-read when it changes; empty: none.
+    jwks_file: PathBuf = PathBuf::new();
+    /// How often the JWKS file is checked for changes.
+    jwks_reload_interval_ms: u64 = 5_000;
+    /// Accepted token audiences; when set, `aud` is required and must be one of them.
+    jwt_audience: StringList = StringList::default();
+    /// Accepted token issuers; when set, `iss` is required and must be one of them.
+    jwt_issuer: StringList = StringList::default();
+    /// Clock skew tolerated when checking `exp` and `nbf`, in seconds.
+    jwt_leeway_s: u64 = 30;
+    /// Token claim that holds the permissions: `["produce:web.*", "consume:*", "admin"]`
+    /// or `{"produce": ["web.*"], "consume": ["*"]}`.
+    jwt_permissions_claim: String = "permissions".to_string();
+    /// Browser write keys: a TOML array of tables (a JSON array as flag or variable)
+    /// `{key, topics, origins?, rate_limit_per_s?, rate_limit_burst?}`. A write key may
+    /// only produce, to topics matching `topics` (`*` wildcards), from `origins` (empty: any).
+    write_keys: WriteKeys = WriteKeys::default();
+    /// Requests per second per client IP, on every route but `/healthz` and `/readyz`
+    /// (429 with `Retry-After` above it); 0: unlimited.
+    rate_limit_ip_per_s: u64 = 0;
+    /// Requests a client IP may send at once above its rate; 0: equal to the rate.
+    rate_limit_ip_burst: u64 = 0;
+    /// Requests per second per write key (a key's own `rate_limit_per_s` wins); 0: unlimited.
+    rate_limit_key_per_s: u64 = 0;
+    /// Burst per write key above its rate; 0: equal to the rate.
+    rate_limit_key_burst: u64 = 0;
+    /// Proxies (CIDRs or addresses) whose `X-Forwarded-For` names the client; the header
+    /// is ignored from anyone else.
+    trusted_proxies: IpNets = IpNets::default();
+    /// Serve `/metrics` without a token even when authentication is on.
+    public_metrics: bool = false;
+    /// Allow serving on a non-loopback address with authentication off.
+    insecure: bool = false;
+    /// TLS certificate chain (PEM). With `tls_key_file` the server speaks only HTTPS/WSS.
+    tls_cert_file: PathBuf = PathBuf::new();
+    /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    tls_key_file: PathBuf = PathBuf::new();
+    /// Longest a client may take to complete the TLS handshake.
+    tls_handshake_timeout_ms: u64 = 10_000;
 }
 
 /// A configuration that cannot be used.
@@ -210,10 +267,59 @@ impl Config {
         if self.block_cache_bytes < 64 * KIB {
             return Err(ConfigError::Invalid { name: "block_cache_bytes", reason: "at least 64 KiB".into() });
         }
+        self.validate_security()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
             return Err(ConfigError::Invalid { name: "log", reason: format!("{:?} is not a log filter", self.log) });
         }
         Ok(())
+    }
+
+    /// Security settings: shapes and relations (keys themselves are loaded at start-up).
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        let invalid = |name, reason: String| Err(ConfigError::Invalid { name, reason });
+        let cors = crate::auth::origins::parse_all(&self.cors_origins.0);
+        match cors {
+            Err(e) => return invalid("cors_origins", e),
+            Ok(p) if self.cors_allow_credentials && p.contains(&crate::auth::origins::OriginPattern::Any) => {
+                return invalid("cors_allow_credentials", "cannot be used with cors_origins = \"*\"".into());
+            }
+            Ok(_) => {}
+        }
+        let mut seen = std::collections::HashSet::new();
+        for k in &self.write_keys.0 {
+            if k.key.trim().is_empty() || k.key.len() > 256 {
+                return invalid("write_keys", "every key needs 1 to 256 characters".into());
+            }
+            if !seen.insert(k.key.as_str()) {
+                return invalid("write_keys", "a key is listed twice".into());
+            }
+            if k.topics.is_empty() {
+                return invalid("write_keys", format!("key {:?}… lists no topics", &k.key[..k.key.len().min(4)]));
+            }
+            if let Err(e) = crate::auth::origins::parse_all(&k.origins) {
+                return invalid("write_keys", e);
+            }
+        }
+        if self.tls_cert_file.as_os_str().is_empty() != self.tls_key_file.as_os_str().is_empty() {
+            return invalid("tls_cert_file", "tls_cert_file and tls_key_file go together".into());
+        }
+        if self.jwks_reload_interval_ms == 0 || self.tls_handshake_timeout_ms == 0 {
+            return invalid("jwks_reload_interval_ms", "intervals must be greater than 0".into());
+        }
+        if self.jwt_permissions_claim.is_empty() {
+            return invalid("jwt_permissions_claim", "must not be empty".into());
+        }
+        Ok(())
+    }
+
+    /// Whether the settings name any credential source (authentication is on).
+    pub fn auth_configured(&self) -> bool {
+        !self.jwt_keys.0.is_empty() || !self.jwks_file.as_os_str().is_empty() || !self.write_keys.0.is_empty()
+    }
+
+    /// Whether the server speaks TLS.
+    pub fn tls_enabled(&self) -> bool {
+        !self.tls_cert_file.as_os_str().is_empty()
     }
 
     /// The storage layer's part of the settings.

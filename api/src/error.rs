@@ -90,6 +90,9 @@ pub enum ApiError {
     /// A consumer-group operation was refused.
     #[error(transparent)]
     Group(#[from] crate::groups::coordinator::GroupError),
+    /// Authentication, permission or rate-limit refusal.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 impl ApiError {
@@ -131,6 +134,21 @@ impl ApiError {
                 GroupError::StaleGeneration { .. } => (StatusCode::CONFLICT, "stale_generation"),
                 GroupError::NotOwner(..) => (StatusCode::CONFLICT, "not_owner"),
             },
+            ApiError::Auth(e) => {
+                use crate::auth::AuthError as A;
+                match e {
+                    A::MissingCredentials => (StatusCode::UNAUTHORIZED, "unauthorized"),
+                    A::InvalidToken(_) => (StatusCode::UNAUTHORIZED, "invalid_token"),
+                    A::TokenExpired => (StatusCode::UNAUTHORIZED, "token_expired"),
+                    A::TokenNotYetValid => (StatusCode::UNAUTHORIZED, "token_not_yet_valid"),
+                    A::InvalidAudience => (StatusCode::UNAUTHORIZED, "invalid_audience"),
+                    A::InvalidIssuer => (StatusCode::UNAUTHORIZED, "invalid_issuer"),
+                    A::UnknownWriteKey => (StatusCode::UNAUTHORIZED, "invalid_write_key"),
+                    A::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+                    A::OriginNotAllowed(_) => (StatusCode::FORBIDDEN, "origin_not_allowed"),
+                    A::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+                }
+            }
         };
         let mut problem = Problem::new(status, code, self.to_string());
         match self {
@@ -188,7 +206,23 @@ impl IntoResponse for Problem {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        self.to_problem().into_response()
+        let mut resp = self.to_problem().into_response();
+        match &self {
+            ApiError::Auth(crate::auth::AuthError::RateLimited { retry_after, .. }) => {
+                let secs = crate::auth::retry_after_secs(*retry_after);
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            ApiError::Auth(e) if resp.status() == StatusCode::UNAUTHORIZED => {
+                // RFC 6750: tell the client which scheme, and whether its token was bad.
+                let value = match e {
+                    crate::auth::AuthError::MissingCredentials => HeaderValue::from_static("Bearer"),
+                    _ => HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                };
+                resp.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+            }
+            _ => {}
+        }
+        resp
     }
 }
 

@@ -5,11 +5,14 @@
 //! - [`routes`]: the axum router and the OpenAPI document generated from it.
 //! - [`ingest`]: body decoding, parsing and Kafka-compatible partitioning.
 //! - [`render`]: JSON rendering of records.
+//! - [`auth`]: authentication (JWT, write keys), permissions, rate limits, CORS.
+//! - [`tls`]: the HTTPS listener.
 //! - [`error`]: the API error type and its problem+json mapping.
 //! - [`config`]: settings from TOML, `TIDEGATE_*` variables and flags.
 //! - [`metrics`]: Prometheus recorder and HTTP middleware.
 //! - [`cli`]: the `tidegate` command line; [`bench`]: the load tool.
 
+pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod config;
@@ -22,6 +25,7 @@ pub mod render;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod tls;
 
 pub use config::{Config, ConfigLayer};
 pub use server::{ServeError, serve, shutdown_signal};

@@ -35,6 +35,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            if let Err(e) = tidegate::server::check_bind(&config, config.addr) {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
             init_tracing(&config.log);
             runtime.block_on(async move {
                 let listener = match tokio::net::TcpListener::bind(config.addr).await {

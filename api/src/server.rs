@@ -10,12 +10,13 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
+use axum::serve::{Listener, ListenerExt};
 use tidegate_storage::Store;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::state::AppState;
+use crate::tls::GatewayListener;
 
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +27,22 @@ pub enum ServeError {
     /// The HTTP server failed.
     #[error("http server: {0}")]
     Io(#[from] std::io::Error),
+    /// The settings cannot be used safely (keys, certificates, an open bind address).
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Refuses to serve a non-loopback address with authentication off, unless
+/// `insecure` is set.
+pub fn check_bind(config: &Config, addr: SocketAddr) -> Result<(), ServeError> {
+    if addr.ip().is_loopback() || config.auth_configured() || config.insecure {
+        return Ok(());
+    }
+    Err(ServeError::Refused(format!(
+        "refusing to serve {addr} without authentication: anyone who can reach it could read and \
+         write every topic. Configure jwt_keys, jwks_file or write_keys, bind a loopback address \
+         (127.0.0.1), or pass --insecure if this is really wanted"
+    )))
 }
 
 /// Serves the gateway on `listener` until `shutdown` completes, then shuts down in
@@ -35,12 +52,21 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    check_bind(&config, listener.local_addr()?)?;
+    let security = crate::auth::Security::from_config(&config).map_err(ServeError::Refused)?;
+    let cors = crate::auth::cors::layer(&config).map_err(ServeError::Refused)?;
+    let listener = if config.tls_enabled() {
+        let tls = crate::tls::server_config(&config).map_err(ServeError::Refused)?;
+        GatewayListener::tls(listener, tls, Duration::from_millis(config.tls_handshake_timeout_ms))?
+    } else {
+        GatewayListener::plain(listener)
+    };
     let store_config = config.store_config();
     let store = tokio::task::spawn_blocking(move || Store::open(store_config))
         .await
         .map_err(|e| tidegate_storage::StorageError::Internal(e.to_string()))??;
     let grace = Duration::from_millis(config.shutdown_timeout_ms);
-    let state = AppState::new(config, store.clone());
+    let state = AppState::new(config, store.clone(), security);
     crate::metrics::handle();
     let upkeep = tokio::spawn(async {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -58,16 +84,35 @@ pub async fn serve(
             expiry_state.coordinator.expire();
         }
     });
-    let app = crate::routes::router(state.clone());
+    let security_state = state.clone();
+    let security_upkeep = tokio::spawn(async move {
+        let every = Duration::from_millis(security_state.config.jwks_reload_interval_ms);
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let s = security_state.clone();
+            let tracked = tokio::task::spawn_blocking(move || {
+                s.security.verifier().reload_if_changed();
+                s.security.limits().forget_idle()
+            })
+            .await
+            .unwrap_or(0);
+            metrics::gauge!("tidegate_rate_limit_tracked_ips").set(tracked as f64);
+        }
+    });
+    let app = crate::routes::router(state.clone(), cors);
     state.ready.store(true, Ordering::Release);
-    tracing::info!(addr = %listener.local_addr()?, "tidegate listening");
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        tls = state.config.tls_enabled(),
+        auth = state.security.enabled(),
+        "tidegate listening"
+    );
 
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let signal_state = state.clone();
-    // Responses are written whole; Nagle's algorithm would only delay them.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    // `tap_io` gives the listener axum's `ConnectInfo<SocketAddr>` support.
+    let listener = listener.tap_io(|_| {});
     let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(
         async move {
             shutdown.await;
@@ -92,6 +137,7 @@ pub async fn serve(
     };
     upkeep.abort();
     expiry.abort();
+    security_upkeep.abort();
     let closed = store.close().await;
     tracing::info!("store closed");
     served?;

@@ -28,14 +28,16 @@ pub struct AppState {
     pub subscriptions: Arc<tokio::sync::Semaphore>,
     /// False until start-up is done and again once shutdown begins (`/readyz`).
     pub ready: AtomicBool,
+    /// Authentication, permissions and rate limits.
+    pub security: Arc<crate::auth::Security>,
 }
 
 /// The handle handlers receive.
 pub type SharedState = Arc<AppState>;
 
 impl AppState {
-    /// New state around an open store.
-    pub fn new(config: Config, store: Store) -> SharedState {
+    /// New state around an open store, with the security settings already loaded.
+    pub fn new(config: Config, store: Store, security: crate::auth::Security) -> SharedState {
         let coordinator = Coordinator::new(store.clone(), Duration::from_millis(config.session_timeout_ms));
         let subscriptions = Arc::new(tokio::sync::Semaphore::new(config.max_subscriptions as usize));
         let frames = crate::consume::cache::FrameCache::new(config.subscription_cache_bytes as usize);
@@ -47,6 +49,7 @@ impl AppState {
             coordinator,
             subscriptions,
             ready: AtomicBool::new(false),
+            security: Arc::new(security),
         })
     }
 

@@ -1,5 +1,5 @@
 //! The checked-in `openapi/openapi.json` must equal what the code generates.
-//! Regenerate with `UPDATE_OPENAPI=1 cargo test -p tidegate --test openapi`
+//! Regenerate with `scripts/update-generated` (or `UPDATE_OPENAPI=1 cargo nextest run --workspace --test openapi`)
 //! (or `tidegate openapi --write openapi/openapi.json`).
 
 #[test]
@@ -12,7 +12,7 @@ fn checked_in_openapi_document_is_current() {
     let checked_in = std::fs::read_to_string(path).unwrap_or_default();
     assert!(
         checked_in == generated,
-        "openapi/openapi.json is stale: run `UPDATE_OPENAPI=1 cargo test -p tidegate --test openapi` and commit it"
+        "openapi/openapi.json is stale: run `UPDATE_OPENAPI=1 cargo nextest run --workspace --test openapi` and commit it"
     );
 }
 

@@ -186,7 +186,8 @@ async fn octet_stream_body_is_one_binary_event_returned_as_base64() {
     let server = TestServer::with_defaults().await;
     server.create_topic("binary", 1).await;
     let payload: Vec<u8> = vec![0, 159, 146, 150, 255, 254, b'{', 1, 2, 3, b'\n', 0];
-    let offsets = server.produce_raw("binary", "?key=device-1", "application/octet-stream", payload.clone()).await;
+    let offsets =
+        server.produce_raw("binary", "?record_key=device-1", "application/octet-stream", payload.clone()).await;
     assert_eq!(offsets, vec![(0, 0)]);
     let record = server.record_at("binary", 0, 0).await;
     assert_eq!(record["value_encoding"], "base64", "{record}");
@@ -251,10 +252,11 @@ async fn same_key_lands_on_kafkas_partition() {
         // Query keys, over several requests so a round-robin choice would have moved.
         for n in 0..4 {
             let offsets = server
-                .produce_raw(&topic, "?key=foobar", "application/json", json!([{"n": n}, {"n": n}]).to_string())
+                .produce_raw(&topic, "?record_key=foobar", "application/json", json!([{"n": n}, {"n": n}]).to_string())
                 .await;
             assert!(offsets.iter().all(|&(p, _)| p == foobar), "key foobar on {partitions}: {offsets:?}");
-            let offsets = server.produce_raw(&topic, "?key=abc", "application/json", json!({"n": n}).to_string()).await;
+            let offsets =
+                server.produce_raw(&topic, "?record_key=abc", "application/json", json!({"n": n}).to_string()).await;
             assert!(offsets.iter().all(|&(p, _)| p == abc), "key abc on {partitions}: {offsets:?}");
         }
         // Envelope keys, mixed in one request.

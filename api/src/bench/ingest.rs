@@ -85,7 +85,7 @@ pub struct IngestArgs {
     /// Body format: a JSON array or newline-delimited JSON.
     #[arg(long, value_enum, default_value_t = BodyFormat::Array)]
     pub format: BodyFormat,
-    /// Distinct keys: each request gets `?key=user-<random below N>`; 0 sends no key.
+    /// Distinct keys: each request gets `?record_key=user-<random below N>`; 0 sends no key.
     #[arg(long, default_value_t = 0)]
     pub key_space: u64,
     /// Total requests/s cap, 0 = unlimited (closed loop). When set the test is open loop:
@@ -231,7 +231,7 @@ async fn worker(
         let mut req =
             client.post(shared.events_url.clone()).header(CONTENT_TYPE, shared.content_type).body(body.data.clone());
         if shared.key_space > 0 {
-            req = req.query(&[("key", format!("user-{}", rng.below(shared.key_space)))]);
+            req = req.query(&[("record_key", format!("user-{}", rng.below(shared.key_space)))]);
         }
         // Counted by send time: an overloaded open-loop run lags its schedule by seconds.
         let measured = Instant::now() >= shared.measure_start;

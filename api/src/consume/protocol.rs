@@ -20,6 +20,9 @@ pub mod close {
     pub const TOPIC_DELETED: u16 = 4001;
     /// The member id is in use by another live session.
     pub const MEMBER_IN_USE: u16 = 4002;
+    /// The access token the subscription was opened with has expired; reconnect
+    /// with a fresh one (a group member resumes from its committed offsets).
+    pub const TOKEN_EXPIRED: u16 = 4003;
 }
 
 /// Where to start a partition that has no committed offset (or, for ephemeral

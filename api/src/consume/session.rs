@@ -131,6 +131,8 @@ pub struct SessionParams {
     /// Explicit start positions (ephemeral resume), by topic partition.
     pub resume: BTreeMap<TopicPartition, u64>,
     pub client: String,
+    /// When the caller's token expires: the session is closed then.
+    pub expires_at: Option<std::time::SystemTime>,
 }
 
 struct Session {
@@ -305,6 +307,11 @@ impl Session {
         let auto_commit_every = Duration::from_millis(self.cfg().auto_commit_interval_ms);
         let mut next_ping = Instant::now() + heartbeat;
         let mut next_commit = Instant::now() + auto_commit_every;
+        // The token's expiry as a point on the monotonic clock.
+        let expires = self
+            .params
+            .expires_at
+            .map(|at| Instant::now() + at.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO));
         let mut closing = self.state.store.closing_signal();
         loop {
             // Control messages and client frames first, without waiting.
@@ -328,6 +335,9 @@ impl Session {
                 return End::Close(close::GOING_AWAY, "server shutting down".into());
             }
             let now = Instant::now();
+            if expires.is_some_and(|at| now >= at) {
+                return End::Close(close::TOKEN_EXPIRED, "the access token has expired".into());
+            }
             if now >= next_ping {
                 if now.duration_since(self.last_seen) > session_timeout {
                     return End::Close(close::SESSION_TIMEOUT, "no frame or pong within the session timeout".into());
@@ -349,6 +359,7 @@ impl Session {
             }
             // Nothing to send: sleep until something changes.
             let wake_at = if self.params.auto_commit { next_ping.min(next_commit) } else { next_ping };
+            let wake_at = expires.map_or(wake_at, |at| wake_at.min(at));
             let mut watchers: Vec<_> = self
                 .positions
                 .values_mut()

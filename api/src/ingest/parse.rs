@@ -259,15 +259,17 @@ struct EnvelopeRecord<'a> {
     timestamp: Option<i64>,
 }
 
-/// If `value` is an object whose only key is `records` holding an array, parses it
-/// as the envelope; otherwise returns `None` (it is a plain event).
+/// If `value` is an object whose only key is `records` holding an array (beside an
+/// optional `writeKey` string), parses it as the envelope; otherwise returns `None`
+/// (it is a plain event).
 fn as_envelope<'a>(body: &'a [u8], value: &'a RawValue) -> Result<Option<Vec<ParsedEvent<'a>>>, ApiError> {
     let text = value.get();
     if !text.starts_with('{') {
         return Ok(None);
     }
     let Ok(map) = serde_json::from_str::<BTreeMap<Cow<'a, str>, &'a RawValue>>(text) else { return Ok(None) };
-    let records = match (map.len(), map.get("records")) {
+    let write_key = map.get("writeKey").is_some_and(|k| k.get().starts_with('"'));
+    let records = match (map.len() - usize::from(write_key), map.get("records")) {
         (1, Some(r)) if r.get().starts_with('[') => *r,
         _ => return Ok(None),
     };
@@ -366,6 +368,9 @@ mod tests {
         assert_eq!(ev[0].headers, vec![("h".to_string(), "v".to_string())]);
         assert_eq!(ev[0].timestamp, Some(5));
         assert_eq!(ev[1].key, None);
+        let keyed = parse_body(br#"{"writeKey":"pk","records":[{"value":1}]}"#, BodyFormat::Json, LIMITS).unwrap();
+        assert_eq!(keyed.len(), 1);
+        assert_eq!(keyed[0].value, b"1");
         // An object with `records` and other keys is a plain event.
         let plain = parse_body(br#"{"records":[1],"other":true}"#, BodyFormat::Json, LIMITS).unwrap();
         assert_eq!(plain.len(), 1);

@@ -5,12 +5,11 @@
 //! request fails and nothing is stored. The answer lists each event's partition and
 //! offset in request order.
 
-use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -18,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use tidegate_storage::{BatchBuilder, EncodedBatch};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::auth::{Action, Caller};
 use crate::error::{ApiError, EventError, Problem};
 use crate::ingest::decode::{body_format, body_too_large, decode_body};
 use crate::ingest::parse::{ParseLimits, ParsedEvent, parse_body};
@@ -48,7 +48,10 @@ pub enum Acks {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ProduceParams {
-    /// Key for every event of the request (an envelope record's own key wins).
+    /// Record key for every event of the request (an envelope record's own key wins).
+    pub record_key: Option<String>,
+    /// Browser write key (also accepted as `X-Write-Key`, the HTTP Basic user name, or a
+    /// top-level `writeKey` field of a JSON object body).
     pub key: Option<String>,
     /// Partition for every event (an envelope record's own partition wins).
     pub partition: Option<u32>,
@@ -127,12 +130,16 @@ fn now_ms() -> i64 {
     ))]
 pub async fn produce(
     State(state): State<SharedState>,
+    caller: Caller,
     Path(topic): Path<String>,
     Query(params): Query<ProduceParams>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request_headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body_key = caller.needs_credentials();
+    if !body_key {
+        caller.require(Action::Produce, &topic)?;
+    }
     let max_body = state.config.max_body_bytes as usize;
     let body = body.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => body_too_large(max_body),
@@ -141,13 +148,26 @@ pub async fn produce(
     let header_str = |name| request_headers.get(name).and_then(|v: &axum::http::HeaderValue| v.to_str().ok());
     let format = body_format(header_str(header::CONTENT_TYPE))?;
     let encoding = header_str(header::CONTENT_ENCODING).map(str::to_owned);
+    if body_key {
+        // The write key may be in the body: decode it first (bounded by max_body_bytes).
+        let (enc, raw) = (encoding.clone(), body.clone());
+        let probe = move || decode_body(enc.as_deref(), raw, max_body).map(|d| body_write_key(&d));
+        let key = if body.len() < INLINE_PARSE_BYTES {
+            probe()?
+        } else {
+            tokio::task::spawn_blocking(probe)
+                .await
+                .map_err(|e| ApiError::Storage(tidegate_storage::StorageError::Internal(e.to_string())))??
+        };
+        caller.clone().with_body_write_key(key.as_deref()).require(Action::Produce, &topic)?;
+    }
     let topic_handle = state.topic_for_ingest(&topic).await?;
     let partitions = topic_handle.partition_count();
 
     let received = now_ms();
     let mut shared: Vec<(&'static str, Vec<u8>)> = vec![(headers::RECEIVED_AT, received.to_string().into_bytes())];
     if state.config.record_client_ip {
-        shared.push((headers::CLIENT_IP, peer.ip().to_string().into_bytes()));
+        shared.push((headers::CLIENT_IP, caller.ip.to_string().into_bytes()));
     }
     if state.config.record_user_agent
         && let Some(ua) = request_headers.get(header::USER_AGENT)
@@ -192,6 +212,20 @@ pub async fn produce(
     Ok(response)
 }
 
+/// The `writeKey` field of a JSON object body (a single event or the envelope).
+fn body_write_key(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Probe {
+        #[serde(rename = "writeKey")]
+        write_key: Option<String>,
+    }
+    let start = body.iter().position(|b| !b.is_ascii_whitespace())?;
+    if body[start] != b'{' {
+        return None;
+    }
+    serde_json::from_slice::<Probe>(&body[start..]).ok()?.write_key
+}
+
 /// Size of the body as announced, to decide where to parse it.
 fn body_len_hint(headers: &HeaderMap) -> usize {
     headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(usize::MAX)
@@ -207,7 +241,7 @@ fn prepare(
     received: i64,
 ) -> Result<Prepared, ApiError> {
     let shared: Vec<(&str, &[u8])> = shared.iter().map(|(n, v)| (*n, v.as_slice())).collect();
-    let default_key = params.key.as_deref().map(str::as_bytes);
+    let default_key = params.record_key.as_deref().map(str::as_bytes);
     let mut errors = Vec::new();
     let mut builders: Vec<(u32, BatchBuilder)> = Vec::new();
     let mut slots = Vec::with_capacity(events.len());

@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::auth::{Action, Caller};
 use crate::error::{ApiError, Problem};
 use crate::state::SharedState;
 
@@ -101,16 +102,43 @@ pub async fn group_names(state: &SharedState) -> Result<BTreeSet<String>, ApiErr
 
 /// List consumer groups.
 #[utoipa::path(get, path = "/v1/groups", tag = "groups", responses((status = 200, description = "Groups", body = GroupList)))]
-pub async fn list_groups(State(state): State<SharedState>) -> Result<Json<GroupList>, ApiError> {
-    let groups = group_names(&state)
-        .await?
-        .into_iter()
-        .map(|g| {
-            let info = state.coordinator.describe(&g);
-            GroupSummary { state: state_name(info.as_ref()), members: info.map_or(0, |i| i.members.len()), group: g }
-        })
-        .collect();
+pub async fn list_groups(State(state): State<SharedState>, caller: Caller) -> Result<Json<GroupList>, ApiError> {
+    caller.require_authenticated()?;
+    let mut groups = Vec::new();
+    for g in group_names(&state).await? {
+        if !caller.can(Action::Admin, "*") {
+            // Only groups the caller could operate on: consume on every topic they read.
+            match describe(&state, &g).await {
+                Ok(desc) if group_topics(&desc).iter().all(|t| caller.can(Action::Consume, t)) => {}
+                _ => continue,
+            }
+        }
+        let info = state.coordinator.describe(&g);
+        groups.push(GroupSummary {
+            state: state_name(info.as_ref()),
+            members: info.map_or(0, |i| i.members.len()),
+            group: g,
+        });
+    }
     Ok(Json(GroupList { groups }))
+}
+
+/// Every topic a group reads or has committed offsets for.
+fn group_topics(desc: &GroupDescription) -> BTreeSet<String> {
+    let mut topics: BTreeSet<String> = desc.partitions.iter().map(|p| p.topic.clone()).collect();
+    for m in &desc.members {
+        topics.extend(m.topics.iter().cloned());
+    }
+    topics
+}
+
+/// Group operations need consume on every topic of the group.
+fn require_group(caller: &Caller, desc: &GroupDescription) -> Result<(), ApiError> {
+    caller.require_authenticated()?;
+    for t in group_topics(desc) {
+        caller.require(Action::Consume, &t)?;
+    }
+    Ok(())
 }
 
 /// Builds a group's description (shared with metrics).
@@ -189,9 +217,13 @@ pub async fn describe(state: &SharedState, group: &str) -> Result<GroupDescripti
     ))]
 pub async fn describe_group(
     State(state): State<SharedState>,
+    caller: Caller,
     Path(group): Path<String>,
 ) -> Result<Json<GroupDescription>, ApiError> {
-    Ok(Json(describe(&state, &group).await?))
+    caller.require_authenticated()?;
+    let desc = describe(&state, &group).await?;
+    require_group(&caller, &desc)?;
+    Ok(Json(desc))
 }
 
 /// `force` flag of destructive group operations.
@@ -213,9 +245,14 @@ pub struct ForceParams {
     ))]
 pub async fn delete_group(
     State(state): State<SharedState>,
+    caller: Caller,
     Path(group): Path<String>,
     Query(q): Query<ForceParams>,
 ) -> Result<StatusCode, ApiError> {
+    caller.require_authenticated()?;
+    if let Ok(desc) = describe(&state, &group).await {
+        require_group(&caller, &desc)?;
+    }
     if !q.force.unwrap_or(false) {
         state.coordinator.ensure_empty(&group)?;
     }
@@ -263,9 +300,11 @@ pub struct ResetResult {
     ))]
 pub async fn reset_group(
     State(state): State<SharedState>,
+    caller: Caller,
     Path(group): Path<String>,
     Json(body): Json<ResetOffsets>,
 ) -> Result<Json<ResetResult>, ApiError> {
+    caller.require(Action::Consume, &body.topic)?;
     tidegate_storage::validate_group_name(&group)?;
     if !body.force {
         state.coordinator.ensure_empty(&group)?;

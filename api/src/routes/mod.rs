@@ -38,9 +38,88 @@ use crate::state::SharedState;
         (name = "consume", description = "WebSocket subscriptions (protocol: docs/websocket.md)"),
         (name = "groups", description = "Consumer-group admin"),
         (name = "ops", description = "Health, readiness, metrics"),
-    )
+    ),
+    modifiers(&SecurityDoc)
 )]
 struct ApiDoc;
+
+/// Routes that need no credentials, even with authentication on.
+const PUBLIC_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+
+/// Adds the security schemes, and to every protected operation its security
+/// requirement and the 401, 403 and 429 answers (one place, so none is forgotten).
+struct SecurityDoc;
+
+impl utoipa::Modify for SecurityDoc {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+        };
+        use utoipa::openapi::{RefOr, ResponseBuilder, content::ContentBuilder, header::HeaderBuilder};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "JWT with a permissions claim (produce, consume, admin on topic patterns). \
+                         WebSocket and SSE also take it as `?access_token=`.",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "write_key",
+            SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::with_description(
+                "key",
+                "Browser write key (produce only; also `X-Write-Key`, the Basic user name, or a `writeKey` body field)",
+            ))),
+        );
+        let problem = |description: &str| {
+            ResponseBuilder::new().description(description).content(
+                crate::error::PROBLEM_JSON,
+                ContentBuilder::new()
+                    .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name("Problem"))))
+                    .build(),
+            )
+        };
+        for (path, item) in doc.paths.paths.iter_mut() {
+            if PUBLIC_PATHS.contains(&path.as_str()) {
+                continue;
+            }
+            let produce = path.ends_with("/events");
+            for op in
+                [&mut item.get, &mut item.post, &mut item.put, &mut item.patch, &mut item.delete].into_iter().flatten()
+            {
+                let mut security = vec![SecurityRequirement::new("bearer", Vec::<String>::new())];
+                if produce {
+                    security.push(SecurityRequirement::new("write_key", Vec::<String>::new()));
+                }
+                op.security = Some(security);
+                let r = &mut op.responses.responses;
+                r.entry("401".into()).or_insert_with(|| {
+                    problem("Authentication required, or the token or write key is invalid, expired or not yet valid")
+                        .header(
+                            "WWW-Authenticate",
+                            HeaderBuilder::new()
+                                .description(Some("`Bearer`, with `error=\"invalid_token\"` for a bad token"))
+                                .build(),
+                        )
+                        .into()
+                });
+                r.entry("403".into())
+                    .or_insert_with(|| problem("The credentials do not grant this action on this topic, or the write key is used from an origin it does not list").into());
+                r.entry("429".into()).or_insert_with(|| {
+                    problem("Over the per-IP or per-write-key rate limit")
+                        .header("Retry-After", HeaderBuilder::new().description(Some("Seconds to wait")).build())
+                        .into()
+                });
+            }
+        }
+    }
+}
 
 fn api_router() -> OpenApiRouter<SharedState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -63,7 +142,9 @@ fn api_router() -> OpenApiRouter<SharedState> {
 /// The OpenAPI document, as served at `/openapi.json` and checked in at
 /// `openapi/openapi.json`.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_router().split_for_parts().1
+    let mut doc = api_router().split_for_parts().1;
+    utoipa::Modify::modify(&SecurityDoc, &mut doc);
+    doc
 }
 
 /// The OpenAPI document as pretty JSON with a trailing newline.
@@ -77,16 +158,22 @@ async fn not_found() -> impl IntoResponse {
     Problem::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
 
-/// The complete application.
-pub fn router(state: SharedState) -> Router {
+/// The complete application. `cors` (from [`crate::auth::cors::layer`]) wraps
+/// everything, so preflights are answered and refusals carry CORS headers too.
+pub fn router(state: SharedState, cors: Option<tower_http::cors::CorsLayer>) -> Router {
     let max_body = state.config.max_body_bytes as usize;
-    let (api, doc) = api_router().split_for_parts();
-    let mut doc_json = doc.to_pretty_json().expect("the OpenAPI document serialises");
-    doc_json.push('\n');
-    api.route("/openapi.json", get(move || async move { ([("content-type", "application/json")], doc_json) }))
+    let (api, _) = api_router().split_for_parts();
+    let doc_json = openapi_json();
+    let app = api
+        .route("/openapi.json", get(move || async move { ([("content-type", "application/json")], doc_json) }))
         .route_layer(axum::middleware::from_fn(crate::metrics::track))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::authenticate))
         .layer(axum::middleware::map_response(problem_layer))
-        .with_state(state)
+        .with_state(state);
+    match cors {
+        Some(cors) => app.layer(cors),
+        None => app,
+    }
 }

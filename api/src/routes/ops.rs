@@ -7,7 +7,8 @@ use axum::response::IntoResponse;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::error::Problem;
+use crate::auth::{Action, Caller};
+use crate::error::{ApiError, Problem};
 use crate::state::SharedState;
 
 /// Health or readiness answer.
@@ -41,11 +42,14 @@ pub async fn readyz(State(state): State<SharedState>) -> axum::response::Respons
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses(
     (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain; version=0.0.4"),
 ))]
-pub async fn metrics(State(state): State<SharedState>) -> impl IntoResponse {
+pub async fn metrics(State(state): State<SharedState>, caller: Caller) -> Result<impl IntoResponse, ApiError> {
+    if !state.security.public_metrics() {
+        caller.require_everywhere(Action::Admin)?;
+    }
     let store = state.store.clone();
     let mut body = tokio::task::spawn_blocking(move || crate::metrics::render(&store)).await.unwrap_or_default();
     body.push_str(&group_lag(&state).await);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body))
 }
 
 /// `tidegate_group_lag` per group and partition, and the total per group.

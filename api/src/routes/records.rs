@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use tidegate_storage::ReadLimits;
 use utoipa::{IntoParams, ToSchema};
 
+use crate::auth::{Action, Caller};
 use crate::error::{ApiError, Problem};
 use crate::render::RecordJson;
 use crate::state::SharedState;
@@ -79,9 +80,11 @@ fn check_max(name: &'static str, value: usize, limit: u64, setting: &str) -> Res
     ))]
 pub async fn fetch(
     State(state): State<SharedState>,
+    caller: Caller,
     Path((topic, partition)): Path<(String, u32)>,
     Query(params): Query<FetchParams>,
 ) -> Result<Json<FetchResponse>, ApiError> {
+    caller.require(Action::Consume, &topic)?;
     let cfg = &state.config;
     let max_records = check_max(
         "max_records",
@@ -162,9 +165,11 @@ pub struct OffsetsResponse {
     ))]
 pub async fn offsets(
     State(state): State<SharedState>,
+    caller: Caller,
     Path(topic): Path<String>,
     Query(params): Query<OffsetsParams>,
 ) -> Result<Json<OffsetsResponse>, ApiError> {
+    caller.require(Action::Consume, &topic)?;
     enum At {
         Earliest,
         Latest,

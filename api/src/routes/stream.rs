@@ -16,6 +16,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::stream;
 
 use super::subscribe::{SubscribeParams, prepare};
+use crate::auth::Caller;
 use crate::consume::session;
 use crate::error::{ApiError, Problem};
 use crate::state::SharedState;
@@ -30,11 +31,14 @@ use crate::state::SharedState;
     responses(
         (status = 200, description = "An event stream: assignment, revoked, records, gap, error events", content_type = "text/event-stream", body = String),
         (status = 400, description = "Invalid parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Authentication required, or the token is invalid", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token does not grant consume on a topic", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such topic", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Too many subscriptions (`max_subscriptions`)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn stream(
     State(state): State<SharedState>,
+    caller: Caller,
     Path(topic): Path<String>,
     Query(mut params): Query<SubscribeParams>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -44,7 +48,7 @@ pub async fn stream(
         params.auto_commit = Some(true);
     }
     let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
-    let (session_params, permit) = prepare(&state, &topic, params, last_event_id, peer)?;
+    let (session_params, permit) = prepare(&state, &topic, params, last_event_id, peer, &caller)?;
     // One event in flight: the session reads the next frame only when the response
     // has taken the previous one, i.e. at the client's pace.
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(1);

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use tokio::sync::OwnedSemaphorePermit;
 use utoipa::IntoParams;
 
+use crate::auth::{Action, Caller};
 use crate::consume::protocol::StartFrom;
 use crate::consume::session::{self, SessionParams};
 use crate::error::{ApiError, Problem};
@@ -37,6 +38,9 @@ pub struct SubscribeParams {
     pub topics: Option<String>,
     /// Ephemeral resume positions: `partition:offset` (first topic) or `topic:partition:offset`, comma-separated.
     pub offsets: Option<String>,
+    /// Bearer token, for clients that cannot set headers (browsers' WebSocket and
+    /// EventSource). The subscription is closed (code 4003) when it expires.
+    pub access_token: Option<String>,
 }
 
 fn parse_resume(first_topic: &str, text: &str) -> Result<BTreeMap<TopicPartition, u64>, ApiError> {
@@ -68,12 +72,16 @@ pub fn prepare(
     params: SubscribeParams,
     last_event_id: Option<&str>,
     peer: SocketAddr,
+    caller: &Caller,
 ) -> Result<(SessionParams, OwnedSemaphorePermit), ApiError> {
     let mut topics = vec![topic.to_string()];
     for t in params.topics.as_deref().unwrap_or("").split(',').filter(|t| !t.is_empty()) {
         if !topics.iter().any(|x| x == t) {
             topics.push(t.to_string());
         }
+    }
+    for t in &topics {
+        caller.require(Action::Consume, t)?;
     }
     for t in &topics {
         state.store.topic(t)?;
@@ -101,6 +109,7 @@ pub fn prepare(
         auto_commit,
         resume,
         client: peer.to_string(),
+        expires_at: caller.expires_at(),
     };
     Ok((session_params, permit))
 }
@@ -114,17 +123,20 @@ pub fn prepare(
     responses(
         (status = 101, description = "Switching to the WebSocket protocol"),
         (status = 400, description = "Invalid parameter or not a WebSocket request", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Authentication required, or the token is invalid", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token does not grant consume on a topic", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such topic", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Too many subscriptions (`max_subscriptions`)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn subscribe(
     State(state): State<SharedState>,
+    caller: Caller,
     Path(topic): Path<String>,
     Query(params): Query<SubscribeParams>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let (session_params, permit) = prepare(&state, &topic, params, None, peer)?;
+    let (session_params, permit) = prepare(&state, &topic, params, None, peer, &caller)?;
     let frame_bytes = state.config.subscription_frame_bytes as usize;
     let state2 = state.clone();
     Ok(ws

@@ -8,6 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use tidegate_storage::{TopicConfig, TopicConfigPatch, TopicInfo};
 use utoipa::ToSchema;
 
+use crate::auth::{Action, Caller};
 use crate::error::{ApiError, Problem};
 use crate::state::SharedState;
 
@@ -163,8 +164,10 @@ async fn describe_one(state: &SharedState, info: TopicInfo) -> Result<TopicDescr
     ))]
 pub async fn create_topic(
     State(state): State<SharedState>,
+    caller: Caller,
     Json(body): Json<CreateTopic>,
 ) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Action::Admin, &body.name)?;
     if let Some(rf) = body.replication_factor.filter(|rf| *rf != 1) {
         return Err(ApiError::invalid(
             "invalid_replication_factor",
@@ -188,8 +191,9 @@ pub async fn create_topic(
 /// List topics.
 #[utoipa::path(get, path = "/v1/topics", tag = "topics",
     responses((status = 200, description = "Every topic", body = TopicList)))]
-pub async fn list_topics(State(state): State<SharedState>) -> Result<Json<TopicList>, ApiError> {
-    let infos = state.store.topics().into_iter().map(|t| t.info()).collect();
+pub async fn list_topics(State(state): State<SharedState>, caller: Caller) -> Result<Json<TopicList>, ApiError> {
+    caller.require_authenticated()?;
+    let infos = state.store.topics().into_iter().map(|t| t.info()).filter(|i| caller.can_see(&i.name)).collect();
     Ok(Json(TopicList { topics: describe(&state, infos).await? }))
 }
 
@@ -202,8 +206,10 @@ pub async fn list_topics(State(state): State<SharedState>) -> Result<Json<TopicL
     ))]
 pub async fn describe_topic(
     State(state): State<SharedState>,
+    caller: Caller,
     Path(topic): Path<String>,
 ) -> Result<Json<TopicDescription>, ApiError> {
+    caller.require_visible(&topic)?;
     let info = state.store.topic(&topic)?.info();
     Ok(Json(describe_one(&state, info).await?))
 }
@@ -219,9 +225,11 @@ pub async fn describe_topic(
     ))]
 pub async fn alter_topic(
     State(state): State<SharedState>,
+    caller: Caller,
     Path(topic): Path<String>,
     Json(body): Json<AlterTopic>,
 ) -> Result<Json<TopicDescription>, ApiError> {
+    caller.require(Action::Admin, &topic)?;
     let patch = TopicConfigPatch { retention_ms: body.retention_ms, retention_bytes: body.retention_bytes };
     let info = state.store.alter_topic(&topic, patch).await?;
     Ok(Json(describe_one(&state, info).await?))
@@ -237,9 +245,11 @@ pub async fn alter_topic(
     ))]
 pub async fn add_partitions(
     State(state): State<SharedState>,
+    caller: Caller,
     Path(topic): Path<String>,
     Json(body): Json<AddPartitions>,
 ) -> Result<Json<TopicDescription>, ApiError> {
+    caller.require(Action::Admin, &topic)?;
     let info = state.store.add_partitions(&topic, body.count).await?;
     Ok(Json(describe_one(&state, info).await?))
 }
@@ -251,7 +261,12 @@ pub async fn add_partitions(
         (status = 204, description = "Deleted"),
         (status = 404, description = "No such topic", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn delete_topic(State(state): State<SharedState>, Path(topic): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete_topic(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Path(topic): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Action::Admin, &topic)?;
     state.store.delete_topic(&topic).await?;
     Ok(StatusCode::NO_CONTENT)
 }

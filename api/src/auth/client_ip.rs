@@ -1,0 +1,65 @@
+//! The client's address: the TCP peer, or, when the peer is a trusted proxy, the
+//! nearest address in `X-Forwarded-For` that is not a trusted proxy.
+
+use std::net::IpAddr;
+
+use axum::http::HeaderMap;
+
+use super::settings::{IpNets, canonical_ip};
+
+/// Resolves the client address of a request from `peer`.
+///
+/// `X-Forwarded-For` is read right to left (each proxy appends the address it saw),
+/// skipping trusted proxies; the first untrusted address is the client. A header from
+/// an untrusted peer is ignored entirely, so clients cannot spoof their address.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &IpNets) -> IpAddr {
+    let peer = canonical_ip(peer);
+    if trusted.0.is_empty() || !trusted.contains(peer) {
+        return peer;
+    }
+    let mut nearest = peer;
+    for value in headers.get_all("x-forwarded-for").iter().rev() {
+        let Ok(text) = value.to_str() else { return nearest };
+        for item in text.rsplit(',') {
+            let Ok(ip) = item.trim().parse::<IpAddr>() else { return nearest };
+            let ip = canonical_ip(ip);
+            if !trusted.contains(ip) {
+                return ip;
+            }
+            nearest = ip;
+        }
+    }
+    nearest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(xff: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in xff {
+            h.append("x-forwarded-for", v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted: IpNets = "10.0.0.0/8".parse().unwrap();
+        let client: IpAddr = "203.0.113.9".parse().unwrap();
+        let proxy: IpAddr = "10.0.0.5".parse().unwrap();
+        let outsider: IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(client_ip(proxy, &headers(&["203.0.113.9"]), &trusted), client);
+        assert_eq!(client_ip(outsider, &headers(&["203.0.113.9"]), &trusted), outsider, "untrusted peer");
+        assert_eq!(
+            client_ip(proxy, &headers(&["1.2.3.4, 203.0.113.9, 10.0.0.7"]), &trusted),
+            client,
+            "spoofed left part"
+        );
+        assert_eq!(client_ip(proxy, &headers(&["1.2.3.4", "203.0.113.9"]), &trusted), client, "several headers");
+        assert_eq!(client_ip(proxy, &headers(&["garbage, 10.0.0.9"]), &trusted), "10.0.0.9".parse::<IpAddr>().unwrap());
+        assert_eq!(client_ip(proxy, &headers(&[]), &trusted), proxy);
+        assert_eq!(client_ip(proxy, &headers(&["203.0.113.9"]), &IpNets::default()), proxy, "no trusted proxies");
+    }
+}

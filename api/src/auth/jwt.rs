@@ -1,0 +1,274 @@
+//! JWT verification: keys from settings and from a JWKS file that is re-read when it
+//! changes; `exp`, `nbf`, `aud` and `iss` checked; the permissions claim read into
+//! [`Grants`].
+//!
+//! A token is only ever checked with keys of the algorithm its header names, and only
+//! algorithms that have a configured key are accepted: `alg: none` cannot be parsed,
+//! and an HS256 token can never be checked against an RSA public key (the classic key
+//! confusion), since that key is registered for RS256 only.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::Value;
+
+use super::AuthError;
+use super::grants::Grants;
+use super::settings::{JwtAlgorithm, JwtKeySpec};
+use crate::config::Config;
+
+/// A verification key.
+#[derive(Clone)]
+struct VerifyKey {
+    alg: Algorithm,
+    kid: Option<String>,
+    key: DecodingKey,
+}
+
+/// A verified token.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// What it allows.
+    pub grants: Grants,
+    /// Its `exp`, seconds since the Unix epoch (always present: `exp` is required).
+    pub expires_at: u64,
+    /// Its `sub`, for logs.
+    pub subject: Option<String>,
+}
+
+/// State of the JWKS file: its keys and the stamp they were read at.
+struct Jwks {
+    path: PathBuf,
+    stamp: Option<(SystemTime, u64)>,
+    keys: Vec<VerifyKey>,
+}
+
+/// Checks tokens. Cheap to share; the JWKS keys are swapped atomically on reload.
+pub struct Verifier {
+    keys: Vec<VerifyKey>,
+    jwks: Option<RwLock<Jwks>>,
+    audience: Vec<String>,
+    issuer: Vec<String>,
+    leeway_s: u64,
+    claim: String,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier").field("keys", &self.keys.len()).field("claim", &self.claim).finish()
+    }
+}
+
+/// A key setting that cannot be used.
+fn key_error(index: usize, reason: impl std::fmt::Display) -> String {
+    format!("jwt_keys[{index}]: {reason}")
+}
+
+fn load_spec(index: usize, spec: &JwtKeySpec) -> Result<VerifyKey, String> {
+    let alg = spec.alg.to_jwt();
+    let key = if spec.alg.is_hmac() {
+        match (&spec.secret, &spec.secret_base64) {
+            (Some(s), None) if s.len() >= 32 => DecodingKey::from_secret(s.as_bytes()),
+            (Some(_), None) => return Err(key_error(index, "an HMAC secret needs at least 32 bytes")),
+            (None, Some(b)) => {
+                let key = DecodingKey::from_base64_secret(b).map_err(|e| key_error(index, e))?;
+                if key.try_get_as_bytes().map_or(0, <[u8]>::len) < 32 {
+                    return Err(key_error(index, "an HMAC secret needs at least 32 bytes"));
+                }
+                key
+            }
+            _ => return Err(key_error(index, "HMAC keys need exactly one of secret, secret_base64")),
+        }
+    } else {
+        let pem = match (&spec.public_key_pem, &spec.public_key_file) {
+            (Some(p), None) => p.clone().into_bytes(),
+            (None, Some(f)) => {
+                std::fs::read(f).map_err(|e| key_error(index, format!("cannot read {}: {e}", f.display())))?
+            }
+            _ => return Err(key_error(index, "public keys need exactly one of public_key_pem, public_key_file")),
+        };
+        let parsed = match spec.alg {
+            JwtAlgorithm::RS256 | JwtAlgorithm::RS384 | JwtAlgorithm::RS512 | JwtAlgorithm::PS256 => {
+                DecodingKey::from_rsa_pem(&pem)
+            }
+            JwtAlgorithm::ES256 | JwtAlgorithm::ES384 => DecodingKey::from_ec_pem(&pem),
+            _ => DecodingKey::from_ed_pem(&pem),
+        };
+        parsed.map_err(|e| key_error(index, format!("not a {:?} public key in PEM: {e}", spec.alg)))?
+    };
+    Ok(VerifyKey { alg, kid: spec.kid.clone(), key })
+}
+
+/// Keys of a JWKS document. Keys the gateway cannot use are skipped with a warning.
+fn parse_jwks(path: &Path, text: &[u8]) -> Result<Vec<VerifyKey>, String> {
+    let set: JwkSet = serde_json::from_slice(text).map_err(|e| format!("{} is not a JWKS: {e}", path.display()))?;
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        let alg = match jwk.common.key_algorithm {
+            Some(a) => Algorithm::try_from(a).ok(),
+            None => match &jwk.algorithm {
+                AlgorithmParameters::RSA(_) => Some(Algorithm::RS256),
+                AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Some(Algorithm::ES256),
+                AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P384 => Some(Algorithm::ES384),
+                AlgorithmParameters::OctetKeyPair(_) => Some(Algorithm::EdDSA),
+                AlgorithmParameters::OctetKey(_) => Some(Algorithm::HS256),
+                _ => None,
+            },
+        };
+        let kid = jwk.common.key_id.clone();
+        match (alg, DecodingKey::from_jwk(jwk)) {
+            (Some(alg), Ok(key)) => keys.push(VerifyKey { alg, kid, key }),
+            (_, Err(e)) => tracing::warn!(path = %path.display(), kid = ?kid, error = %e, "JWKS key skipped"),
+            (None, _) => {
+                tracing::warn!(path = %path.display(), kid = ?kid, "JWKS key with no usable algorithm skipped")
+            }
+        }
+    }
+    Ok(keys)
+}
+
+fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+impl Verifier {
+    /// Loads every configured key (and the JWKS file). Any unusable key setting is an
+    /// error: a node never starts with fewer keys than its settings name.
+    pub fn from_config(config: &Config) -> Result<Verifier, String> {
+        let keys =
+            config.jwt_keys.0.iter().enumerate().map(|(i, spec)| load_spec(i, spec)).collect::<Result<Vec<_>, _>>()?;
+        let jwks = if config.jwks_file.as_os_str().is_empty() {
+            None
+        } else {
+            let path = config.jwks_file.clone();
+            let text = std::fs::read(&path).map_err(|e| format!("cannot read jwks_file {}: {e}", path.display()))?;
+            let keys = parse_jwks(&path, &text)?;
+            if keys.is_empty() {
+                return Err(format!("jwks_file {} has no usable key", path.display()));
+            }
+            Some(RwLock::new(Jwks { stamp: file_stamp(&path), path, keys }))
+        };
+        Ok(Verifier {
+            keys,
+            jwks,
+            audience: config.jwt_audience.0.clone(),
+            issuer: config.jwt_issuer.0.clone(),
+            leeway_s: config.jwt_leeway_s,
+            claim: config.jwt_permissions_claim.clone(),
+        })
+    }
+
+    /// Whether any key is configured (tokens can be checked at all).
+    pub fn has_keys(&self) -> bool {
+        !self.keys.is_empty() || self.jwks.is_some()
+    }
+
+    /// Re-reads the JWKS file when its modification time or size changed. A file that
+    /// became unreadable or invalid keeps the previous keys (and logs why). Blocking:
+    /// call from a blocking thread. Returns whether new keys were loaded.
+    pub fn reload_if_changed(&self) -> bool {
+        let Some(jwks) = &self.jwks else { return false };
+        let path = jwks.read().unwrap_or_else(|p| p.into_inner()).path.clone();
+        let stamp = file_stamp(&path);
+        if stamp.is_none() || stamp == jwks.read().unwrap_or_else(|p| p.into_inner()).stamp {
+            return false;
+        }
+        match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|t| parse_jwks(&path, &t)) {
+            Ok(keys) => {
+                let mut w = jwks.write().unwrap_or_else(|p| p.into_inner());
+                tracing::info!(path = %path.display(), keys = keys.len(), "JWKS reloaded");
+                w.keys = keys;
+                w.stamp = stamp;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "JWKS reload failed; keeping the previous keys");
+                false
+            }
+        }
+    }
+
+    /// Keys that may check a token with this header: its algorithm, and its `kid` when
+    /// a key carries that id (else every key of the algorithm without an id).
+    fn candidates(&self, alg: Algorithm, kid: Option<&str>) -> Vec<VerifyKey> {
+        let mut all: Vec<VerifyKey> = self.keys.iter().filter(|k| k.alg == alg).cloned().collect();
+        if let Some(jwks) = &self.jwks {
+            all.extend(jwks.read().unwrap_or_else(|p| p.into_inner()).keys.iter().filter(|k| k.alg == alg).cloned());
+        }
+        if let Some(kid) = kid
+            && all.iter().any(|k| k.kid.as_deref() == Some(kid))
+        {
+            all.retain(|k| k.kid.as_deref() == Some(kid));
+        } else if kid.is_some() {
+            all.retain(|k| k.kid.is_none());
+        }
+        all
+    }
+
+    fn validation(&self, alg: Algorithm) -> Validation {
+        let mut v = Validation::new(alg);
+        v.leeway = self.leeway_s;
+        v.validate_nbf = true;
+        let mut required = vec!["exp"];
+        if self.audience.is_empty() {
+            v.validate_aud = false;
+        } else {
+            v.set_audience(&self.audience);
+            required.push("aud");
+        }
+        if !self.issuer.is_empty() {
+            v.set_issuer(&self.issuer);
+            required.push("iss");
+        }
+        v.set_required_spec_claims(&required);
+        v
+    }
+
+    /// Verifies `token` and reads its grants.
+    pub fn verify(&self, token: &str) -> Result<Verified, AuthError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| AuthError::InvalidToken(format!("not a well-formed JWT: {e}")))?;
+        let candidates = self.candidates(header.alg, header.kid.as_deref());
+        if candidates.is_empty() {
+            return Err(AuthError::InvalidToken(match header.kid {
+                Some(kid) => format!("no {:?} key with kid {kid:?} is configured", header.alg),
+                None => format!("no {:?} key is configured", header.alg),
+            }));
+        }
+        let validation = self.validation(header.alg);
+        let mut last = AuthError::InvalidToken("signature does not verify".into());
+        for key in &candidates {
+            match jsonwebtoken::decode::<Value>(token, &key.key, &validation) {
+                Ok(data) => {
+                    let claims = data.claims;
+                    let expires_at = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
+                    return Ok(Verified {
+                        grants: Grants::from_claim(claims.get(&self.claim)),
+                        expires_at,
+                        subject: claims.get("sub").and_then(Value::as_str).map(str::to_owned),
+                    });
+                }
+                Err(e) => match e.kind() {
+                    ErrorKind::InvalidSignature => {}
+                    ErrorKind::ExpiredSignature => return Err(AuthError::TokenExpired),
+                    ErrorKind::ImmatureSignature => return Err(AuthError::TokenNotYetValid),
+                    ErrorKind::InvalidAudience => return Err(AuthError::InvalidAudience),
+                    ErrorKind::InvalidIssuer => return Err(AuthError::InvalidIssuer),
+                    ErrorKind::MissingRequiredClaim(c) => {
+                        return Err(AuthError::InvalidToken(format!("the {c} claim is required")));
+                    }
+                    other => last = AuthError::InvalidToken(format!("{other:?}")),
+                },
+            }
+        }
+        Err(last)
+    }
+}
+
+/// Shared verifier.
+pub type SharedVerifier = Arc<Verifier>;

@@ -1,0 +1,430 @@
+//! Who is calling, and what they may do.
+//!
+//! The [`authenticate`] middleware runs before every handler: it resolves the client
+//! address, applies the per-IP rate limit, and reads the credentials (a JWT bearer
+//! token, or a browser write key) into a [`Caller`] placed in the request's
+//! extensions. It refuses nothing else by itself: each handler asks the caller for the
+//! permission its operation needs ([`Caller::require`]), so public endpoints (probes,
+//! the OpenAPI document, the dashboard's files) stay public while a bad token on a
+//! protected one is answered 401, and a good token without the permission 403.
+//!
+//! Authentication is on when any credential source is configured (`jwt_keys`,
+//! `jwks_file` or `write_keys`); with none, every caller may do everything, which the
+//! server allows only on a loopback address unless started with `--insecure`.
+
+pub mod client_ip;
+pub mod cors;
+pub mod grants;
+pub mod jwt;
+pub mod limits;
+pub mod origins;
+pub mod settings;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+
+pub use grants::{Action, Grants};
+use jwt::{Verified, Verifier};
+use limits::{LimitScope, RateLimits};
+use origins::OriginPattern;
+use settings::{IpNets, WriteKeySpec};
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::state::SharedState;
+
+/// Why a caller was refused. Messages never contain a token or secret.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuthError {
+    /// Authentication is on and the request carried no credentials.
+    #[error("authentication required: send a bearer token (or a write key to produce)")]
+    MissingCredentials,
+    /// The token is malformed, its signature does not verify, or no key fits it.
+    #[error("invalid token: {0}")]
+    InvalidToken(String),
+    /// The token's `exp` has passed.
+    #[error("the token has expired")]
+    TokenExpired,
+    /// The token's `nbf` is in the future.
+    #[error("the token is not valid yet (nbf)")]
+    TokenNotYetValid,
+    /// The token's `aud` is not one of `jwt_audience`.
+    #[error("the token's audience is not accepted")]
+    InvalidAudience,
+    /// The token's `iss` is not one of `jwt_issuer`.
+    #[error("the token's issuer is not accepted")]
+    InvalidIssuer,
+    /// The write key is not configured.
+    #[error("unknown write key")]
+    UnknownWriteKey,
+    /// The credentials are valid but do not grant this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The write key may not be used from this origin.
+    #[error("write key not allowed from origin {0:?}")]
+    OriginNotAllowed(String),
+    /// Over a rate limit; retry after the given time.
+    #[error("rate limit ({}) exceeded; retry in {}s", scope.as_str(), retry_after_secs(*retry_after))]
+    RateLimited { scope: LimitScope, retry_after: Duration },
+}
+
+/// `Retry-After` in whole seconds, rounded up, at least 1.
+pub fn retry_after_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0).max(u64::from(d.is_zero()))
+}
+
+impl AuthError {
+    /// Label for `tidegate_auth_refused_total{reason}`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::MissingCredentials => "missing_credentials",
+            AuthError::InvalidToken(_) => "invalid_token",
+            AuthError::TokenExpired => "token_expired",
+            AuthError::TokenNotYetValid => "token_not_yet_valid",
+            AuthError::InvalidAudience => "invalid_audience",
+            AuthError::InvalidIssuer => "invalid_issuer",
+            AuthError::UnknownWriteKey => "invalid_write_key",
+            AuthError::Forbidden(_) => "forbidden",
+            AuthError::OriginNotAllowed(_) => "origin_not_allowed",
+            AuthError::RateLimited { .. } => "rate_limited",
+        }
+    }
+}
+
+/// A write key and its parsed origins.
+#[derive(Debug)]
+struct WriteKey {
+    spec: WriteKeySpec,
+    origins: Vec<OriginPattern>,
+}
+
+/// The security settings of a node, loaded and checked once at start-up.
+#[derive(Debug)]
+pub struct Security {
+    verifier: Verifier,
+    write_keys: HashMap<String, WriteKey>,
+    limits: RateLimits,
+    trusted_proxies: IpNets,
+    enabled: bool,
+    public_metrics: bool,
+}
+
+impl Security {
+    /// Loads keys and limiters; a key that cannot be used is an error.
+    pub fn from_config(config: &Config) -> Result<Security, String> {
+        let verifier = Verifier::from_config(config)?;
+        let mut write_keys = HashMap::new();
+        for spec in &config.write_keys.0 {
+            let origins = origins::parse_all(&spec.origins).map_err(|e| format!("write key: {e}"))?;
+            write_keys.insert(spec.key.clone(), WriteKey { spec: spec.clone(), origins });
+        }
+        let enabled = verifier.has_keys() || !write_keys.is_empty();
+        Ok(Security {
+            limits: RateLimits::new(config, &config.write_keys),
+            verifier,
+            write_keys,
+            trusted_proxies: config.trusted_proxies.clone(),
+            enabled,
+            public_metrics: config.public_metrics,
+        })
+    }
+
+    /// Whether callers must authenticate.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The JWT verifier (for JWKS reloads).
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
+    /// The rate limiters (for periodic clean-up).
+    pub fn limits(&self) -> &RateLimits {
+        &self.limits
+    }
+
+    /// Whether `/metrics` is open to everyone.
+    pub fn public_metrics(&self) -> bool {
+        self.public_metrics
+    }
+
+    fn credential(&self, headers: &HeaderMap, query: Option<&str>) -> Credential {
+        if !self.enabled {
+            return Credential::Open;
+        }
+        let mut token = None;
+        let mut key = None;
+        if let Some(auth) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+            let (scheme, value) = auth.trim().split_once(' ').unwrap_or((auth, ""));
+            if scheme.eq_ignore_ascii_case("bearer") {
+                token = Some(value.trim().to_string());
+            } else if scheme.eq_ignore_ascii_case("basic") {
+                // Segment-style: the write key is the user name, the password is empty.
+                let user = base64::engine::general_purpose::STANDARD
+                    .decode(value.trim())
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .map(|s| s.split_once(':').map_or(s.clone(), |(u, _)| u.to_string()));
+                match user {
+                    Some(u) if !u.is_empty() => key = Some(u),
+                    _ => return Credential::Refused(AuthError::InvalidToken("malformed Basic credentials".into())),
+                }
+            } else {
+                return Credential::Refused(AuthError::InvalidToken(format!("unsupported scheme {scheme:?}")));
+            }
+        }
+        if key.is_none() {
+            key = headers.get("x-write-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        }
+        if token.is_none() || key.is_none() {
+            for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+                match &*name {
+                    "access_token" if token.is_none() => token = Some(value.into_owned()),
+                    "key" if key.is_none() => key = Some(value.into_owned()),
+                    _ => {}
+                }
+            }
+        }
+        if let Some(token) = token {
+            return match self.verifier.verify(&token) {
+                Ok(v) => Credential::Token(Arc::new(v)),
+                Err(e) => Credential::Refused(e),
+            };
+        }
+        match key {
+            Some(k) => self.write_key_credential(&k),
+            None => Credential::Missing,
+        }
+    }
+
+    fn write_key_credential(&self, key: &str) -> Credential {
+        if self.write_keys.contains_key(key) {
+            Credential::WriteKey(key.to_string())
+        } else {
+            Credential::Refused(AuthError::UnknownWriteKey)
+        }
+    }
+}
+
+/// The credentials of a request.
+#[derive(Debug, Clone)]
+enum Credential {
+    /// Authentication is off: everything is allowed.
+    Open,
+    /// Authentication is on and nothing was sent.
+    Missing,
+    /// A verified token.
+    Token(Arc<Verified>),
+    /// A configured write key.
+    WriteKey(String),
+    /// Credentials were sent and refused.
+    Refused(AuthError),
+}
+
+/// Who is calling: client address, `Origin`, and credentials. Every handler that is
+/// not public asks it for the permission it needs.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Client address (`X-Forwarded-For` resolved through `trusted_proxies`).
+    pub ip: IpAddr,
+    /// The request's `Origin` header.
+    pub origin: Option<String>,
+    credential: Credential,
+    security: Arc<Security>,
+}
+
+impl Caller {
+    /// Allowed to do `action` on `topic`, or the error to answer.
+    pub fn require(&self, action: Action, topic: &str) -> Result<(), ApiError> {
+        self.check(action, Some(topic)).map_err(|e| self.refuse(e))
+    }
+
+    /// Allowed to do `action` on every topic (pattern `*`), e.g. admin for `/metrics`.
+    pub fn require_everywhere(&self, action: Action) -> Result<(), ApiError> {
+        self.check(action, None).map_err(|e| self.refuse(e))
+    }
+
+    /// Allowed to see `topic` (any permission on it), e.g. to describe it.
+    pub fn require_visible(&self, topic: &str) -> Result<(), ApiError> {
+        self.require_authenticated()?;
+        if self.can_see(topic) {
+            Ok(())
+        } else {
+            Err(self.refuse(AuthError::Forbidden(format!("no permission on topic {topic:?}"))))
+        }
+    }
+
+    /// Authenticated at all (any valid credential), for listings that are then filtered.
+    pub fn require_authenticated(&self) -> Result<(), ApiError> {
+        match &self.credential {
+            Credential::Missing => Err(self.refuse(AuthError::MissingCredentials)),
+            Credential::Refused(e) => Err(self.refuse(e.clone())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether `action` on `topic` would be allowed (for filtering lists; counts nothing).
+    pub fn can(&self, action: Action, topic: &str) -> bool {
+        match &self.credential {
+            Credential::Open => true,
+            Credential::Token(v) => v.grants.allows(action, topic),
+            Credential::WriteKey(k) => action == Action::Produce && self.key_allows_topic(k, topic),
+            Credential::Missing | Credential::Refused(_) => false,
+        }
+    }
+
+    /// Whether the caller may see `topic` at all (any permission on it).
+    pub fn can_see(&self, topic: &str) -> bool {
+        match &self.credential {
+            Credential::Open => true,
+            Credential::Token(v) => v.grants.allows_any(topic),
+            Credential::WriteKey(_) | Credential::Missing | Credential::Refused(_) => false,
+        }
+    }
+
+    /// When the caller's token expires (`None`: no token, or authentication off).
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        match &self.credential {
+            Credential::Token(v) => Some(UNIX_EPOCH + Duration::from_secs(v.expires_at)),
+            _ => None,
+        }
+    }
+
+    /// A caller that sent no credentials in headers or query, taking the write key a
+    /// body carried (`writeKey`). Other callers are returned unchanged.
+    pub fn with_body_write_key(mut self, key: Option<&str>) -> Caller {
+        if let (Credential::Missing, Some(k)) = (&self.credential, key) {
+            self.credential = self.security.write_key_credential(k);
+        }
+        self
+    }
+
+    /// Whether the request still lacks credentials (a body write key may supply them).
+    pub fn needs_credentials(&self) -> bool {
+        matches!(self.credential, Credential::Missing)
+    }
+
+    fn key_allows_topic(&self, key: &str, topic: &str) -> bool {
+        self.security
+            .write_keys
+            .get(key)
+            .is_some_and(|k| k.spec.topics.iter().any(|p| grants::pattern_matches(p, topic)))
+    }
+
+    fn check(&self, action: Action, topic: Option<&str>) -> Result<(), AuthError> {
+        let what = || match topic {
+            Some(t) => format!("{} on topic {t:?}", action.as_str()),
+            None => format!("{} on every topic", action.as_str()),
+        };
+        match &self.credential {
+            Credential::Open => Ok(()),
+            Credential::Missing => Err(AuthError::MissingCredentials),
+            Credential::Refused(e) => Err(e.clone()),
+            Credential::Token(v) => {
+                let ok = match topic {
+                    Some(t) => v.grants.allows(action, t),
+                    None => v.grants.allows_everywhere(action),
+                };
+                if ok { Ok(()) } else { Err(AuthError::Forbidden(format!("the token does not grant {}", what()))) }
+            }
+            Credential::WriteKey(k) => {
+                let Some(spec) = self.security.write_keys.get(k) else { return Err(AuthError::UnknownWriteKey) };
+                if action != Action::Produce {
+                    return Err(AuthError::Forbidden(format!("a write key may only produce, not {}", what())));
+                }
+                match topic {
+                    Some(t) if self.key_allows_topic(k, t) => {}
+                    _ => return Err(AuthError::Forbidden(format!("the write key does not grant {}", what()))),
+                }
+                if !spec.origins.is_empty() {
+                    let origin = self.origin.as_deref().unwrap_or("");
+                    if !origins::any_matches(&spec.origins, origin) {
+                        return Err(AuthError::OriginNotAllowed(origin.to_string()));
+                    }
+                }
+                self.security
+                    .limits
+                    .check_key(k)
+                    .map_err(|retry_after| AuthError::RateLimited { scope: LimitScope::Key, retry_after })
+            }
+        }
+    }
+
+    /// Counts and logs a refusal (without secrets) and turns it into the API error.
+    fn refuse(&self, e: AuthError) -> ApiError {
+        record_refusal(&e, self.ip);
+        ApiError::Auth(e)
+    }
+}
+
+/// Counts a refusal in `/metrics` and logs it with the client address.
+fn record_refusal(e: &AuthError, ip: IpAddr) {
+    match e {
+        AuthError::RateLimited { scope, .. } => {
+            metrics::counter!("tidegate_rate_limited_total", "scope" => scope.as_str()).increment(1);
+            tracing::debug!(client = %ip, scope = scope.as_str(), "rate limited");
+        }
+        other => {
+            metrics::counter!("tidegate_auth_refused_total", "reason" => other.reason()).increment(1);
+            tracing::info!(client = %ip, reason = other.reason(), detail = %other, "request refused");
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
+            ApiError::Storage(tidegate_storage::StorageError::Internal("authentication middleware missing".into()))
+        })
+    }
+}
+
+/// Paths never rate-limited (load-balancer probes).
+const PROBES: [&str; 2] = ["/healthz", "/readyz"];
+
+/// Middleware: resolves the [`Caller`] and applies the per-IP rate limit.
+pub async fn authenticate(
+    State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let security = state.security.clone();
+    let ip = client_ip::client_ip(peer.ip(), req.headers(), &security.trusted_proxies);
+    if !PROBES.contains(&req.uri().path())
+        && let Err(retry_after) = security.limits.check_ip(ip)
+    {
+        let e = AuthError::RateLimited { scope: LimitScope::Ip, retry_after };
+        record_refusal(&e, ip);
+        return ApiError::Auth(e).into_response();
+    }
+    let credential = security.credential(req.headers(), req.uri().query());
+    let origin = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    req.extensions_mut().insert(Caller { ip, origin, credential, security });
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_secs(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1500)), 2);
+    }
+}
