@@ -104,6 +104,7 @@ pub struct Api {
     base: String,
     /// The underlying client (no proxy, generous timeout).
     pub http: reqwest::Client,
+    token: Option<String>,
 }
 
 impl Api {
@@ -114,7 +115,24 @@ impl Api {
             .timeout(Duration::from_secs(60))
             .build()
             .expect("the HTTP client builds");
-        Api { base: format!("http://{addr}"), http }
+        Api { base: format!("http://{addr}"), http, token: None }
+    }
+
+    /// The same server, with every request carrying `Authorization: Bearer <token>`
+    /// (WebSocket helpers add `access_token=<token>` to the query instead).
+    pub fn with_token(&self, token: &str) -> Api {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().expect("a token is a valid header value"),
+        );
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(60))
+            .default_headers(headers)
+            .build()
+            .expect("the HTTP client builds");
+        Api { base: self.base.clone(), http, token: Some(token.to_string()) }
     }
 
     /// Absolute URL of `path` (which starts with `/`).
@@ -251,7 +269,11 @@ impl Api {
     /// Opens a WebSocket on `path` (which starts with `/`) and completes the handshake;
     /// nothing reads the socket until the caller does.
     pub async fn ws_connect(&self, path: &str) -> Result<WsStream, tungstenite::Error> {
-        let url = format!("ws://{}{path}", self.base.trim_start_matches("http://"));
+        let mut url = format!("ws://{}{path}", self.base.trim_start_matches("http://"));
+        if let Some(token) = &self.token {
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str(&format!("access_token={token}"));
+        }
         tokio_tungstenite::connect_async(url).await.map(|(ws, _)| ws)
     }
 

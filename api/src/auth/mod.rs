@@ -1,12 +1,16 @@
 //! Who is calling, and what they may do.
 //!
-//! The [`authenticate`] middleware runs before every handler: it resolves the client
-//! address, applies the per-IP rate limit, and reads the credentials (a JWT bearer
-//! token, or a browser write key) into a [`Caller`] placed in the request's
-//! extensions. It refuses nothing else by itself: each handler asks the caller for the
-//! permission its operation needs ([`Caller::require`]), so public endpoints (probes,
-//! the OpenAPI document, the dashboard's files) stay public while a bad token on a
-//! protected one is answered 401, and a good token without the permission 403.
+//! Two middlewares run before every handler:
+//! - [`authenticate`] (on every request) resolves the client address, applies the
+//!   per-IP rate limit, and reads the credentials (a JWT bearer token, or a browser
+//!   write key) into a [`Caller`] placed in the request's extensions;
+//! - [`gate`] (on every matched route) refuses missing or bad credentials with 401
+//!   before anything else (body parsing included) runs, except on the routes listed in
+//!   [`PUBLIC_ROUTES`], and refuses write keys (403) outside [`PRODUCE_ROUTES`].
+//!   Routes are protected unless listed, so a new route cannot be left open by mistake.
+//!
+//! Each handler then asks the caller for the permission its operation needs
+//! ([`Caller::require`]): a good token without the permission gets 403.
 //!
 //! Authentication is on when any credential source is configured (`jwt_keys`,
 //! `jwks_file` or `write_keys`); with none, every caller may do everything, which the
@@ -393,6 +397,39 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 
 /// Paths never rate-limited (load-balancer probes).
 const PROBES: [&str; 2] = ["/healthz", "/readyz"];
+
+/// Route templates anyone may call, credentials or not.
+pub const PUBLIC_ROUTES: &[&str] = &["/healthz", "/readyz", "/openapi.json"];
+
+/// Route templates that take write keys, which may also come in the body: a request
+/// without credentials reaches the handler, which reads the body's `writeKey`.
+pub const PRODUCE_ROUTES: &[&str] = &["/v1/topics/{topic}/events"];
+
+/// Route middleware: see the module documentation.
+pub async fn gate(req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<axum::extract::MatchedPath>().map(|p| p.as_str().to_owned());
+    let route = route.as_deref().unwrap_or("");
+    if PUBLIC_ROUTES.contains(&route) {
+        return next.run(req).await;
+    }
+    let Some(caller) = req.extensions().get::<Caller>() else {
+        return ApiError::Storage(tidegate_storage::StorageError::Internal("authentication middleware missing".into()))
+            .into_response();
+    };
+    let produce = PRODUCE_ROUTES.contains(&route);
+    let refusal = match &caller.credential {
+        Credential::Open | Credential::Token(_) => None,
+        Credential::Missing if produce => None,
+        Credential::Missing => Some(AuthError::MissingCredentials),
+        Credential::Refused(e) => Some(e.clone()),
+        Credential::WriteKey(_) if produce => None,
+        Credential::WriteKey(_) => Some(AuthError::Forbidden("a write key may only produce events".into())),
+    };
+    match refusal {
+        Some(e) => caller.refuse(e).into_response(),
+        None => next.run(req).await,
+    }
+}
 
 /// Middleware: resolves the [`Caller`] and applies the per-IP rate limit.
 pub async fn authenticate(

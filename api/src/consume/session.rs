@@ -638,7 +638,9 @@ impl Session {
         }
         if let End::Close(code, reason) = end {
             if code != close::NORMAL {
-                let _ = self.tx.send("error", protocol::error("closing", &reason), None, FINAL_FRAME_WAIT).await;
+                // SSE clients see no close code: the error frame names the reason.
+                let what = if code == close::TOKEN_EXPIRED { "token_expired" } else { "closing" };
+                let _ = self.tx.send("error", protocol::error(what, &reason), None, FINAL_FRAME_WAIT).await;
             }
             if let Outbound::Ws(ws) = &mut self.tx {
                 let _ = tokio::time::timeout(FINAL_FRAME_WAIT, ws.send(close_msg(code, &reason))).await;

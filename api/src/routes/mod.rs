@@ -43,9 +43,6 @@ use crate::state::SharedState;
 )]
 struct ApiDoc;
 
-/// Routes that need no credentials, even with authentication on.
-const PUBLIC_PATHS: [&str; 2] = ["/healthz", "/readyz"];
-
 /// Adds the security schemes, and to every protected operation its security
 /// requirement and the 401, 403 and 429 answers (one place, so none is forgotten).
 struct SecurityDoc;
@@ -86,10 +83,10 @@ impl utoipa::Modify for SecurityDoc {
             )
         };
         for (path, item) in doc.paths.paths.iter_mut() {
-            if PUBLIC_PATHS.contains(&path.as_str()) {
+            if crate::auth::PUBLIC_ROUTES.contains(&path.as_str()) {
                 continue;
             }
-            let produce = path.ends_with("/events");
+            let produce = crate::auth::PRODUCE_ROUTES.contains(&path.as_str());
             for op in
                 [&mut item.get, &mut item.post, &mut item.put, &mut item.patch, &mut item.delete].into_iter().flatten()
             {
@@ -166,6 +163,7 @@ pub fn router(state: SharedState, cors: Option<tower_http::cors::CorsLayer>) -> 
     let doc_json = openapi_json();
     let app = api
         .route("/openapi.json", get(move || async move { ([("content-type", "application/json")], doc_json) }))
+        .route_layer(axum::middleware::from_fn(crate::auth::gate))
         .route_layer(axum::middleware::from_fn(crate::metrics::track))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
