@@ -1,4 +1,4 @@
-//! The `tidegate` command line: `serve`, `bench`, `openapi`, `config`.
+//! The `tidegate` command line: `serve`, `bench`, `token`, `openapi`, `config`.
 
 use std::path::PathBuf;
 
@@ -37,6 +37,9 @@ pub enum Command {
         #[arg(long)]
         write: Option<PathBuf>,
     },
+    /// Sign a JWT for this gateway (e.g. `tidegate token -p admin --secret $SECRET`),
+    /// printed on standard output.
+    Token(crate::auth::mint::TokenArgs),
     /// Print the configuration reference (every setting, its default and meaning).
     Config {
         /// Print as a TOML file with every default instead of a Markdown table.

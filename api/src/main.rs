@@ -67,6 +67,16 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Token(args) => match tidegate::auth::mint::mint(&args) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Openapi { write } => {
             let doc = tidegate::routes::openapi_json();
             match write {

@@ -667,3 +667,23 @@ async fn tls_serves_https_and_wss_only() {
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_signed_by_the_cli_are_accepted() {
+    let server = secured(|_| {}).await;
+    let mint = |args: &[&str]| {
+        let out = std::process::Command::new(ProcessServer::binary()).arg("token").args(args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let hs_admin = mint(&["-p", "admin", "--secret", SECRET]);
+    let admin = server.api().with_token(&hs_admin);
+    admin.create_topic("cli.tokens", 1).await;
+    let rsa = fixture("rsa_private.pem");
+    let producer = mint(&["-p", "produce:cli.*", "--alg", "RS256", "--private-key-file", rsa.to_str().unwrap()]);
+    server.api().with_token(&producer).produce("cli.tokens", &json!({"n": 1})).await;
+    let resp = server.get("/v1/topics/cli.tokens/offsets").bearer_auth(&producer).send().await.unwrap();
+    assert_problem(resp, 403, "forbidden").await;
+    let out = std::process::Command::new(ProcessServer::binary()).args(["token", "-p", "admin"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "an HMAC token without a secret is refused");
+}

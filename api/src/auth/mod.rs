@@ -21,6 +21,7 @@ pub mod cors;
 pub mod grants;
 pub mod jwt;
 pub mod limits;
+pub mod mint;
 pub mod origins;
 pub mod settings;
 

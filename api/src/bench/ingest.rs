@@ -95,6 +95,16 @@ pub struct IngestArgs {
     /// Print the final report as one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Bearer token sent with every request; creating the topic needs `admin` on it.
+    #[arg(long, env = "TIDEGATE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Browser write key sent as `X-Write-Key` with every event request (the token, if
+    /// any, is then used only to create the topic).
+    #[arg(long)]
+    pub write_key: Option<String>,
+    /// `Origin` header of event requests (for write keys that list origins).
+    #[arg(long)]
+    pub origin: Option<String>,
 }
 
 /// A pre-built request body and the sum of the sizes of its events.
@@ -171,6 +181,8 @@ impl Tally {
 /// State shared by the connection workers and the reporter.
 struct Shared {
     events_url: Url,
+    /// Credentials and origin headers of event requests.
+    auth: Vec<(&'static str, String)>,
     content_type: &'static str,
     acks_none: bool,
     key_space: u64,
@@ -230,6 +242,9 @@ async fn worker(
         let body = &shared.bodies[rng.below(shared.bodies.len() as u64) as usize];
         let mut req =
             client.post(shared.events_url.clone()).header(CONTENT_TYPE, shared.content_type).body(body.data.clone());
+        for (name, value) in &shared.auth {
+            req = req.header(*name, value);
+        }
         if shared.key_space > 0 {
             req = req.query(&[("record_key", format!("user-{}", rng.below(shared.key_space)))]);
         }
@@ -405,7 +420,16 @@ pub(super) async fn ingest(args: IngestArgs) -> Result<()> {
     let rate = (args.rate > 0.0).then_some(args.rate);
     let interval = rate.map(|r| Duration::try_from_secs_f64(args.connections as f64 / r));
     let interval = interval.transpose().context("--rate is out of range")?;
-    let setup = Client::builder().no_proxy().timeout(Duration::from_secs(5)).build().context("building HTTP client")?;
+    let mut setup_headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = &args.token {
+        setup_headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().context("--token")?);
+    }
+    let setup = Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .default_headers(setup_headers)
+        .build()
+        .context("building HTTP client")?;
     create_topic(&setup, base, &args.topic, args.partitions).await?;
 
     let bodies = build_bodies(args.format, args.batch, args.event_bytes, &mut Rng::new(u64::MAX))?;
@@ -438,8 +462,18 @@ pub(super) async fn ingest(args: IngestArgs) -> Result<()> {
     let start = Instant::now();
     let measure_start = start.checked_add(Duration::from_secs(args.warmup)).context("--warmup too large")?;
     let end = measure_start.checked_add(Duration::from_secs(args.duration)).context("--duration too large")?;
+    let mut auth = Vec::new();
+    match (&args.write_key, &args.token) {
+        (Some(key), _) => auth.push(("x-write-key", key.clone())),
+        (None, Some(token)) => auth.push(("authorization", format!("Bearer {token}"))),
+        (None, None) => {}
+    }
+    if let Some(origin) = &args.origin {
+        auth.push(("origin", origin.clone()));
+    }
     let shared = Arc::new(Shared {
         events_url,
+        auth,
         content_type: match args.format {
             BodyFormat::Array => "application/json",
             BodyFormat::Ndjson => "application/x-ndjson",
