@@ -35,12 +35,13 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let local_addr = listener.local_addr()?;
     let store_config = config.store_config();
     let store = tokio::task::spawn_blocking(move || Store::open(store_config))
         .await
         .map_err(|e| tidegate_storage::StorageError::Internal(e.to_string()))??;
     let grace = Duration::from_millis(config.shutdown_timeout_ms);
-    let state = AppState::new(config, store.clone());
+    let state = AppState::new(config, store.clone(), local_addr);
     crate::metrics::handle();
     let upkeep = tokio::spawn(async {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -60,7 +61,7 @@ pub async fn serve(
     });
     let app = crate::routes::router(state.clone());
     state.ready.store(true, Ordering::Release);
-    tracing::info!(addr = %listener.local_addr()?, "tidegate listening");
+    tracing::info!(addr = %state.local_addr, "tidegate listening");
 
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let signal_state = state.clone();
