@@ -20,6 +20,7 @@ use axum::extract::Path;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use bytes::Bytes;
 
 use crate::error::Problem;
 
@@ -67,16 +68,17 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsa
 #[derive(Debug)]
 pub struct StaticFile {
     content_type: &'static str,
-    bytes: Vec<u8>,
+    bytes: Bytes,
     etag: HeaderValue,
-    gzip: Option<Vec<u8>>,
+    gzip: Option<Bytes>,
     csp: bool,
 }
 
 impl StaticFile {
     /// Prepares `bytes` for serving as `content_type`: hashes them for the ETag and
     /// compresses text with gzip when that makes it smaller.
-    pub fn new(content_type: &'static str, bytes: Vec<u8>) -> StaticFile {
+    pub fn new(content_type: &'static str, bytes: impl Into<Bytes>) -> StaticFile {
+        let bytes: Bytes = bytes.into();
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         bytes.hash(&mut hasher);
         let etag = HeaderValue::from_str(&format!("\"{:016x}-{:x}\"", hasher.finish(), bytes.len()))
@@ -84,7 +86,7 @@ impl StaticFile {
         let compressible = content_type.starts_with("text/")
             || content_type.starts_with("application/json")
             || content_type.starts_with("image/svg");
-        let gzip = compressible.then(|| gzip(&bytes)).flatten().filter(|z| z.len() < bytes.len());
+        let gzip = compressible.then(|| gzip(&bytes)).flatten().filter(|z| z.len() < bytes.len()).map(Bytes::from);
         StaticFile { content_type, bytes, etag, gzip, csp: false }
     }
 
@@ -168,7 +170,7 @@ fn files() -> &'static HashMap<&'static str, StaticFile> {
         EMBEDDED
             .iter()
             .map(|e| {
-                let file = StaticFile::new(content_type(e.path), e.bytes.to_vec());
+                let file = StaticFile::new(content_type(e.path), Bytes::from_static(e.bytes));
                 (e.path, if e.path.ends_with(".html") { file.with_csp() } else { file })
             })
             .collect()
