@@ -98,7 +98,11 @@ export class TimeChart {
 
   /** Replaces the data: `t` and one array of values per series. */
   set(t, ys) {
-    this.data = t.length ? [t.slice(), ...ys.map((y) => y.slice())] : this.placeholder();
+    if (!t.length) this.data = this.placeholder();
+    // uPlot spans a single x value over a day whatever the range function says:
+    // give it an empty minute before the first sample.
+    else if (t.length === 1) this.data = [[t[0] - 60, t[0]], ...ys.map((y) => [null, y[0]])];
+    else this.data = [t.slice(), ...ys.map((y) => y.slice())];
     this.container.dataset.points = String(t.length);
     this.plot.setData(this.data);
   }

@@ -49,7 +49,7 @@ export function render(view, name) {
     const maxBytes = Math.max(1, ...t.partitions.map((p) => p.bytes));
     const rows = t.partitions.map((p) => el('tr', { dataset: { partition: p.partition } },
       el('td', {}, el('span', { class: 'badge' }, p.partition)),
-      el('td', { class: 'num' }, num(p.start_offset)),
+      el('td', { class: 'num hide-sm' }, num(p.start_offset)),
       el('td', { class: 'num', dataset: { col: 'end' } }, num(p.end_offset)),
       el('td', { class: 'num hide-sm' }, num(p.high_watermark)),
       el('td', { class: 'num' }, num(p.end_offset - p.start_offset)),
@@ -59,7 +59,7 @@ export function render(view, name) {
       el('td', { class: 'num' }, `${rate(entry?.partitions[p.partition])}/s`)));
     replace(parts, el('table', { id: 'partitions-table' },
       el('thead', {}, el('tr', {},
-        el('th', {}, 'Partition'), el('th', { class: 'num' }, 'Start'), el('th', { class: 'num' }, 'End'),
+        el('th', {}, 'Partition'), el('th', { class: 'num hide-sm' }, 'Start'), el('th', { class: 'num' }, 'End'),
         el('th', { class: 'num hide-sm' }, 'High watermark'), el('th', { class: 'num' }, 'Records'),
         el('th', { class: 'num' }, 'Size'), el('th', { class: 'num hide-sm' }, 'On disk'),
         el('th', { class: 'num hide-sm' }, 'Epoch'), el('th', { class: 'num' }, 'Produce'))),
