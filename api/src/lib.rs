@@ -3,6 +3,7 @@
 //! Map of the crate (the only one that speaks HTTP):
 //! - [`server`]: [`serve`] runs a node on a listener until a shutdown future resolves.
 //! - [`routes`]: the axum router and the OpenAPI document generated from it.
+//! - [`web`]: the dashboard's embedded files; [`docs`]: Swagger UI and the protocol page.
 //! - [`ingest`]: body decoding, parsing and Kafka-compatible partitioning.
 //! - [`render`]: JSON rendering of records.
 //! - [`auth`]: authentication (JWT, write keys), permissions, rate limits, CORS.
@@ -17,6 +18,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod consume;
+pub mod docs;
 pub mod error;
 pub mod groups;
 pub mod ingest;
@@ -26,6 +28,7 @@ pub mod routes;
 pub mod server;
 pub mod state;
 pub mod tls;
+pub mod web;
 
 pub use config::{Config, ConfigLayer};
 pub use server::{ServeError, serve, shutdown_signal};

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::serve::{Listener, ListenerExt};
+use axum::serve::ListenerExt;
 use tidegate_storage::Store;
 use tokio::net::TcpListener;
 
@@ -52,7 +52,8 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    check_bind(&config, listener.local_addr()?)?;
+    let local_addr = listener.local_addr()?;
+    check_bind(&config, local_addr)?;
     let security = crate::auth::Security::from_config(&config).map_err(ServeError::Refused)?;
     let cors = crate::auth::cors::layer(&config).map_err(ServeError::Refused)?;
     let listener = if config.tls_enabled() {
@@ -66,7 +67,7 @@ pub async fn serve(
         .await
         .map_err(|e| tidegate_storage::StorageError::Internal(e.to_string()))??;
     let grace = Duration::from_millis(config.shutdown_timeout_ms);
-    let state = AppState::new(config, store.clone(), security);
+    let state = AppState::new(config, store.clone(), security, local_addr);
     crate::metrics::handle();
     let upkeep = tokio::spawn(async {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -103,7 +104,7 @@ pub async fn serve(
     let app = crate::routes::router(state.clone(), cors);
     state.ready.store(true, Ordering::Release);
     tracing::info!(
-        addr = %listener.local_addr()?,
+        addr = %state.local_addr,
         tls = state.config.tls_enabled(),
         auth = state.security.enabled(),
         "tidegate listening"

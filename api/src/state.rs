@@ -1,7 +1,9 @@
 //! Shared state of one gateway node: a cheap handle cloned into every request.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tidegate_storage::{StorageError, Store, Topic, TopicConfig};
 
@@ -30,14 +32,21 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// Authentication, permissions and rate limits.
     pub security: Arc<crate::auth::Security>,
+    /// The address the HTTP listener is bound to (the real port when `addr` asked for 0).
+    pub local_addr: SocketAddr,
+    /// When the node started, for uptime.
+    pub started: Instant,
+    /// When the node started, ms since the epoch.
+    pub started_ms: i64,
 }
 
 /// The handle handlers receive.
 pub type SharedState = Arc<AppState>;
 
 impl AppState {
-    /// New state around an open store, with the security settings already loaded.
-    pub fn new(config: Config, store: Store, security: crate::auth::Security) -> SharedState {
+    /// New state around an open store, with the security settings already loaded, for a
+    /// node listening on `local_addr`.
+    pub fn new(config: Config, store: Store, security: crate::auth::Security, local_addr: SocketAddr) -> SharedState {
         let coordinator = Coordinator::new(store.clone(), Duration::from_millis(config.session_timeout_ms));
         let subscriptions = Arc::new(tokio::sync::Semaphore::new(config.max_subscriptions as usize));
         let frames = crate::consume::cache::FrameCache::new(config.subscription_cache_bytes as usize);
@@ -50,6 +59,9 @@ impl AppState {
             subscriptions,
             ready: AtomicBool::new(false),
             security: Arc::new(security),
+            local_addr,
+            started: Instant::now(),
+            started_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64),
         })
     }
 

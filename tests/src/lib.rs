@@ -7,6 +7,7 @@
 //!   SIGTERM and restart.
 //! - [`Api`]: the client both dereference to (topics, ingest, reads, problem checks).
 //! - [`Subscriber`]: a WebSocket subscription (`/v1/topics/{topic}/subscribe`).
+//! - [`browser`]: headless Chromium over WebDriver, for browser tests.
 //!
 //! Waiting is done on conditions with deadlines ([`eventually`]), never fixed sleeps.
 
@@ -26,6 +27,8 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 pub use tidegate::Config;
+
+pub mod browser;
 
 /// How long a server gets to start, and to stop after it was asked to.
 pub const STARTUP_DEADLINE: Duration = Duration::from_secs(60);

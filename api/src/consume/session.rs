@@ -449,7 +449,8 @@ impl Session {
                         }
                         return Err(end);
                     }
-                    metrics::counter!("tidegate_records_delivered_total").increment(frame.count);
+                    metrics::counter!("tidegate_records_delivered_total", "topic" => tp.0.clone())
+                        .increment(frame.count);
                     return Ok(true);
                 }
                 Err(StorageError::OffsetOutOfRange { start, end, .. }) => {

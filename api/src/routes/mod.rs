@@ -5,6 +5,7 @@ pub mod events;
 pub mod groups;
 pub mod ops;
 pub mod records;
+pub mod status;
 pub mod stream;
 pub mod subscribe;
 pub mod topics;
@@ -28,16 +29,18 @@ use crate::state::SharedState;
         title = "Tidegate",
         description = "HTTP/WebSocket event-streaming gateway: browser trackers post events, \
                        a Kafka-style partitioned log on RocksDB keeps them, consumers read them back. \
-                       Every error is RFC 7807 `application/problem+json` with a stable `code`.",
+                       Every error is RFC 7807 `application/problem+json` with a stable `code`.\n\n\
+                       The WebSocket subscription protocol (frames, parameters, close codes) is described at \
+                       [/docs/websocket](/docs/websocket); the dashboard is at [/](/).",
         license(name = "Apache-2.0")
     ),
     tags(
         (name = "events", description = "Ingest"),
         (name = "records", description = "Reading the log"),
         (name = "topics", description = "Topic admin"),
-        (name = "consume", description = "WebSocket subscriptions (protocol: docs/websocket.md)"),
+        (name = "consume", description = "WebSocket subscriptions (protocol: [/docs/websocket](/docs/websocket))"),
         (name = "groups", description = "Consumer-group admin"),
-        (name = "ops", description = "Health, readiness, metrics"),
+        (name = "ops", description = "Health, readiness, metrics, node status"),
     ),
     modifiers(&SecurityDoc)
 )]
@@ -134,6 +137,7 @@ fn api_router() -> OpenApiRouter<SharedState> {
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
+        .routes(routes!(status::status))
 }
 
 /// The OpenAPI document, as served at `/openapi.json` and checked in at
@@ -161,9 +165,13 @@ pub fn router(state: SharedState, cors: Option<tower_http::cors::CorsLayer>) -> 
     let max_body = state.config.max_body_bytes as usize;
     let (api, _) = api_router().split_for_parts();
     let doc_json = openapi_json();
+    // The gate covers the API routes (and /openapi.json, listed public); the documents,
+    // Swagger UI and the dashboard's files are merged after it and stay public.
     let app = api
         .route("/openapi.json", get(move || async move { ([("content-type", "application/json")], doc_json) }))
         .route_layer(axum::middleware::from_fn(crate::auth::gate))
+        .merge(crate::docs::router())
+        .merge(crate::web::router())
         .route_layer(axum::middleware::from_fn(crate::metrics::track))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
