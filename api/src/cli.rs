@@ -1,4 +1,6 @@
-//! The `tidegate` command line: `serve`, `bench`, `openapi`, `config`.
+//! The `tidegate` command line: `serve`, `bench`, `openapi`, `config`, and the
+//! client commands (`topics`, `produce`, `consume`, `groups`, `status`, in
+//! [`crate::client`]).
 
 use std::path::PathBuf;
 
@@ -43,6 +45,9 @@ pub enum Command {
         #[arg(long)]
         toml: bool,
     },
+    /// Client commands against a running gateway.
+    #[command(flatten)]
+    Client(crate::client::ClientCommand),
 }
 
 /// Parses the command line, giving every `serve` setting its `TIDEGATE_*` variable.
