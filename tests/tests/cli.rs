@@ -52,9 +52,9 @@ impl Run {
     }
 }
 
-/// Runs `tidegate <args>` with `stdin` as its input and `env` added to an environment
+/// Starts `tidegate <args>` with piped stdio and `env` added to an environment
 /// without any `TIDEGATE_*` variable of the test's own.
-async fn run_with(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Run {
+fn spawn(args: &[&str], env: &[(&str, &str)]) -> tokio::process::Child {
     let mut cmd = tokio::process::Command::new(ProcessServer::binary());
     cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     for (name, _) in std::env::vars_os() {
@@ -63,23 +63,41 @@ async fn run_with(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Run {
         }
     }
     cmd.envs(env.iter().copied());
-    let mut child = cmd.spawn().expect("start the tidegate binary");
+    cmd.spawn().expect("start the tidegate binary")
+}
+
+/// Waits for a child started by [`spawn`] to exit.
+async fn finish(child: tokio::process::Child, args: &[&str]) -> Run {
+    let out = tokio::time::timeout(RUN_DEADLINE, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("tidegate {args:?} did not finish within {RUN_DEADLINE:?}"))
+        .expect("wait for tidegate");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Sends SIGINT (what Ctrl-C sends) to a child.
+fn interrupt(child: &tokio::process::Child) {
+    let pid = child.id().expect("the child runs");
+    let status = std::process::Command::new("kill").arg("-INT").arg(pid.to_string()).status().expect("run kill");
+    assert!(status.success(), "kill -INT {pid}: {status}");
+}
+
+/// Runs `tidegate <args>` with `stdin` as its input (see [`spawn`]).
+async fn run_with(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Run {
+    let mut child = spawn(args, env);
     let mut input = child.stdin.take().expect("stdin");
     let data = stdin.to_vec();
     let feeder = tokio::spawn(async move {
         // The client may stop reading early (a refusal): a broken pipe is fine.
         let _ = input.write_all(&data).await;
     });
-    let out = tokio::time::timeout(RUN_DEADLINE, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("tidegate {args:?} did not finish within {RUN_DEADLINE:?}"))
-        .expect("wait for tidegate");
+    let run = finish(child, args).await;
     feeder.await.expect("stdin feeder");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    run
 }
 
 /// `tidegate <args> --url <server>`.
@@ -399,6 +417,53 @@ async fn two_group_members_share_the_partitions_without_duplicates() {
         n
     };
     assert_eq!(lines.len(), expected, "every record of its partitions");
+}
+
+#[tokio::test]
+async fn ctrl_c_stops_produce_with_a_summary_and_a_group_member_after_committing() {
+    let server = TestServer::with_defaults().await;
+    server.create_topic("i", 2).await;
+    let url = format!("http://{}", server.addr);
+
+    // A stream that stays open: what arrived is posted at once, Ctrl-C ends the run.
+    let args = ["produce", "i", "--url", &url];
+    let mut producer = spawn(&args, &[]);
+    let mut input = producer.stdin.take().expect("stdin");
+    input.write_all(&ndjson(&(0..10).map(|n| json!({"n": n})).collect::<Vec<_>>())).await.unwrap();
+    input.flush().await.unwrap();
+    let total = |server: &TestServer| {
+        let api = server.api().clone();
+        async move { api.end_offsets("i").await.iter().sum::<u64>() }
+    };
+    eventually("the streamed events to be stored", Duration::from_secs(30), || async {
+        (total(&server).await == 10).then_some(())
+    })
+    .await;
+    interrupt(&producer);
+    let run = finish(producer, &args).await.expect(130);
+    assert!(run.stdout.starts_with("produced 10 events"), "{}", run.stdout);
+    assert!(run.stderr.contains("interrupted"), "{}", run.stderr);
+    drop(input);
+
+    let args = ["consume", "i", "--group", "tail", "--follow", "--url", &url];
+    let member = spawn(&args, &[]);
+    let committed = |server: &TestServer| {
+        let api = server.api().clone();
+        async move {
+            let resp = api.get("/v1/groups/tail").send().await.ok()?;
+            let d: Value = resp.json().await.ok()?;
+            Some(d["partitions"].as_array()?.iter().filter_map(|p| p["committed"].as_u64()).sum::<u64>())
+        }
+    };
+    eventually("the member to commit what it printed", Duration::from_secs(30), || async {
+        (committed(&server).await == Some(10)).then_some(())
+    })
+    .await;
+    interrupt(&member);
+    let run = finish(member, &args).await.expect(0);
+    assert_eq!(numbers(&run.lines()), (0..10).collect::<Vec<u64>>());
+    let d = server.get_json("/v1/groups/tail").await;
+    assert_eq!(d["members"], json!([]), "the member left with a normal close: {d}");
 }
 
 #[tokio::test]

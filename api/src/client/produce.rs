@@ -2,8 +2,9 @@
 //! lines) from stdin or a file.
 //!
 //! A reader thread cuts the input into requests of at most `--batch` events and
-//! `--batch-bytes` bytes (blank lines are skipped, line numbers are kept); up to
-//! `--in-flight` requests are sent at once. Each request is atomic on the server, so
+//! `--batch-bytes` bytes (blank lines are skipped, line numbers are kept); a partial
+//! request is sent as soon as the input has nothing more buffered, so a slow stream
+//! is posted as it comes. Up to `--in-flight` requests are sent at once. Each request is atomic on the server, so
 //! after a refusal the summary tells exactly which lines were stored: every line of
 //! an acknowledged request, none of a refused one. On the first refusal no new
 //! request is started, the ones in flight finish, and the refused lines are named
@@ -166,6 +167,14 @@ fn read_batches(
         if stop.load(Ordering::Relaxed) {
             return;
         }
+        // Nothing more is buffered, so the next read may wait for the input: send
+        // what is gathered first, so a slow stream (`tail -f … |`) is not held back.
+        if reader.buffer().is_empty() && !batch.lines.is_empty() {
+            Cutter::finish(&mut batch);
+            if tx.blocking_send(Ok(std::mem::replace(&mut batch, cutter.new_batch()))).is_err() {
+                return;
+            }
+        }
         line.clear();
         let n = match reader.read_until(b'\n', &mut line) {
             Ok(n) => n,
@@ -303,9 +312,14 @@ pub async fn run(args: ProduceArgs) -> Result<Exit, ClientError> {
     let in_flight = usize::try_from(args.in_flight).unwrap_or(1);
     let (tx, mut rx) = mpsc::channel(in_flight * 2);
     let stop = Arc::new(AtomicBool::new(false));
+    // A thread of its own, not tokio's blocking pool: a read of stdin cannot be
+    // cancelled, and the runtime would wait for it at exit after a refusal or Ctrl-C.
     let reader = {
         let (progress, stop) = (progress.clone(), stop.clone());
-        tokio::task::spawn_blocking(move || read_batches(input, &cutter, &tx, &progress, &stop))
+        std::thread::Builder::new()
+            .name("produce-reader".into())
+            .spawn(move || read_batches(input, &cutter, &tx, &progress, &stop))
+            .map_err(|e| ClientError::Usage(format!("cannot start the input reader: {e}")))?
     };
 
     let started = Instant::now();
@@ -346,7 +360,10 @@ pub async fn run(args: ProduceArgs) -> Result<Exit, ClientError> {
     while let Some(done) = tasks.join_next().await {
         tally(&mut summary, &mut refusals, &progress, done);
     }
-    let _ = reader.await;
+    if refusals.is_empty() && local.is_none() && !summary.interrupted {
+        // The input ended: the reader has finished.
+        let _ = reader.join();
+    }
     progress.finish_and_clear();
     summary.seconds = started.elapsed().as_secs_f64();
     summary.rate = summary.events as f64 / summary.seconds.max(1e-9);
