@@ -12,13 +12,14 @@
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
+use std::sync::Arc;
 
 use clap::Args;
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 use super::Connection;
@@ -28,6 +29,9 @@ use super::position::Position;
 
 /// Long-poll wait of one read with `--follow` (the server's `max_wait_ms` allows 30 s).
 const FOLLOW_WAIT_MS: u64 = 5_000;
+/// Reads in flight at once when reading up to the end (with `--follow` every
+/// partition keeps one long poll open).
+const READS_IN_FLIGHT: usize = 8;
 
 /// Options of `tidegate consume`.
 #[derive(Debug, Args)]
@@ -259,16 +263,21 @@ async fn plan(gw: &Gateway, args: &ConsumeArgs) -> Result<Vec<(u32, u64, Option<
         .collect())
 }
 
-/// Reads one partition from `from` (to `until`, or forever) and hands pages over.
-async fn read_partition(
+/// What every partition reader shares.
+#[derive(Clone)]
+struct Shared {
     gw: Gateway,
     topic: String,
-    partition: u32,
-    mut offset: u64,
-    until: Option<u64>,
     per_read: u64,
+    /// Bounds the reads in flight.
+    slots: Arc<Semaphore>,
+    /// Pages for the printer.
     tx: mpsc::Sender<Result<(u32, Vec<WireRecord>), ClientError>>,
-) {
+}
+
+/// Reads one partition from `offset` (to `until`, or forever) and hands pages over.
+async fn read_partition(shared: Shared, partition: u32, mut offset: u64, until: Option<u64>) {
+    let Shared { gw, topic, per_read, slots, tx } = shared;
     let p = partition.to_string();
     loop {
         if until.is_some_and(|end| offset >= end) {
@@ -280,7 +289,11 @@ async fn read_partition(
             ("max_records", per_read),
             ("wait_ms", wait),
         ]);
-        match gw.json::<Page>(rb).await {
+        let read = {
+            let Ok(_slot) = slots.acquire().await else { return };
+            gw.json::<Page>(rb).await
+        };
+        match read {
             Ok(page) => {
                 let moved = page.next_offset > offset;
                 offset = page.next_offset;
@@ -314,13 +327,13 @@ async fn read_partition(
 async fn ephemeral(gw: &Gateway, args: &ConsumeArgs) -> Result<Exit, ClientError> {
     let plan = plan(gw, args).await?;
     let (tx, mut rx) = mpsc::channel(plan.len() + 1);
+    let slots = Arc::new(Semaphore::new(if args.follow { plan.len().max(1) } else { READS_IN_FLIGHT }));
+    let shared = Shared { gw: gw.clone(), topic: args.topic.clone(), per_read: args.fetch_records, slots, tx };
     let mut readers = JoinSet::new();
     for (partition, from, until) in plan {
-        let task =
-            read_partition(gw.clone(), args.topic.clone(), partition, from, until, args.fetch_records, tx.clone());
-        readers.spawn(task);
+        readers.spawn(read_partition(shared.clone(), partition, from, until));
     }
-    drop(tx);
+    drop(shared);
     let mut printer = Printer::new(&args.topic, args.with_meta, args.max);
     let interrupted = ctrl_c();
     tokio::pin!(interrupted);
