@@ -138,7 +138,7 @@ fn ndjson(events: &[Value]) -> Vec<u8> {
     events.iter().map(|e| format!("{e}\n")).collect::<String>().into_bytes()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topics_commands_create_list_describe_alter_and_delete() {
     let server = TestServer::with_defaults().await;
     let created =
@@ -179,7 +179,7 @@ async fn topics_commands_create_list_describe_alter_and_delete() {
     assert_eq!(server.get_json("/v1/topics").await["topics"].as_array().map(Vec::len), Some(1));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topics_errors_show_the_servers_problem_and_exit_1() {
     let server = TestServer::with_defaults().await;
     server.create_topic("t", 2).await;
@@ -208,7 +208,7 @@ async fn topics_errors_show_the_servers_problem_and_exit_1() {
     tg(&server, &["topics", "create", "x", "--partitions", "lots"]).await.expect(2);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_sends_lines_with_keys_partitions_and_key_fields() {
     let server = TestServer::with_defaults().await;
     server.create_topic("p", 4).await;
@@ -250,7 +250,7 @@ async fn produce_sends_lines_with_keys_partitions_and_key_fields() {
     assert_eq!(by_key.values().map(BTreeSet::len).max(), Some(1), "one partition per key");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_names_refused_lines_with_the_servers_detail() {
     let server = TestServer::with_defaults().await;
     server.create_topic("p", 1).await;
@@ -277,13 +277,16 @@ async fn produce_names_refused_lines_with_the_servers_detail() {
     shows_problem(&unknown, &server_problem(&server, "/v1/topics/nope").await);
     let not_json = tg_in(&server, &["produce", "p", "--key-field", "id"], b"{\"id\":1}\nnope\n").await.expect(1);
     assert!(not_json.stderr.contains("line 2: not JSON"), "{}", not_json.stderr);
+    let keyed = tg_in(&server, &["produce", "p", "--key", "k", "--json"], b"{\"id\":1}\n\n[1,\n").await.expect(1);
+    assert_eq!(keyed.error_json()["code"], "invalid_input", "{}", keyed.stderr);
+    assert!(keyed.error_json()["detail"].as_str().unwrap().starts_with("line 3: not JSON"), "{}", keyed.stderr);
     let bad_partition = tg_in(&server, &["produce", "p", "--partition", "7"], b"{}\n").await.expect(1);
     assert!(bad_partition.stderr.contains("partition 7 does not exist"), "{}", bad_partition.stderr);
     tg(&server, &["produce", "p", "--file", "/nonexistent/events.ndjson"]).await.expect(2);
     tg(&server, &["produce"]).await.expect(2);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consume_prints_values_or_records_and_stops_at_the_end() {
     let server = TestServer::with_defaults().await;
     server.create_topic("c", 3).await;
@@ -320,7 +323,7 @@ async fn consume_prints_values_or_records_and_stops_at_the_end() {
     tg(&server, &["consume", "c", "--group", "g", "--partition", "1"]).await.expect(2);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consume_follow_waits_for_new_records() {
     let server = TestServer::with_defaults().await;
     server.create_topic("f", 2).await;
@@ -335,7 +338,7 @@ async fn consume_follow_waits_for_new_records() {
     assert_eq!(run.lines(), events, "records written after the start arrive");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consume_group_commits_what_it_printed_and_groups_admin_works() {
     let server = TestServer::with_defaults().await;
     server.create_topic("g", 3).await;
@@ -389,7 +392,7 @@ async fn consume_group_commits_what_it_printed_and_groups_admin_works() {
     tg(&server, &["groups", "reset", "etl", "--topic", "g"]).await.expect(2);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_group_members_share_the_partitions_without_duplicates() {
     let server = TestServer::with_defaults().await;
     server.create_topic("s", 4).await;
@@ -419,7 +422,7 @@ async fn two_group_members_share_the_partitions_without_duplicates() {
     assert_eq!(lines.len(), expected, "every record of its partitions");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_stops_produce_with_a_summary_and_a_group_member_after_committing() {
     let server = TestServer::with_defaults().await;
     server.create_topic("i", 2).await;
@@ -466,7 +469,7 @@ async fn ctrl_c_stops_produce_with_a_summary_and_a_group_member_after_committing
     assert_eq!(d["members"], json!([]), "the member left with a normal close: {d}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_reports_readiness_and_counts() {
     let server = TestServer::with_defaults().await;
     server.create_topic("a", 2).await;
@@ -480,7 +483,7 @@ async fn status_reports_readiness_and_counts() {
     run_with(&["status"], b"", &[("TIDEGATE_URL", env_url.as_str())]).await.expect(0);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_command_exits_3_when_no_server_listens() {
     let port = {
         let probe = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
@@ -559,7 +562,7 @@ fn token_gate(head: &str) -> (u16, &'static str, String) {
     (200, "application/json", json!({"topics": []}).to_string())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_is_sent_and_refusals_and_server_faults_have_their_exit_codes() {
     // Authentication is not in this build: a scripted listener plays a gateway
     // that wants `Bearer good`.
@@ -588,7 +591,7 @@ async fn the_token_is_sent_and_refusals_and_server_faults_have_their_exit_codes(
     assert!(upgrade.to_ascii_lowercase().contains("authorization: bearer bad"), "{upgrade}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_then_consume_round_trips_100000_events_exactly_once() {
     const EVENTS: usize = 100_000;
     let server = TestServer::with_defaults().await;

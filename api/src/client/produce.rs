@@ -23,6 +23,7 @@ use reqwest::Method;
 use reqwest::header::CONTENT_TYPE;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -45,7 +46,8 @@ pub struct ProduceArgs {
     #[arg(long, short)]
     pub file: Option<PathBuf>,
     /// Key of every event (Kafka's partitioner maps a key to a partition); events
-    /// whose --key-field is present use that instead.
+    /// whose --key-field is present use that instead. Keyed events are sent in the
+    /// envelope form, so every line must be JSON (checked before sending).
     #[arg(long)]
     pub key: Option<String>,
     /// Take each event's key from this field: a JSON pointer (`/user/id`) or a
@@ -86,12 +88,21 @@ struct Batch {
 struct Cutter {
     max_events: usize,
     max_bytes: usize,
+    /// `--key`: the key of events without a `--key-field` value.
+    key: Option<String>,
+    /// `--key-field` as a JSON pointer.
     key_pointer: Option<String>,
 }
 
 impl Cutter {
+    /// Keys travel in the envelope form (`{"records":[{"key","value"}]}`), so they
+    /// do not depend on the name of the ingest query parameter.
+    fn envelope(&self) -> bool {
+        self.key.is_some() || self.key_pointer.is_some()
+    }
+
     fn new_batch(&self) -> Batch {
-        let envelope = self.key_pointer.is_some();
+        let envelope = self.envelope();
         let body = if envelope { b"{\"records\":[".to_vec() } else { Vec::new() };
         Batch { body, sent_bytes: 0, lines: Vec::new(), envelope }
     }
@@ -101,38 +112,43 @@ impl Cutter {
             && (batch.lines.len() >= self.max_events || batch.body.len() + next_len + 2 > self.max_bytes)
     }
 
-    /// Appends one event; in envelope mode the line must be JSON (to find its key).
+    /// The key of one event: its `--key-field` value (strings as is, other values as
+    /// JSON text), else `--key`.
+    fn key_of(&self, line: &[u8], number: u64) -> Result<Option<String>, ClientError> {
+        let not_json = |e: serde_json::Error| {
+            ClientError::Input(format!("line {number}: not JSON (with --key or --key-field every line must be): {e}"))
+        };
+        let Some(pointer) = &self.key_pointer else {
+            serde_json::from_slice::<&RawValue>(line).map_err(not_json)?;
+            return Ok(self.key.clone());
+        };
+        let value: Value = serde_json::from_slice(line).map_err(not_json)?;
+        Ok(match value.pointer(pointer) {
+            None | Some(Value::Null) => self.key.clone(),
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(other) => Some(other.to_string()),
+        })
+    }
+
+    /// Appends one event; in envelope mode the line must be JSON.
     fn push(&self, batch: &mut Batch, line: &[u8], number: u64) -> Result<(), ClientError> {
-        match &self.key_pointer {
-            None => {
-                batch.body.extend_from_slice(line);
-                batch.body.push(b'\n');
+        if !batch.envelope {
+            batch.body.extend_from_slice(line);
+            batch.body.push(b'\n');
+        } else {
+            let key = self.key_of(line, number)?;
+            if !batch.lines.is_empty() {
+                batch.body.push(b',');
             }
-            Some(pointer) => {
-                let value: Value = serde_json::from_slice(line).map_err(|e| {
-                    ClientError::Input(format!("line {number}: not JSON, so --key-field cannot read it: {e}"))
-                })?;
-                if !batch.lines.is_empty() {
-                    batch.body.push(b',');
-                }
-                batch.body.extend_from_slice(b"{");
-                match value.pointer(pointer) {
-                    None | Some(Value::Null) => {}
-                    Some(Value::String(s)) => {
-                        batch.body.extend_from_slice(b"\"key\":");
-                        batch.body.extend_from_slice(Value::from(s.as_str()).to_string().as_bytes());
-                        batch.body.push(b',');
-                    }
-                    Some(other) => {
-                        batch.body.extend_from_slice(b"\"key\":");
-                        batch.body.extend_from_slice(Value::from(other.to_string()).to_string().as_bytes());
-                        batch.body.push(b',');
-                    }
-                }
-                batch.body.extend_from_slice(b"\"value\":");
-                batch.body.extend_from_slice(line);
-                batch.body.push(b'}');
+            batch.body.push(b'{');
+            if let Some(key) = key {
+                batch.body.extend_from_slice(b"\"key\":");
+                batch.body.extend_from_slice(Value::from(key).to_string().as_bytes());
+                batch.body.push(b',');
             }
+            batch.body.extend_from_slice(b"\"value\":");
+            batch.body.extend_from_slice(line);
+            batch.body.push(b'}');
         }
         batch.lines.push(number);
         Ok(())
@@ -256,14 +272,11 @@ struct Summary {
 async fn post(
     gw: Gateway,
     topic: String,
-    query: (Option<String>, Option<u32>),
+    partition: Option<u32>,
     mut batch: Batch,
 ) -> (Batch, Result<Stored, ClientError>) {
     let mut rb = gw.request(Method::POST, &["v1", "topics", &topic, "events"]);
-    if let Some(key) = &query.0 {
-        rb = rb.query(&[("key", key)]);
-    }
-    if let Some(p) = query.1 {
+    if let Some(p) = partition {
         rb = rb.query(&[("partition", p)]);
     }
     let content_type = if batch.envelope { "application/json" } else { "application/x-ndjson" };
@@ -307,6 +320,7 @@ pub async fn run(args: ProduceArgs) -> Result<Exit, ClientError> {
     let cutter = Cutter {
         max_events: usize::try_from(args.batch).unwrap_or(usize::MAX),
         max_bytes: usize::try_from(args.batch_bytes).unwrap_or(usize::MAX),
+        key: args.key.clone(),
         key_pointer: args.key_field.as_deref().map(key_pointer),
     };
     let in_flight = usize::try_from(args.in_flight).unwrap_or(1);
@@ -329,7 +343,6 @@ pub async fn run(args: ProduceArgs) -> Result<Exit, ClientError> {
     let mut tasks = JoinSet::new();
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
-    let query = (args.key.clone(), args.partition);
     loop {
         tokio::select! {
             biased;
@@ -346,7 +359,7 @@ pub async fn run(args: ProduceArgs) -> Result<Exit, ClientError> {
             item = rx.recv(), if tasks.len() < in_flight => match item {
                 None => break,
                 Some(Ok(batch)) => {
-                    tasks.spawn(post(gw.clone(), args.topic.clone(), query.clone(), batch));
+                    tasks.spawn(post(gw.clone(), args.topic.clone(), args.partition, batch));
                 }
                 Some(Err(e)) => {
                     local = Some(e);
@@ -483,20 +496,25 @@ mod tests {
 
     #[test]
     fn lines_are_cut_into_batches_keeping_line_numbers() {
-        let cutter = Cutter { max_events: 2, max_bytes: 1 << 20, key_pointer: None };
+        let cutter = Cutter { max_events: 2, max_bytes: 1 << 20, key: None, key_pointer: None };
         let batches = cut("{\"a\":1}\n\n  \n{\"a\":2}\r\n{\"a\":3}", &cutter);
         let batches: Vec<Batch> = batches.into_iter().map(Result::unwrap).collect();
         assert_eq!(batches.len(), 2);
         assert_eq!(batches[0].body, b"{\"a\":1}\n{\"a\":2}\n");
         assert_eq!(batches[0].lines, [1, 4]);
         assert_eq!(batches[1].lines, [5]);
-        let by_bytes = Cutter { max_events: 100, max_bytes: 10, key_pointer: None };
+        let by_bytes = Cutter { max_events: 100, max_bytes: 10, key: None, key_pointer: None };
         assert_eq!(cut("{\"a\":1}\n{\"a\":2}\n", &by_bytes).len(), 2, "a batch never passes the byte limit");
     }
 
     #[test]
     fn key_fields_build_envelopes() {
-        let cutter = Cutter { max_events: 10, max_bytes: 1 << 20, key_pointer: Some(key_pointer("user")) };
+        let cutter = Cutter {
+            max_events: 10,
+            max_bytes: 1 << 20,
+            key: Some("k".into()),
+            key_pointer: Some(key_pointer("user")),
+        };
         let batches = cut("{\"user\":\"u1\",\"n\":1}\n{\"n\":2}\n{\"user\":7}\n", &cutter);
         let batch = batches.into_iter().next().unwrap().unwrap();
         let body: Value = serde_json::from_slice(&batch.body).unwrap();
@@ -504,12 +522,16 @@ mod tests {
             body,
             serde_json::json!({"records":[
                 {"key":"u1","value":{"user":"u1","n":1}},
-                {"value":{"n":2}},
+                {"key":"k","value":{"n":2}},
                 {"key":"7","value":{"user":7}},
             ]})
         );
         let bad = cut("{\"user\":1}\nnot json\n", &cutter);
         assert!(matches!(&bad[0], Err(ClientError::Input(m)) if m.starts_with("line 2:")), "refused with its line");
+        let plain = Cutter { max_events: 10, max_bytes: 1 << 20, key: Some("k".into()), key_pointer: None };
+        let batch = cut("[1]\n\"s\"\n", &plain).into_iter().next().unwrap().unwrap();
+        assert_eq!(batch.body, br#"{"records":[{"key":"k","value":[1]},{"key":"k","value":"s"}]}"#);
+        assert!(matches!(&cut("{\n", &plain)[0], Err(ClientError::Input(m)) if m.starts_with("line 1:")));
         assert_eq!(key_pointer("/a/b"), "/a/b");
         assert_eq!(key_pointer("a/b"), "/a~1b");
     }
