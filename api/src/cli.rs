@@ -1,6 +1,4 @@
-//! The `tidegate` command line: `serve`, `bench`, `openapi`, `config`, and the
-//! client commands (`topics`, `produce`, `consume`, `groups`, `status`, in
-//! [`crate::client`]).
+//! The `tidegate` command line: `serve`, `bench`, `openapi`, `config`.
 
 use std::path::PathBuf;
 
@@ -45,7 +43,8 @@ pub enum Command {
         #[arg(long)]
         toml: bool,
     },
-    /// Client commands against a running gateway.
+    /// Client commands against a running gateway (`topics`, `produce`, `consume`,
+    /// `groups`, `status`; see [`crate::client`]).
     #[command(flatten)]
     Client(crate::client::ClientCommand),
 }
