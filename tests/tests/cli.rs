@@ -470,6 +470,29 @@ async fn ctrl_c_stops_produce_with_a_summary_and_a_group_member_after_committing
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_topic_under_a_following_consumer_ends_it_with_exit_1() {
+    let server = TestServer::with_defaults().await;
+    server.create_topic("gone", 2).await;
+    let url = format!("http://{}", server.addr);
+    let member_args = ["consume", "gone", "--group", "watchers", "--follow", "--url", &url];
+    let member = spawn(&member_args, &[]);
+    let reader_args = ["consume", "gone", "--follow", "--url", &url];
+    let reader = spawn(&reader_args, &[]);
+    eventually("the member to join", Duration::from_secs(30), || async {
+        let d: Value = server.get("/v1/groups/watchers").send().await.ok()?.json().await.ok()?;
+        (d["members"].as_array()?.len() == 1).then_some(())
+    })
+    .await;
+    server.produce("gone", &json!([{"n": 1}])).await;
+    let resp = server.http.delete(server.url("/v1/topics/gone")).send().await.unwrap();
+    assert_eq!(resp.status(), 204);
+    let run = finish(member, &member_args).await.expect(1);
+    assert!(run.stderr.contains("topic_deleted"), "{}", run.stderr);
+    let run = finish(reader, &reader_args).await.expect(1);
+    assert!(run.stderr.contains("404"), "{}", run.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_reports_readiness_and_counts() {
     let server = TestServer::with_defaults().await;
     server.create_topic("a", 2).await;

@@ -160,6 +160,11 @@ fn closed_error(frame: Option<CloseFrame>) -> ClientError {
             status: 409,
             problem: json!({"status": 409, "code": "member_in_use", "detail": reason}),
         },
+        // Gateways with authentication close a subscription whose token expired.
+        4003 => ClientError::Problem {
+            status: 401,
+            problem: json!({"status": 401, "code": "token_expired", "detail": reason}),
+        },
         _ => ClientError::Protocol(format!("the gateway closed the subscription ({code}): {reason}")),
     }
 }
@@ -305,4 +310,39 @@ async fn finish(ws: &mut WsStream, me: &mut Member<'_>) {
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::Exit;
+
+    fn close(code: u16, reason: &str) -> Option<CloseFrame> {
+        Some(CloseFrame { code: CloseCode::from(code), reason: reason.to_string().into() })
+    }
+
+    #[test]
+    fn server_closes_map_to_exit_codes() {
+        assert_eq!(closed_error(close(4001, "topic t was deleted")).exit(), Exit::Refused);
+        assert_eq!(closed_error(close(4002, "in use")).code(), Some("member_in_use"));
+        assert_eq!(closed_error(close(4003, "the access token has expired")).exit(), Exit::Unauthorized);
+        assert_eq!(closed_error(close(1001, "server shutting down")).exit(), Exit::ServerError);
+        assert!(closed_error(None).to_string().contains("without a close frame"));
+    }
+
+    #[test]
+    fn frames_parse_and_unknown_types_are_ignored() {
+        let f: Frame = serde_json::from_str(
+            r#"{"type":"assignment","generation":2,"member":"m-1","partitions":[{"topic":"t","partition":1,"offset":5}]}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(f, Frame::Assignment { generation: 2, member: Some(ref m), ref partitions } if m == "m-1" && partitions[0].offset == Some(5))
+        );
+        assert!(matches!(
+            serde_json::from_str::<Frame>(r#"{"type":"committed","offsets":[]}"#).unwrap(),
+            Frame::Committed {}
+        ));
+        assert!(matches!(serde_json::from_str::<Frame>(r#"{"type":"novel","x":1}"#).unwrap(), Frame::Other));
+    }
 }
