@@ -46,6 +46,10 @@ pub enum Command {
         #[arg(long)]
         toml: bool,
     },
+    /// Client commands against a running gateway (`topics`, `produce`, `consume`,
+    /// `groups`, `status`; see [`crate::client`]).
+    #[command(flatten)]
+    Client(crate::client::ClientCommand),
 }
 
 /// Parses the command line, giving every `serve` setting its `TIDEGATE_*` variable.

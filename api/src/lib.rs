@@ -11,11 +11,13 @@
 //! - [`error`]: the API error type and its problem+json mapping.
 //! - [`config`]: settings from TOML, `TIDEGATE_*` variables and flags.
 //! - [`metrics`]: Prometheus recorder and HTTP middleware.
-//! - [`cli`]: the `tidegate` command line; [`bench`]: the load tool.
+//! - [`cli`]: the `tidegate` command line; [`client`]: its client commands
+//!   (`topics`, `produce`, `consume`, `groups`, `status`); [`bench`]: the load tool.
 
 pub mod auth;
 pub mod bench;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod consume;
 pub mod docs;

@@ -93,6 +93,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Client(cmd) => runtime.block_on(tidegate::client::run(cmd)),
         Command::Config { toml } => {
             if toml {
                 print!("{}", cli::config_reference_toml());

@@ -85,11 +85,17 @@ pub enum ClientFrame {
     Resume { partitions: Option<Vec<PartitionRef>> },
 }
 
-/// `{"type":"assignment"}`: the partitions this session now reads and from where.
-pub fn assignment(generation: u64, parts: &[(TopicPartition, u64)]) -> String {
+/// `{"type":"assignment"}`: the partitions this session now reads and from where;
+/// group sessions also name their `member` id (as the group description shows it).
+pub fn assignment(generation: u64, member: Option<&str>, parts: &[(TopicPartition, u64)]) -> String {
     let partitions: Vec<Value> =
         parts.iter().map(|((t, p), o)| json!({"topic": t, "partition": p, "offset": o})).collect();
-    json!({"type": "assignment", "generation": generation, "partitions": partitions}).to_string()
+    let mut frame = json!({"type": "assignment", "generation": generation});
+    if let Some(member) = member {
+        frame["member"] = json!(member);
+    }
+    frame["partitions"] = json!(partitions);
+    frame.to_string()
 }
 
 /// `{"type":"revoked"}`.
@@ -141,6 +147,17 @@ mod tests {
         assert_eq!(StartFrom::parse("offset:3"), Ok(StartFrom::Offset(3)));
         assert_eq!(StartFrom::parse("timestamp:99"), Ok(StartFrom::Timestamp(99)));
         assert!(StartFrom::parse("soon").is_err());
+    }
+
+    #[test]
+    fn group_assignments_name_the_member() {
+        let parts = [(("t".to_string(), 1), 5)];
+        let group: Value = serde_json::from_str(&assignment(3, Some("m-1"), &parts)).unwrap();
+        assert_eq!(
+            group,
+            json!({"type":"assignment","generation":3,"member":"m-1","partitions":[{"topic":"t","partition":1,"offset":5}]})
+        );
+        assert!(assignment(0, None, &parts).starts_with(r#"{"type":"assignment","generation":0,"partitions""#));
     }
 
     #[test]

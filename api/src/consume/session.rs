@@ -226,6 +226,11 @@ impl Session {
         &self.state.config
     }
 
+    /// The member id, for group sessions.
+    fn group_member(&self) -> Option<&str> {
+        self.params.group.as_ref().map(|_| self.member.as_str())
+    }
+
     async fn send(&mut self, kind: &'static str, text: String) -> Result<(), End> {
         let stall = self.stall();
         self.tx.send(kind, text, None, stall).await
@@ -282,7 +287,7 @@ impl Session {
             self.positions.insert(tp, Position { log, next, paused: false, hw });
         }
         let list: Vec<(TopicPartition, u64)> = self.positions.iter().map(|(tp, p)| (tp.clone(), p.next)).collect();
-        self.send("assignment", protocol::assignment(self.generation, &list)).await
+        self.send("assignment", protocol::assignment(self.generation, self.group_member(), &list)).await
     }
 
     async fn start_offset(&self, log: &Arc<PartitionLog>, from: StartFrom) -> u64 {
@@ -498,7 +503,7 @@ impl Session {
                 self.send("revoked", protocol::revoked(generation, &partitions)).await?;
                 let list: Vec<(TopicPartition, u64)> =
                     self.positions.iter().map(|(tp, p)| (tp.clone(), p.next)).collect();
-                self.send("assignment", protocol::assignment(self.generation, &list)).await
+                self.send("assignment", protocol::assignment(self.generation, self.group_member(), &list)).await
             }
         }
     }
@@ -567,7 +572,7 @@ impl Session {
                 }
                 let list: Vec<(TopicPartition, u64)> =
                     self.positions.iter().map(|(tp, p)| (tp.clone(), p.next)).collect();
-                self.send("assignment", protocol::assignment(self.generation, &list)).await
+                self.send("assignment", protocol::assignment(self.generation, self.group_member(), &list)).await
             }
             ClientFrame::Pause { partitions } => {
                 self.set_paused(partitions, true, &default_topic);

@@ -1,0 +1,73 @@
+//! `tidegate status`: is the gateway up and ready, and what does it hold.
+
+use reqwest::Method;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::Connection;
+use super::error::{ClientError, Exit};
+use super::output::{bytes, count, fields, print_json};
+
+/// What `status` reports (`--json` prints it as is).
+#[derive(Debug, Serialize)]
+struct Status {
+    url: String,
+    healthy: bool,
+    ready: bool,
+    topics: Option<u64>,
+    partitions: Option<u64>,
+    records: Option<u64>,
+    bytes: Option<u64>,
+    groups: Option<u64>,
+}
+
+/// Runs `status`: exit 0 when the gateway is ready, 4 when it answers but is not
+/// ready (starting or shutting down), 3 when it cannot be reached.
+pub async fn run(conn: &Connection) -> Result<Exit, ClientError> {
+    let gw = conn.gateway()?;
+    let _: Value = gw.get(&["healthz"]).await?;
+    let ready = match gw.send(gw.request(Method::GET, &["readyz"])).await {
+        Ok(_) => true,
+        Err(ClientError::Problem { status: 503, .. }) => false,
+        Err(e) => return Err(e),
+    };
+    let (topics, groups) = match (gw.get::<Value>(&["v1", "topics"]).await, gw.get::<Value>(&["v1", "groups"]).await) {
+        (Ok(t), Ok(g)) => (Some(t), Some(g)),
+        // A node that is not ready may not answer; the readiness is the news then.
+        (Err(_), _) | (_, Err(_)) if !ready => (None, None),
+        (Err(e), _) | (_, Err(e)) => return Err(e),
+    };
+    let list = |v: &Option<Value>, key: &str| v.as_ref().and_then(|v| v[key].as_array().cloned());
+    let topic_list = list(&topics, "topics");
+    let sum =
+        |field: &str| topic_list.as_ref().map(|ts| ts.iter().map(|t| t[field].as_u64().unwrap_or(0)).sum::<u64>());
+    let status = Status {
+        url: gw.base().to_string(),
+        healthy: true,
+        ready,
+        topics: topic_list.as_ref().map(|t| t.len() as u64),
+        partitions: sum("partition_count"),
+        records: sum("records"),
+        bytes: sum("bytes"),
+        groups: list(&groups, "groups").map(|g| g.len() as u64),
+    };
+    if conn.json {
+        print_json(&status);
+    } else {
+        let show = |v: Option<u64>, f: fn(u64) -> String| v.map_or_else(|| "-".to_string(), f);
+        print!(
+            "{}",
+            fields(&[
+                ("url", status.url.clone()),
+                ("health", "ok".into()),
+                ("ready", if ready { "yes" } else { "no (starting or shutting down)" }.into()),
+                ("topics", show(status.topics, count)),
+                ("partitions", show(status.partitions, count)),
+                ("records", show(status.records, count)),
+                ("size", show(status.bytes, bytes)),
+                ("groups", show(status.groups, count)),
+            ])
+        );
+    }
+    Ok(if ready { Exit::Ok } else { Exit::ServerError })
+}
