@@ -5,9 +5,11 @@ pub mod events;
 pub mod groups;
 pub mod ops;
 pub mod records;
+pub mod segment;
 pub mod stream;
 pub mod subscribe;
 pub mod topics;
+pub mod tracker;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -37,6 +39,8 @@ use crate::state::SharedState;
         (name = "topics", description = "Topic admin"),
         (name = "consume", description = "WebSocket subscriptions (protocol: docs/websocket.md)"),
         (name = "groups", description = "Consumer-group admin"),
+        (name = "segment", description = "Segment-compatible tracking API (analytics.js, Segment's server libraries)"),
+        (name = "tracker", description = "The first-party browser tracker"),
         (name = "ops", description = "Health, readiness, metrics"),
     )
 )]
@@ -58,6 +62,9 @@ fn api_router() -> OpenApiRouter<SharedState> {
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
+        .routes(routes!(segment::segment_call))
+        .routes(routes!(segment::segment_settings))
+        .routes(routes!(tracker::tracker_js))
 }
 
 /// The OpenAPI document, as served at `/openapi.json` and checked in at

@@ -1,4 +1,5 @@
-//! Topic admin: create, list, describe, alter retention, add partitions, delete.
+//! Topic admin: create, list, describe, alter settings (retention, event-id pointer,
+//! JSON Schema, dead-letter topic), add partitions, delete.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -29,6 +30,14 @@ pub struct CreateTopic {
     pub retention_bytes: Option<Option<u64>>,
     /// Copies of each partition. A single node holds one.
     pub replication_factor: Option<u16>,
+    /// JSON pointer (RFC 6901) to each event's id, for deduplication (`/messageId`, `/eid`).
+    pub event_id: Option<String>,
+    /// JSON Schema every event must match (compiled when set; remote `$ref`s are not fetched).
+    #[schema(value_type = Option<Object>)]
+    pub schema: Option<serde_json::Value>,
+    /// Topic receiving the events that fail `schema` (created if missing); without it
+    /// such events fail their request with 400.
+    pub dead_letter_topic: Option<String>,
 }
 
 /// Body of `PATCH /v1/topics/{topic}`: fields left out are unchanged, `null` removes a limit.
@@ -43,6 +52,18 @@ pub struct AlterTopic {
     #[serde(default, deserialize_with = "some")]
     #[schema(value_type = Option<u64>, nullable)]
     pub retention_bytes: Option<Option<u64>>,
+    /// New event-id pointer, or `null` for none.
+    #[serde(default, deserialize_with = "some")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub event_id: Option<Option<String>>,
+    /// New JSON Schema, or `null` for none.
+    #[serde(default, deserialize_with = "some")]
+    #[schema(value_type = Option<Object>, nullable)]
+    pub schema: Option<Option<serde_json::Value>>,
+    /// New dead-letter topic (created if missing), or `null` for none.
+    #[serde(default, deserialize_with = "some")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub dead_letter_topic: Option<Option<String>>,
 }
 
 /// Body of `POST /v1/topics/{topic}/partitions`.
@@ -90,6 +111,16 @@ pub struct TopicDescription {
     pub retention_ms: Option<u64>,
     /// Size retention per partition (`null`: none).
     pub retention_bytes: Option<u64>,
+    /// JSON pointer to each event's id (deduplication), if set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    /// The JSON Schema events must match, if set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub schema: Option<serde_json::Value>,
+    /// Where events failing the schema go, if set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_letter_topic: Option<String>,
     /// Creation time, ms since the epoch.
     pub created_ms: i64,
     /// Records currently stored, over all partitions.
@@ -131,6 +162,9 @@ fn describe_blocking(state: &SharedState, info: TopicInfo) -> TopicDescription {
         replication_factor: 1,
         retention_ms: info.config.retention_ms,
         retention_bytes: info.config.retention_bytes,
+        event_id: info.config.event_id.clone(),
+        schema: info.config.schema.clone(),
+        dead_letter_topic: info.config.dead_letter_topic.clone(),
         created_ms: info.created_ms,
         records: partitions.iter().map(|p| p.end_offset - p.start_offset).sum(),
         bytes: partitions.iter().map(|p| p.bytes).sum(),
@@ -152,11 +186,27 @@ async fn describe_one(state: &SharedState, info: TopicInfo) -> Result<TopicDescr
     all.pop().ok_or_else(|| ApiError::Storage(tidegate_storage::StorageError::Internal("no description".into())))
 }
 
+/// Checks the ingest rules of new settings (the schema compiles, the dead-letter topic
+/// is another topic) and creates a missing dead-letter topic with the defaults.
+async fn check_rules(state: &SharedState, topic: &str, config: &TopicConfig) -> Result<(), ApiError> {
+    config.validate()?;
+    if let Some(schema) = &config.schema {
+        crate::ingest::rules::compile_schema(schema).map_err(|e| ApiError::invalid("invalid_schema", e))?;
+    }
+    if let Some(dlq) = &config.dead_letter_topic {
+        if dlq == topic {
+            return Err(ApiError::invalid("invalid_topic_config", "dead_letter_topic must be another topic"));
+        }
+        state.topic_for_ingest(dlq, true).await?;
+    }
+    Ok(())
+}
+
 /// Create a topic.
 #[utoipa::path(post, path = "/v1/topics", tag = "topics", request_body = CreateTopic,
     responses(
         (status = 201, description = "Created", body = TopicDescription),
-        (status = 400, description = "Invalid name or settings", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid name or settings (`invalid_schema`: the JSON Schema does not compile)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A topic by that name exists", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Body has unknown or mistyped fields", body = Problem, content_type = "application/problem+json"),
@@ -176,7 +226,11 @@ pub async fn create_topic(
         partitions: body.partitions.unwrap_or(state.config.default_partitions),
         retention_ms: body.retention_ms.unwrap_or(default_ms),
         retention_bytes: body.retention_bytes.unwrap_or(default_bytes),
+        event_id: body.event_id,
+        schema: body.schema,
+        dead_letter_topic: body.dead_letter_topic,
     };
+    check_rules(&state, &body.name, &config).await?;
     let info = state.store.create_topic(&body.name, config).await?;
     let mut headers = HeaderMap::new();
     if let Ok(v) = HeaderValue::from_str(&format!("/v1/topics/{}", info.name)) {
@@ -208,12 +262,12 @@ pub async fn describe_topic(
     Ok(Json(describe_one(&state, info).await?))
 }
 
-/// Change a topic's retention.
+/// Change a topic's settings: retention, event-id pointer, JSON Schema, dead-letter topic.
 #[utoipa::path(patch, path = "/v1/topics/{topic}", tag = "topics", request_body = AlterTopic,
     params(("topic" = String, Path, description = "Topic name")),
     responses(
         (status = 200, description = "The updated topic", body = TopicDescription),
-        (status = 400, description = "Invalid settings", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid settings (`invalid_topic_config`, `invalid_schema`)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such topic", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Body has unknown or mistyped fields", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -222,7 +276,15 @@ pub async fn alter_topic(
     Path(topic): Path<String>,
     Json(body): Json<AlterTopic>,
 ) -> Result<Json<TopicDescription>, ApiError> {
-    let patch = TopicConfigPatch { retention_ms: body.retention_ms, retention_bytes: body.retention_bytes };
+    let patch = TopicConfigPatch {
+        retention_ms: body.retention_ms,
+        retention_bytes: body.retention_bytes,
+        event_id: body.event_id,
+        schema: body.schema,
+        dead_letter_topic: body.dead_letter_topic,
+    };
+    let next = state.store.topic(&topic)?.config().patched(&patch);
+    check_rules(&state, &topic, &next).await?;
     let info = state.store.alter_topic(&topic, patch).await?;
     Ok(Json(describe_one(&state, info).await?))
 }
@@ -253,5 +315,6 @@ pub async fn add_partitions(
     ))]
 pub async fn delete_topic(State(state): State<SharedState>, Path(topic): Path<String>) -> Result<StatusCode, ApiError> {
     state.store.delete_topic(&topic).await?;
+    state.rules.forget(&topic);
     Ok(StatusCode::NO_CONTENT)
 }
