@@ -129,7 +129,7 @@ settings! {
     segment_topics: SegmentTopics = SegmentTopics::default();
     /// Largest Segment event, and body of a single-event Segment call (Segment's 32 KB).
     segment_max_event_bytes: u64 = 32 * KIB;
-    /// Largest body of a Segment `batch` call (Segment's 500 KB).
+    /// Largest body of a Segment `batch` call (Segment's 500 KB; `max_body_bytes` applies first).
     segment_max_batch_bytes: u64 = 500 * KIB;
     /// Largest `max_records` a read may ask for.
     max_fetch_records: u64 = 10_000;
@@ -229,12 +229,6 @@ impl Config {
             return Err(ConfigError::Invalid {
                 name: "heartbeat_interval_ms",
                 reason: "must be shorter than session_timeout_ms".into(),
-            });
-        }
-        if self.segment_max_batch_bytes > self.max_body_bytes {
-            return Err(ConfigError::Invalid {
-                name: "segment_max_batch_bytes",
-                reason: format!("is larger than max_body_bytes ({})", self.max_body_bytes),
             });
         }
         if let Err(reason) = self.segment_topics.validate() {

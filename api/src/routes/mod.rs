@@ -42,12 +42,18 @@ use crate::state::SharedState;
         (name = "segment", description = "Segment-compatible tracking API (analytics.js, Segment's server libraries)"),
         (name = "tracker", description = "The first-party browser tracker"),
         (name = "ops", description = "Health, readiness, metrics"),
-    )
+    ),
+    // The Segment calls are routed one path each (see `api_router`), documented once.
+    paths(segment::segment_call)
 )]
 struct ApiDoc;
 
 fn api_router() -> OpenApiRouter<SharedState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let mut router = OpenApiRouter::with_openapi(ApiDoc::openapi());
+    for path in segment::CALL_PATHS {
+        router = router.route(path, axum::routing::post(segment::segment_call));
+    }
+    router
         .routes(routes!(topics::create_topic, topics::list_topics))
         .routes(routes!(topics::describe_topic, topics::alter_topic, topics::delete_topic))
         .routes(routes!(topics::add_partitions))
@@ -62,7 +68,6 @@ fn api_router() -> OpenApiRouter<SharedState> {
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
-        .routes(routes!(segment::segment_call))
         .routes(routes!(segment::segment_settings))
         .routes(routes!(tracker::tracker_js))
 }

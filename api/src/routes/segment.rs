@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use base64::Engine;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -33,6 +33,24 @@ use crate::ingest::privacy::gateway_headers;
 use crate::ingest::segment::{Call, SegmentLimits, normalize};
 use crate::routes::events::now_ms;
 use crate::state::{AppState, SharedState};
+
+/// The paths of the Segment calls (each routed to [`segment_call`]).
+pub const CALL_PATHS: [&str; 14] = [
+    "/v1/track",
+    "/v1/page",
+    "/v1/screen",
+    "/v1/identify",
+    "/v1/group",
+    "/v1/alias",
+    "/v1/batch",
+    "/v1/t",
+    "/v1/p",
+    "/v1/s",
+    "/v1/i",
+    "/v1/g",
+    "/v1/a",
+    "/v1/b",
+];
 
 /// Segment's answer to an accepted call.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -93,13 +111,15 @@ pub fn basic_auth_write_key(headers: &HeaderMap) -> Result<Option<String>, ApiEr
     ))]
 pub async fn segment_call(
     State(state): State<SharedState>,
-    Path(call): Path<String>,
+    uri: Uri,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request_headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<SegmentAccepted>, ApiError> {
-    let Some(call) = Call::from_path(&call) else {
-        return Err(ApiError::NotFound { detail: format!("no Segment call {call:?} (and no such route)") });
+    // Routed only for the call paths (see [`CALL_PATHS`]), so the last segment names one.
+    let name = uri.path().rsplit('/').next().unwrap_or_default();
+    let Some(call) = Call::from_path(name) else {
+        return Err(ApiError::NotFound { detail: format!("no Segment call {name:?}") });
     };
     let body = body.map_err(|rejection| ApiError::invalid("invalid_body", rejection.body_text()))?;
     let basic_key = basic_auth_write_key(&request_headers)?;
