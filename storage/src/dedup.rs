@@ -451,7 +451,7 @@ mod tests {
     use super::*;
 
     fn place(offset: u64, at: i64) -> Remembered {
-        Remembered { partition: 1, offset, dead_lettered: offset % 2 == 0, remembered_ms: at }
+        Remembered { partition: 1, offset, dead_lettered: offset.is_multiple_of(2), remembered_ms: at }
     }
 
     #[test]

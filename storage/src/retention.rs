@@ -22,8 +22,7 @@ use crate::store::{Inner, Store, now_ms};
 /// Starts the upkeep thread. It holds only a weak reference to the store and stops
 /// when `stop` is dropped or the store is gone.
 pub(crate) fn spawn(store: Weak<Inner>, stop: Receiver<()>, config: &StoreConfig) -> Result<JoinHandle<()>> {
-    let (retention_every, fsync, fsync_every) =
-        (config.retention_check_interval, config.fsync, config.fsync_interval);
+    let (retention_every, fsync, fsync_every) = (config.retention_check_interval, config.fsync, config.fsync_interval);
     let dedup_every = config.dedup_expiry_interval;
     let mut tick = retention_every.min(dedup_every);
     if fsync == FsyncPolicy::Interval {

@@ -111,8 +111,7 @@ impl TopicConfig {
             )));
         }
         if let Some(dlq) = &self.dead_letter_topic {
-            validate_topic_name(dlq)
-                .map_err(|e| StorageError::InvalidConfig(format!("dead_letter_topic: {e}")))?;
+            validate_topic_name(dlq).map_err(|e| StorageError::InvalidConfig(format!("dead_letter_topic: {e}")))?;
             if self.schema.is_none() {
                 return Err(StorageError::InvalidConfig(
                     "dead_letter_topic needs a schema: only events failing the schema are dead-lettered".into(),
@@ -185,6 +184,9 @@ mod tests {
         let c: TopicConfig = serde_json::from_slice(old).unwrap();
         assert_eq!(c, TopicConfig { retention_ms: Some(1000), ..TopicConfig::with_partitions(2) });
         // Unset optional settings are not written, so older readers see the old shape.
-        assert_eq!(serde_json::to_string(&c).unwrap(), r#"{"partitions":2,"retention_ms":1000,"retention_bytes":null}"#);
+        assert_eq!(
+            serde_json::to_string(&c).unwrap(),
+            r#"{"partitions":2,"retention_ms":1000,"retention_bytes":null}"#
+        );
     }
 }

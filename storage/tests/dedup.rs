@@ -189,7 +189,14 @@ fn memory_and_disk_per_remembered_id() {
         let ids: Vec<String> = (0..n as u64)
             .map(|i| {
                 let (a, b) = (mix(2 * i), mix(2 * i + 1));
-                format!("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", a >> 32, a & 0xffff, b >> 52, (b >> 40) & 0xfff, b & 0xffff_ffff_ffff)
+                format!(
+                    "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+                    a >> 32,
+                    a & 0xffff,
+                    b >> 52,
+                    (b >> 40) & 0xfff,
+                    b & 0xffff_ffff_ffff
+                )
             })
             .collect();
         for chunk in ids.chunks(500) {

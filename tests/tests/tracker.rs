@@ -155,7 +155,9 @@ async fn malformed_segment_calls_are_400_and_nothing_is_stored() {
     }
     let big = json!({"userId": "u", "event": "Big", "properties": {"blob": "x".repeat(33 * 1024)}});
     assert_problem(post_segment(&server, "/v1/track", "application/json", &big).await, 400, "payload_too_large").await;
-    let events: Vec<Value> = (0..60).map(|i| json!({"type": "track", "userId": "u", "event": "E", "properties": {"p": "y".repeat(9000), "i": i}})).collect();
+    let events: Vec<Value> = (0..60)
+        .map(|i| json!({"type": "track", "userId": "u", "event": "E", "properties": {"p": "y".repeat(9000), "i": i}}))
+        .collect();
     let resp = post_segment(&server, "/v1/batch", "application/json", &json!({"batch": events})).await;
     assert_problem(resp, 400, "payload_too_large").await;
     let resp = server.post("/v1/nope").body("{}").send().await.unwrap();
@@ -220,7 +222,10 @@ async fn event_id_pointer_and_idempotency_key_deduplicate_with_original_offsets(
     // A retry mixing seen and new ids: seen ones answer their first offsets.
     let retry = json!([{"eid": "e2", "n": 2}, {"eid": "e4", "n": 4}, {"eid": "e1", "n": 1}]);
     let b: Value = server.post_events("snow", "", "text/plain", retry.to_string()).await.json().await.unwrap();
-    assert_eq!(b["offsets"][0], json!({"partition": a["offsets"][1]["partition"], "offset": a["offsets"][1]["offset"], "duplicate": true}));
+    assert_eq!(
+        b["offsets"][0],
+        json!({"partition": a["offsets"][1]["partition"], "offset": a["offsets"][1]["offset"], "duplicate": true})
+    );
     assert_eq!(b["offsets"][2]["offset"], a["offsets"][0]["offset"]);
     assert_eq!(b["offsets"][2]["duplicate"], true);
     assert!(b["offsets"][1].get("duplicate").is_none());
@@ -243,7 +248,14 @@ async fn event_id_pointer_and_idempotency_key_deduplicate_with_original_offsets(
     let mut answers = Vec::new();
     for r in racers {
         let v = r.await.unwrap();
-        answers.push(v["offsets"].as_array().unwrap().iter().map(|o| (o["partition"].clone(), o["offset"].clone())).collect::<Vec<_>>());
+        answers.push(
+            v["offsets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| (o["partition"].clone(), o["offset"].clone()))
+                .collect::<Vec<_>>(),
+        );
     }
     assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
     assert_eq!(total(server.end_offsets("plain").await), 4);
@@ -256,20 +268,33 @@ async fn schema_rejects_with_the_path_or_dead_letters_with_the_reason() {
         "properties": {"event": {"type": "string"}, "properties": {"type": "object", "properties": {"revenue": {"type": "number"}}}}});
     server.create_topic_with(json!({"name": "strict", "partitions": 1, "schema": schema})).await;
     let resp = server
-        .post_events("strict", "", "application/json", json!([{"event": "ok"}, {"event": "x", "properties": {"revenue": "14.99"}}]).to_string())
+        .post_events(
+            "strict",
+            "",
+            "application/json",
+            json!([{"event": "ok"}, {"event": "x", "properties": {"revenue": "14.99"}}]).to_string(),
+        )
         .await;
     let problem = assert_problem(resp, 400, "invalid_events").await;
     assert_eq!(problem["errors"][0]["index"], 1);
     assert_eq!(problem["errors"][0]["path"], "/properties/revenue");
     assert_eq!(server.end_offsets("strict").await, vec![0], "the request is atomic");
 
-    let bad_schema = server.http.patch(server.url("/v1/topics/strict")).json(&json!({"schema": {"type": 12}})).send().await.unwrap();
+    let bad_schema =
+        server.http.patch(server.url("/v1/topics/strict")).json(&json!({"schema": {"type": 12}})).send().await.unwrap();
     assert_problem(bad_schema, 400, "invalid_schema").await;
-    let resp = server.http.patch(server.url("/v1/topics/strict")).json(&json!({"dead_letter_topic": "strict.dlq"})).send().await.unwrap();
+    let resp = server
+        .http
+        .patch(server.url("/v1/topics/strict"))
+        .json(&json!({"dead_letter_topic": "strict.dlq"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(server.describe("strict.dlq").await["name"], "strict.dlq", "the dead-letter topic is created");
     let body = json!([{"event": "ok"}, {"properties": {}}, {"event": "also ok"}]);
-    let answer: Value = server.post_events("strict", "", "application/json", body.to_string()).await.json().await.unwrap();
+    let answer: Value =
+        server.post_events("strict", "", "application/json", body.to_string()).await.json().await.unwrap();
     let offsets = answer["offsets"].as_array().unwrap();
     assert!(offsets[0].get("dead_letter").is_none());
     assert_eq!(offsets[1]["dead_letter"]["topic"], "strict.dlq");
@@ -290,7 +315,9 @@ async fn schema_rejects_with_the_path_or_dead_letters_with_the_reason() {
     let answer: Value = resp.json().await.unwrap();
     assert_eq!(answer["offsets"][0]["dead_letter"]["path"], "/event");
     // Segment events are screened by their topic's schema too.
-    server.create_topic_with(json!({"name": "segment.track", "partitions": 1, "schema": {"required": ["properties"]}})).await;
+    server
+        .create_topic_with(json!({"name": "segment.track", "partitions": 1, "schema": {"required": ["properties"]}}))
+        .await;
     let resp = post_segment(&server, "/v1/track", "application/json", &json!({"userId": "u", "event": "E"})).await;
     let problem = assert_problem(resp, 400, "invalid_events").await;
     assert_eq!(problem["errors"][0]["path"], "");
@@ -333,7 +360,8 @@ async fn tracker_js_is_served_as_cacheable_javascript() {
     let server = TestServer::with_defaults().await;
     let resp = server.get("/tracker.js").send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    let header = |r: &reqwest::Response, n: &str| r.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let header =
+        |r: &reqwest::Response, n: &str| r.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     assert_eq!(header(&resp, "content-type"), "application/javascript; charset=utf-8");
     assert!(header(&resp, "cache-control").contains("max-age="));
     let etag = header(&resp, "etag");

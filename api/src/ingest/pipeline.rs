@@ -226,7 +226,8 @@ fn encode(
         let key = event.key.as_deref();
         let partition = match event.partition {
             Some(p) if p >= partitions => {
-                errors.push(EventError::new(index, format!("partition {p} does not exist (the topic has {partitions})")));
+                errors
+                    .push(EventError::new(index, format!("partition {p} does not exist (the topic has {partitions})")));
                 continue;
             }
             Some(p) => p,
@@ -325,18 +326,17 @@ pub async fn commit(
     let job = {
         let (set, events, fates) = (set.clone(), events.clone(), fates.clone());
         move || {
-            let to_write: Vec<(usize, &Outgoing)> = events
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| matches!(fates[*i], Fate::Write { .. }))
-                .collect();
+            let to_write: Vec<(usize, &Outgoing)> =
+                events.iter().enumerate().filter(|(i, _)| matches!(fates[*i], Fate::Write { .. })).collect();
             encode(&set, &to_write, &shared, &sticky, received)
         }
     };
     let encoded = if payload < INLINE_ENCODE_BYTES {
         job()?
     } else {
-        tokio::task::spawn_blocking(job).await.map_err(|e| ApiError::Storage(StorageError::Internal(e.to_string())))??
+        tokio::task::spawn_blocking(job)
+            .await
+            .map_err(|e| ApiError::Storage(StorageError::Internal(e.to_string())))??
     };
 
     // Dedup entries of the claimed ids, placed by the encoder's slots.
@@ -353,23 +353,17 @@ pub async fn commit(
             .iter()
             .enumerate()
             .filter_map(|(i, fate)| match (fate, slot_of[i]) {
-                (Fate::Write { claim: Some(c) }, Some((batch, position))) => Some(IdWrite {
-                    claim: *c,
-                    batch,
-                    position,
-                    dead_lettered: events[i].dead_letter.is_some(),
-                }),
+                (Fate::Write { claim: Some(c) }, Some((batch, position))) => {
+                    Some(IdWrite { claim: *c, batch, position, dead_lettered: events[i].dead_letter.is_some() })
+                }
                 _ => None,
             })
             .collect();
         IdWrites { claims, entries }
     });
 
-    let batch_places: Vec<(usize, u32)> = encoded
-        .batches
-        .iter()
-        .map(|(part, _)| (set.index_of(&part.topic).unwrap_or(0), part.index))
-        .collect();
+    let batch_places: Vec<(usize, u32)> =
+        encoded.batches.iter().map(|(part, _)| (set.index_of(&part.topic).unwrap_or(0), part.index)).collect();
     let appended: Vec<(usize, u64, u64)> = encoded
         .batches
         .iter()

@@ -84,10 +84,13 @@ impl TopicRules {
     }
 }
 
+/// Rules compiled from a topic's settings, with the settings they came from.
+type Compiled = (Arc<TopicConfig>, Arc<TopicRules>);
+
 /// Compiled rules per topic name, recompiled when the topic's settings change.
 #[derive(Debug, Default)]
 pub struct RulesCache {
-    by_topic: Mutex<HashMap<String, (Arc<TopicConfig>, Arc<TopicRules>)>>,
+    by_topic: Mutex<HashMap<String, Compiled>>,
 }
 
 impl RulesCache {

@@ -65,7 +65,10 @@ impl SegmentTopics {
         for (key, topic) in &self.0 {
             let kind = key.split_once(':').map_or(key.as_str(), |(k, _)| k);
             if key != "*" && !TYPES.contains(&kind) {
-                return Err(format!("key {key:?}: expected \"*\", a type ({}) or \"type:event name\"", TYPES.join(", ")));
+                return Err(format!(
+                    "key {key:?}: expected \"*\", a type ({}) or \"type:event name\"",
+                    TYPES.join(", ")
+                ));
             }
             tidegate_storage::validate_topic_name(topic).map_err(|e| format!("key {key:?}: {e}"))?;
         }
@@ -164,9 +167,11 @@ fn normalize_event(
             kind
         }
         None => match item.get("type").and_then(Value::as_str) {
-            Some(t) => TYPES.iter().copied().find(|k| *k == t).ok_or_else(|| {
-                format!("type {t:?} is not one of {}", TYPES.join(", "))
-            })?,
+            Some(t) => TYPES
+                .iter()
+                .copied()
+                .find(|k| *k == t)
+                .ok_or_else(|| format!("type {t:?} is not one of {}", TYPES.join(", ")))?,
             None => return Err(format!("no \"type\" (one of {})", TYPES.join(", "))),
         },
     };
@@ -221,12 +226,7 @@ fn normalize_event(
 
 /// Parses and normalises the body of a call. Every failure is a 400: Segment's
 /// trackers retry other statuses.
-pub fn normalize(
-    call: Call,
-    body: &[u8],
-    received_ms: i64,
-    limits: SegmentLimits,
-) -> Result<SegmentRequest, ApiError> {
+pub fn normalize(call: Call, body: &[u8], received_ms: i64, limits: SegmentLimits) -> Result<SegmentRequest, ApiError> {
     let limit = match call {
         Call::Single(_) => limits.max_event_bytes,
         Call::Batch => limits.max_batch_bytes,
@@ -238,8 +238,7 @@ pub fn normalize(
         Ok(Value::Object(map)) => map,
         Ok(_) => return Err(ApiError::invalid("invalid_segment_payload", "the body must be a JSON object")),
         Err(e) => {
-            let error =
-                EventError { index: 0, position: None, path: None, detail: format!("malformed JSON: {e}") };
+            let error = EventError { index: 0, position: None, path: None, detail: format!("malformed JSON: {e}") };
             return Err(ApiError::InvalidEvents { errors: vec![error] });
         }
     };
@@ -304,7 +303,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const LIMITS: SegmentLimits = SegmentLimits { max_event_bytes: 32 * 1024, max_batch_bytes: 500 * 1024, max_events: 2500 };
+    const LIMITS: SegmentLimits =
+        SegmentLimits { max_event_bytes: 32 * 1024, max_batch_bytes: 500 * 1024, max_events: 2500 };
     /// 2012-12-02T00:30:20.000Z
     const RECEIVED: i64 = 1_354_408_220_000;
 
@@ -378,7 +378,8 @@ mod tests {
             Err(ApiError::InvalidEvents { errors }) => assert_eq!(errors[0].index, 3),
             other => panic!("{other:?}"),
         }
-        let body = json!({"batch": [{"type": "track", "userId": "u"}, {"type": "nope", "userId": "u"}, {"type": "page"}]});
+        let body =
+            json!({"batch": [{"type": "track", "userId": "u"}, {"type": "nope", "userId": "u"}, {"type": "page"}]});
         match normalize(Call::Batch, body.to_string().as_bytes(), RECEIVED, LIMITS) {
             Err(ApiError::InvalidEvents { errors }) => {
                 assert_eq!(errors.iter().map(|e| e.index).collect::<Vec<_>>(), vec![0, 1, 2]);
@@ -397,8 +398,7 @@ mod tests {
 
     #[test]
     fn topics_follow_the_mapping() {
-        let t: SegmentTopics =
-            r#"{"track:Order Completed":"orders","track":"tracks","*":"segment"}"#.parse().unwrap();
+        let t: SegmentTopics = r#"{"track:Order Completed":"orders","track":"tracks","*":"segment"}"#.parse().unwrap();
         t.validate().unwrap();
         assert_eq!(t.topic_for("track", Some("Order Completed")), "orders");
         assert_eq!(t.topic_for("track", Some("Other")), "tracks");

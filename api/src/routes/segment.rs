@@ -158,8 +158,8 @@ pub async fn segment_call(
     let mut errors = Vec::new();
     let mut events = Vec::with_capacity(routed.len());
     for (index, (e, topic)) in request.events.into_iter().zip(routed).enumerate() {
-        let id = event_id(&e.message_id).map_err(|detail| {
-            ApiError::InvalidEvents { errors: vec![crate::error::EventError::new(index, format!("messageId: {detail}"))] }
+        let id = event_id(&e.message_id).map_err(|detail| ApiError::InvalidEvents {
+            errors: vec![crate::error::EventError::new(index, format!("messageId: {detail}"))],
         })?;
         let event = Outgoing {
             key: Some(Bytes::from(e.key.into_bytes())),

@@ -14,7 +14,8 @@ pub const TRACKER_JS: &str = include_str!("../../assets/tracker.js");
 
 /// The tracker's entity tag: FNV-1a of its bytes (stable across builds of the same file).
 static ETAG: LazyLock<String> = LazyLock::new(|| {
-    let hash = TRACKER_JS.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let hash =
+        TRACKER_JS.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
     format!("\"{hash:016x}\"")
 });
 
