@@ -2,8 +2,11 @@
 //!
 //! Map of the crate (the only one that speaks HTTP):
 //! - [`server`]: [`serve`] runs a node on a listener until a shutdown future resolves.
-//! - [`routes`]: the axum router and the OpenAPI document generated from it.
-//! - [`ingest`]: body decoding, parsing and Kafka-compatible partitioning.
+//! - [`routes`]: the axum router and the OpenAPI document generated from it (topic
+//!   events, the Segment-compatible API, `/tracker.js`, reads, groups, ops).
+//! - [`ingest`]: body decoding, parsing, Kafka-compatible partitioning, event ids,
+//!   JSON Schemas and dead letters, client-IP privacy, the shared write path, and
+//!   Segment-compatible payloads.
 //! - [`render`]: JSON rendering of records.
 //! - [`error`]: the API error type and its problem+json mapping.
 //! - [`config`]: settings from TOML, `TIDEGATE_*` variables and flags.

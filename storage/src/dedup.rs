@@ -23,7 +23,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use crate::error::{Result, StorageError};
 use crate::store::{Db, Store, Topic, now_ms};
@@ -107,8 +107,9 @@ struct Memory {
     order: VecDeque<(Arc<[u8]>, u64)>,
     bytes: usize,
     seq: u64,
-    /// Claimed ids; the sender flips to `true` when the claim ends (written or released).
-    inflight: HashMap<Arc<[u8]>, watch::Sender<bool>>,
+    /// Claimed ids, with a notifier made only when another request waits for the id
+    /// (woken when the claim ends: written or released).
+    inflight: HashMap<Arc<[u8]>, Option<Arc<Notify>>>,
 }
 
 /// The idempotency memory shared by the store, the writer and the claims.
@@ -184,8 +185,8 @@ impl Dedup {
         if let Some(place) = place {
             self.cache(m, key.clone(), place);
         }
-        if let Some(tx) = m.inflight.remove(key) {
-            tx.send_replace(true);
+        if let Some(Some(waiters)) = m.inflight.remove(key) {
+            waiters.notify_waiters();
         }
     }
 
@@ -361,10 +362,10 @@ impl Store {
                         states[i] = IdState::Seen(c.place);
                         None
                     }
-                    _ => match m.inflight.get(&keys[i]) {
-                        Some(tx) => Some(tx.subscribe()),
+                    _ => match m.inflight.get_mut(&keys[i]) {
+                        Some(slot) => Some(slot.get_or_insert_with(|| Arc::new(Notify::new())).clone()),
                         None => {
-                            m.inflight.insert(keys[i].clone(), watch::Sender::new(false));
+                            m.inflight.insert(keys[i].clone(), None);
                             claims.held[i] = Some(keys[i].clone());
                             lookup.push(i);
                             None
@@ -374,8 +375,21 @@ impl Store {
             };
             match wait {
                 // Another request is writing this id: wait for it, then look again.
-                Some(mut rx) => {
-                    let _ = rx.wait_for(|done| *done).await;
+                // The waiter registers before checking that the claim is still on, and
+                // a claim ends (entry removed, then waiters notified) under the lock, so
+                // no wake-up is missed.
+                Some(waiters) => {
+                    let notified = waiters.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
+                    let still_claimed = dedup
+                        .lock()
+                        .inflight
+                        .get(&keys[i])
+                        .is_some_and(|slot| slot.as_ref().is_some_and(|n| Arc::ptr_eq(n, &waiters)));
+                    if still_claimed {
+                        notified.await;
+                    }
                 }
                 None => next += 1,
             }
