@@ -230,6 +230,11 @@ pub async fn create_topic(
         schema: body.schema,
         dead_letter_topic: body.dead_letter_topic,
     };
+    // Refuse a bad name or an existing topic before creating a dead-letter topic for it.
+    tidegate_storage::validate_topic_name(&body.name)?;
+    if state.store.topic(&body.name).is_ok() {
+        return Err(tidegate_storage::StorageError::TopicExists(body.name).into());
+    }
     check_rules(&state, &body.name, &config).await?;
     let info = state.store.create_topic(&body.name, config).await?;
     let mut headers = HeaderMap::new();
