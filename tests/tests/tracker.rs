@@ -383,3 +383,32 @@ async fn tracker_js_is_served_as_cacheable_javascript() {
         .unwrap();
     accepted(resp).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_ids_survive_kill_9() {
+    use tidegate_tests::ProcessServer;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ProcessServer::start(dir.path(), &[]).await;
+    // 20 acknowledged batches of 10 events, each event with its own messageId.
+    let batch = |b: usize| {
+        let events: Vec<Value> = (0..10)
+            .map(|i| json!({"type": "track", "userId": format!("u{i}"), "event": "Clicked", "messageId": format!("m-{b}-{i}")}))
+            .collect();
+        json!({"batch": events})
+    };
+    for b in 0..20 {
+        accepted(post_segment(server.api(), "/v1/batch", "application/json", &batch(b)).await).await;
+    }
+    server.kill9().await;
+    server.restart().await;
+    // Every retry after the crash is recognised: nothing is written twice.
+    for b in 0..20 {
+        accepted(post_segment(server.api(), "/v1/b", "text/plain", &batch(b)).await).await;
+    }
+    let stored = all_records(server.api(), "segment.track").await;
+    assert_eq!(stored.len(), 200);
+    let mut ids: Vec<&str> = stored.iter().map(|r| r["value"]["messageId"].as_str().unwrap()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 200, "each messageId stored once");
+}
