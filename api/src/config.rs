@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use tidegate_storage::{FsyncPolicy, StoreConfig};
 
 use crate::auth::settings::{IpNets, JwtKeys, StringList, WriteKeys};
+pub use crate::ingest::privacy::ClientIpMode;
+pub use crate::ingest::segment::SegmentTopics;
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * 1024;
@@ -108,10 +110,30 @@ settings! {
     max_event_bytes: u64 = MIB;
     /// Most events in one request (413 above it).
     max_events_per_request: u64 = 10_000;
-    /// Add the client IP as the `client-ip` header of ingested records.
-    record_client_ip: bool = true;
-    /// Add the `User-Agent` as the `user-agent` header of ingested records.
+    /// The client IP in the `client-ip` header of ingested records: `full`, `truncated`
+    /// (IPv4 to its /24, IPv6 to its /48: the last bytes zeroed) or `none`. A request with
+    /// an `SP-Anonymous` or `Tidegate-Anonymous` header stores no IP whatever this says.
+    client_ip: ClientIpMode = ClientIpMode::Full;
+    /// Add the `User-Agent` as the `user-agent` header of ingested records (anonymous
+    /// requests included).
     record_user_agent: bool = true;
+    /// How long an event id (the topic's `event_id` pointer, Segment's `messageId`, or
+    /// the `Idempotency-Key` header) is remembered: a retry within it is answered with the
+    /// first copy's partition and offset and not written again.
+    dedup_window_ms: u64 = 24 * 3600 * 1000;
+    /// Memory for recently remembered event ids (older ones are looked up on disk).
+    dedup_cache_bytes: u64 = 64 * MIB;
+    /// How often ids older than `dedup_window_ms` are dropped from disk.
+    dedup_expiry_interval_ms: u64 = 3600 * 1000;
+    /// Topic of each Segment event, as a JSON object: keys `"<type>:<event name>"`,
+    /// `"<type>"` or `"*"` (most specific wins); without a match an event of type T goes
+    /// to `segment.T` (`segment.track`, `segment.page`...). Those topics are created on
+    /// first use.
+    segment_topics: SegmentTopics = SegmentTopics::default();
+    /// Largest Segment event, and body of a single-event Segment call (Segment's 32 KB).
+    segment_max_event_bytes: u64 = 32 * KIB;
+    /// Largest body of a Segment `batch` call (Segment's 500 KB; `max_body_bytes` applies first).
+    segment_max_batch_bytes: u64 = 500 * KIB;
     /// Largest `max_records` a read may ask for.
     max_fetch_records: u64 = 10_000;
     /// Largest `max_bytes` a read may ask for.
@@ -221,7 +243,11 @@ impl Config {
 
     /// Checks ranges and relations between settings.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let positive: [(&'static str, u64); 15] = [
+        let positive: [(&'static str, u64); 19] = [
+            ("dedup_window_ms", self.dedup_window_ms),
+            ("dedup_expiry_interval_ms", self.dedup_expiry_interval_ms),
+            ("segment_max_event_bytes", self.segment_max_event_bytes),
+            ("segment_max_batch_bytes", self.segment_max_batch_bytes),
             ("session_timeout_ms", self.session_timeout_ms),
             ("heartbeat_interval_ms", self.heartbeat_interval_ms),
             ("auto_commit_interval_ms", self.auto_commit_interval_ms),
@@ -260,6 +286,9 @@ impl Config {
                 name: "heartbeat_interval_ms",
                 reason: "must be shorter than session_timeout_ms".into(),
             });
+        }
+        if let Err(reason) = self.segment_topics.validate() {
+            return Err(ConfigError::Invalid { name: "segment_topics", reason });
         }
         if self.max_body_bytes > 1024 * MIB {
             return Err(ConfigError::Invalid { name: "max_body_bytes", reason: "at most 1 GiB".into() });
@@ -332,6 +361,9 @@ impl Config {
         sc.retention_check_interval = Duration::from_millis(self.retention_check_interval_ms);
         sc.block_cache_bytes = self.block_cache_bytes as usize;
         sc.write_buffer_bytes = self.write_buffer_bytes as usize;
+        sc.dedup_window = Duration::from_millis(self.dedup_window_ms);
+        sc.dedup_cache_bytes = usize::try_from(self.dedup_cache_bytes).unwrap_or(usize::MAX);
+        sc.dedup_expiry_interval = Duration::from_millis(self.dedup_expiry_interval_ms);
         sc
     }
 
@@ -367,6 +399,24 @@ mod tests {
         let c = Config { write_queue_depth: 0, ..Config::default() };
         assert!(matches!(c.validate(), Err(ConfigError::Invalid { name: "write_queue_depth", .. })));
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn structured_settings_parse_from_toml_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, "client_ip = \"truncated\"\n[segment_topics]\n\"track:Order Completed\" = \"orders\"\n")
+            .unwrap();
+        let c = Config::load(Some(&path), ConfigLayer::default()).unwrap();
+        assert_eq!(c.client_ip, ClientIpMode::Truncated);
+        assert_eq!(c.segment_topics.topic_for("track", Some("Order Completed")), "orders");
+        let flags: SegmentTopics = r#"{"*":"events"}"#.parse().unwrap();
+        assert_eq!(flags.topic_for("page", None), "events");
+        assert!("{\"track\":\"bad name\"}".parse::<SegmentTopics>().unwrap().validate().is_err());
+        assert!("record_client_ip = true".parse::<toml::Table>().is_ok());
+        std::fs::write(&path, "record_client_ip = false\n").unwrap();
+        let err = Config::load(Some(&path), ConfigLayer::default()).unwrap_err();
+        assert!(err.to_string().contains("record_client_ip"), "a removed setting refuses to boot: {err}");
     }
 
     #[test]

@@ -25,8 +25,18 @@ pub struct EventError {
     /// Byte position in the (decompressed) body where parsing failed, when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub position: Option<usize>,
+    /// JSON pointer to the value that failed the topic's JSON Schema (`""`: the event itself).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
     /// What is wrong with it.
     pub detail: String,
+}
+
+impl EventError {
+    /// An error about event `index` with no position or path.
+    pub fn new(index: usize, detail: impl Into<String>) -> EventError {
+        EventError { index, position: None, path: None, detail: detail.into() }
+    }
 }
 
 /// An RFC 7807 problem document.
@@ -157,7 +167,7 @@ impl ApiError {
                 problem.limit = Some(*limit);
                 problem.setting = Some((*setting).to_string());
                 if let Some(index) = index {
-                    problem.errors = Some(vec![EventError { index: *index, position: None, detail: self.to_string() }]);
+                    problem.errors = Some(vec![EventError::new(*index, self.to_string())]);
                 }
             }
             ApiError::Storage(S::OffsetOutOfRange { start, end, .. }) => {

@@ -2,9 +2,12 @@
 //!
 //! Map of the crate (the only one that speaks HTTP):
 //! - [`server`]: [`serve`] runs a node on a listener until a shutdown future resolves.
-//! - [`routes`]: the axum router and the OpenAPI document generated from it.
+//! - [`routes`]: the axum router and the OpenAPI document generated from it (topic
+//!   events, the Segment-compatible API, `/tracker.js`, reads, groups, ops).
 //! - [`web`]: the dashboard's embedded files; [`docs`]: Swagger UI and the protocol page.
-//! - [`ingest`]: body decoding, parsing and Kafka-compatible partitioning.
+//! - [`ingest`]: body decoding, parsing, Kafka-compatible partitioning, event ids,
+//!   JSON Schemas and dead letters, client-IP privacy, the shared write path, and
+//!   Segment-compatible payloads.
 //! - [`render`]: JSON rendering of records.
 //! - [`auth`]: authentication (JWT, write keys), permissions, rate limits, CORS.
 //! - [`tls`]: the HTTPS listener.

@@ -109,6 +109,24 @@ pub fn render(store: &Store) -> String {
     let _ = writeln!(out, "# HELP tidegate_topics Number of topics.");
     let _ = writeln!(out, "# TYPE tidegate_topics gauge");
     let _ = writeln!(out, "tidegate_topics {}", topics.len());
+    let dedup = store.dedup_stats();
+    for (name, help, value) in [
+        ("tidegate_dedup_cache_entries", "Remembered event ids in the memory cache.", dedup.cache_entries),
+        ("tidegate_dedup_cache_bytes", "Estimated bytes of the remembered-id memory cache.", dedup.cache_bytes),
+        ("tidegate_dedup_in_flight", "Event ids claimed by requests still being written.", dedup.in_flight),
+        (
+            "tidegate_dedup_disk_bytes",
+            "Bytes of remembered event ids on disk (SST files and memtables).",
+            dedup.disk_bytes,
+        ),
+        (
+            "tidegate_dedup_disk_entries",
+            "RocksDB's estimate of remembered event ids on disk.",
+            dedup.disk_entries_estimate,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+    }
     if let Some(rss) = resident_memory_bytes() {
         let _ = writeln!(out, "# HELP process_resident_memory_bytes Resident memory size in bytes.");
         let _ = writeln!(out, "# TYPE process_resident_memory_bytes gauge");

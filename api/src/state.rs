@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::groups::coordinator::Coordinator;
 use crate::ingest::partitioner::Spreader;
+use crate::ingest::rules::RulesCache;
 use std::time::Duration;
 
 /// Everything a handler needs. Held behind an `Arc`; no locks of its own.
@@ -38,6 +39,8 @@ pub struct AppState {
     pub started: Instant,
     /// When the node started, ms since the epoch.
     pub started_ms: i64,
+    /// Compiled per-topic ingest rules (event-id pointer, JSON Schema, dead letters).
+    pub rules: RulesCache,
 }
 
 /// The handle handlers receive.
@@ -62,6 +65,7 @@ impl AppState {
             local_addr,
             started: Instant::now(),
             started_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64),
+            rules: RulesCache::default(),
         })
     }
 
@@ -71,13 +75,17 @@ impl AppState {
     }
 
     /// A topic for ingest: created with the defaults when it is unknown and
-    /// `auto_create_topics` is on.
-    pub async fn topic_for_ingest(&self, name: &str) -> Result<Arc<Topic>, ApiError> {
+    /// `auto_create_topics` is on, or `always_create` (Segment and dead-letter topics).
+    pub async fn topic_for_ingest(&self, name: &str, always_create: bool) -> Result<Arc<Topic>, ApiError> {
         match self.store.topic(name) {
             Ok(t) => Ok(t),
-            Err(StorageError::TopicNotFound(_)) if self.config.auto_create_topics => {
+            Err(StorageError::TopicNotFound(_)) if always_create || self.config.auto_create_topics => {
                 let (retention_ms, retention_bytes) = self.config.default_retention();
-                let config = TopicConfig { partitions: self.config.default_partitions, retention_ms, retention_bytes };
+                let config = TopicConfig {
+                    retention_ms,
+                    retention_bytes,
+                    ..TopicConfig::with_partitions(self.config.default_partitions)
+                };
                 match self.store.create_topic(name, config).await {
                     Ok(_) | Err(StorageError::TopicExists(_)) => Ok(self.store.topic(name)?),
                     Err(e) => Err(e.into()),

@@ -30,8 +30,7 @@ fn append(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(5)).sample_size(10);
     for fsync in [FsyncPolicy::Always, FsyncPolicy::Never] {
         let (_dir, store) = open(fsync);
-        rt.block_on(store.create_topic("b", TopicConfig { partitions: 6, retention_ms: None, retention_bytes: None }))
-            .unwrap();
+        rt.block_on(store.create_topic("b", TopicConfig::with_partitions(6))).unwrap();
         // 64 concurrent producers, each appending batches of 100 events: what the
         // HTTP ingest path asks of storage at its throughput target.
         let producers = 64;
@@ -65,10 +64,7 @@ fn read(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let (_dir, store) = open(FsyncPolicy::Never);
     rt.block_on(async {
-        store
-            .create_topic("r", TopicConfig { partitions: 1, retention_ms: None, retention_bytes: None })
-            .await
-            .unwrap();
+        store.create_topic("r", TopicConfig::with_partitions(1)).await.unwrap();
         for _ in 0..1000 {
             store.append("r", vec![(0, batch(100))]).await.unwrap();
         }

@@ -37,6 +37,12 @@ pub struct StoreConfig {
     pub block_cache_bytes: usize,
     /// Total memtable budget across all column families.
     pub write_buffer_bytes: usize,
+    /// How long an event id is remembered (a retry within it is not written again).
+    pub dedup_window: Duration,
+    /// Memory budget of the cache of recently remembered ids (0: every lookup reads disk).
+    pub dedup_cache_bytes: usize,
+    /// How often the upkeep thread drops expired ids from disk.
+    pub dedup_expiry_interval: Duration,
 }
 
 impl StoreConfig {
@@ -51,6 +57,9 @@ impl StoreConfig {
             retention_check_interval: Duration::from_secs(30),
             block_cache_bytes: 128 << 20,
             write_buffer_bytes: 256 << 20,
+            dedup_window: Duration::from_secs(24 * 3600),
+            dedup_cache_bytes: 64 << 20,
+            dedup_expiry_interval: Duration::from_secs(3600),
         }
     }
 }

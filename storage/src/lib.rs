@@ -4,7 +4,8 @@
 //! - [`store`]: opening, recovery, topic admin, appends ([`Store`]).
 //! - [`writer`]: the single writer thread (group commit, fsync policy, offsets).
 //! - [`read`]: ranged reads, long-poll fetches, timestamp lookup.
-//! - [`retention`]: background retention and interval WAL sync.
+//! - [`retention`]: background retention, interval WAL sync, expiry of remembered ids.
+//! - [`dedup`]: the idempotency memory (event id -> first partition and offset).
 //! - [`batch`]: the binary batch format stored under each RocksDB key.
 //! - [`partition`], [`topic`], [`config`], [`error`]: state, metadata, settings, errors.
 //!
@@ -14,6 +15,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod dedup;
 pub mod error;
 pub mod groups;
 pub mod partition;
@@ -25,6 +27,7 @@ mod writer;
 
 pub use batch::{BatchBuilder, EncodedBatch, Record};
 pub use config::{FsyncPolicy, StoreConfig};
+pub use dedup::{Claims, DedupStats, IdState, IdWrite, IdWrites, MAX_EVENT_ID, Remembered};
 pub use error::{Result, StorageError};
 pub use groups::{CommittedOffset, validate_group_name};
 pub use partition::{PartitionLog, PartitionStats};

@@ -1,5 +1,6 @@
-//! Background upkeep: retention by time and size, and the WAL sync for
-//! `fsync = interval`.
+//! Background upkeep: retention by time and size, the WAL sync for
+//! `fsync = interval`, and the expiry of remembered event ids (a compaction of the
+//! `dedup` column family through its expiry filter every `dedup_expiry_interval`).
 //!
 //! Retention deletes whole batches from the start of a partition: a batch goes when
 //! its newest record is older than `retention_ms`, or while the partition is larger
@@ -10,28 +11,28 @@
 use std::sync::Weak;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::batch::{key_offset, offset_key, read_header};
-use crate::config::FsyncPolicy;
+use crate::config::{FsyncPolicy, StoreConfig};
 use crate::error::{Result, StorageError};
 use crate::partition::PartitionLog;
 use crate::store::{Inner, Store, now_ms};
 
 /// Starts the upkeep thread. It holds only a weak reference to the store and stops
 /// when `stop` is dropped or the store is gone.
-pub(crate) fn spawn(
-    store: Weak<Inner>,
-    stop: Receiver<()>,
-    retention_every: Duration,
-    fsync: FsyncPolicy,
-    fsync_every: Duration,
-) -> Result<JoinHandle<()>> {
-    let tick = if fsync == FsyncPolicy::Interval { fsync_every.min(retention_every) } else { retention_every };
+pub(crate) fn spawn(store: Weak<Inner>, stop: Receiver<()>, config: &StoreConfig) -> Result<JoinHandle<()>> {
+    let (retention_every, fsync, fsync_every) = (config.retention_check_interval, config.fsync, config.fsync_interval);
+    let dedup_every = config.dedup_expiry_interval;
+    let mut tick = retention_every.min(dedup_every);
+    if fsync == FsyncPolicy::Interval {
+        tick = tick.min(fsync_every);
+    }
     std::thread::Builder::new()
         .name("tidegate-upkeep".into())
         .spawn(move || {
             let mut last_retention = Instant::now();
+            let mut last_dedup_expiry = Instant::now();
             loop {
                 match stop.recv_timeout(tick) {
                     Err(RecvTimeoutError::Timeout) => {}
@@ -49,6 +50,12 @@ pub(crate) fn spawn(
                 if last_retention.elapsed() >= retention_every {
                     last_retention = Instant::now();
                     store.apply_retention_all();
+                }
+                if last_dedup_expiry.elapsed() >= dedup_every {
+                    last_dedup_expiry = Instant::now();
+                    if let Err(e) = store.expire_dedup_blocking() {
+                        tracing::warn!(error = %e, "expiring remembered event ids failed");
+                    }
                 }
             }
         })

@@ -1,7 +1,8 @@
 //! The store: opens RocksDB, recovers topics and partitions, and is the handle every
 //! other layer uses for topic admin, appends and reads.
 //!
-//! Column families: `meta` (topics, per-partition start offset and size, id counter)
+//! Column families: `meta` (topics, per-partition start offset and size, id counter),
+//! `groups` (committed offsets), `dedup` (remembered event ids, see [`crate::dedup`])
 //! and one per partition (`p/{topic}/{incarnation}/{partition}`). The incarnation id
 //! makes a re-created topic start on fresh column families.
 
@@ -14,6 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::batch::{EncodedBatch, key_offset, verify};
 use crate::config::StoreConfig;
+use crate::dedup::{DEDUP_CF, Dedup, IdWrites};
 use crate::error::{Result, StorageError};
 use crate::partition::{PartitionLog, PartitionStats, cf_name, state_key};
 use crate::topic::{TopicConfig, TopicConfigPatch, TopicMeta, validate_topic_name};
@@ -32,13 +34,18 @@ pub struct Topic {
     pub(crate) id: u64,
     /// Creation time, ms since the Unix epoch.
     pub created_ms: i64,
-    pub(crate) config: RwLock<TopicConfig>,
+    pub(crate) config: RwLock<Arc<TopicConfig>>,
     pub(crate) partitions: RwLock<Vec<Arc<PartitionLog>>>,
 }
 
 impl Topic {
     /// Current settings.
     pub fn config(&self) -> TopicConfig {
+        TopicConfig::clone(&self.config.read().expect("topic config lock"))
+    }
+    /// Current settings, shared: the same `Arc` until the settings change (so callers
+    /// can cache what they derive from them and compare with [`Arc::ptr_eq`]).
+    pub fn config_shared(&self) -> Arc<TopicConfig> {
         self.config.read().expect("topic config lock").clone()
     }
     /// Current number of partitions.
@@ -92,6 +99,8 @@ pub(crate) struct Inner {
     cache: Cache,
     /// Dropping it stops the background threads.
     stop_background: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    /// Remembered event ids (memory layer; the disk layer is the `dedup` CF).
+    pub(crate) dedup: Arc<Dedup>,
 }
 
 /// Cheap, cloneable handle to the log. All methods are safe to call from any thread;
@@ -114,6 +123,23 @@ pub(crate) fn now_ms() -> i64 {
 /// Memtable size of one partition: a quarter of the total budget, within 4..64 MiB.
 fn per_cf_buffer(config: &StoreConfig) -> usize {
     (config.write_buffer_bytes / 4).clamp(4 << 20, 64 << 20)
+}
+
+/// Options of the `dedup` column family: bloom filters (most lookups are of new ids,
+/// which the filter answers without reading a block) and the expiry filter.
+fn dedup_cf_options(cache: &Cache, config: &StoreConfig) -> Options {
+    let mut opts = Options::default();
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    table.set_bloom_filter(10.0, false);
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    opts.set_block_based_table_factory(&table);
+    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    opts.set_write_buffer_size(per_cf_buffer(config));
+    let window_ms = i64::try_from(config.dedup_window.as_millis()).unwrap_or(i64::MAX);
+    opts.set_compaction_filter("tidegate-dedup-expiry", Dedup::filter(window_ms));
+    opts
 }
 
 fn cf_options(cache: &Cache, write_buffer: usize) -> Options {
@@ -145,22 +171,30 @@ impl Store {
         db_opts.set_bytes_per_sync(1 << 20);
         let existing = if path.join("CURRENT").exists() { Db::list_cf(&db_opts, &path)? } else { Vec::new() };
         let mut names: Vec<String> = existing;
-        for required in ["default", META_CF, crate::groups::GROUPS_CF] {
+        for required in ["default", META_CF, crate::groups::GROUPS_CF, DEDUP_CF] {
             if !names.iter().any(|n| n == required) {
                 names.push(required.to_string());
             }
         }
         let descriptors = names
             .iter()
-            .map(|n| ColumnFamilyDescriptor::new(n, cf_options(&cache, per_cf_buffer(&config))))
+            .map(|n| match n.as_str() {
+                DEDUP_CF => ColumnFamilyDescriptor::new(n, dedup_cf_options(&cache, &config)),
+                _ => ColumnFamilyDescriptor::new(n, cf_options(&cache, per_cf_buffer(&config))),
+            })
             .collect::<Vec<_>>();
         let db = Arc::new(Db::open_cf_descriptors(&db_opts, &path, descriptors)?);
         let topics = recover(&db, &names)?;
         tracing::info!(path = %path.display(), topics = topics.len(), "store opened");
 
         let (tx, rx) = mpsc::channel(config.write_queue_depth.max(1));
-        let writer =
-            Writer { db: db.clone(), fsync: config.fsync, max_group_commit_bytes: config.max_group_commit_bytes };
+        let dedup = Arc::new(Dedup::new(config.dedup_window, config.dedup_cache_bytes));
+        let writer = Writer {
+            db: db.clone(),
+            fsync: config.fsync,
+            max_group_commit_bytes: config.max_group_commit_bytes,
+            dedup: dedup.clone(),
+        };
         let mut threads = Vec::new();
         threads.push(
             std::thread::Builder::new()
@@ -180,15 +214,10 @@ impl Store {
                 threads: Mutex::new(Vec::new()),
                 cache,
                 stop_background: Mutex::new(Some(stop_tx)),
+                dedup,
             }),
         };
-        threads.push(crate::retention::spawn(
-            store.downgrade(),
-            stop_rx,
-            config.retention_check_interval,
-            config.fsync,
-            config.fsync_interval,
-        )?);
+        threads.push(crate::retention::spawn(store.downgrade(), stop_rx, &config)?);
         *store.inner.threads.lock().expect("threads lock") = threads;
         Ok(store)
     }
@@ -262,7 +291,7 @@ impl Store {
             name: name.to_string(),
             id,
             created_ms: topic_meta.created_ms,
-            config: RwLock::new(config),
+            config: RwLock::new(Arc::new(config)),
             partitions: RwLock::new(parts),
         });
         self.inner.topics.write().expect("topics lock").insert(name.to_string(), topic.clone());
@@ -287,11 +316,12 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes a topic: its metadata first, then its column families. Appends still
-    /// queued for it fail with `TopicDeleted`; nothing is half-written.
+    /// Deletes a topic: its metadata first, then its column families and remembered
+    /// event ids. Appends still queued for it fail with `TopicDeleted`; nothing is
+    /// half-written.
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         let name = name.to_string();
-        let parts = self
+        let (topic_id, parts) = self
             .blocking(move |s| {
                 let _admin = s.inner.admin.lock().expect("admin lock");
                 let topic = s.topic(&name)?;
@@ -304,11 +334,11 @@ impl Store {
                 s.write_meta(wb)?;
                 s.inner.topics.write().expect("topics lock").remove(&name);
                 tracing::info!(topic = %name, "topic deleted");
-                Ok(topic.partitions())
+                Ok((topic.id, topic.partitions()))
             })
             .await?;
         let (reply, rx) = oneshot::channel();
-        self.send(WriterCmd::Drop { parts, reply }).await?;
+        self.send(WriterCmd::Drop { topic_id, parts, reply }).await?;
         rx.await.map_err(|_| StorageError::ShuttingDown)?
     }
 
@@ -333,13 +363,14 @@ impl Store {
             }
             s.persist_topic(&topic, &config)?;
             topic.partitions.write().expect("partitions lock").extend(added);
-            *topic.config.write().expect("topic config lock") = config;
+            *topic.config.write().expect("topic config lock") = Arc::new(config);
             Ok(topic.info())
         })
         .await
     }
 
-    /// Changes a topic's retention settings. Retention applies them on its next run.
+    /// Changes a topic's settings (retention, event id, schema, dead-letter topic).
+    /// Retention applies the new limits on its next run.
     pub async fn alter_topic(&self, name: &str, patch: TopicConfigPatch) -> Result<TopicInfo> {
         let name = name.to_string();
         self.blocking(move |s| {
@@ -348,7 +379,7 @@ impl Store {
             let config = topic.config().patched(&patch);
             config.validate()?;
             s.persist_topic(&topic, &config)?;
-            *topic.config.write().expect("topic config lock") = config;
+            *topic.config.write().expect("topic config lock") = Arc::new(config);
             Ok(topic.info())
         })
         .await
@@ -376,16 +407,38 @@ impl Store {
     /// Fails as a whole (nothing stored) on any error.
     pub async fn append(&self, topic: &str, batches: Vec<(u32, EncodedBatch)>) -> Result<Vec<u64>> {
         let batches = self.resolve(topic, batches)?;
-        let (reply, rx) = oneshot::channel();
-        self.send(WriterCmd::Append { batches, reply: Some(reply) }).await?;
-        rx.await.map_err(|_| StorageError::ShuttingDown)?
+        self.append_to(batches, None).await
     }
 
     /// Queues batches for appending and returns once they are queued (`acks=none`):
     /// the caller learns neither the offsets nor the outcome.
     pub async fn append_detached(&self, topic: &str, batches: Vec<(u32, EncodedBatch)>) -> Result<()> {
         let batches = self.resolve(topic, batches)?;
-        self.send(WriterCmd::Append { batches, reply: None }).await
+        self.append_to_detached(batches, None).await
+    }
+
+    /// Appends batches to partitions of any topics as one atomic write, together with
+    /// the dedup entries of `ids` (written in the same RocksDB write, so they are
+    /// remembered exactly when the events are stored). Returns each batch's base
+    /// offset, in order, once the write met the fsync policy.
+    pub async fn append_to(
+        &self,
+        batches: Vec<(Arc<PartitionLog>, EncodedBatch)>,
+        ids: Option<IdWrites>,
+    ) -> Result<Vec<u64>> {
+        let (reply, rx) = oneshot::channel();
+        self.send(WriterCmd::Append { batches, ids, reply: Some(reply) }).await?;
+        rx.await.map_err(|_| StorageError::ShuttingDown)?
+    }
+
+    /// [`Store::append_to`] without waiting for the write (`acks=none`). The claims in
+    /// `ids` end when the writer is done with the append, so retries still wait for it.
+    pub async fn append_to_detached(
+        &self,
+        batches: Vec<(Arc<PartitionLog>, EncodedBatch)>,
+        ids: Option<IdWrites>,
+    ) -> Result<()> {
+        self.send(WriterCmd::Append { batches, ids, reply: None }).await
     }
 
     fn resolve(
@@ -502,11 +555,38 @@ fn recover(db: &Db, cf_names: &[String]) -> Result<HashMap<String, Arc<Topic>>> 
             name: tm.name.clone(),
             id: tm.id,
             created_ms: tm.created_ms,
-            config: RwLock::new(tm.config),
+            config: RwLock::new(Arc::new(tm.config)),
             partitions: RwLock::new(parts),
         };
         topics.insert(tm.name, Arc::new(topic));
     }
+    // Remembered ids of topics that no longer exist (a crash between a topic's
+    // deletion and the writer's clean-up) are dropped here.
+    let dedup = crate::dedup::dedup_cf(db)?;
+    let live: std::collections::BTreeSet<u64> = topics.values().map(|t: &Arc<Topic>| t.id).collect();
+    let mut it = db.raw_iterator_cf(&dedup);
+    it.seek_to_first();
+    let mut orphans = Vec::new();
+    while let Some(k) = it.key() {
+        let Some(id) = k.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) else { break };
+        if !live.contains(&id) {
+            orphans.push(id);
+        }
+        // Skip to the next topic's entries.
+        it.seek(id.saturating_add(1).to_be_bytes());
+        if id == u64::MAX {
+            break;
+        }
+    }
+    it.status()?;
+    drop(it);
+    for id in orphans {
+        let (from, to) = crate::dedup::topic_range(id);
+        let mut wb = rocksdb::WriteBatch::default();
+        wb.delete_range_cf(&dedup, from, to);
+        db.write(wb)?;
+    }
+    drop(dedup);
     for name in cf_names {
         if name.starts_with("p/") && !wanted.contains(name) {
             tracing::warn!(cf = %name, "dropping orphan column family");

@@ -9,6 +9,8 @@
 //! - Acknowledgements (the reply) are sent only after the write met the fsync policy.
 //! - Concurrent requests waiting in the queue are gathered into one `WriteBatch` and
 //!   one WAL sync (group commit), up to `max_group_commit_bytes`.
+//! - An append's remembered event ids (see [`crate::dedup`]) go into the same
+//!   `WriteBatch` as its records; its claims end only after the write's outcome is known.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,18 +22,20 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::batch::{EncodedBatch, offset_key};
 use crate::config::FsyncPolicy;
+use crate::dedup::{Dedup, IdWrites, Remembered, dedup_cf, put_entries, topic_range};
 use crate::error::{Result, StorageError};
 use crate::partition::{PartitionLog, state_key};
 use crate::store::{Db, META_CF};
 
 /// Work for the writer thread.
 pub(crate) enum WriterCmd {
-    /// Append batches atomically; reply with each batch's base offset, in order.
-    Append { batches: AppendBatches, reply: AppendReply },
+    /// Append batches atomically (with their event ids' dedup entries); reply with
+    /// each batch's base offset, in order.
+    Append { batches: AppendBatches, ids: Option<IdWrites>, reply: AppendReply },
     /// Move a partition's start offset forward and delete the batches below it.
     Truncate { part: Arc<PartitionLog>, new_start: u64, removed_bytes: u64, reply: oneshot::Sender<Result<()>> },
-    /// Drop the column families of a deleted topic's partitions.
-    Drop { parts: Vec<Arc<PartitionLog>>, reply: oneshot::Sender<Result<()>> },
+    /// Drop the column families of a deleted topic's partitions and its remembered ids.
+    Drop { topic_id: u64, parts: Vec<Arc<PartitionLog>>, reply: oneshot::Sender<Result<()>> },
     /// Finish everything queued before this, sync the WAL and stop.
     Shutdown { reply: oneshot::Sender<Result<()>> },
 }
@@ -62,6 +66,14 @@ pub(crate) struct Writer {
     pub db: Arc<Db>,
     pub fsync: FsyncPolicy,
     pub max_group_commit_bytes: usize,
+    pub dedup: Arc<Dedup>,
+}
+
+/// One request of a group commit, accepted into the `WriteBatch`.
+struct Accepted {
+    bases: Vec<u64>,
+    ids: Option<(IdWrites, Vec<(usize, Remembered)>)>,
+    reply: AppendReply,
 }
 
 impl Writer {
@@ -73,7 +85,7 @@ impl Writer {
             let mut next = Some(first);
             while let Some(cmd) = next.take() {
                 match cmd {
-                    WriterCmd::Append { batches, reply } => appends.push((batches, reply)),
+                    WriterCmd::Append { batches, ids, reply } => appends.push((batches, ids, reply)),
                     other => {
                         // Keep order: flush the appends gathered so far first.
                         self.commit(std::mem::take(&mut appends));
@@ -109,8 +121,8 @@ impl Writer {
                 let _ = reply.send(self.truncate(&part, new_start, removed_bytes));
                 false
             }
-            WriterCmd::Drop { parts, reply } => {
-                let mut result = Ok(());
+            WriterCmd::Drop { topic_id, parts, reply } => {
+                let mut result = self.forget_ids(topic_id);
                 for part in &parts {
                     part.deleted.store(true, Ordering::Release);
                     // Wake long-polls so they notice the deletion.
@@ -127,6 +139,18 @@ impl Writer {
                 true
             }
         }
+    }
+
+    /// Deletes a topic incarnation's remembered ids (after its partitions are marked
+    /// deleted, so no later append can add any).
+    fn forget_ids(&self, topic_id: u64) -> Result<()> {
+        self.dedup.forget_topic(topic_id);
+        let cf = dedup_cf(&self.db)?;
+        let (from, to) = topic_range(topic_id);
+        let mut wb = WriteBatch::default();
+        wb.delete_range_cf(&cf, from, to);
+        self.db.write_opt(wb, &self.write_options())?;
+        Ok(())
     }
 
     fn truncate(&self, part: &PartitionLog, new_start: u64, removed_bytes: u64) -> Result<()> {
@@ -157,21 +181,22 @@ impl Writer {
     }
 
     /// Writes the gathered appends as one `WriteBatch` and answers each request.
-    fn commit(&self, appends: Vec<(AppendBatches, AppendReply)>) {
+    fn commit(&self, appends: Vec<(AppendBatches, Option<IdWrites>, AppendReply)>) {
         if appends.is_empty() {
             return;
         }
-        let Some(meta) = self.db.cf_handle(META_CF) else {
-            for (_, reply) in appends {
-                reply_to(reply, Err(StorageError::Internal("meta cf missing".into())));
+        let (Some(meta), Ok(dedup)) = (self.db.cf_handle(META_CF), dedup_cf(&self.db)) else {
+            for (_, _, reply) in appends {
+                reply_to(reply, Err(StorageError::Internal("meta or dedup cf missing".into())));
             }
             return;
         };
+        let now = crate::store::now_ms();
         let mut wb = WriteBatch::default();
         let mut pending: HashMap<*const PartitionLog, Pending> = HashMap::new();
         let mut accepted = Vec::with_capacity(appends.len());
         let mut events = 0u64;
-        for (batches, reply) in appends {
+        for (batches, ids, reply) in appends {
             // Check the whole request before adding any of it: it is all or nothing.
             let mut cfs = Vec::with_capacity(batches.len());
             let mut refused = None;
@@ -189,6 +214,7 @@ impl Writer {
                 continue;
             }
             let mut bases = Vec::with_capacity(batches.len());
+            let mut places = Vec::with_capacity(batches.len());
             for ((part, mut batch), cf) in batches.into_iter().zip(cfs) {
                 let p = pending.entry(Arc::as_ptr(&part)).or_insert_with(|| Pending {
                     end: part.end.load(Ordering::Acquire),
@@ -200,11 +226,16 @@ impl Writer {
                 batch.set_running_max_ts(p.running_max_ts);
                 wb.put_cf(&cf, offset_key(p.end), &batch.bytes);
                 bases.push(p.end);
+                places.push((part.index, p.end));
                 p.end += u64::from(batch.count);
                 p.bytes += batch.bytes.len() as u64;
                 events += u64::from(batch.count);
             }
-            accepted.push((bases, reply));
+            let ids = ids.map(|ids| {
+                let remembered = put_entries(&mut wb, &dedup, &ids, &places, now);
+                (ids, remembered)
+            });
+            accepted.push(Accepted { bases, ids, reply });
         }
         if accepted.is_empty() {
             return;
@@ -228,7 +259,10 @@ impl Writer {
                     // move this to the in-sync replicas' minimum instead.
                     p.part.hw.send_replace(p.end);
                 }
-                for (bases, reply) in accepted {
+                for Accepted { bases, ids, reply } in accepted {
+                    if let Some((mut ids, remembered)) = ids {
+                        ids.claims.complete(&remembered);
+                    }
                     reply_to(reply, Ok(bases));
                 }
             }
@@ -236,7 +270,8 @@ impl Writer {
                 tracing::error!(error = %e, requests = accepted.len(), "group commit failed");
                 metrics::counter!("tidegate_storage_write_errors_total").increment(1);
                 let msg = e.to_string();
-                for (_, reply) in accepted {
+                // Dropping the claims releases them: nothing of these requests was stored.
+                for Accepted { reply, .. } in accepted {
                     reply_to(reply, Err(StorageError::Internal(format!("write failed: {msg}"))));
                 }
             }

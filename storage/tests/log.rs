@@ -22,7 +22,7 @@ fn open(dir: &std::path::Path) -> Store {
 }
 
 fn topic(partitions: u32) -> TopicConfig {
-    TopicConfig { partitions, retention_ms: None, retention_bytes: None }
+    TopicConfig::with_partitions(partitions)
 }
 
 fn batch(values: &[Vec<u8>], ts: i64) -> EncodedBatch {
@@ -171,7 +171,7 @@ fn retention_by_size_and_time_keeps_offsets_and_survives_reopen() {
     let store = open(dir.path());
     rt.block_on(async {
         store
-            .create_topic("t", TopicConfig { partitions: 1, retention_ms: None, retention_bytes: Some(2000) })
+            .create_topic("t", TopicConfig { retention_bytes: Some(2000), ..TopicConfig::with_partitions(1) })
             .await
             .unwrap();
         for i in 0..10u8 {

@@ -294,9 +294,17 @@ async fn every_protected_route_refuses_callers_without_credentials() {
     let mut checked = 0;
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
-            let concrete = path.replace("{topic}", "t").replace("{group}", "g").replace("{partition}", "0");
+            let concrete = path
+                .replace("{topic}", "t")
+                .replace("{group}", "g")
+                .replace("{partition}", "0")
+                .replace("{call}", "track")
+                .replace("{write_key}", "pk_unknown");
             let req = match method.as_str() {
                 "get" => server.get(&concrete),
+                "post" if path == "/v1/{call}" => {
+                    server.post(&concrete).json(&json!({"type": "track", "event": "e", "userId": "u"}))
+                }
                 "post" => server.post(&concrete).json(&json!({"name": "t", "topic": "t", "count": 2})),
                 "put" => server.http.put(server.url(&concrete)).json(&json!({})),
                 "patch" => server.http.patch(server.url(&concrete)).json(&json!({})),

@@ -158,6 +158,11 @@ impl Security {
         &self.limits
     }
 
+    /// Whether `key` is a configured write key.
+    pub fn is_write_key(&self, key: &str) -> bool {
+        self.write_keys.contains_key(key)
+    }
+
     /// Whether `/metrics` is open to everyone.
     pub fn public_metrics(&self) -> bool {
         self.public_metrics
@@ -400,11 +405,17 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 const PROBES: [&str; 2] = ["/healthz", "/readyz"];
 
 /// Route templates anyone may call, credentials or not.
-pub const PUBLIC_ROUTES: &[&str] = &["/healthz", "/readyz", "/openapi.json"];
+pub const PUBLIC_ROUTES: &[&str] =
+    &["/healthz", "/readyz", "/openapi.json", "/tracker.js", "/v1/projects/{write_key}/settings"];
 
 /// Route templates that take write keys, which may also come in the body: a request
 /// without credentials reaches the handler, which reads the body's `writeKey`.
-pub const PRODUCE_ROUTES: &[&str] = &["/v1/topics/{topic}/events"];
+pub const PRODUCE_ROUTES: &[&str] = &[
+    "/v1/topics/{topic}/events",
+    // How the OpenAPI document names the Segment calls (routed one path each, see
+    // `crate::routes::segment::CALL_PATHS`, which the gate also accepts).
+    "/v1/{call}",
+];
 
 /// Route middleware: see the module documentation.
 pub async fn gate(req: Request, next: Next) -> Response {
@@ -417,7 +428,7 @@ pub async fn gate(req: Request, next: Next) -> Response {
         return ApiError::Storage(tidegate_storage::StorageError::Internal("authentication middleware missing".into()))
             .into_response();
     };
-    let produce = PRODUCE_ROUTES.contains(&route);
+    let produce = PRODUCE_ROUTES.contains(&route) || crate::routes::segment::CALL_PATHS.contains(&route);
     let refusal = match &caller.credential {
         Credential::Open | Credential::Token(_) => None,
         Credential::Missing if produce => None,

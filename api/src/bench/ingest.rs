@@ -52,6 +52,17 @@ pub enum BodyFormat {
     Ndjson,
 }
 
+/// Which ingest endpoint the load goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Endpoint {
+    /// `POST /v1/topics/{topic}/events`.
+    Topic,
+    /// Segment's batch call `POST /v1/batch` (`{"batch": [...]}`; deduplicated by
+    /// `messageId`, so every request carries new ids; topics chosen by `segment_topics`).
+    Segment,
+}
+
 /// Options of `tidegate bench ingest`.
 #[derive(Debug, Args)]
 pub struct IngestArgs {
@@ -92,6 +103,13 @@ pub struct IngestArgs {
     /// sends are scheduled at fixed intervals and latency counts from the scheduled time.
     #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
     pub rate: f64,
+    /// Endpoint: the topic's events endpoint or Segment's batch call.
+    #[arg(long, value_enum, default_value_t = Endpoint::Topic)]
+    pub endpoint: Endpoint,
+    /// Deduplication on: the topic is created with `event_id = "/messageId"` and every
+    /// request carries new ids (so each event is looked up, claimed and remembered).
+    #[arg(long)]
+    pub dedup: bool,
     /// Print the final report as one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -111,6 +129,24 @@ pub struct IngestArgs {
 struct Body {
     data: Bytes,
     payload: u64,
+    /// Byte positions of each event's 16 hex digits of `messageId` (rewritten per
+    /// request when ids must be new).
+    id_slots: Vec<usize>,
+}
+
+/// Width of the per-request part of a `messageId`, in hex digits.
+const ID_DIGITS: usize = 16;
+
+impl Body {
+    /// The body with fresh ids `first..first+n` in its `messageId`s.
+    fn with_ids(&self, first: u64) -> Bytes {
+        let mut data = self.data.to_vec();
+        for (k, &at) in self.id_slots.iter().enumerate() {
+            let hex = format!("{:016x}", first + k as u64);
+            data[at..at + ID_DIGITS].copy_from_slice(hex.as_bytes());
+        }
+        data.into()
+    }
 }
 
 /// One tracker event padded to about `event_bytes` (never smaller than its fixed fields).
@@ -135,25 +171,36 @@ fn body_count(batch: u64, event_bytes: usize) -> usize {
     (MAX_BODY_MEMORY / body_size.max(1)).clamp(1, 16)
 }
 
-/// [`body_count`] distinct bodies of `batch` events each, every event with a unique `messageId`.
-fn build_bodies(format: BodyFormat, batch: u64, event_bytes: usize, rng: &mut Rng) -> Result<Vec<Body>> {
+/// [`body_count`] distinct bodies of `batch` events each, every event with a unique
+/// `messageId` (`<run id>-<16 hex digits>`). `segment` wraps the events in Segment's
+/// batch call (`{"batch": [...], "writeKey": "bench"}`).
+fn build_bodies(format: BodyFormat, batch: u64, event_bytes: usize, segment: bool, rng: &mut Rng) -> Result<Vec<Body>> {
     let count = body_count(batch, event_bytes);
-    let run_id = rng.next();
+    let run_id = format!("{:016x}-", rng.next());
     let mut bodies = Vec::with_capacity(count);
-    for b in 0..count {
-        let (mut data, mut payload) = (Vec::new(), 0);
+    for b in 0..count as u64 {
+        let (mut data, mut payload, mut id_slots) = (Vec::new(), 0, Vec::new());
+        if segment {
+            data.extend_from_slice(b"{\"writeKey\":\"bench\",\"batch\":");
+        }
         for i in 0..batch {
-            let event = build_event(rng, &format!("{run_id:016x}-{b}-{i}"), event_bytes)?;
+            let id = format!("{run_id}{:016x}", b * batch + i);
+            let event = build_event(rng, &id, event_bytes)?;
             payload += event.len() as u64;
             match format {
                 BodyFormat::Array => data.push(if i == 0 { b'[' } else { b',' }),
                 BodyFormat::Ndjson if i > 0 => data.push(b'\n'),
                 BodyFormat::Ndjson => {}
             }
+            let at = event.windows(run_id.len()).position(|w| w == run_id.as_bytes()).context("messageId in event")?;
+            id_slots.push(data.len() + at + run_id.len());
             data.extend_from_slice(&event);
         }
         data.push(if format == BodyFormat::Array { b']' } else { b'\n' });
-        bodies.push(Body { data: data.into(), payload });
+        if segment {
+            data.push(b'}');
+        }
+        bodies.push(Body { data: data.into(), payload, id_slots });
     }
     Ok(bodies)
 }
@@ -185,6 +232,10 @@ struct Shared {
     auth: Vec<(&'static str, String)>,
     content_type: &'static str,
     acks_none: bool,
+    /// Every request gets new `messageId`s (dedup on, or the Segment endpoint).
+    fresh_ids: bool,
+    /// Next id for [`Body::with_ids`].
+    next_id: AtomicU64,
     key_space: u64,
     batch: u64,
     bodies: Vec<Body>,
@@ -240,8 +291,12 @@ async fn worker(
             None => Instant::now(),
         };
         let body = &shared.bodies[rng.below(shared.bodies.len() as u64) as usize];
-        let mut req =
-            client.post(shared.events_url.clone()).header(CONTENT_TYPE, shared.content_type).body(body.data.clone());
+        let data = if shared.fresh_ids {
+            body.with_ids(shared.next_id.fetch_add(shared.batch, Relaxed))
+        } else {
+            body.data.clone()
+        };
+        let mut req = client.post(shared.events_url.clone()).header(CONTENT_TYPE, shared.content_type).body(data);
         for (name, value) in &shared.auth {
             req = req.header(*name, value);
         }
@@ -293,6 +348,53 @@ struct Report {
     transport_errors: u64,
     first_error: Option<String>,
     server_rss_bytes: Option<Rss>,
+    /// With fresh ids: the server's idempotency memory after the run.
+    dedup: Option<DedupFigures>,
+}
+
+/// The server's idempotency memory after a run (from `/metrics`).
+#[derive(Debug, Clone, Copy, Serialize)]
+struct DedupFigures {
+    /// Events sent (warm-up included): each one an id remembered.
+    ids_sent: u64,
+    cache_entries: u64,
+    cache_bytes: u64,
+    disk_bytes: u64,
+    disk_entries: u64,
+    disk_bytes_per_id: f64,
+    cache_bytes_per_entry: f64,
+}
+
+/// Reads the dedup gauges of `/metrics`.
+async fn dedup_figures(client: &Client, url: &Url, ids_sent: u64) -> Option<DedupFigures> {
+    let text = client.get(url.clone()).send().await.ok()?.text().await.ok()?;
+    let gauge = |name: &str| super::parse_gauge(&text, name).map(|v| v as u64);
+    let (cache_entries, cache_bytes) = (gauge("tidegate_dedup_cache_entries")?, gauge("tidegate_dedup_cache_bytes")?);
+    let (disk_bytes, disk_entries) = (gauge("tidegate_dedup_disk_bytes")?, gauge("tidegate_dedup_disk_entries")?);
+    Some(DedupFigures {
+        ids_sent,
+        cache_entries,
+        cache_bytes,
+        disk_bytes,
+        disk_entries,
+        disk_bytes_per_id: disk_bytes as f64 / disk_entries.max(1) as f64,
+        cache_bytes_per_entry: cache_bytes as f64 / cache_entries.max(1) as f64,
+    })
+}
+
+/// Sets `event_id = "/messageId"` on the topic (deduplication on).
+async fn set_event_id(client: &Client, base: &Url, topic: &str) -> Result<()> {
+    let url = endpoint(base, &["v1", "topics", topic])?;
+    let resp = client.patch(url).json(&serde_json::json!({"event_id": "/messageId"})).send().await?;
+    if !resp.status().is_success() {
+        anyhow::bail!(
+            "setting event_id on `{topic}`: HTTP {}: {}",
+            resp.status(),
+            resp.text().await.unwrap_or_default()
+        );
+    }
+    eprintln!("topic `{topic}` deduplicates by /messageId");
+    Ok(())
 }
 
 impl Report {
@@ -315,6 +417,7 @@ impl Report {
             transport_errors: m.get(TRANSPORT_ERRORS),
             first_error,
             server_rss_bytes: rss,
+            dedup: None,
         }
     }
 
@@ -344,6 +447,24 @@ impl Report {
                 ("server RSS last", mib(r.last)),
             ]),
             None => rows.push(("server RSS", format!("n/a (no {RSS_GAUGE} in /metrics)"))),
+        }
+        if let Some(d) = self.dedup {
+            rows.extend([
+                ("ids sent", d.ids_sent.to_string()),
+                (
+                    "dedup cache",
+                    format!(
+                        "{} entries, {} ({:.0} B/entry)",
+                        d.cache_entries,
+                        mib(d.cache_bytes),
+                        d.cache_bytes_per_entry
+                    ),
+                ),
+                (
+                    "dedup disk",
+                    format!("~{} entries, {} ({:.1} B/id)", d.disk_entries, mib(d.disk_bytes), d.disk_bytes_per_id),
+                ),
+            ]);
         }
         rows.iter().map(|(k, v)| format!("{k:<20}{v}\n")).collect()
     }
@@ -412,7 +533,17 @@ async fn progress(
 pub(super) async fn ingest(args: IngestArgs) -> Result<()> {
     let base = &args.url;
     check_http(base)?;
-    let mut events_url = endpoint(base, &["v1", "topics", &args.topic, "events"])?;
+    let segment = args.endpoint == Endpoint::Segment;
+    if segment && (args.format == BodyFormat::Ndjson || args.acks == Acks::None || args.key_space > 0) {
+        anyhow::bail!(
+            "--endpoint segment posts JSON batches with acks: drop --format ndjson, --acks none, --key-space"
+        );
+    }
+    let mut events_url = if segment {
+        endpoint(base, &["v1", "batch"])?
+    } else {
+        endpoint(base, &["v1", "topics", &args.topic, "events"])?
+    };
     if args.acks == Acks::None {
         events_url.query_pairs_mut().append_pair("acks", "none");
     }
@@ -430,11 +561,21 @@ pub(super) async fn ingest(args: IngestArgs) -> Result<()> {
         .default_headers(setup_headers)
         .build()
         .context("building HTTP client")?;
-    create_topic(&setup, base, &args.topic, args.partitions).await?;
+    if segment {
+        // Segment events go to the topics `segment_topics` picks: create segment.track.
+        create_topic(&setup, base, "segment.track", args.partitions).await?;
+    } else {
+        create_topic(&setup, base, &args.topic, args.partitions).await?;
+        if args.dedup {
+            set_event_id(&setup, base, &args.topic).await?;
+        }
+    }
 
-    let bodies = build_bodies(args.format, args.batch, args.event_bytes, &mut Rng::new(u64::MAX))?;
+    let bodies = build_bodies(args.format, args.batch, args.event_bytes, segment, &mut Rng::new(u64::MAX))?;
     eprintln!(
-        "{} connections, {} events of ~{} B per request ({}, acks {}), {}; warm-up {} s, run {} s",
+        "{} ({}dedup): {} connections, {} events of ~{} B per request ({}, acks {}), {}; warm-up {} s, run {} s",
+        format!("{:?}", args.endpoint).to_lowercase(),
+        if segment || args.dedup { "" } else { "no " },
         args.connections,
         args.batch,
         args.event_bytes,
@@ -479,6 +620,8 @@ pub(super) async fn ingest(args: IngestArgs) -> Result<()> {
             BodyFormat::Ndjson => "application/x-ndjson",
         },
         acks_none: args.acks == Acks::None,
+        fresh_ids: segment || args.dedup,
+        next_id: AtomicU64::new(1 << 40),
         key_space: args.key_space,
         batch: args.batch,
         bodies,
@@ -517,7 +660,10 @@ pub(super) async fn ingest(args: IngestArgs) -> Result<()> {
 
     let secs = stopped_at.saturating_duration_since(measure_start).as_secs_f64();
     let first_error = shared.first_error.get().cloned();
-    let report = Report::new(&shared.measured, &merged(&hists)?, secs, first_error, *lock(&rss));
+    let mut report = Report::new(&shared.measured, &merged(&hists)?, secs, first_error, *lock(&rss));
+    if segment || args.dedup {
+        report.dedup = dedup_figures(&setup, &metrics_url, shared.total.get(EVENTS)).await;
+    }
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -563,7 +709,7 @@ mod tests {
 
     #[test]
     fn array_bodies_hold_sized_unique_events() {
-        let bodies = build_bodies(BodyFormat::Array, 10, 200, &mut Rng::new(7)).expect("bodies");
+        let bodies = build_bodies(BodyFormat::Array, 10, 200, false, &mut Rng::new(7)).expect("bodies");
         assert_eq!(bodies.len(), 16);
         let mut ids = std::collections::HashSet::new();
         for body in &bodies {
@@ -581,7 +727,7 @@ mod tests {
 
     #[test]
     fn ndjson_bodies_hold_one_event_per_line() {
-        let bodies = build_bodies(BodyFormat::Ndjson, 5, 1000, &mut Rng::new(1)).expect("bodies");
+        let bodies = build_bodies(BodyFormat::Ndjson, 5, 1000, false, &mut Rng::new(1)).expect("bodies");
         for body in &bodies {
             let text = std::str::from_utf8(&body.data).expect("utf-8");
             assert!(text.ends_with('\n'));
@@ -593,9 +739,22 @@ mod tests {
             }
         }
         // Smaller than the fixed fields: no padding, still valid JSON.
-        let tiny = build_bodies(BodyFormat::Ndjson, 1, 10, &mut Rng::new(2)).expect("bodies");
+        let tiny = build_bodies(BodyFormat::Ndjson, 1, 10, false, &mut Rng::new(2)).expect("bodies");
         let v: Value = serde_json::from_slice(&tiny[0].data).expect("valid JSON");
         assert_eq!(v["properties"]["pad"], "");
+    }
+
+    #[test]
+    fn segment_bodies_get_fresh_ids_per_request() {
+        let bodies = build_bodies(BodyFormat::Array, 3, 200, true, &mut Rng::new(3)).expect("bodies");
+        let call: Value = serde_json::from_slice(&bodies[0].data).expect("a JSON object");
+        assert_eq!(call["writeKey"], "bench");
+        assert_eq!(call["batch"].as_array().map(Vec::len), Some(3));
+        let fresh: Value = serde_json::from_slice(&bodies[0].with_ids(0xabc)).expect("still JSON");
+        let ids: Vec<&str> =
+            fresh["batch"].as_array().unwrap().iter().map(|e| e["messageId"].as_str().unwrap()).collect();
+        assert!(ids[0].ends_with("0000000000000abc") && ids[2].ends_with("0000000000000abe"), "{ids:?}");
+        assert_eq!(ids[0][..17], ids[1][..17], "same run prefix");
     }
 
     #[test]

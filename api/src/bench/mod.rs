@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior, interval_at};
 
 pub use consume::{CatchupArgs, ConsumeCommand, FanoutArgs, LatencyArgs};
-pub use ingest::{Acks, BodyFormat, IngestArgs};
+pub use ingest::{Acks, BodyFormat, Endpoint, IngestArgs};
 
 /// Prometheus gauge read from `GET {url}/metrics`.
 const RSS_GAUGE: &str = "process_resident_memory_bytes";

@@ -143,6 +143,7 @@ fn syntax_error(body: &[u8], base: usize, index: usize, e: &serde_json::Error) -
     EventError {
         index,
         position: Some(base + byte_position(body, e.line(), e.column())),
+        path: None,
         detail: format!("malformed JSON: {e}"),
     }
 }
@@ -232,6 +233,7 @@ fn parse_ndjson(body: &[u8]) -> Result<Vec<ParsedEvent<'_>>, ApiError> {
                     errors.push(EventError {
                         index,
                         position: Some(start + e.column().saturating_sub(1).min(line.len())),
+                        path: None,
                         detail: format!("malformed JSON: {e}"),
                     });
                 } else {
@@ -279,7 +281,7 @@ fn as_envelope<'a>(body: &'a [u8], value: &'a RawValue) -> Result<Option<Vec<Par
     let mut errors = Vec::new();
     for (index, raw) in raws.into_iter().enumerate() {
         let position = Some(offset_in(body, raw.get()));
-        let bad = |detail: String| EventError { index, position, detail };
+        let bad = |detail: String| EventError { index, position, path: None, detail };
         let rec: EnvelopeRecord<'a> = match serde_json::from_str(raw.get()) {
             Ok(r) => r,
             Err(e) => {

@@ -1,9 +1,10 @@
 //! `POST /v1/topics/{topic}/events`: the ingest endpoint browsers and servers post to.
 //!
-//! A request is atomic: every event is validated and encoded first, then all of
-//! them are appended in one storage write (one batch per partition touched), or the
-//! request fails and nothing is stored. The answer lists each event's partition and
-//! offset in request order.
+//! A request is atomic: every event is validated (and checked against the topic's
+//! schema) first, then all of them are appended in one storage write (one batch per
+//! partition touched, dead letters and remembered ids included), or the request fails
+//! and nothing is stored. The answer lists each event's partition and offset in
+//! request order. The write path itself is [`crate::ingest::pipeline`].
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -14,23 +15,20 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tidegate_storage::{BatchBuilder, EncodedBatch};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::{Action, Caller};
 use crate::error::{ApiError, EventError, Problem};
 use crate::ingest::decode::{body_format, body_too_large, decode_body};
+use crate::ingest::ids::{IDEMPOTENCY_KEY, event_id, header_id, id_at};
 use crate::ingest::parse::{ParseLimits, ParsedEvent, parse_body};
-use crate::ingest::partitioner::partition_for_key;
+use crate::ingest::pipeline::{Create, Outgoing, Placement, TopicSet, commit, screen};
+use crate::ingest::privacy::gateway_headers;
 use crate::state::SharedState;
 
 /// Bodies at least this large are decoded and parsed on a blocking thread, so the
 /// async workers never spend more than a fraction of a millisecond on one request.
 const INLINE_PARSE_BYTES: usize = 64 * 1024;
-/// Most headers one envelope record may carry.
-pub const MAX_RECORD_HEADERS: usize = 256;
-/// Longest header name.
-pub const MAX_HEADER_NAME: usize = 256;
 
 /// When to answer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, ToSchema)]
@@ -62,10 +60,32 @@ pub struct ProduceParams {
 /// Where one event was stored.
 #[derive(Debug, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct EventOffset {
-    /// Partition the event went to.
+    /// Partition the event went to (of the dead-letter topic when `dead_letter` is set).
     pub partition: u32,
     /// Its offset in that partition.
     pub offset: u64,
+    /// True when a copy with the same event id (or the same `Idempotency-Key` and index)
+    /// was stored before within the dedup window, or earlier in this request: nothing was
+    /// written for it now, and `partition`/`offset` are the first copy's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+    /// Set when the event failed the topic's JSON Schema and was written to the topic's
+    /// dead-letter topic instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<DeadLettered>,
+}
+
+/// Where and why an event was dead-lettered.
+#[derive(Debug, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct DeadLettered {
+    /// The dead-letter topic holding the event.
+    pub topic: String,
+    /// The schema error (absent when answering a retry of an event dead-lettered before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// JSON pointer to the failing value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 /// Answer to an acknowledged ingest request.
@@ -82,25 +102,10 @@ pub struct Accepted {
     pub accepted: usize,
 }
 
-/// Header names the gateway adds to every ingested record.
-pub mod headers {
-    /// Receive time at the gateway, ms since the Unix epoch (decimal).
-    pub const RECEIVED_AT: &str = "received-at";
-    /// The client's IP address (setting `record_client_ip`).
-    pub const CLIENT_IP: &str = "client-ip";
-    /// The request's `User-Agent` (setting `record_user_agent`).
-    pub const USER_AGENT: &str = "user-agent";
-}
+pub use crate::ingest::pipeline::{MAX_HEADER_NAME, MAX_RECORD_HEADERS};
+pub use crate::ingest::privacy::headers;
 
-/// A request turned into batches, ready to append.
-struct Prepared {
-    batches: Vec<(u32, EncodedBatch)>,
-    /// For each event: (index into `batches`, position within that batch).
-    slots: Vec<(usize, u32)>,
-    payload_bytes: u64,
-}
-
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
@@ -110,8 +115,21 @@ fn now_ms() -> i64 {
 /// `{"records":[{"value","key"?,"partition"?,"headers"?,"timestamp"?}]}`; or, with
 /// `application/octet-stream`, one binary event. `text/plain` is parsed as JSON (for
 /// `navigator.sendBeacon`). `Content-Encoding: gzip | deflate | br` is accepted.
+///
+/// Deduplication: when the topic has an `event_id` pointer, each JSON event's id is read
+/// there; else, with an `Idempotency-Key` header, event *i* gets the id `<key>:<i>`. An id
+/// stored within `dedup_window_ms` is not written again and is answered with the first
+/// copy's partition and offset (`duplicate: true`).
+///
+/// Schema: when the topic has a JSON Schema, an invalid event fails the request (400,
+/// `errors[].path` names the failing value) or, when the topic has a `dead_letter_topic`,
+/// is written there (headers `dlq-reason`, `dlq-path`, `dlq-source-topic`) in the same
+/// atomic write as the valid ones, and its answer entry carries `dead_letter`.
 #[utoipa::path(post, path = "/v1/topics/{topic}/events", tag = "events",
-    params(("topic" = String, Path, description = "Topic name"), ProduceParams),
+    params(("topic" = String, Path, description = "Topic name"), ProduceParams,
+        ("Idempotency-Key" = Option<String>, Header, description = "Names the request: a retry with the same key (and events in the same order) is not written again"),
+        ("SP-Anonymous" = Option<String>, Header, description = "Any value: store no client IP for this request (also `Tidegate-Anonymous`)"),
+    ),
     request_body(description = "Events", content(
         (serde_json::Value = "application/json"),
         (String = "text/plain"),
@@ -148,6 +166,14 @@ pub async fn produce(
     let header_str = |name| request_headers.get(name).and_then(|v: &axum::http::HeaderValue| v.to_str().ok());
     let format = body_format(header_str(header::CONTENT_TYPE))?;
     let encoding = header_str(header::CONTENT_ENCODING).map(str::to_owned);
+    let idempotency_key = match request_headers.get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::invalid("invalid_idempotency_key", "Idempotency-Key must be visible ASCII"))?
+                .to_owned(),
+        ),
+    };
     if body_key {
         // The write key may be in the body: decode it first (bounded by max_body_bytes).
         let (enc, raw) = (encoding.clone(), body.clone());
@@ -161,55 +187,110 @@ pub async fn produce(
         };
         caller.clone().with_body_write_key(key.as_deref()).require(Action::Produce, &topic)?;
     }
-    let topic_handle = state.topic_for_ingest(&topic).await?;
-    let partitions = topic_handle.partition_count();
+    let mut set = TopicSet::default();
+    set.add(&state, &topic, Create::IfConfigured).await?;
 
     let received = now_ms();
-    let mut shared: Vec<(&'static str, Vec<u8>)> = vec![(headers::RECEIVED_AT, received.to_string().into_bytes())];
-    if state.config.record_client_ip {
-        shared.push((headers::CLIENT_IP, caller.ip.to_string().into_bytes()));
-    }
-    if state.config.record_user_agent
-        && let Some(ua) = request_headers.get(header::USER_AGENT)
-    {
-        shared.push((headers::USER_AGENT, ua.as_bytes().to_vec()));
-    }
+    let shared = gateway_headers(&state.config, caller.ip, &request_headers, received);
     let limits = ParseLimits {
         max_event_bytes: state.config.max_event_bytes as usize,
         max_events: state.config.max_events_per_request as usize,
     };
-    let sticky = state.spreader.next(partitions);
     let acks = params.acks.unwrap_or_default();
-    let job = move || -> Result<Prepared, ApiError> {
-        let body = decode_body(encoding.as_deref(), body, max_body)?;
-        let events = parse_body(&body, format, limits)?;
-        prepare(&events, &params, &shared, partitions, sticky, received)
+    let job = {
+        let set = set.clone();
+        move || -> Result<Vec<Outgoing>, ApiError> {
+            let body = decode_body(encoding.as_deref(), body, max_body)?;
+            let events = parse_body(&body, format, limits)?;
+            outgoing(&set, &body, &events, &params, idempotency_key.as_deref())
+        }
     };
-    let prepared = if body_len_hint(&request_headers) < INLINE_PARSE_BYTES {
+    let events = if body_len_hint(&request_headers) < INLINE_PARSE_BYTES {
         job()?
     } else {
         tokio::task::spawn_blocking(job)
             .await
             .map_err(|e| ApiError::Storage(tidegate_storage::StorageError::Internal(e.to_string())))??
     };
-    let events = prepared.slots.len();
-    let payload = prepared.payload_bytes;
-    let batch_parts: Vec<u32> = prepared.batches.iter().map(|(p, _)| *p).collect();
-    let response = if acks == Acks::None {
-        state.store.append_detached(&topic, prepared.batches).await?;
-        (StatusCode::ACCEPTED, Json(Accepted { accepted: events })).into_response()
-    } else {
-        let bases = state.store.append(&topic, prepared.batches).await?;
-        let offsets = prepared
-            .slots
-            .iter()
-            .map(|&(b, i)| EventOffset { partition: batch_parts[b], offset: bases[b] + u64::from(i) })
-            .collect();
-        Json(ProduceResponse { offsets }).into_response()
+    let count = events.len();
+    let placements = commit(&state, &set, events, shared, received, acks == Acks::None).await?;
+    let response = match placements {
+        None => (StatusCode::ACCEPTED, Json(Accepted { accepted: count })).into_response(),
+        Some(placements) => {
+            let offsets = placements.into_iter().map(|p| event_offset(&set, p)).collect();
+            Json(ProduceResponse { offsets }).into_response()
+        }
     };
-    metrics::counter!("tidegate_events_appended_total", "topic" => topic.clone()).increment(events as u64);
-    metrics::counter!("tidegate_bytes_appended_total", "topic" => topic).increment(payload);
     Ok(response)
+}
+
+/// The answer entry of one placed event.
+pub(crate) fn event_offset(set: &TopicSet, p: Placement) -> EventOffset {
+    EventOffset {
+        partition: p.partition,
+        offset: p.offset,
+        duplicate: p.duplicate,
+        dead_letter: p.dead_letter.map(|note| DeadLettered {
+            topic: set.list[p.topic].topic.name.clone(),
+            reason: note.reason,
+            path: note.path,
+        }),
+    }
+}
+
+/// Turns parsed events into owned events for the topic: ids, schema check, dead letters.
+fn outgoing(
+    set: &TopicSet,
+    body: &Bytes,
+    events: &[ParsedEvent<'_>],
+    params: &ProduceParams,
+    idempotency_key: Option<&str>,
+) -> Result<Vec<Outgoing>, ApiError> {
+    let rules = &set.list[0].rules;
+    let default_key = params.record_key.as_deref().map(|k| Bytes::copy_from_slice(k.as_bytes()));
+    let mut errors = Vec::new();
+    let mut out = Vec::with_capacity(events.len());
+    for (index, event) in events.iter().enumerate() {
+        let own_id = match (&rules.event_id, event.json) {
+            (Some(pointer), true) => std::str::from_utf8(event.value).ok().and_then(|raw| id_at(raw, pointer)),
+            _ => None,
+        };
+        let id = match (own_id, idempotency_key) {
+            (Some(id), _) => Some(event_id(&id)),
+            (None, Some(key)) => Some(header_id(key, index)),
+            (None, None) => None,
+        };
+        let id = match id.transpose() {
+            Ok(id) => id,
+            Err(detail) => {
+                errors.push(EventError::new(index, detail));
+                continue;
+            }
+        };
+        let key = match &event.key {
+            Some(std::borrow::Cow::Borrowed(k)) => Some(body.slice_ref(k)),
+            Some(std::borrow::Cow::Owned(k)) => Some(Bytes::copy_from_slice(k)),
+            None => default_key.clone(),
+        };
+        let e = Outgoing {
+            key,
+            partition: event.partition.or(params.partition),
+            headers: event.headers.iter().map(|(n, v)| (n.clone(), v.as_bytes().to_vec())).collect(),
+            timestamp: event.timestamp,
+            id,
+            json: event.json,
+            ..Outgoing::json(0, body.slice_ref(event.value))
+        };
+        if let Some(e) = screen(set, index, e, &mut errors) {
+            out.push(e);
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        errors.truncate(crate::ingest::parse::MAX_LISTED_ERRORS);
+        Err(ApiError::InvalidEvents { errors })
+    }
 }
 
 /// The `writeKey` field of a JSON object body (a single event or the envelope).
@@ -229,65 +310,4 @@ fn body_write_key(body: &[u8]) -> Option<String> {
 /// Size of the body as announced, to decide where to parse it.
 fn body_len_hint(headers: &HeaderMap) -> usize {
     headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(usize::MAX)
-}
-
-/// Chooses partitions and encodes one batch per partition, keeping request order.
-fn prepare(
-    events: &[ParsedEvent<'_>],
-    params: &ProduceParams,
-    shared: &[(&'static str, Vec<u8>)],
-    partitions: u32,
-    sticky: u32,
-    received: i64,
-) -> Result<Prepared, ApiError> {
-    let shared: Vec<(&str, &[u8])> = shared.iter().map(|(n, v)| (*n, v.as_slice())).collect();
-    let default_key = params.record_key.as_deref().map(str::as_bytes);
-    let mut errors = Vec::new();
-    let mut builders: Vec<(u32, BatchBuilder)> = Vec::new();
-    let mut slots = Vec::with_capacity(events.len());
-    let mut payload_bytes = 0u64;
-    let per_batch = events.iter().map(|e| e.value.len() + 32).sum::<usize>().min(4 << 20);
-    for (index, event) in events.iter().enumerate() {
-        let key = event.key.as_deref().or(default_key);
-        let partition = match event.partition.or(params.partition) {
-            Some(p) if p >= partitions => {
-                errors.push(EventError {
-                    index,
-                    position: None,
-                    detail: format!("partition {p} does not exist (the topic has {partitions})"),
-                });
-                continue;
-            }
-            Some(p) => p,
-            None => key.map_or(sticky, |k| partition_for_key(k, partitions)),
-        };
-        if event.headers.len() > MAX_RECORD_HEADERS || event.headers.iter().any(|(n, _)| n.len() > MAX_HEADER_NAME) {
-            errors.push(EventError {
-                index,
-                position: None,
-                detail: format!(
-                    "at most {MAX_RECORD_HEADERS} headers per record, names at most {MAX_HEADER_NAME} bytes"
-                ),
-            });
-            continue;
-        }
-        let b = match builders.iter().position(|(p, _)| *p == partition) {
-            Some(b) => b,
-            None => {
-                builders.push((partition, BatchBuilder::new(&shared, per_batch)));
-                builders.len() - 1
-            }
-        };
-        let own: Vec<(&str, &[u8])> = event.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
-        let builder = &mut builders[b].1;
-        slots.push((b, builder.count()));
-        builder.push(event.timestamp.unwrap_or(received), key, &own, event.value, event.json);
-        payload_bytes += event.value.len() as u64;
-    }
-    if !errors.is_empty() {
-        errors.truncate(crate::ingest::parse::MAX_LISTED_ERRORS);
-        return Err(ApiError::InvalidEvents { errors });
-    }
-    let batches = builders.into_iter().map(|(p, b)| (p, b.finish(0))).collect();
-    Ok(Prepared { batches, slots, payload_bytes })
 }

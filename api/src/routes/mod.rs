@@ -5,10 +5,12 @@ pub mod events;
 pub mod groups;
 pub mod ops;
 pub mod records;
+pub mod segment;
 pub mod status;
 pub mod stream;
 pub mod subscribe;
 pub mod topics;
+pub mod tracker;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -40,8 +42,12 @@ use crate::state::SharedState;
         (name = "topics", description = "Topic admin"),
         (name = "consume", description = "WebSocket subscriptions (protocol: [/docs/websocket](/docs/websocket))"),
         (name = "groups", description = "Consumer-group admin"),
+        (name = "segment", description = "Segment-compatible tracking API (analytics.js, Segment's server libraries)"),
+        (name = "tracker", description = "The first-party browser tracker"),
         (name = "ops", description = "Health, readiness, metrics, node status"),
     ),
+    // The Segment calls are routed one path each (see `api_router`), documented once.
+    paths(segment::segment_call),
     modifiers(&SecurityDoc)
 )]
 struct ApiDoc;
@@ -122,7 +128,11 @@ impl utoipa::Modify for SecurityDoc {
 }
 
 fn api_router() -> OpenApiRouter<SharedState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let mut router = OpenApiRouter::with_openapi(ApiDoc::openapi());
+    for path in segment::CALL_PATHS {
+        router = router.route(path, axum::routing::post(segment::segment_call));
+    }
+    router
         .routes(routes!(topics::create_topic, topics::list_topics))
         .routes(routes!(topics::describe_topic, topics::alter_topic, topics::delete_topic))
         .routes(routes!(topics::add_partitions))
@@ -138,6 +148,8 @@ fn api_router() -> OpenApiRouter<SharedState> {
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
         .routes(routes!(status::status))
+        .routes(routes!(segment::segment_settings))
+        .routes(routes!(tracker::tracker_js))
 }
 
 /// The OpenAPI document, as served at `/openapi.json` and checked in at

@@ -1,4 +1,5 @@
-//! Topic admin: create, list, describe, alter retention, add partitions, delete.
+//! Topic admin: create, list, describe, alter settings (retention, event-id pointer,
+//! JSON Schema, dead-letter topic), add partitions, delete.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -30,6 +31,14 @@ pub struct CreateTopic {
     pub retention_bytes: Option<Option<u64>>,
     /// Copies of each partition. A single node holds one.
     pub replication_factor: Option<u16>,
+    /// JSON pointer (RFC 6901) to each event's id, for deduplication (`/messageId`, `/eid`).
+    pub event_id: Option<String>,
+    /// JSON Schema every event must match (compiled when set; remote `$ref`s are not fetched).
+    #[schema(value_type = Option<Object>)]
+    pub schema: Option<serde_json::Value>,
+    /// Topic receiving the events that fail `schema` (created if missing); without it
+    /// such events fail their request with 400.
+    pub dead_letter_topic: Option<String>,
 }
 
 /// Body of `PATCH /v1/topics/{topic}`: fields left out are unchanged, `null` removes a limit.
@@ -44,6 +53,18 @@ pub struct AlterTopic {
     #[serde(default, deserialize_with = "some")]
     #[schema(value_type = Option<u64>, nullable)]
     pub retention_bytes: Option<Option<u64>>,
+    /// New event-id pointer, or `null` for none.
+    #[serde(default, deserialize_with = "some")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub event_id: Option<Option<String>>,
+    /// New JSON Schema, or `null` for none.
+    #[serde(default, deserialize_with = "some")]
+    #[schema(value_type = Option<Object>, nullable)]
+    pub schema: Option<Option<serde_json::Value>>,
+    /// New dead-letter topic (created if missing), or `null` for none.
+    #[serde(default, deserialize_with = "some")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub dead_letter_topic: Option<Option<String>>,
 }
 
 /// Body of `POST /v1/topics/{topic}/partitions`.
@@ -91,6 +112,16 @@ pub struct TopicDescription {
     pub retention_ms: Option<u64>,
     /// Size retention per partition (`null`: none).
     pub retention_bytes: Option<u64>,
+    /// JSON pointer to each event's id (deduplication), if set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    /// The JSON Schema events must match, if set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub schema: Option<serde_json::Value>,
+    /// Where events failing the schema go, if set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_letter_topic: Option<String>,
     /// Creation time, ms since the epoch.
     pub created_ms: i64,
     /// Records currently stored, over all partitions.
@@ -132,6 +163,9 @@ fn describe_blocking(state: &SharedState, info: TopicInfo) -> TopicDescription {
         replication_factor: 1,
         retention_ms: info.config.retention_ms,
         retention_bytes: info.config.retention_bytes,
+        event_id: info.config.event_id.clone(),
+        schema: info.config.schema.clone(),
+        dead_letter_topic: info.config.dead_letter_topic.clone(),
         created_ms: info.created_ms,
         records: partitions.iter().map(|p| p.end_offset - p.start_offset).sum(),
         bytes: partitions.iter().map(|p| p.bytes).sum(),
@@ -153,11 +187,29 @@ async fn describe_one(state: &SharedState, info: TopicInfo) -> Result<TopicDescr
     all.pop().ok_or_else(|| ApiError::Storage(tidegate_storage::StorageError::Internal("no description".into())))
 }
 
+/// Checks the ingest rules of new settings (the schema compiles, the dead-letter topic
+/// is another topic) and creates a missing dead-letter topic with the defaults.
+async fn check_rules(state: &SharedState, caller: &Caller, topic: &str, config: &TopicConfig) -> Result<(), ApiError> {
+    config.validate()?;
+    if let Some(schema) = &config.schema {
+        crate::ingest::rules::compile_schema(schema).map_err(|e| ApiError::invalid("invalid_schema", e))?;
+    }
+    if let Some(dlq) = &config.dead_letter_topic {
+        if dlq == topic {
+            return Err(ApiError::invalid("invalid_topic_config", "dead_letter_topic must be another topic"));
+        }
+        // Naming (and maybe creating) the dead-letter topic is admin work on it too.
+        caller.require(Action::Admin, dlq)?;
+        state.topic_for_ingest(dlq, true).await?;
+    }
+    Ok(())
+}
+
 /// Create a topic.
 #[utoipa::path(post, path = "/v1/topics", tag = "topics", request_body = CreateTopic,
     responses(
         (status = 201, description = "Created", body = TopicDescription),
-        (status = 400, description = "Invalid name or settings", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid name or settings (`invalid_schema`: the JSON Schema does not compile)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A topic by that name exists", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Body has unknown or mistyped fields", body = Problem, content_type = "application/problem+json"),
@@ -179,7 +231,16 @@ pub async fn create_topic(
         partitions: body.partitions.unwrap_or(state.config.default_partitions),
         retention_ms: body.retention_ms.unwrap_or(default_ms),
         retention_bytes: body.retention_bytes.unwrap_or(default_bytes),
+        event_id: body.event_id,
+        schema: body.schema,
+        dead_letter_topic: body.dead_letter_topic,
     };
+    // Refuse a bad name or an existing topic before creating a dead-letter topic for it.
+    tidegate_storage::validate_topic_name(&body.name)?;
+    if state.store.topic(&body.name).is_ok() {
+        return Err(tidegate_storage::StorageError::TopicExists(body.name).into());
+    }
+    check_rules(&state, &caller, &body.name, &config).await?;
     let info = state.store.create_topic(&body.name, config).await?;
     let mut headers = HeaderMap::new();
     if let Ok(v) = HeaderValue::from_str(&format!("/v1/topics/{}", info.name)) {
@@ -214,12 +275,12 @@ pub async fn describe_topic(
     Ok(Json(describe_one(&state, info).await?))
 }
 
-/// Change a topic's retention.
+/// Change a topic's settings: retention, event-id pointer, JSON Schema, dead-letter topic.
 #[utoipa::path(patch, path = "/v1/topics/{topic}", tag = "topics", request_body = AlterTopic,
     params(("topic" = String, Path, description = "Topic name")),
     responses(
         (status = 200, description = "The updated topic", body = TopicDescription),
-        (status = 400, description = "Invalid settings", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid settings (`invalid_topic_config`, `invalid_schema`)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such topic", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Body has unknown or mistyped fields", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -230,7 +291,15 @@ pub async fn alter_topic(
     Json(body): Json<AlterTopic>,
 ) -> Result<Json<TopicDescription>, ApiError> {
     caller.require(Action::Admin, &topic)?;
-    let patch = TopicConfigPatch { retention_ms: body.retention_ms, retention_bytes: body.retention_bytes };
+    let patch = TopicConfigPatch {
+        retention_ms: body.retention_ms,
+        retention_bytes: body.retention_bytes,
+        event_id: body.event_id,
+        schema: body.schema,
+        dead_letter_topic: body.dead_letter_topic,
+    };
+    let next = state.store.topic(&topic)?.config().patched(&patch);
+    check_rules(&state, &caller, &topic, &next).await?;
     let info = state.store.alter_topic(&topic, patch).await?;
     Ok(Json(describe_one(&state, info).await?))
 }
@@ -268,5 +337,6 @@ pub async fn delete_topic(
 ) -> Result<StatusCode, ApiError> {
     caller.require(Action::Admin, &topic)?;
     state.store.delete_topic(&topic).await?;
+    state.rules.forget(&topic);
     Ok(StatusCode::NO_CONTENT)
 }

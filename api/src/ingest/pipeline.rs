@@ -1,0 +1,422 @@
+//! The write path shared by the ingest endpoints (`/v1/topics/{t}/events` and the
+//! Segment-compatible API): schema screening with dead letters, deduplication by
+//! event id, partition choice, encoding, and one atomic append.
+//!
+//! A request is atomic: its events (to any topics, dead letters included) and the
+//! dedup entries of their ids are stored in one storage write, or nothing is. Events
+//! whose id was seen within the window are not written again; they are answered with
+//! the first copy's place. The same id twice in one request is written once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tidegate_storage::{
+    BatchBuilder, EncodedBatch, IdState, IdWrite, IdWrites, PartitionLog, Remembered, StorageError, Topic,
+};
+
+use super::partitioner::partition_for_key;
+use super::rules::TopicRules;
+use crate::error::{ApiError, EventError};
+use crate::state::SharedState;
+
+/// Most headers one record may carry.
+pub const MAX_RECORD_HEADERS: usize = 256;
+/// Longest header name.
+pub const MAX_HEADER_NAME: usize = 256;
+/// Requests whose payload is at least this large are encoded on a blocking thread.
+const INLINE_ENCODE_BYTES: u64 = 64 * 1024;
+
+/// Headers a dead letter carries.
+pub mod dead_letter_headers {
+    /// Why the event failed the schema.
+    pub const REASON: &str = "dlq-reason";
+    /// JSON pointer to the failing value.
+    pub const PATH: &str = "dlq-path";
+    /// The topic the event was posted to.
+    pub const SOURCE_TOPIC: &str = "dlq-source-topic";
+}
+
+/// A topic a request writes to, with its rules.
+#[derive(Debug, Clone)]
+pub struct Destination {
+    /// The topic.
+    pub topic: Arc<Topic>,
+    /// Its compiled rules.
+    pub rules: Arc<TopicRules>,
+    /// Index of its dead-letter topic in the [`TopicSet`].
+    pub dead_letter: Option<usize>,
+}
+
+/// The topics of one request (the addressed ones and their dead-letter topics).
+#[derive(Debug, Clone, Default)]
+pub struct TopicSet {
+    /// Topics in the order they were added.
+    pub list: Vec<Destination>,
+}
+
+/// How to find a topic that may not exist yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Create {
+    /// Create it only when `auto_create_topics` is on (else 404).
+    IfConfigured,
+    /// Always create it (Segment topics, dead-letter topics).
+    Always,
+}
+
+impl TopicSet {
+    /// Index of `name`, adding it (and its dead-letter topic) when it is new.
+    pub async fn add(&mut self, state: &SharedState, name: &str, create: Create) -> Result<usize, ApiError> {
+        if let Some(i) = self.index_of(name) {
+            return Ok(i);
+        }
+        let topic = state.topic_for_ingest(name, create == Create::Always).await?;
+        let rules = state.rules.rules(&topic).map_err(|e| ApiError::Storage(StorageError::Internal(e)))?;
+        let dlq_name = rules.dead_letter_topic.clone();
+        self.list.push(Destination { topic, rules, dead_letter: None });
+        let index = self.list.len() - 1;
+        if let Some(dlq) = dlq_name {
+            let topic = state.topic_for_ingest(&dlq, true).await?;
+            let rules = state.rules.rules(&topic).map_err(|e| ApiError::Storage(StorageError::Internal(e)))?;
+            let dlq_index = match self.index_of(&dlq) {
+                Some(i) => i,
+                None => {
+                    self.list.push(Destination { topic, rules, dead_letter: None });
+                    self.list.len() - 1
+                }
+            };
+            self.list[index].dead_letter = Some(dlq_index);
+        }
+        Ok(index)
+    }
+
+    /// Index of an already added topic.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.list.iter().position(|d| d.topic.name == name)
+    }
+}
+
+/// Why an event was dead-lettered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterNote {
+    /// The schema error (`None` when answering a retry of an event dead-lettered before).
+    pub reason: Option<String>,
+    /// JSON pointer to the failing value.
+    pub path: Option<String>,
+}
+
+/// One event of a request, owned, on its way to the log.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Index in the [`TopicSet`] of the topic it is written to.
+    pub topic: usize,
+    /// Index of the topic the client addressed (whose dedup memory holds its id).
+    pub scope: usize,
+    /// The payload.
+    pub value: Bytes,
+    /// Whether `value` is JSON text.
+    pub json: bool,
+    /// Record key.
+    pub key: Option<Bytes>,
+    /// Explicit partition.
+    pub partition: Option<u32>,
+    /// The record's own headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Record timestamp (default: the receive time).
+    pub timestamp: Option<i64>,
+    /// Dedup id (namespaced, see [`super::ids`]).
+    pub id: Option<Vec<u8>>,
+    /// Set when the event failed its topic's schema and goes to the dead-letter topic.
+    pub dead_letter: Option<DeadLetterNote>,
+}
+
+impl Outgoing {
+    /// A JSON event for `topic` with nothing else set.
+    pub fn json(topic: usize, value: Bytes) -> Outgoing {
+        Outgoing {
+            topic,
+            scope: topic,
+            value,
+            json: true,
+            key: None,
+            partition: None,
+            headers: Vec::new(),
+            timestamp: None,
+            id: None,
+            dead_letter: None,
+        }
+    }
+}
+
+/// Applies the schema of the event's topic: a valid event passes; an invalid one is
+/// redirected to the dead-letter topic (with `dlq-*` headers) when the topic has one,
+/// or reported in `errors` (and `None` returned).
+pub fn screen(set: &TopicSet, index: usize, mut event: Outgoing, errors: &mut Vec<EventError>) -> Option<Outgoing> {
+    let dest = &set.list[event.topic];
+    let Err(failure) = dest.rules.check(&event.value, event.json) else { return Some(event) };
+    match dest.dead_letter {
+        Some(dlq) => {
+            event.headers.push((dead_letter_headers::REASON.into(), failure.reason.clone().into_bytes()));
+            event.headers.push((dead_letter_headers::PATH.into(), failure.path.clone().into_bytes()));
+            event.headers.push((dead_letter_headers::SOURCE_TOPIC.into(), dest.topic.name.clone().into_bytes()));
+            event.topic = dlq;
+            // The dead-letter topic has its own partitions: the key decides, if any.
+            event.partition = None;
+            event.dead_letter = Some(DeadLetterNote { reason: Some(failure.reason), path: Some(failure.path) });
+            Some(event)
+        }
+        None => {
+            errors.push(EventError {
+                index,
+                position: None,
+                path: Some(failure.path.clone()),
+                detail: format!(
+                    "does not match the schema of topic {:?} at {:?}: {}",
+                    dest.topic.name, failure.path, failure.reason
+                ),
+            });
+            None
+        }
+    }
+}
+
+/// Where one event of a request is (or already was) stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// Index in the [`TopicSet`] of the topic holding it.
+    pub topic: usize,
+    /// Partition.
+    pub partition: u32,
+    /// Offset.
+    pub offset: u64,
+    /// A copy of this event was stored before (within the window or earlier in this
+    /// request); nothing was written for it now.
+    pub duplicate: bool,
+    /// Set when the event is in the dead-letter topic.
+    pub dead_letter: Option<DeadLetterNote>,
+}
+
+/// What the encoder produced for the events to write.
+struct Encoded {
+    batches: Vec<(Arc<PartitionLog>, EncodedBatch)>,
+    /// Per event to write: (batch index, position in it).
+    slots: Vec<(usize, u32)>,
+    /// Payload bytes per batch.
+    payload: Vec<u64>,
+}
+
+/// Chooses partitions and encodes one batch per (topic, partition), keeping order.
+/// `events` are (request index, event); errors name the request index.
+fn encode(
+    set: &TopicSet,
+    events: &[(usize, &Outgoing)],
+    shared: &[(&'static str, Vec<u8>)],
+    sticky: &[u32],
+    received: i64,
+) -> Result<Encoded, ApiError> {
+    let shared: Vec<(&str, &[u8])> = shared.iter().map(|(n, v)| (*n, v.as_slice())).collect();
+    let mut errors = Vec::new();
+    let mut builders: Vec<((usize, u32), BatchBuilder)> = Vec::new();
+    let mut slots = Vec::with_capacity(events.len());
+    let mut payload: Vec<u64> = Vec::new();
+    let per_batch = events.iter().map(|(_, e)| e.value.len() + 32).sum::<usize>().min(4 << 20);
+    for &(index, event) in events {
+        let topic = &set.list[event.topic].topic;
+        let partitions = topic.partition_count();
+        let key = event.key.as_deref();
+        let partition = match event.partition {
+            Some(p) if p >= partitions => {
+                errors
+                    .push(EventError::new(index, format!("partition {p} does not exist (the topic has {partitions})")));
+                continue;
+            }
+            Some(p) => p,
+            None => key.map_or(sticky[event.topic] % partitions, |k| partition_for_key(k, partitions)),
+        };
+        if event.headers.len() > MAX_RECORD_HEADERS || event.headers.iter().any(|(n, _)| n.len() > MAX_HEADER_NAME) {
+            errors.push(EventError::new(
+                index,
+                format!("at most {MAX_RECORD_HEADERS} headers per record, names at most {MAX_HEADER_NAME} bytes"),
+            ));
+            continue;
+        }
+        let b = match builders.iter().position(|(at, _)| *at == (event.topic, partition)) {
+            Some(b) => b,
+            None => {
+                builders.push(((event.topic, partition), BatchBuilder::new(&shared, per_batch)));
+                payload.push(0);
+                builders.len() - 1
+            }
+        };
+        let own: Vec<(&str, &[u8])> = event.headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+        let builder = &mut builders[b].1;
+        slots.push((b, builder.count()));
+        builder.push(event.timestamp.unwrap_or(received), key, &own, &event.value, event.json);
+        payload[b] += event.value.len() as u64;
+    }
+    if !errors.is_empty() {
+        errors.truncate(super::parse::MAX_LISTED_ERRORS);
+        return Err(ApiError::InvalidEvents { errors });
+    }
+    let mut batches = Vec::with_capacity(builders.len());
+    for ((topic, partition), builder) in builders {
+        let part = set.list[topic].topic.partition(partition)?;
+        batches.push((part, builder.finish(0)));
+    }
+    Ok(Encoded { batches, slots, payload })
+}
+
+/// How an event of the request is handled after the dedup lookup.
+#[derive(Debug, Clone, Copy)]
+enum Fate {
+    /// Written now; `claim` is its id's claim.
+    Write { claim: Option<usize> },
+    /// Its id was stored before.
+    Seen(Remembered),
+    /// Same id as the earlier event at this request index.
+    Repeat(usize),
+}
+
+/// Writes the events of one request atomically and says where each one is, in
+/// request order (`None` with `acks_none`: the append is only queued).
+pub async fn commit(
+    state: &SharedState,
+    set: &TopicSet,
+    events: Vec<Outgoing>,
+    shared: Vec<(&'static str, Vec<u8>)>,
+    received: i64,
+    acks_none: bool,
+) -> Result<Option<Vec<Placement>>, ApiError> {
+    // Ids: one claim per distinct (scope topic, id); repeats follow their first.
+    let mut fates = Vec::with_capacity(events.len());
+    let mut claims_wanted: Vec<(Arc<Topic>, Vec<u8>)> = Vec::new();
+    let mut first: HashMap<(usize, &[u8]), usize> = HashMap::new();
+    for (i, e) in events.iter().enumerate() {
+        match &e.id {
+            None => fates.push(Fate::Write { claim: None }),
+            Some(id) => match first.get(&(e.scope, id.as_slice())) {
+                Some(&earlier) => fates.push(Fate::Repeat(earlier)),
+                None => {
+                    first.insert((e.scope, id.as_slice()), i);
+                    claims_wanted.push((set.list[e.scope].topic.clone(), id.clone()));
+                    fates.push(Fate::Write { claim: Some(claims_wanted.len() - 1) });
+                }
+            },
+        }
+    }
+    drop(first);
+    let claims = if claims_wanted.is_empty() {
+        None
+    } else {
+        let (states, claims) = state.store.dedup_claim(claims_wanted).await?;
+        for fate in &mut fates {
+            if let Fate::Write { claim: Some(c) } = *fate
+                && let IdState::Seen(place) = states[c]
+            {
+                *fate = Fate::Seen(place);
+            }
+        }
+        Some(claims)
+    };
+
+    let sticky: Vec<u32> = set.list.iter().map(|d| state.spreader.next(d.topic.partition_count().max(1))).collect();
+    let payload: u64 = events.iter().map(|e| e.value.len() as u64).sum();
+    let events = Arc::new(events);
+    let fates = Arc::new(fates);
+    let job = {
+        let (set, events, fates) = (set.clone(), events.clone(), fates.clone());
+        move || {
+            let to_write: Vec<(usize, &Outgoing)> =
+                events.iter().enumerate().filter(|(i, _)| matches!(fates[*i], Fate::Write { .. })).collect();
+            encode(&set, &to_write, &shared, &sticky, received)
+        }
+    };
+    let encoded = if payload < INLINE_ENCODE_BYTES {
+        job()?
+    } else {
+        tokio::task::spawn_blocking(job)
+            .await
+            .map_err(|e| ApiError::Storage(StorageError::Internal(e.to_string())))??
+    };
+
+    // Dedup entries of the claimed ids, placed by the encoder's slots.
+    let mut slot_of = vec![None; events.len()];
+    let mut written = 0;
+    for (i, fate) in fates.iter().enumerate() {
+        if matches!(fate, Fate::Write { .. }) {
+            slot_of[i] = Some(encoded.slots[written]);
+            written += 1;
+        }
+    }
+    let ids = claims.map(|claims| {
+        let entries = fates
+            .iter()
+            .enumerate()
+            .filter_map(|(i, fate)| match (fate, slot_of[i]) {
+                (Fate::Write { claim: Some(c) }, Some((batch, position))) => {
+                    Some(IdWrite { claim: *c, batch, position, dead_lettered: events[i].dead_letter.is_some() })
+                }
+                _ => None,
+            })
+            .collect();
+        IdWrites { claims, entries }
+    });
+
+    let batch_places: Vec<(usize, u32)> =
+        encoded.batches.iter().map(|(part, _)| (set.index_of(&part.topic).unwrap_or(0), part.index)).collect();
+    let appended: Vec<(usize, u64, u64)> = encoded
+        .batches
+        .iter()
+        .zip(&encoded.payload)
+        .map(|((part, batch), bytes)| (set.index_of(&part.topic).unwrap_or(0), u64::from(batch.count()), *bytes))
+        .collect();
+    let bases = if encoded.batches.is_empty() {
+        drop(ids);
+        Some(Vec::new())
+    } else if acks_none {
+        state.store.append_to_detached(encoded.batches, ids).await?;
+        None
+    } else {
+        Some(state.store.append_to(encoded.batches, ids).await?)
+    };
+    for (topic, count, bytes) in appended {
+        let name = set.list[topic].topic.name.clone();
+        metrics::counter!("tidegate_events_appended_total", "topic" => name.clone()).increment(count);
+        metrics::counter!("tidegate_bytes_appended_total", "topic" => name).increment(bytes);
+    }
+    let duplicates = fates.iter().filter(|f| !matches!(f, Fate::Write { .. })).count();
+    if duplicates > 0 {
+        metrics::counter!("tidegate_events_deduplicated_total").increment(duplicates as u64);
+    }
+    let Some(bases) = bases else { return Ok(None) };
+
+    let mut out: Vec<Placement> = Vec::with_capacity(events.len());
+    for (i, fate) in fates.iter().enumerate() {
+        let placement = match *fate {
+            Fate::Write { .. } => {
+                let (batch, position) = slot_of[i].expect("written events have slots");
+                let (topic, partition) = batch_places[batch];
+                Placement {
+                    topic,
+                    partition,
+                    offset: bases[batch] + u64::from(position),
+                    duplicate: false,
+                    dead_letter: events[i].dead_letter.clone(),
+                }
+            }
+            Fate::Seen(place) => {
+                let scope = events[i].scope;
+                let (topic, dead_letter) = if place.dead_lettered {
+                    let note = DeadLetterNote { reason: None, path: None };
+                    (set.list[scope].dead_letter.unwrap_or(scope), Some(note))
+                } else {
+                    (scope, None)
+                };
+                Placement { topic, partition: place.partition, offset: place.offset, duplicate: true, dead_letter }
+            }
+            Fate::Repeat(earlier) => Placement { duplicate: true, ..out[earlier].clone() },
+        };
+        out.push(placement);
+    }
+    Ok(Some(out))
+}

@@ -1,0 +1,412 @@
+//! Segment's tracking API payloads: the calls, the checks Segment makes, the fields
+//! its servers add, and which topic each event goes to.
+//!
+//! Per event: `type` is the call's (single calls) or must be one of Segment's six
+//! (batch items); it needs a `userId` or an `anonymousId`, and a `track` needs an
+//! `event` name. The gateway adds what Segment's servers add: a `messageId` when the
+//! client sent none, `receivedAt`, and — when the client sent both `timestamp` and
+//! `sentAt` — the clock-skew correction `timestamp = receivedAt - (sentAt -
+//! originalTimestamp)`, keeping the client's value as `originalTimestamp`; without a
+//! `timestamp`, it is `receivedAt`. A batch's top-level `context` and `integrations` are
+//! merged into each item (the item's own keys win). `writeKey` is taken out of the
+//! stored events. The record key is `userId`, else `anonymousId`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::time::{format_rfc3339_ms, parse_rfc3339_ms};
+use crate::error::{ApiError, EventError};
+
+/// Segment's event types.
+pub const TYPES: [&str; 6] = ["track", "page", "screen", "identify", "group", "alias"];
+
+/// One call of the tracking API, by its path (`/v1/track` or analytics.js's `/v1/t`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    /// One event of this type (one of [`TYPES`]).
+    Single(&'static str),
+    /// `{"batch": [...]}`.
+    Batch,
+}
+
+impl Call {
+    /// The call posted to `/v1/{name}`.
+    pub fn from_path(name: &str) -> Option<Call> {
+        Some(match name {
+            "track" | "t" => Call::Single("track"),
+            "page" | "p" => Call::Single("page"),
+            "screen" | "s" => Call::Single("screen"),
+            "identify" | "i" => Call::Single("identify"),
+            "group" | "g" => Call::Single("group"),
+            "alias" | "a" => Call::Single("alias"),
+            "batch" | "b" => Call::Batch,
+            _ => return None,
+        })
+    }
+}
+
+/// The `segment_topics` setting: event type (and name) to topic.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SegmentTopics(pub BTreeMap<String, String>);
+
+impl std::str::FromStr for SegmentTopics {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        serde_json::from_str(s).map_err(|e| format!("segment_topics must be a JSON object of strings: {e}"))
+    }
+}
+
+impl SegmentTopics {
+    /// Checks keys (`*`, a type, or `type:event name`) and topic names.
+    pub fn validate(&self) -> Result<(), String> {
+        for (key, topic) in &self.0 {
+            let kind = key.split_once(':').map_or(key.as_str(), |(k, _)| k);
+            if key != "*" && !TYPES.contains(&kind) {
+                return Err(format!(
+                    "key {key:?}: expected \"*\", a type ({}) or \"type:event name\"",
+                    TYPES.join(", ")
+                ));
+            }
+            tidegate_storage::validate_topic_name(topic).map_err(|e| format!("key {key:?}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// The topic of an event of type `kind` named `event`.
+    pub fn topic_for(&self, kind: &str, event: Option<&str>) -> String {
+        let specific = event.and_then(|e| self.0.get(&format!("{kind}:{e}")));
+        specific
+            .or_else(|| self.0.get(kind))
+            .or_else(|| self.0.get("*"))
+            .cloned()
+            .unwrap_or_else(|| format!("segment.{kind}"))
+    }
+}
+
+/// Size limits of Segment calls.
+#[derive(Debug, Clone, Copy)]
+pub struct SegmentLimits {
+    /// Largest event (and body of a single call).
+    pub max_event_bytes: usize,
+    /// Largest batch body.
+    pub max_batch_bytes: usize,
+    /// Most events in a batch.
+    pub max_events: usize,
+}
+
+/// One event, normalised, ready to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SegmentEvent {
+    /// Its type.
+    pub kind: &'static str,
+    /// `event` of a track call.
+    pub name: Option<String>,
+    /// `userId`, else `anonymousId`.
+    pub key: String,
+    /// Its `messageId` (the client's, or one the gateway made).
+    pub message_id: String,
+    /// The event as stored (JSON).
+    pub value: Vec<u8>,
+}
+
+/// A request's events and the write key it carried in its body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SegmentRequest {
+    /// `writeKey` of the body (top level, else of the first batch item).
+    pub write_key: Option<String>,
+    /// The events, in order.
+    pub events: Vec<SegmentEvent>,
+}
+
+fn too_large(what: &str, limit: usize) -> ApiError {
+    ApiError::invalid("payload_too_large", format!("{what} is larger than {limit} bytes (Segment's limit)"))
+}
+
+/// A string, or a number's text; `None` for anything else or an empty string.
+fn id_text(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Merges `top` into `item[field]` (the item's keys win).
+fn merge_object(item: &mut Map<String, Value>, field: &str, top: Option<&Map<String, Value>>) {
+    let Some(top) = top else { return };
+    match item.get_mut(field) {
+        Some(Value::Object(own)) => {
+            for (k, v) in top {
+                if !own.contains_key(k) {
+                    own.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        Some(_) => {}
+        None => {
+            item.insert(field.to_string(), Value::Object(top.clone()));
+        }
+    }
+}
+
+/// Checks and completes one event; `Err` is the reason it is malformed.
+fn normalize_event(
+    mut item: Map<String, Value>,
+    call_type: Option<&'static str>,
+    batch: Option<&Map<String, Value>>,
+    received_ms: i64,
+    max_event_bytes: usize,
+) -> Result<SegmentEvent, String> {
+    item.remove("writeKey");
+    let kind = match call_type {
+        Some(kind) => {
+            item.insert("type".into(), Value::String(kind.into()));
+            kind
+        }
+        None => match item.get("type").and_then(Value::as_str) {
+            Some(t) => TYPES
+                .iter()
+                .copied()
+                .find(|k| *k == t)
+                .ok_or_else(|| format!("type {t:?} is not one of {}", TYPES.join(", ")))?,
+            None => return Err(format!("no \"type\" (one of {})", TYPES.join(", "))),
+        },
+    };
+    let key = id_text(item.get("userId"))
+        .or_else(|| id_text(item.get("anonymousId")))
+        .ok_or("no userId or anonymousId (no_user_anon_id)")?;
+    let name = match item.get("event") {
+        Some(Value::String(e)) if !e.is_empty() => Some(e.clone()),
+        _ if kind == "track" => return Err("a track event needs an \"event\" name".into()),
+        _ => None,
+    };
+    if let Some(top) = batch {
+        merge_object(&mut item, "context", top.get("context").and_then(Value::as_object));
+        merge_object(&mut item, "integrations", top.get("integrations").and_then(Value::as_object));
+        if !item.contains_key("sentAt")
+            && let Some(sent) = top.get("sentAt")
+        {
+            item.insert("sentAt".into(), sent.clone());
+        }
+    }
+    let message_id = match id_text(item.get("messageId")) {
+        Some(id) => id,
+        None => {
+            let id = format!("tidegate-{}", uuid::Uuid::new_v4());
+            item.insert("messageId".into(), Value::String(id.clone()));
+            id
+        }
+    };
+    let received = format_rfc3339_ms(received_ms);
+    let original = item.get("timestamp").and_then(Value::as_str).and_then(parse_rfc3339_ms);
+    let sent = item.get("sentAt").and_then(Value::as_str).and_then(parse_rfc3339_ms);
+    match (original, sent) {
+        (Some(original), Some(sent)) => {
+            if let Some(ts) = item.remove("timestamp") {
+                item.insert("originalTimestamp".into(), ts);
+            }
+            let corrected = received_ms.saturating_sub(sent.saturating_sub(original));
+            item.insert("timestamp".into(), Value::String(format_rfc3339_ms(corrected)));
+        }
+        _ if !item.contains_key("timestamp") => {
+            item.insert("timestamp".into(), Value::String(received.clone()));
+        }
+        _ => {}
+    }
+    item.insert("receivedAt".into(), Value::String(received));
+    let value = serde_json::to_vec(&Value::Object(item)).map_err(|e| e.to_string())?;
+    if value.len() > max_event_bytes {
+        return Err(format!("the event is {} bytes; Segment's limit is {max_event_bytes}", value.len()));
+    }
+    Ok(SegmentEvent { kind, name, key, message_id, value })
+}
+
+/// Parses and normalises the body of a call. Every failure is a 400: Segment's
+/// trackers retry other statuses.
+pub fn normalize(call: Call, body: &[u8], received_ms: i64, limits: SegmentLimits) -> Result<SegmentRequest, ApiError> {
+    let limit = match call {
+        Call::Single(_) => limits.max_event_bytes,
+        Call::Batch => limits.max_batch_bytes,
+    };
+    if body.len() > limit {
+        return Err(too_large("the body", limit));
+    }
+    let mut top: Map<String, Value> = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => map,
+        Ok(_) => return Err(ApiError::invalid("invalid_segment_payload", "the body must be a JSON object")),
+        Err(e) => {
+            let error = EventError { index: 0, position: None, path: None, detail: format!("malformed JSON: {e}") };
+            return Err(ApiError::InvalidEvents { errors: vec![error] });
+        }
+    };
+    let mut write_key = match top.remove("writeKey") {
+        Some(Value::String(k)) if !k.is_empty() => Some(k),
+        _ => None,
+    };
+    let items: Vec<(Map<String, Value>, Option<&'static str>)> = match call {
+        Call::Single(kind) => vec![(top.clone(), Some(kind))],
+        Call::Batch => {
+            let Some(Value::Array(batch)) = top.remove("batch") else {
+                return Err(ApiError::invalid("invalid_segment_payload", "a batch call needs a \"batch\" array"));
+            };
+            if batch.len() > limits.max_events {
+                return Err(ApiError::invalid(
+                    "too_many_events",
+                    format!("the batch has {} events; at most {} are accepted", batch.len(), limits.max_events),
+                ));
+            }
+            let mut items = Vec::with_capacity(batch.len());
+            let mut errors = Vec::new();
+            for (index, item) in batch.into_iter().enumerate() {
+                match item {
+                    Value::Object(map) => {
+                        if write_key.is_none()
+                            && let Some(Value::String(k)) = map.get("writeKey")
+                        {
+                            write_key = Some(k.clone()).filter(|k| !k.is_empty());
+                        }
+                        items.push((map, None));
+                    }
+                    _ => errors.push(EventError::new(index, "a batch item must be a JSON object")),
+                }
+            }
+            if !errors.is_empty() {
+                errors.truncate(super::parse::MAX_LISTED_ERRORS);
+                return Err(ApiError::InvalidEvents { errors });
+            }
+            items
+        }
+    };
+    if items.is_empty() {
+        return Err(ApiError::invalid("no_events", "the batch is empty"));
+    }
+    let batch_top = matches!(call, Call::Batch).then_some(&top);
+    let mut events = Vec::with_capacity(items.len());
+    let mut errors = Vec::new();
+    for (index, (item, kind)) in items.into_iter().enumerate() {
+        match normalize_event(item, kind, batch_top, received_ms, limits.max_event_bytes) {
+            Ok(e) => events.push(e),
+            Err(detail) if errors.len() < super::parse::MAX_LISTED_ERRORS => {
+                errors.push(EventError::new(index, detail));
+            }
+            Err(_) => {}
+        }
+    }
+    if errors.is_empty() { Ok(SegmentRequest { write_key, events }) } else { Err(ApiError::InvalidEvents { errors }) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const LIMITS: SegmentLimits =
+        SegmentLimits { max_event_bytes: 32 * 1024, max_batch_bytes: 500 * 1024, max_events: 2500 };
+    /// 2012-12-02T00:30:20.000Z
+    const RECEIVED: i64 = 1_354_408_220_000;
+
+    fn stored(e: &SegmentEvent) -> Value {
+        serde_json::from_slice(&e.value).unwrap()
+    }
+
+    #[test]
+    fn track_from_segment_docs_is_completed_like_segment_does() {
+        // The Track example of Segment's HTTP API documentation.
+        let body = json!({
+            "userId": "019mr8mf4r",
+            "event": "Item Purchased",
+            "properties": {"name": "Leap to Conclusions Mat", "revenue": 14.99},
+            "context": {"ip": "24.5.68.47"},
+            "timestamp": "2012-12-02T00:30:12.984Z",
+            "writeKey": "YOUR_WRITE_KEY"
+        });
+        let r = normalize(Call::Single("track"), body.to_string().as_bytes(), RECEIVED, LIMITS).unwrap();
+        assert_eq!(r.write_key.as_deref(), Some("YOUR_WRITE_KEY"));
+        let e = &r.events[0];
+        assert_eq!((e.kind, e.name.as_deref(), e.key.as_str()), ("track", Some("Item Purchased"), "019mr8mf4r"));
+        let v = stored(e);
+        assert_eq!(v["type"], "track");
+        assert!(v.get("writeKey").is_none());
+        assert_eq!(v["timestamp"], "2012-12-02T00:30:12.984Z", "no sentAt: no correction");
+        assert_eq!(v["receivedAt"], "2012-12-02T00:30:20.000Z");
+        assert!(e.message_id.starts_with("tidegate-") && v["messageId"] == e.message_id.as_str());
+    }
+
+    #[test]
+    fn clock_skew_is_corrected_with_sent_at() {
+        // The client's clock is 10 s ahead: it says it sent at :30, the gateway got it at :20.
+        let body = json!({"anonymousId": "a1", "timestamp": "2012-12-02T00:30:25.000Z",
+                          "sentAt": "2012-12-02T00:30:30.000Z", "messageId": "m-1"});
+        let r = normalize(Call::Single("page"), body.to_string().as_bytes(), RECEIVED, LIMITS).unwrap();
+        let v = stored(&r.events[0]);
+        assert_eq!(v["originalTimestamp"], "2012-12-02T00:30:25.000Z");
+        assert_eq!(v["timestamp"], "2012-12-02T00:30:15.000Z");
+        assert_eq!((r.events[0].key.as_str(), r.events[0].message_id.as_str()), ("a1", "m-1"));
+    }
+
+    #[test]
+    fn batch_from_segment_docs_merges_context_and_keeps_bad_timestamps() {
+        let body = json!({
+            "batch": [
+                {"type": "identify", "userId": "019mr8mf4r",
+                 "traits": {"email": "jake@yahoo.com", "name": "Jake Peterson", "age": 26},
+                 "timestamp": "2012-12-02T00:30:08.276Z"},
+                {"type": "track", "userId": "971mj8mk7p", "event": "Song Played",
+                 "properties": {"name": "Get Right", "artist": "Jennifer Lopez"},
+                 "timestamp": "2015-2-02T00:30:12.984Z", "context": {"ip": "1.2.3.4"}}
+            ],
+            "writeKey": "YOUR_WRITE_KEY",
+            "context": {"device": {"type": "phone", "name": "Apple iPhone 6"}}
+        });
+        let r = normalize(Call::Batch, body.to_string().as_bytes(), RECEIVED, LIMITS).unwrap();
+        assert_eq!(r.events.len(), 2);
+        let (a, b) = (stored(&r.events[0]), stored(&r.events[1]));
+        assert_eq!(a["context"]["device"]["name"], "Apple iPhone 6");
+        assert_eq!(b["context"], json!({"ip": "1.2.3.4", "device": {"type": "phone", "name": "Apple iPhone 6"}}));
+        assert_eq!(b["timestamp"], "2015-2-02T00:30:12.984Z", "unparseable timestamps are kept as sent");
+        assert_eq!((r.events[1].kind, r.events[1].key.as_str()), ("track", "971mj8mk7p"));
+    }
+
+    #[test]
+    fn malformed_events_are_named() {
+        let body = json!({"batch": [{"type": "track", "userId": "u"}, {"type": "nope", "userId": "u"},
+                                    {"type": "page"}, 5]});
+        match normalize(Call::Batch, body.to_string().as_bytes(), RECEIVED, LIMITS) {
+            Err(ApiError::InvalidEvents { errors }) => assert_eq!(errors[0].index, 3),
+            other => panic!("{other:?}"),
+        }
+        let body =
+            json!({"batch": [{"type": "track", "userId": "u"}, {"type": "nope", "userId": "u"}, {"type": "page"}]});
+        match normalize(Call::Batch, body.to_string().as_bytes(), RECEIVED, LIMITS) {
+            Err(ApiError::InvalidEvents { errors }) => {
+                assert_eq!(errors.iter().map(|e| e.index).collect::<Vec<_>>(), vec![0, 1, 2]);
+                assert!(errors[2].detail.contains("no_user_anon_id"), "{}", errors[2].detail);
+            }
+            other => panic!("{other:?}"),
+        }
+        let big = json!({"userId": "u", "properties": {"x": "y".repeat(40_000)}});
+        assert!(matches!(
+            normalize(Call::Single("identify"), big.to_string().as_bytes(), RECEIVED, LIMITS),
+            Err(ApiError::InvalidRequest { code: "payload_too_large", .. })
+        ));
+        assert!(normalize(Call::Single("page"), b"[1]", RECEIVED, LIMITS).is_err());
+        assert!(normalize(Call::Batch, b"{\"batch\":[]}", RECEIVED, LIMITS).is_err());
+    }
+
+    #[test]
+    fn topics_follow_the_mapping() {
+        let t: SegmentTopics = r#"{"track:Order Completed":"orders","track":"tracks","*":"segment"}"#.parse().unwrap();
+        t.validate().unwrap();
+        assert_eq!(t.topic_for("track", Some("Order Completed")), "orders");
+        assert_eq!(t.topic_for("track", Some("Other")), "tracks");
+        assert_eq!(t.topic_for("page", None), "segment");
+        assert_eq!(SegmentTopics::default().topic_for("identify", None), "segment.identify");
+        assert!(r#"{"view":"x"}"#.parse::<SegmentTopics>().unwrap().validate().is_err());
+        assert_eq!(Call::from_path("b"), Some(Call::Batch));
+        assert_eq!(Call::from_path("t"), Some(Call::Single("track")));
+        assert_eq!(Call::from_path("projects"), None);
+    }
+}

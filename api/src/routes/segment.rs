@@ -1,0 +1,216 @@
+//! Segment-compatible tracking API: analytics.js and Segment's server libraries send
+//! here by changing only their API host.
+//!
+//! - `POST /v1/track|page|screen|identify|group|alias|batch` and analytics.js's short
+//!   paths `/v1/t|p|s|i|g|a|b` (any content type is read as JSON: analytics.js posts
+//!   `text/plain` to avoid a CORS preflight; gzip, deflate and br bodies are decoded).
+//! - `GET /v1/projects/{writeKey}/settings`: the settings analytics.js loads at start,
+//!   pointing its Segment.io integration back at this gateway.
+//!
+//! Each event goes to the topic `segment_topics` picks (created on first use), keyed by
+//! `userId`, else `anonymousId`, deduplicated by `messageId`, through the same write
+//! path as `/v1/topics/{t}/events` (schemas and dead letters included). A request is
+//! atomic. Accepted requests answer 200 `{"success": true}`; only malformed ones get
+//! 400 (Segment's trackers retry any other status).
+
+use axum::Json;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use utoipa::ToSchema;
+
+use crate::auth::{Action, Caller};
+use crate::error::{ApiError, Problem};
+use crate::ingest::decode::decode_body;
+use crate::ingest::ids::event_id;
+use crate::ingest::pipeline::{Create, Outgoing, TopicSet, commit, screen};
+use crate::ingest::privacy::gateway_headers;
+use crate::ingest::segment::{Call, SegmentLimits, normalize};
+use crate::routes::events::now_ms;
+use crate::state::SharedState;
+
+/// The paths of the Segment calls (each routed to [`segment_call`]).
+pub const CALL_PATHS: [&str; 14] = [
+    "/v1/track",
+    "/v1/page",
+    "/v1/screen",
+    "/v1/identify",
+    "/v1/group",
+    "/v1/alias",
+    "/v1/batch",
+    "/v1/t",
+    "/v1/p",
+    "/v1/s",
+    "/v1/i",
+    "/v1/g",
+    "/v1/a",
+    "/v1/b",
+];
+
+/// Segment's answer to an accepted call.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SegmentAccepted {
+    /// Always `true`.
+    pub success: bool,
+}
+
+/// Checks that the caller may produce to every topic of `topics`: with a token, or a
+/// write key from the `Authorization: Basic` user name, `X-Write-Key`, `?key=` (read by
+/// the authentication middleware) or the body's `writeKey` (`body_key`).
+pub fn authorize_write_key(caller: &Caller, body_key: Option<&str>, topics: &[String]) -> Result<(), ApiError> {
+    let caller = caller.clone().with_body_write_key(body_key);
+    for topic in topics {
+        caller.require(Action::Produce, topic)?;
+    }
+    Ok(())
+}
+
+/// Send Segment events: a single call (`track`, `page`, `screen`, `identify`, `group`,
+/// `alias`, or analytics.js's `t`, `p`, `s`, `i`, `g`, `a`) or a `batch` (`b`).
+///
+/// The write key comes from HTTP Basic auth (user name) or the body's `writeKey`.
+/// Limits: 32 KB per event and single call, 500 KB per batch (settings
+/// `segment_max_event_bytes`, `segment_max_batch_bytes`), answered with 400 like Segment.
+#[utoipa::path(post, path = "/v1/{call}", tag = "segment",
+    params(("call" = String, Path, description = "track, page, screen, identify, group, alias, batch, or t, p, s, i, g, a, b")),
+    request_body(description = "A Segment call: one event, or `{\"batch\": [...], \"context\"?, \"integrations\"?, \"sentAt\"?, \"writeKey\"?}`", content(
+        (Object = "application/json"),
+        (String = "text/plain"),
+    )),
+    responses(
+        (status = 200, description = "Stored durably", body = SegmentAccepted),
+        (status = 400, description = "Malformed: not JSON, no userId/anonymousId, a track without event, unknown type, over a size limit", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such call", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "Storage failure; nothing was acknowledged", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Shutting down", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn segment_call(
+    State(state): State<SharedState>,
+    caller: Caller,
+    uri: Uri,
+    request_headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<SegmentAccepted>, ApiError> {
+    // Routed only for the call paths (see [`CALL_PATHS`]), so the last segment names one.
+    let name = uri.path().rsplit('/').next().unwrap_or_default();
+    let Some(call) = Call::from_path(name) else {
+        return Err(ApiError::NotFound { detail: format!("no Segment call {name:?}") });
+    };
+    let body = body.map_err(|rejection| ApiError::invalid("invalid_body", rejection.body_text()))?;
+    let encoding = request_headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let config = &state.config;
+    let limits = SegmentLimits {
+        max_event_bytes: config.segment_max_event_bytes as usize,
+        max_batch_bytes: config.segment_max_batch_bytes as usize,
+        max_events: config.max_events_per_request as usize,
+    };
+    let received = now_ms();
+    let max_body = config.max_body_bytes as usize;
+    let job = move || {
+        let body = decode_body(encoding.as_deref(), body, max_body)?;
+        normalize(call, &body, received, limits)
+    };
+    let request = if limits.max_batch_bytes.min(max_body) < 64 * 1024 || matches!(call, Call::Single(_)) {
+        job()?
+    } else {
+        tokio::task::spawn_blocking(job)
+            .await
+            .map_err(|e| ApiError::Storage(tidegate_storage::StorageError::Internal(e.to_string())))??
+    };
+
+    // Authorise before anything is created: a refused caller leaves no topic behind.
+    let names: Vec<String> =
+        request.events.iter().map(|e| config.segment_topics.topic_for(e.kind, e.name.as_deref()).to_string()).collect();
+    let mut distinct = names.clone();
+    distinct.sort();
+    distinct.dedup();
+    authorize_write_key(&caller, request.write_key.as_deref(), &distinct)?;
+    let mut set = TopicSet::default();
+    let mut routed = Vec::with_capacity(names.len());
+    for topic in &names {
+        routed.push(set.add(&state, topic, Create::Always).await?);
+    }
+
+    let mut errors = Vec::new();
+    let mut events = Vec::with_capacity(routed.len());
+    for (index, (e, topic)) in request.events.into_iter().zip(routed).enumerate() {
+        let id = event_id(&e.message_id).map_err(|detail| ApiError::InvalidEvents {
+            errors: vec![crate::error::EventError::new(index, format!("messageId: {detail}"))],
+        })?;
+        let event = Outgoing {
+            key: Some(Bytes::from(e.key.into_bytes())),
+            id: Some(id),
+            ..Outgoing::json(topic, Bytes::from(e.value))
+        };
+        if let Some(event) = screen(&set, index, event, &mut errors) {
+            events.push(event);
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::InvalidEvents { errors });
+    }
+    let shared = gateway_headers(config, caller.ip, &request_headers, received);
+    commit(&state, &set, events, shared, received, false).await?;
+    Ok(Json(SegmentAccepted { success: true }))
+}
+
+/// The settings analytics.js loads at start (`cdnURL` pointed at this gateway), telling
+/// its Segment.io integration to post back here.
+///
+/// `apiHost` is this request's host (`X-Forwarded-Host`, else `Host`) with `/v1`, and
+/// `protocol` is `X-Forwarded-Proto`, else `http`. Metrics collection is off.
+#[utoipa::path(get, path = "/v1/projects/{write_key}/settings", tag = "segment",
+    params(("write_key" = String, Path, description = "The source's write key")),
+    responses(
+        (status = 200, description = "analytics.js settings", body = Object),
+        (status = 404, description = "Authentication is on and the write key is not configured", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn segment_settings(
+    State(state): State<SharedState>,
+    Path(write_key): Path<String>,
+    request_headers: HeaderMap,
+) -> Result<(StatusCode, HeaderMap, Json<Value>), ApiError> {
+    if state.security.enabled() && !state.security.is_write_key(&write_key) {
+        return Err(ApiError::NotFound { detail: "unknown write key".into() });
+    }
+    let header_str = |name: &str| request_headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let host = header_str("x-forwarded-host")
+        .or_else(|| header_str("host"))
+        .map(|h| h.split(',').next().unwrap_or(h).trim().to_string())
+        .unwrap_or_else(|| state.config.addr.to_string());
+    let protocol = match header_str("x-forwarded-proto") {
+        Some(p) if p.eq_ignore_ascii_case("https") => "https",
+        _ => "http",
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("public, max-age=60"));
+    let settings = json!({
+        "integrations": {
+            "Segment.io": {
+                "apiKey": write_key,
+                "apiHost": format!("{host}/v1"),
+                "protocol": protocol,
+                "unbundledIntegrations": [],
+                "addBundledMetadata": true,
+                "maybeBundledConfigIds": {},
+                "versionSettings": {"componentTypes": []}
+            }
+        },
+        "plan": {
+            "track": {"__default": {"enabled": true, "integrations": {}}},
+            "identify": {"__default": {"enabled": true}},
+            "group": {"__default": {"enabled": true}}
+        },
+        "edgeFunction": {},
+        "analyticsNextEnabled": true,
+        "middlewareSettings": {},
+        "enabledMiddleware": {},
+        "metrics": {"sampleRate": 0},
+        "legacyVideoPluginsEnabled": false,
+        "remotePlugins": []
+    });
+    Ok((StatusCode::OK, headers, Json(settings)))
+}

@@ -1,0 +1,505 @@
+//! Idempotency memory: which event ids were written, and where, for a window.
+//!
+//! On disk: the `dedup` column family, key = topic incarnation id (big-endian `u64`)
+//! followed by the event id's bytes, value = partition `u32`, offset `u64`, time
+//! remembered (ms, `i64`) and a flag byte (bit 0: the event went to the topic's
+//! dead-letter topic), all big-endian (21 bytes).
+//!
+//! Guarantees:
+//! - Consistent with the log: the writer thread puts an id's entry in the same RocksDB
+//!   `WriteBatch` as the event itself, so an acknowledged event's id survives any crash
+//!   and no id is remembered for an event that was not written.
+//! - One writer per id: an id is *claimed* before its event is encoded; a second
+//!   request carrying an id still in flight waits until the first one's write is done
+//!   (or failed), then answers from its result. Claims are taken in key order, so two
+//!   requests waiting on each other's ids cannot deadlock.
+//! - Bounded: entries older than the window are ignored on lookup and dropped by a
+//!   compaction filter when the upkeep thread compacts the column family, so the disk
+//!   holds at most about (window + compaction period) × id rate entries. Memory holds
+//!   the in-flight claims plus a FIFO cache of recent entries bounded in bytes.
+//! - Deleting a topic drops its entries (a range delete, ordered with appends).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::error::{Result, StorageError};
+use crate::store::{Db, Store, Topic, now_ms};
+
+pub(crate) const DEDUP_CF: &str = "dedup";
+/// Most bytes of one event id.
+pub const MAX_EVENT_ID: usize = 512;
+const VALUE_LEN: usize = 21;
+const FLAG_DEAD_LETTERED: u8 = 1;
+/// Estimated memory of one cached entry besides its key: the key's `Arc` header, the
+/// hash-map slot (key pointer, place, sequence number, control byte at 7/8 load) and
+/// the FIFO slot (key pointer and sequence number, at up to 2x capacity).
+pub const CACHE_ENTRY_OVERHEAD: usize = 128;
+
+/// Where the first copy of an event was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Remembered {
+    /// Partition of the first copy (of the dead-letter topic when `dead_lettered`).
+    pub partition: u32,
+    /// Offset of the first copy.
+    pub offset: u64,
+    /// The event failed the topic's schema and went to its dead-letter topic.
+    pub dead_lettered: bool,
+    /// When the id was remembered, ms since the Unix epoch.
+    pub remembered_ms: i64,
+}
+
+impl Remembered {
+    fn encode(&self) -> [u8; VALUE_LEN] {
+        let mut v = [0u8; VALUE_LEN];
+        v[..4].copy_from_slice(&self.partition.to_be_bytes());
+        v[4..12].copy_from_slice(&self.offset.to_be_bytes());
+        v[12..20].copy_from_slice(&self.remembered_ms.to_be_bytes());
+        v[20] = if self.dead_lettered { FLAG_DEAD_LETTERED } else { 0 };
+        v
+    }
+
+    fn decode(v: &[u8]) -> Option<Remembered> {
+        let v: &[u8; VALUE_LEN] = v.try_into().ok()?;
+        Some(Remembered {
+            partition: u32::from_be_bytes(v[..4].try_into().ok()?),
+            offset: u64::from_be_bytes(v[4..12].try_into().ok()?),
+            remembered_ms: i64::from_be_bytes(v[12..20].try_into().ok()?),
+            dead_lettered: v[20] & FLAG_DEAD_LETTERED != 0,
+        })
+    }
+}
+
+/// What a claimed id turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdState {
+    /// Written before, within the window: answer with the first copy's place.
+    Seen(Remembered),
+    /// New: this request owns the id until its append is done or the [`Claims`] dropped.
+    Claimed,
+}
+
+/// Size of the idempotency memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DedupStats {
+    /// Entries in the memory cache.
+    pub cache_entries: u64,
+    /// Estimated bytes of the memory cache (keys plus [`CACHE_ENTRY_OVERHEAD`] each).
+    pub cache_bytes: u64,
+    /// Ids claimed by requests still in flight.
+    pub in_flight: u64,
+    /// Bytes of the `dedup` column family (SST files plus memtables).
+    pub disk_bytes: u64,
+    /// RocksDB's estimate of the entries on disk (expired ones included until compacted).
+    pub disk_entries_estimate: u64,
+}
+
+struct Cached {
+    place: Remembered,
+    seq: u64,
+}
+
+/// The in-memory layer: recent entries (FIFO-evicted by bytes) and in-flight claims.
+struct Memory {
+    map: HashMap<Arc<[u8]>, Cached>,
+    order: VecDeque<(Arc<[u8]>, u64)>,
+    bytes: usize,
+    seq: u64,
+    /// Claimed ids, with a notifier made only when another request waits for the id
+    /// (woken when the claim ends: written or released).
+    inflight: HashMap<Arc<[u8]>, Option<Arc<Notify>>>,
+}
+
+/// The idempotency memory shared by the store, the writer and the claims.
+pub(crate) struct Dedup {
+    memory: Mutex<Memory>,
+    window_ms: i64,
+    cache_budget: usize,
+}
+
+impl std::fmt::Debug for Dedup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dedup").field("window_ms", &self.window_ms).field("cache_budget", &self.cache_budget).finish()
+    }
+}
+
+fn entry_cost(key: &[u8]) -> usize {
+    key.len() + CACHE_ENTRY_OVERHEAD
+}
+
+impl Dedup {
+    pub(crate) fn new(window: Duration, cache_budget: usize) -> Dedup {
+        Dedup {
+            memory: Mutex::new(Memory {
+                map: HashMap::new(),
+                order: VecDeque::new(),
+                bytes: 0,
+                seq: 0,
+                inflight: HashMap::new(),
+            }),
+            window_ms: i64::try_from(window.as_millis()).unwrap_or(i64::MAX),
+            cache_budget,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Memory> {
+        self.memory.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn fresh(&self, place: &Remembered, now: i64) -> bool {
+        now.saturating_sub(place.remembered_ms) < self.window_ms
+    }
+
+    /// Remembers `place` for `key` in the cache (evicting the oldest entries over budget).
+    fn cache(&self, m: &mut Memory, key: Arc<[u8]>, place: Remembered) {
+        let cost = entry_cost(&key);
+        if cost > self.cache_budget {
+            return;
+        }
+        m.seq += 1;
+        let seq = m.seq;
+        if let Some(old) = m.map.insert(key.clone(), Cached { place, seq }) {
+            let _ = old; // the old FIFO slot is skipped on eviction (its seq no longer matches)
+        } else {
+            m.bytes += cost;
+        }
+        m.order.push_back((key, seq));
+        while m.bytes > self.cache_budget {
+            let Some((old, seq)) = m.order.pop_front() else { break };
+            if m.map.get(&old).is_some_and(|c| c.seq == seq) {
+                m.map.remove(&old);
+                m.bytes -= entry_cost(&old);
+            }
+        }
+        // Keep the FIFO from growing with re-inserted keys' stale slots.
+        if m.order.len() > 2 * m.map.len() + 1024 {
+            let map = &m.map;
+            m.order.retain(|(k, s)| map.get(k).is_some_and(|c| c.seq == *s));
+        }
+    }
+
+    /// Ends a claim: remembers `place` (when written) and wakes waiters.
+    fn resolve(&self, m: &mut Memory, key: &Arc<[u8]>, place: Option<Remembered>) {
+        if let Some(place) = place {
+            self.cache(m, key.clone(), place);
+        }
+        if let Some(Some(waiters)) = m.inflight.remove(key) {
+            waiters.notify_waiters();
+        }
+    }
+
+    /// Forgets every cached entry of a topic incarnation.
+    pub(crate) fn forget_topic(&self, topic_id: u64) {
+        let prefix = topic_id.to_be_bytes();
+        let mut guard = self.lock();
+        let m = &mut *guard;
+        let before = m.map.len();
+        let mut freed = 0;
+        m.map.retain(|k, _| {
+            let keep = !k.starts_with(&prefix);
+            if !keep {
+                freed += entry_cost(k);
+            }
+            keep
+        });
+        m.bytes -= freed;
+        if m.map.len() != before {
+            let map = &m.map;
+            m.order.retain(|(k, s)| map.get(k).is_some_and(|c| c.seq == *s));
+        }
+    }
+
+    fn stats(&self) -> (u64, u64, u64) {
+        let m = self.lock();
+        (m.map.len() as u64, m.bytes as u64, m.inflight.len() as u64)
+    }
+
+    /// The compaction filter's verdict: drop entries older than the window (and
+    /// anything undecodable).
+    pub(crate) fn filter(window_ms: i64) -> impl FnMut(u32, &[u8], &[u8]) -> rocksdb::compaction_filter::Decision {
+        move |_level, _key, value| match Remembered::decode(value) {
+            Some(r) if now_ms().saturating_sub(r.remembered_ms) < window_ms => {
+                rocksdb::compaction_filter::Decision::Keep
+            }
+            _ => rocksdb::compaction_filter::Decision::Remove,
+        }
+    }
+}
+
+/// The dedup column-family key of an id.
+fn dedup_key(topic_id: u64, id: &[u8]) -> Arc<[u8]> {
+    let mut k = Vec::with_capacity(8 + id.len());
+    k.extend_from_slice(&topic_id.to_be_bytes());
+    k.extend_from_slice(id);
+    k.into()
+}
+
+/// Ids claimed by one request. Dropping it releases the claims not completed by a
+/// successful write, so requests waiting on them go on (and claim them themselves).
+pub struct Claims {
+    dedup: Arc<Dedup>,
+    /// Per id of the request: its key while this request holds the claim.
+    held: Vec<Option<Arc<[u8]>>>,
+}
+
+impl std::fmt::Debug for Claims {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claims").field("held", &self.held.iter().filter(|h| h.is_some()).count()).finish()
+    }
+}
+
+impl Claims {
+    /// The dedup key of claimed id `index`, if this request holds it.
+    pub(crate) fn key(&self, index: usize) -> Option<&Arc<[u8]>> {
+        self.held.get(index).and_then(Option::as_ref)
+    }
+
+    /// Whether this request holds no claim (nothing to write to the dedup memory).
+    pub fn is_empty(&self) -> bool {
+        self.held.iter().all(Option::is_none)
+    }
+
+    /// Records where the claimed ids' events were written and ends those claims.
+    pub(crate) fn complete(&mut self, places: &[(usize, Remembered)]) {
+        let dedup = self.dedup.clone();
+        let mut m = dedup.lock();
+        for &(index, place) in places {
+            if let Some(key) = self.held.get_mut(index).and_then(Option::take) {
+                dedup.resolve(&mut m, &key, Some(place));
+            }
+        }
+    }
+}
+
+impl Drop for Claims {
+    fn drop(&mut self) {
+        if self.is_empty() {
+            return;
+        }
+        let dedup = self.dedup.clone();
+        let mut m = dedup.lock();
+        for key in self.held.iter_mut().filter_map(Option::take) {
+            dedup.resolve(&mut m, &key, None);
+        }
+    }
+}
+
+/// One id's dedup entry for the writer: claimed id `claim`, written as record `position`
+/// of the request's batch `batch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdWrite {
+    /// Index of the id in the [`Store::dedup_claim`] call.
+    pub claim: usize,
+    /// Index of the batch in the append.
+    pub batch: usize,
+    /// Position of the event within that batch.
+    pub position: u32,
+    /// The event went to the dead-letter topic.
+    pub dead_lettered: bool,
+}
+
+/// The ids an append must remember, with the claims that own them.
+#[derive(Debug)]
+pub struct IdWrites {
+    /// The claims of [`Store::dedup_claim`].
+    pub claims: Claims,
+    /// One entry per event to remember.
+    pub entries: Vec<IdWrite>,
+}
+
+pub(crate) fn dedup_cf(db: &Db) -> Result<Arc<rocksdb::BoundColumnFamily<'_>>> {
+    db.cf_handle(DEDUP_CF).ok_or_else(|| StorageError::Internal("dedup column family missing".into()))
+}
+
+/// Puts the entries of a written append into `wb`; returns what to record in memory.
+pub(crate) fn put_entries(
+    wb: &mut rocksdb::WriteBatch,
+    cf: &Arc<rocksdb::BoundColumnFamily<'_>>,
+    ids: &IdWrites,
+    places: &[(u32, u64)],
+    now: i64,
+) -> Vec<(usize, Remembered)> {
+    let mut out = Vec::with_capacity(ids.entries.len());
+    for e in &ids.entries {
+        let (Some(key), Some(&(partition, base))) = (ids.claims.key(e.claim), places.get(e.batch)) else { continue };
+        let place = Remembered {
+            partition,
+            offset: base + u64::from(e.position),
+            dead_lettered: e.dead_lettered,
+            remembered_ms: now,
+        };
+        wb.put_cf(cf, key, place.encode());
+        out.push((e.claim, place));
+    }
+    out
+}
+
+impl Store {
+    /// Looks up and claims event ids, each scoped by its topic: the answer has one
+    /// [`IdState`] per id, in order, and the [`Claims`] to pass to the append (with
+    /// [`IdWrites`]) for the ids that are new. Ids still in flight in another request
+    /// are waited for. `ids` must be distinct (per topic) and at most
+    /// [`MAX_EVENT_ID`] bytes each.
+    pub async fn dedup_claim(&self, ids: Vec<(Arc<Topic>, Vec<u8>)>) -> Result<(Vec<IdState>, Claims)> {
+        let dedup = self.inner.dedup.clone();
+        let keys: Vec<Arc<[u8]>> = ids.iter().map(|(t, id)| dedup_key(t.id, id)).collect();
+        let mut states = vec![IdState::Claimed; keys.len()];
+        let mut claims = Claims { dedup: dedup.clone(), held: vec![None; keys.len()] };
+        let mut order: Vec<usize> = (0..keys.len()).collect();
+        order.sort_by(|a, b| keys[*a].cmp(&keys[*b]));
+        debug_assert!(order.windows(2).all(|w| keys[w[0]] != keys[w[1]]), "ids must be distinct");
+        let mut lookup = Vec::new();
+        let mut next = 0;
+        while next < order.len() {
+            let i = order[next];
+            let wait = {
+                let now = now_ms();
+                let mut m = dedup.lock();
+                match m.map.get(&keys[i]) {
+                    Some(c) if dedup.fresh(&c.place, now) => {
+                        states[i] = IdState::Seen(c.place);
+                        None
+                    }
+                    _ => match m.inflight.get_mut(&keys[i]) {
+                        Some(slot) => Some(slot.get_or_insert_with(|| Arc::new(Notify::new())).clone()),
+                        None => {
+                            m.inflight.insert(keys[i].clone(), None);
+                            claims.held[i] = Some(keys[i].clone());
+                            lookup.push(i);
+                            None
+                        }
+                    },
+                }
+            };
+            match wait {
+                // Another request is writing this id: wait for it, then look again.
+                // The waiter registers before checking that the claim is still on, and
+                // a claim ends (entry removed, then waiters notified) under the lock, so
+                // no wake-up is missed.
+                Some(waiters) => {
+                    let notified = waiters.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
+                    let still_claimed = dedup
+                        .lock()
+                        .inflight
+                        .get(&keys[i])
+                        .is_some_and(|slot| slot.as_ref().is_some_and(|n| Arc::ptr_eq(n, &waiters)));
+                    if still_claimed {
+                        notified.await;
+                    }
+                }
+                None => next += 1,
+            }
+        }
+        if !lookup.is_empty() {
+            let lookup_keys: Vec<Arc<[u8]>> = lookup.iter().map(|&i| keys[i].clone()).collect();
+            let found = self
+                .blocking(move |s| {
+                    let db = &s.inner.db;
+                    let cf = dedup_cf(db)?;
+                    let mut out = Vec::with_capacity(lookup_keys.len());
+                    for r in db.batched_multi_get_cf(&cf, lookup_keys.iter().map(|k| &k[..]), false) {
+                        out.push(r?.and_then(|v| Remembered::decode(&v)));
+                    }
+                    Ok(out)
+                })
+                .await?;
+            let now = now_ms();
+            let mut m = dedup.lock();
+            for (&i, place) in lookup.iter().zip(found) {
+                if let Some(place) = place.filter(|p| dedup.fresh(p, now))
+                    && let Some(key) = claims.held[i].take()
+                {
+                    states[i] = IdState::Seen(place);
+                    dedup.resolve(&mut m, &key, Some(place));
+                }
+            }
+        }
+        Ok((states, claims))
+    }
+
+    /// The idempotency memory's size.
+    pub fn dedup_stats(&self) -> DedupStats {
+        let (cache_entries, cache_bytes, in_flight) = self.inner.dedup.stats();
+        let db = &self.inner.db;
+        let (disk_bytes, disk_entries_estimate) = match db.cf_handle(DEDUP_CF) {
+            Some(cf) => {
+                let prop = |name: &str| db.property_int_value_cf(&cf, name).ok().flatten().unwrap_or(0);
+                (
+                    prop("rocksdb.live-sst-files-size") + prop("rocksdb.cur-size-all-mem-tables"),
+                    prop("rocksdb.estimate-num-keys"),
+                )
+            }
+            None => (0, 0),
+        };
+        DedupStats { cache_entries, cache_bytes, in_flight, disk_bytes, disk_entries_estimate }
+    }
+
+    /// Drops expired ids from disk now (a full compaction of the `dedup` column family
+    /// through its expiry filter). The upkeep thread does this on its own period.
+    /// Blocking.
+    pub fn expire_dedup_blocking(&self) -> Result<()> {
+        let db = &self.inner.db;
+        let cf = dedup_cf(db)?;
+        db.flush_cf(&cf)?;
+        db.compact_range_cf(&cf, None::<&[u8]>, None::<&[u8]>);
+        Ok(())
+    }
+
+    /// Async form of [`Store::expire_dedup_blocking`].
+    pub async fn expire_dedup_now(&self) -> Result<()> {
+        self.blocking(|s| s.expire_dedup_blocking()).await
+    }
+}
+
+/// The range of dedup keys of one topic incarnation.
+pub(crate) fn topic_range(topic_id: u64) -> ([u8; 8], [u8; 8]) {
+    (topic_id.to_be_bytes(), topic_id.saturating_add(1).to_be_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn place(offset: u64, at: i64) -> Remembered {
+        Remembered { partition: 1, offset, dead_lettered: offset.is_multiple_of(2), remembered_ms: at }
+    }
+
+    #[test]
+    fn values_round_trip() {
+        let p = place(42, 1_700_000_000_000);
+        assert_eq!(Remembered::decode(&p.encode()), Some(p));
+        assert_eq!(Remembered::decode(&[0; 20]), None);
+    }
+
+    #[test]
+    fn cache_is_bounded_in_bytes_and_evicts_oldest_first() {
+        let d = Dedup::new(Duration::from_secs(60), 10 * entry_cost(&dedup_key(1, b"id-00")));
+        let mut m = d.lock();
+        for i in 0..25u64 {
+            d.cache(&mut m, dedup_key(1, format!("id-{i:02}").as_bytes()), place(i, now_ms()));
+        }
+        assert_eq!(m.map.len(), 10);
+        assert!(m.bytes <= d.cache_budget);
+        assert!(m.map.contains_key(&dedup_key(1, b"id-24")));
+        assert!(!m.map.contains_key(&dedup_key(1, b"id-14")));
+        drop(m);
+        d.forget_topic(1);
+        assert_eq!(d.stats(), (0, 0, 0));
+    }
+
+    #[test]
+    fn expired_entries_are_not_fresh() {
+        let d = Dedup::new(Duration::from_millis(1000), 1 << 20);
+        let now = now_ms();
+        assert!(d.fresh(&place(1, now - 999), now));
+        assert!(!d.fresh(&place(1, now - 1000), now));
+        let mut keep = Dedup::filter(1000);
+        use rocksdb::compaction_filter::Decision;
+        assert!(matches!(keep(0, b"k", &place(1, now).encode()), Decision::Keep));
+        assert!(matches!(keep(0, b"k", &place(1, now - 5000).encode()), Decision::Remove));
+    }
+}

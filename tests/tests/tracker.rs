@@ -1,0 +1,414 @@
+//! Tracker ingestion end to end: the Segment-compatible API (payloads from Segment's
+//! public documentation, long and short paths), idempotent ingest (also across a
+//! restart), JSON Schema rejection and dead letters, client-IP privacy, /tracker.js.
+
+use base64::Engine;
+use serde_json::{Value, json};
+use tidegate::config::ClientIpMode;
+use tidegate_tests::{Api, TestServer, assert_problem};
+
+/// Every record of every partition of `topic`.
+async fn all_records(api: &Api, topic: &str) -> Vec<Value> {
+    let partitions = api.describe(topic).await["partition_count"].as_u64().expect("partition_count");
+    let mut out = Vec::new();
+    for p in 0..partitions {
+        for mut r in api.read_all(topic, p as u32).await {
+            r["partition"] = json!(p);
+            out.push(r);
+        }
+    }
+    out
+}
+
+async fn post_segment(api: &Api, path: &str, content_type: &str, body: &Value) -> reqwest::Response {
+    api.post(path).header("content-type", content_type).body(body.to_string()).send().await.expect("segment call")
+}
+
+/// Posts two events to topic `plain` with `Idempotency-Key: key`; returns the answer.
+async fn post_with_key(api: Api, key: &'static str) -> Value {
+    let resp = api
+        .post("/v1/topics/plain/events")
+        .header("content-type", "application/json")
+        .header("idempotency-key", key)
+        .body(r#"[{"a":1},{"a":2}]"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.json::<Value>().await.unwrap()
+}
+
+async fn accepted(resp: reqwest::Response) {
+    let status = resp.status();
+    let text = resp.text().await.expect("body");
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(serde_json::from_str::<Value>(&text).expect("JSON"), json!({"success": true}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segment_doc_payloads_land_in_their_topics_with_their_keys() {
+    let server = TestServer::with_defaults().await;
+    // Examples of Segment's HTTP API documentation, long paths, write key in Basic auth
+    // ('abc123' -> 'YWJjMTIzOg==', as the documentation shows) or in the body.
+    let identify = json!({"userId": "019mr8mf4r", "traits": {"email": "pgibbons@example.com",
+        "name": "Peter Gibbons", "industry": "Technology"}, "context": {"ip": "24.5.68.47"},
+        "timestamp": "2012-12-02T00:30:08.276Z", "writeKey": "YOUR_WRITE_KEY"});
+    let track = json!({"userId": "019mr8mf4r", "event": "Item Purchased",
+        "properties": {"name": "Leap to Conclusions Mat", "revenue": 14.99}, "context": {"ip": "24.5.68.47"},
+        "timestamp": "2012-12-02T00:30:12.984Z", "writeKey": "YOUR_WRITE_KEY"});
+    let page = json!({"userId": "019mr8mf4r", "name": "Tracking HTTP API",
+        "timestamp": "2012-12-02T00:31:29.738Z", "writeKey": "YOUR_WRITE_KEY"});
+    let group = json!({"userId": "019mr8mf4r", "groupId": "8e9df332ac", "traits": {"name": "Initech",
+        "industry": "Technology", "employees": 420}, "timestamp": "2012-12-02T00:31:38.208Z", "writeKey": "YOUR_WRITE_KEY"});
+    let alias = json!({"previousId": "39239-239239-239239-23923", "userId": "019mr8mf4r",
+        "timestamp": "2012-12-02T00:31:29.738Z", "writeKey": "YOUR_WRITE_KEY"});
+    let resp = server
+        .post("/v1/identify")
+        .header("authorization", "Basic YWJjMTIzOg==")
+        .json(&identify)
+        .send()
+        .await
+        .expect("identify");
+    accepted(resp).await;
+    for (path, body) in [("/v1/track", &track), ("/v1/page", &page), ("/v1/group", &group), ("/v1/alias", &alias)] {
+        accepted(post_segment(&server, path, "application/json", body).await).await;
+    }
+    // The short paths analytics.js posts to, with text/plain bodies (no preflight).
+    let screen = json!({"anonymousId": "507f191e810c19729de860ea", "name": "Tracking HTTP API",
+        "messageId": "ajs-next-1", "timestamp": "2012-12-02T00:31:29.738Z",
+        "sentAt": "2012-12-02T00:31:30.000Z", "writeKey": "YOUR_WRITE_KEY"});
+    accepted(post_segment(&server, "/v1/s", "text/plain", &screen).await).await;
+    let short_track = json!({"anonymousId": "507f191e810c19729de860ea", "event": "Item Purchased",
+        "messageId": "ajs-next-2", "properties": {"revenue": 1}});
+    accepted(post_segment(&server, "/v1/t", "text/plain", &short_track).await).await;
+    // The batch example of the documentation (including its malformed "2015-2-02" dates).
+    let batch = json!({"batch": [
+        {"type": "identify", "userId": "019mr8mf4r", "traits": {"email": "jake@yahoo.com", "name": "Jake Peterson", "age": 26}, "timestamp": "2012-12-02T00:30:08.276Z"},
+        {"type": "track", "userId": "019mr8mf4r", "event": "Song Played", "properties": {"name": "Fallin for You", "artist": "Dierks Bentley"}, "timestamp": "2012-12-02T00:30:12.984Z"},
+        {"type": "identify", "userId": "971mj8mk7p", "traits": {"email": "cindy@example.com", "name": "Cindy Gonzalez", "age": 23}, "timestamp": "2015-2-02T00:30:08.276Z"},
+        {"type": "track", "userId": "971mj8mk7p", "event": "Song Played", "properties": {"name": "Get Right", "artist": "Jennifer Lopez"}, "timestamp": "2015-2-02T00:30:12.984Z"}
+    ], "writeKey": "YOUR_WRITE_KEY", "context": {"device": {"type": "phone", "name": "Apple iPhone 6"}}});
+    accepted(post_segment(&server, "/v1/batch", "application/json", &batch).await).await;
+    let short_batch = json!({"batch": [{"type": "page", "anonymousId": "anon-b", "messageId": "ajs-next-3"}],
+        "sentAt": "2024-01-01T00:00:00.000Z"});
+    accepted(post_segment(&server, "/v1/b", "text/plain", &short_batch).await).await;
+
+    let tracks = all_records(&server, "segment.track").await;
+    assert_eq!(tracks.len(), 4, "{tracks:?}");
+    let purchase = tracks.iter().find(|r| r["value"]["properties"]["name"] == "Leap to Conclusions Mat").unwrap();
+    assert_eq!(purchase["key"], "019mr8mf4r", "key = userId");
+    assert_eq!(purchase["value"]["type"], "track");
+    assert!(purchase["value"].get("writeKey").is_none(), "the write key is not stored");
+    assert!(purchase["value"]["messageId"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(purchase["value"]["receivedAt"].is_string());
+    let anonymous = tracks.iter().find(|r| r["value"]["messageId"] == "ajs-next-2").unwrap();
+    assert_eq!(anonymous["key"], "507f191e810c19729de860ea", "key = anonymousId without userId");
+    let song = tracks.iter().find(|r| r["value"]["properties"]["artist"] == "Jennifer Lopez").unwrap();
+    assert_eq!(song["key"], "971mj8mk7p");
+    assert_eq!(song["value"]["context"]["device"]["name"], "Apple iPhone 6", "batch context merged");
+
+    let identifies = all_records(&server, "segment.identify").await;
+    assert_eq!(identifies.len(), 3);
+    assert!(identifies.iter().all(|r| r["value"]["type"] == "identify"));
+    let pages = all_records(&server, "segment.page").await;
+    assert_eq!(pages.len(), 2);
+    assert!(pages.iter().any(|r| r["key"] == "anon-b" && r["value"]["sentAt"] == "2024-01-01T00:00:00.000Z"));
+    let screens = all_records(&server, "segment.screen").await;
+    assert_eq!(screens[0]["value"]["originalTimestamp"], "2012-12-02T00:31:29.738Z", "clock skew corrected");
+    assert_eq!(all_records(&server, "segment.group").await[0]["value"]["groupId"], "8e9df332ac");
+    assert_eq!(all_records(&server, "segment.alias").await[0]["value"]["previousId"], "39239-239239-239239-23923");
+    // Records carry the gateway's headers like any ingested event.
+    assert!(purchase["headers"]["received-at"].is_string());
+    assert_eq!(purchase["headers"]["client-ip"], "127.0.0.1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segment_topics_follow_the_mapping_setting() {
+    let server = TestServer::start(|c| {
+        c.segment_topics = r#"{"track:Order Completed":"orders","*":"web"}"#.parse().unwrap();
+    })
+    .await;
+    let batch = json!({"batch": [
+        {"type": "track", "userId": "u1", "event": "Order Completed", "properties": {"total": 5}},
+        {"type": "track", "userId": "u1", "event": "Product Viewed"},
+        {"type": "page", "anonymousId": "a1"}
+    ]});
+    accepted(post_segment(&server, "/v1/batch", "application/json", &batch).await).await;
+    assert_eq!(all_records(&server, "orders").await.len(), 1);
+    assert_eq!(all_records(&server, "web").await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_segment_calls_are_400_and_nothing_is_stored() {
+    let server = TestServer::with_defaults().await;
+    let cases = [
+        ("/v1/track", "{\"userId\":", "invalid_events"),
+        ("/v1/track", r#"{"userId":"u"}"#, "invalid_events"), // no event name
+        ("/v1/page", r#"{"name":"Home"}"#, "invalid_events"), // no userId or anonymousId
+        ("/v1/batch", r#"{"batch":[{"type":"view","userId":"u"}]}"#, "invalid_events"),
+        ("/v1/batch", r#"{"events":[]}"#, "invalid_segment_payload"),
+        ("/v1/b", "[1,2]", "invalid_segment_payload"),
+    ];
+    for (path, body, code) in cases {
+        let resp = server.post(path).header("content-type", "text/plain").body(body).send().await.unwrap();
+        assert_problem(resp, 400, code).await;
+    }
+    let big = json!({"userId": "u", "event": "Big", "properties": {"blob": "x".repeat(33 * 1024)}});
+    assert_problem(post_segment(&server, "/v1/track", "application/json", &big).await, 400, "payload_too_large").await;
+    let events: Vec<Value> = (0..60)
+        .map(|i| json!({"type": "track", "userId": "u", "event": "E", "properties": {"p": "y".repeat(9000), "i": i}}))
+        .collect();
+    let resp = post_segment(&server, "/v1/batch", "application/json", &json!({"batch": events})).await;
+    assert_problem(resp, 400, "payload_too_large").await;
+    let resp = server.post("/v1/nope").body("{}").send().await.unwrap();
+    assert_problem(resp, 404, "not_found").await;
+    let topics = server.get_json("/v1/topics").await;
+    assert_eq!(topics["topics"], json!([]), "a refused request creates and stores nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analytics_js_settings_point_back_at_the_gateway() {
+    let server = TestServer::with_defaults().await;
+    let settings = server.get_json("/v1/projects/WRITE_KEY/settings").await;
+    let io = &settings["integrations"]["Segment.io"];
+    assert_eq!(io["apiKey"], "WRITE_KEY");
+    assert_eq!(io["apiHost"], format!("{}/v1", server.addr));
+    assert_eq!(io["protocol"], "http");
+    let behind_proxy = server
+        .get("/v1/projects/k/settings")
+        .header("x-forwarded-host", "events.example.com")
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap();
+    let body: Value = behind_proxy.json().await.unwrap();
+    assert_eq!(body["integrations"]["Segment.io"]["apiHost"], "events.example.com/v1");
+    assert_eq!(body["integrations"]["Segment.io"]["protocol"], "https");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_segment_events_are_stored_once_also_across_a_restart() {
+    let mut server = TestServer::with_defaults().await;
+    let batch = json!({"batch": [
+        {"type": "track", "userId": "u1", "event": "Signed Up", "messageId": "m-1"},
+        {"type": "track", "userId": "u2", "event": "Signed Up", "messageId": "m-2"},
+        {"type": "track", "userId": "u1", "event": "Signed Up", "messageId": "m-1"}
+    ]});
+    accepted(post_segment(&server, "/v1/batch", "application/json", &batch).await).await;
+    assert_eq!(all_records(&server, "segment.track").await.len(), 2, "the same messageId twice in a batch");
+    accepted(post_segment(&server, "/v1/b", "text/plain", &batch).await).await;
+    assert_eq!(all_records(&server, "segment.track").await.len(), 2, "a retried batch is not written again");
+    server.restart().await;
+    let mixed = json!({"batch": [
+        {"type": "track", "userId": "u2", "event": "Signed Up", "messageId": "m-2"},
+        {"type": "track", "userId": "u3", "event": "Signed Up", "messageId": "m-3"}
+    ]});
+    accepted(post_segment(&server, "/v1/batch", "application/json", &mixed).await).await;
+    let stored = all_records(&server, "segment.track").await;
+    let mut ids: Vec<&str> = stored.iter().map(|r| r["value"]["messageId"].as_str().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, vec!["m-1", "m-2", "m-3"], "after a restart only the new event is written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_id_pointer_and_idempotency_key_deduplicate_with_original_offsets() {
+    let mut server = TestServer::with_defaults().await;
+    server.create_topic_with(json!({"name": "snow", "partitions": 3, "event_id": "/eid"})).await;
+    assert_eq!(server.describe("snow").await["event_id"], "/eid");
+    let first = json!([{"eid": "e1", "n": 1}, {"eid": "e2", "n": 2}, {"n": 3}]);
+    let resp = server.post_events("snow", "", "application/json", first.to_string()).await;
+    let a: Value = resp.json().await.unwrap();
+    assert!(a["offsets"].as_array().unwrap().iter().all(|o| o.get("duplicate").is_none()), "{a}");
+    // A retry mixing seen and new ids: seen ones answer their first offsets.
+    let retry = json!([{"eid": "e2", "n": 2}, {"eid": "e4", "n": 4}, {"eid": "e1", "n": 1}]);
+    let b: Value = server.post_events("snow", "", "text/plain", retry.to_string()).await.json().await.unwrap();
+    assert_eq!(
+        b["offsets"][0],
+        json!({"partition": a["offsets"][1]["partition"], "offset": a["offsets"][1]["offset"], "duplicate": true})
+    );
+    assert_eq!(b["offsets"][2]["offset"], a["offsets"][0]["offset"]);
+    assert_eq!(b["offsets"][2]["duplicate"], true);
+    assert!(b["offsets"][1].get("duplicate").is_none());
+    let total = |ends: Vec<u64>| ends.iter().sum::<u64>();
+    assert_eq!(total(server.end_offsets("snow").await), 4, "e1, e2, the id-less event and e4");
+
+    // Idempotency-Key: the whole request is named; a retry answers the same offsets.
+    server.create_topic("plain", 2).await;
+    let one = post_with_key(server.api().clone(), "req-1").await;
+    server.restart().await;
+    let again = post_with_key(server.api().clone(), "req-1").await;
+    for i in 0..2 {
+        assert_eq!(again["offsets"][i]["offset"], one["offsets"][i]["offset"]);
+        assert_eq!(again["offsets"][i]["partition"], one["offsets"][i]["partition"]);
+        assert_eq!(again["offsets"][i]["duplicate"], true);
+    }
+    assert_eq!(total(server.end_offsets("plain").await), 2, "the retry after a restart wrote nothing");
+    // Concurrent retries of the same request: all answer the same offsets, one copy stored.
+    let racers: Vec<_> = (0..8).map(|_| tokio::spawn(post_with_key(server.api().clone(), "req-2"))).collect();
+    let mut answers = Vec::new();
+    for r in racers {
+        let v = r.await.unwrap();
+        answers.push(
+            v["offsets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| (o["partition"].clone(), o["offset"].clone()))
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
+    assert_eq!(total(server.end_offsets("plain").await), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_rejects_with_the_path_or_dead_letters_with_the_reason() {
+    let mut server = TestServer::with_defaults().await;
+    let schema = json!({"type": "object", "required": ["event"],
+        "properties": {"event": {"type": "string"}, "properties": {"type": "object", "properties": {"revenue": {"type": "number"}}}}});
+    server.create_topic_with(json!({"name": "strict", "partitions": 1, "schema": schema})).await;
+    let resp = server
+        .post_events(
+            "strict",
+            "",
+            "application/json",
+            json!([{"event": "ok"}, {"event": "x", "properties": {"revenue": "14.99"}}]).to_string(),
+        )
+        .await;
+    let problem = assert_problem(resp, 400, "invalid_events").await;
+    assert_eq!(problem["errors"][0]["index"], 1);
+    assert_eq!(problem["errors"][0]["path"], "/properties/revenue");
+    assert_eq!(server.end_offsets("strict").await, vec![0], "the request is atomic");
+
+    let bad_schema =
+        server.http.patch(server.url("/v1/topics/strict")).json(&json!({"schema": {"type": 12}})).send().await.unwrap();
+    assert_problem(bad_schema, 400, "invalid_schema").await;
+    let resp = server
+        .http
+        .patch(server.url("/v1/topics/strict"))
+        .json(&json!({"dead_letter_topic": "strict.dlq"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(server.describe("strict.dlq").await["name"], "strict.dlq", "the dead-letter topic is created");
+    let body = json!([{"event": "ok"}, {"properties": {}}, {"event": "also ok"}]);
+    let answer: Value =
+        server.post_events("strict", "", "application/json", body.to_string()).await.json().await.unwrap();
+    let offsets = answer["offsets"].as_array().unwrap();
+    assert!(offsets[0].get("dead_letter").is_none());
+    assert_eq!(offsets[1]["dead_letter"]["topic"], "strict.dlq");
+    assert_eq!(offsets[1]["dead_letter"]["path"], "");
+    assert!(offsets[1]["dead_letter"]["reason"].as_str().unwrap().contains("event"));
+    assert_eq!(server.end_offsets("strict").await, vec![2]);
+    let dlq = all_records(&server, "strict.dlq").await;
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0]["value"], json!({"properties": {}}));
+    assert_eq!(dlq[0]["headers"]["dlq-source-topic"], "strict");
+    assert_eq!(dlq[0]["headers"]["dlq-path"], "");
+    assert!(dlq[0]["headers"]["dlq-reason"].as_str().unwrap().contains("event"));
+    // Settings persist across a restart (the schema is recompiled from the metadata).
+    server.restart().await;
+    let d = server.describe("strict").await;
+    assert_eq!((d["schema"].clone(), d["dead_letter_topic"].clone()), (schema, json!("strict.dlq")));
+    let resp = server.post_events("strict", "", "application/json", r#"{"event": 5}"#).await;
+    let answer: Value = resp.json().await.unwrap();
+    assert_eq!(answer["offsets"][0]["dead_letter"]["path"], "/event");
+    // Segment events are screened by their topic's schema too.
+    server
+        .create_topic_with(json!({"name": "segment.track", "partitions": 1, "schema": {"required": ["properties"]}}))
+        .await;
+    let resp = post_segment(&server, "/v1/track", "application/json", &json!({"userId": "u", "event": "E"})).await;
+    let problem = assert_problem(resp, 400, "invalid_events").await;
+    assert_eq!(problem["errors"][0]["path"], "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_ip_is_stored_full_truncated_or_not_and_never_for_anonymous_requests() {
+    for (mode, expected) in [
+        (ClientIpMode::Full, Some("127.0.0.1")),
+        (ClientIpMode::Truncated, Some("127.0.0.0")),
+        (ClientIpMode::None, None),
+    ] {
+        let server = TestServer::start(|c| c.client_ip = mode).await;
+        server.create_topic("ip", 1).await;
+        server.produce("ip", &json!({"a": 1})).await;
+        let resp = server
+            .post("/v1/topics/ip/events")
+            .header("content-type", "application/json")
+            .header("sp-anonymous", "*")
+            .header("user-agent", "Tracker/1.0")
+            .body(r#"{"a":2}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let records = server.read_all("ip", 0).await;
+        assert_eq!(records[0]["headers"].get("client-ip").and_then(Value::as_str), expected, "{mode}");
+        assert!(records[1]["headers"].get("client-ip").is_none(), "anonymous: {}", records[1]);
+        assert_eq!(records[1]["headers"]["anonymous"], "1");
+        assert_eq!(records[1]["headers"]["user-agent"], "Tracker/1.0", "the user agent is kept");
+    }
+    // The Segment API follows the same rules.
+    let server = TestServer::start(|c| c.client_ip = ClientIpMode::Truncated).await;
+    accepted(post_segment(&server, "/v1/t", "text/plain", &json!({"anonymousId": "a", "event": "E"})).await).await;
+    assert_eq!(all_records(&server, "segment.track").await[0]["headers"]["client-ip"], "127.0.0.0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracker_js_is_served_as_cacheable_javascript() {
+    let server = TestServer::with_defaults().await;
+    let resp = server.get("/tracker.js").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let header =
+        |r: &reqwest::Response, n: &str| r.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    assert_eq!(header(&resp, "content-type"), "application/javascript; charset=utf-8");
+    assert!(header(&resp, "cache-control").contains("max-age="));
+    let etag = header(&resp, "etag");
+    let text = resp.text().await.unwrap();
+    assert_eq!(text, tidegate::routes::tracker::TRACKER_JS);
+    for needle in ["sendBeacon", "keepalive: true", "randomUUID", "localStorage", "/v1/b", "visibilitychange"] {
+        assert!(text.contains(needle), "the tracker uses {needle}");
+    }
+    let resp = server.get("/tracker.js").header("if-none-match", &etag).send().await.unwrap();
+    assert_eq!(resp.status(), 304);
+    // A Basic header with a write key and the body form both work for the Segment API.
+    let key = base64::engine::general_purpose::STANDARD.encode("wk:");
+    let resp = server
+        .post("/v1/p")
+        .header("authorization", format!("Basic {key}"))
+        .body(r#"{"anonymousId":"a"}"#)
+        .send()
+        .await
+        .unwrap();
+    accepted(resp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_ids_survive_kill_9() {
+    use tidegate_tests::ProcessServer;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ProcessServer::start(dir.path(), &[]).await;
+    // 20 acknowledged batches of 10 events, each event with its own messageId.
+    let batch = |b: usize| {
+        let events: Vec<Value> = (0..10)
+            .map(|i| json!({"type": "track", "userId": format!("u{i}"), "event": "Clicked", "messageId": format!("m-{b}-{i}")}))
+            .collect();
+        json!({"batch": events})
+    };
+    for b in 0..20 {
+        accepted(post_segment(server.api(), "/v1/batch", "application/json", &batch(b)).await).await;
+    }
+    server.kill9().await;
+    server.restart().await;
+    // Every retry after the crash is recognised: nothing is written twice.
+    for b in 0..20 {
+        accepted(post_segment(server.api(), "/v1/b", "text/plain", &batch(b)).await).await;
+    }
+    let stored = all_records(server.api(), "segment.track").await;
+    assert_eq!(stored.len(), 200);
+    let mut ids: Vec<&str> = stored.iter().map(|r| r["value"]["messageId"].as_str().unwrap()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 200, "each messageId stored once");
+}
