@@ -346,49 +346,28 @@ async fn api_docs_render_offline_with_the_websocket_protocol_beside_them() {
     browser.quit().await;
 }
 
-/// A stand-in for the node with authentication on (which lands separately): the
-/// dashboard's files as the node serves them, and every other path answered with a
-/// 401 problem unless it carries `Authorization: Bearer <token>`, in which case it is
-/// forwarded to `server`. Returns the address it listens on.
-async fn behind_a_token(server: &TestServer, token: &'static str) -> std::net::SocketAddr {
-    use axum::http::{HeaderMap, StatusCode, Uri, header};
-    use axum::response::IntoResponse;
-    let api = server.api().clone();
-    let forward = move |uri: Uri, headers: HeaderMap| {
-        let api = api.clone();
-        async move {
-            let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-            if bearer != Some(&format!("Bearer {token}")) {
-                let problem = json!({"type": "urn:tidegate:problem:unauthorized", "title": "Unauthorized",
-                    "status": 401, "detail": "a bearer token is required", "code": "unauthorized"});
-                return (
-                    StatusCode::UNAUTHORIZED,
-                    [(header::CONTENT_TYPE, "application/problem+json"), (header::WWW_AUTHENTICATE, "Bearer")],
-                    problem.to_string(),
-                )
-                    .into_response();
-            }
-            let resp = api.get(&uri.to_string()).send().await.expect("forward to the node");
-            let status = StatusCode::from_u16(resp.status().as_u16()).expect("status");
-            let content_type =
-                resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-            (status, [(header::CONTENT_TYPE, content_type)], resp.bytes().await.expect("body")).into_response()
-        }
-    };
-    let app = tidegate::web::router().fallback(forward);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("address");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
+/// A token for a node whose `jwt_keys` hold [`DASHBOARD_SECRET`].
+fn dashboard_token(permissions: Value) -> String {
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+    let claims = json!({"exp": exp, "permissions": permissions});
+    let key = jsonwebtoken::EncodingKey::from_secret(DASHBOARD_SECRET.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).expect("sign a token")
 }
+
+/// HMAC secret of the node in the token test.
+const DASHBOARD_SECRET: &str = "dashboard-test-secret-long-enough-for-hs256";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_asks_for_a_token_when_the_api_answers_401() {
-    let server = TestServer::start(|_| {}).await;
-    server.create_topic("private", 1).await;
-    let front = behind_a_token(&server, "s3cret").await;
+    let server = TestServer::start(|c| {
+        c.jwt_keys = json!([{"alg": "HS256", "secret": DASHBOARD_SECRET}]).to_string().parse().expect("keys");
+    })
+    .await;
+    let token = dashboard_token(json!(["admin"]));
+    let admin = server.api().with_token(&token);
+    admin.create_topic("private", 1).await;
     let browser = Browser::start("token").await;
-    browser.goto(&format!("http://{front}/")).await;
+    browser.goto(&server.url("/")).await;
     browser.wait_for("the token prompt", WAIT, "return document.getElementById('token-dialog').open").await;
     browser.screenshot("prompt").await;
 
@@ -402,7 +381,7 @@ async fn dashboard_asks_for_a_token_when_the_api_answers_401() {
         )
         .await;
 
-    browser.type_into("#token-input", "s3cret").await;
+    browser.type_into("#token-input", &token).await;
     browser.click("#token-form button[type=submit]").await;
     browser
         .wait_for(
@@ -413,9 +392,23 @@ async fn dashboard_asks_for_a_token_when_the_api_answers_401() {
         )
         .await;
     let stored = browser.execute("return sessionStorage.getItem('tidegate.token')", vec![]).await;
-    assert_eq!(stored, json!("s3cret"), "the token is kept for this tab");
+    assert_eq!(stored, json!(token), "the token is kept for this tab");
     assert_eq!(browser.execute("return document.getElementById('signout').hidden", vec![]).await, json!(false));
     browser.screenshot("signed-in").await;
+
+    // The live tail subscribes with the token too (`access_token` on the WebSocket URL).
+    browser.goto(&server.url("/#/topics/private/tail")).await;
+    browser
+        .wait_for("the tail to go live", WAIT, "return document.getElementById('tail-status')?.textContent === 'live'")
+        .await;
+    admin.produce("private", &json!({"marker": "behind-auth"})).await;
+    browser
+        .wait_for(
+            "a record in the tail of a protected topic",
+            WAIT,
+            "return document.querySelector('#tail-list').textContent.includes('behind-auth')",
+        )
+        .await;
 
     browser.click("#signout").await;
     browser
