@@ -180,6 +180,9 @@ settings! {
     jwt_issuer: StringList = StringList::default();
     /// Clock skew tolerated when checking `exp` and `nbf`, in seconds.
     jwt_leeway_s: u64 = 30;
+    /// Verified tokens remembered so repeated requests skip the signature check (each
+    /// is still refused from its `exp` on); 0 checks every request afresh.
+    jwt_cache_entries: u64 = 4096;
     /// Token claim that holds the permissions: `["produce:web.*", "consume:*", "admin"]`
     /// or `{"produce": ["web.*"], "consume": ["*"]}`.
     jwt_permissions_claim: String = "permissions".to_string();

@@ -649,3 +649,41 @@ async fn produce_then_consume_round_trips_100000_events_exactly_once() {
     let d = server.get_json("/v1/groups/rt-group").await;
     assert_eq!(d["lag"], 0, "the group committed everything it printed: {d}");
 }
+
+/// A token signed with `secret` granting `permissions` for an hour.
+fn cli_token(secret: &str, permissions: Value) -> String {
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &json!({"exp": exp, "permissions": permissions}), &key)
+        .expect("sign a token")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_against_a_node_with_authentication() {
+    const SECRET: &str = "cli-test-secret-that-is-long-enough-for-hs256";
+    let server = TestServer::start(|c| {
+        c.jwt_keys = json!([{"alg": "HS256", "secret": SECRET}]).to_string().parse().expect("keys");
+    })
+    .await;
+    let admin = cli_token(SECRET, json!(["admin"]));
+    let reader = cli_token(SECRET, json!(["consume:auth.*"]));
+    tg(&server, &["topics", "create", "auth.events", "--partitions", "2", "--token", &admin]).await.expect(0);
+    let lines = ndjson(&(0..50).map(|n| json!({"n": n})).collect::<Vec<_>>());
+    tg_in(&server, &["produce", "auth.events", "--token", &admin], &lines).await.expect(0);
+
+    // No token, a bad token, a token without the permission: exit 5 with the server's problem.
+    let none = tg(&server, &["topics", "list"]).await.expect(5);
+    assert!(none.stderr.contains("unauthorized"), "{}", none.stderr);
+    let bad = tg(&server, &["topics", "list", "--token", "not-a-jwt"]).await.expect(5);
+    assert!(bad.stderr.contains("invalid_token"), "{}", bad.stderr);
+    let denied = tg_in(&server, &["produce", "auth.events", "--token", &reader], &lines).await.expect(5);
+    assert!(denied.stderr.contains("forbidden"), "{}", denied.stderr);
+
+    // The reader consumes over HTTP and, with a group, over WebSocket (access_token).
+    let plain = tg(&server, &["consume", "auth.events", "--token", &reader]).await.expect(0);
+    assert_eq!(numbers(&plain.lines()), (0..50).collect::<Vec<u64>>());
+    let group = tg(&server, &["consume", "auth.events", "--group", "readers", "--token", &reader]).await.expect(0);
+    assert_eq!(numbers(&group.lines()), (0..50).collect::<Vec<u64>>());
+    let described = tg(&server, &["groups", "describe", "readers", "--json", "--token", &reader]).await.expect(0);
+    assert_eq!(described.json()["lag"], 0, "{}", described.stdout);
+}

@@ -48,8 +48,15 @@ struct Jwks {
 }
 
 /// Checks tokens. Cheap to share; the JWKS keys are swapped atomically on reload.
+///
+/// Verified tokens are remembered (at most `jwt_cache_entries`, keyed by the whole
+/// token), so a client sending the same token on every request pays for the signature
+/// once; a remembered token is still refused from its `exp` (plus leeway) on, and the
+/// memory is dropped whenever the JWKS keys change.
 pub struct Verifier {
     keys: Vec<VerifyKey>,
+    cache: std::sync::Mutex<std::collections::HashMap<String, Arc<Verified>>>,
+    cache_entries: usize,
     jwks: Option<RwLock<Jwks>>,
     audience: Vec<String>,
     issuer: Vec<String>,
@@ -155,6 +162,8 @@ impl Verifier {
         };
         Ok(Verifier {
             keys,
+            cache: std::sync::Mutex::new(std::collections::HashMap::new()),
+            cache_entries: config.jwt_cache_entries as usize,
             jwks,
             audience: config.jwt_audience.0.clone(),
             issuer: config.jwt_issuer.0.clone(),
@@ -184,6 +193,7 @@ impl Verifier {
                 tracing::info!(path = %path.display(), keys = keys.len(), "JWKS reloaded");
                 w.keys = keys;
                 w.stamp = stamp;
+                self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
                 true
             }
             Err(e) => {
@@ -229,6 +239,31 @@ impl Verifier {
         v
     }
 
+    /// Verifies `token` (or finds it verified before) and reads its grants.
+    pub fn verify_cached(&self, token: &str) -> Result<Arc<Verified>, AuthError> {
+        if self.cache_entries == 0 {
+            return self.verify(token).map(Arc::new);
+        }
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(v) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(token).cloned() {
+            if now <= v.expires_at.saturating_add(self.leeway_s) {
+                return Ok(v);
+            }
+            return Err(AuthError::TokenExpired);
+        }
+        let verified = Arc::new(self.verify(token)?);
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= self.cache_entries {
+            // Full: forget expired tokens, and everything if that is not enough.
+            cache.retain(|_, v| now <= v.expires_at.saturating_add(self.leeway_s));
+            if cache.len() >= self.cache_entries {
+                cache.clear();
+            }
+        }
+        cache.insert(token.to_string(), verified.clone());
+        Ok(verified)
+    }
+
     /// Verifies `token` and reads its grants.
     pub fn verify(&self, token: &str) -> Result<Verified, AuthError> {
         let header = jsonwebtoken::decode_header(token)
@@ -272,3 +307,54 @@ impl Verifier {
 
 /// Shared verifier.
 pub type SharedVerifier = Arc<Verifier>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "unit-test-secret-that-is-long-enough-32";
+
+    fn verifier(cache_entries: u64) -> Verifier {
+        let config = Config {
+            jwt_keys: format!(r#"[{{"alg":"HS256","secret":"{SECRET}"}}]"#).parse().unwrap(),
+            jwt_cache_entries: cache_entries,
+            jwt_leeway_s: 0,
+            ..Config::default()
+        };
+        Verifier::from_config(&config).unwrap()
+    }
+
+    fn token(exp: u64) -> String {
+        let claims = serde_json::json!({"exp": exp, "permissions": ["admin"]});
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn verified_tokens_are_remembered_until_they_expire() {
+        let v = verifier(2);
+        let now = jsonwebtoken::get_current_timestamp();
+        let t = token(now + 600);
+        let first = v.verify_cached(&t).unwrap();
+        assert!(Arc::ptr_eq(&first, &v.verify_cached(&t).unwrap()), "the second check is served from memory");
+        // A remembered token past its exp is refused without a new signature check.
+        let stale = token(now + 601);
+        let mut old = (*v.verify_cached(&stale).unwrap()).clone();
+        old.expires_at = now - 10;
+        v.cache.lock().unwrap().insert(stale.clone(), Arc::new(old));
+        assert!(matches!(v.verify_cached(&stale), Err(AuthError::TokenExpired)));
+        // The memory stays within its bound.
+        for i in 0..5 {
+            v.verify_cached(&token(now + 700 + i)).unwrap();
+            assert!(v.cache.lock().unwrap().len() <= 2);
+        }
+        assert!(v.verify_cached("garbage").is_err());
+        let uncached = verifier(0);
+        uncached.verify_cached(&t).unwrap();
+        assert!(uncached.cache.lock().unwrap().is_empty());
+    }
+}

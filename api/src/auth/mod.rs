@@ -206,8 +206,8 @@ impl Security {
             }
         }
         if let Some(token) = token {
-            return match self.verifier.verify(&token) {
-                Ok(v) => Credential::Token(Arc::new(v)),
+            return match self.verifier.verify_cached(&token) {
+                Ok(v) => Credential::Token(v),
                 Err(e) => Credential::Refused(e),
             };
         }
