@@ -20,7 +20,9 @@
  * Bodies are text/plain (no CORS preflight). The queue lives in localStorage until the
  * gateway acknowledges it; sends use fetch with keepalive, and navigator.sendBeacon
  * when the page is hidden. Retries (with backoff) resend the same events with the same
- * messageIds, so the gateway stores each event once.
+ * messageIds, so the gateway stores each event once. The write key goes in the batch's
+ * `writeKey` (Segment mode) or in `?key=` (topic mode). A 4xx answer other than 408 and
+ * 429 (malformed events, unknown write key, origin not allowed) drops the batch.
  */
 (function (window) {
   'use strict';
@@ -41,6 +43,9 @@
   var timer = null;
   var backoff = 0;
   var initialised = false;
+  // messageIds handed to a beacon by this page (visibilitychange and pagehide both
+  // fire when the page is left: the second finds nothing new to send).
+  var beaconed = {};
 
   function store(key, value) {
     try {
@@ -97,7 +102,11 @@
 
   function endpoint() {
     var host = (settings.host || defaultHost).replace(/\/+$/, '');
-    if (settings.topic) return host + '/v1/topics/' + encodeURIComponent(settings.topic) + '/events';
+    // A JSON array cannot carry `writeKey`: topic mode sends the key in the query.
+    if (settings.topic) {
+      var key = settings.writeKey ? '?key=' + encodeURIComponent(settings.writeKey) : '';
+      return host + '/v1/topics/' + encodeURIComponent(settings.topic) + '/events' + key;
+    }
     return host + '/v1/b';
   }
 
@@ -121,7 +130,8 @@
     queue.push(event);
     if (queue.length > settings.maxQueue) queue.splice(0, queue.length - settings.maxQueue);
     saveQueue();
-    if (queue.length >= settings.batchSize) flush();
+    // While backing off after a failure, a full batch waits for the retry timer too.
+    if (queue.length >= settings.batchSize && backoff === 0) flush();
     else schedule(settings.flushInterval);
   }
 
@@ -175,8 +185,7 @@
       credentials: 'omit'
     }).then(function (response) {
       sending = false;
-      if (response.ok || response.status === 400) {
-        // 400: the gateway says these events are malformed; resending cannot help.
+      if (response.ok || done(response.status)) {
         forget(chunk);
         backoff = 0;
         if (queue.length > 0) return flush();
@@ -190,6 +199,13 @@
     });
   }
 
+  // A 4xx other than 408 and 429 is final: the events are malformed or too large, the
+  // write key is unknown, or this origin or topic is not allowed. Resending the same
+  // request cannot change the answer, so the events are given up, not retried forever.
+  function done(status) {
+    return status >= 400 && status < 500 && status !== 408 && status !== 429;
+  }
+
   function retry() {
     backoff = Math.min(backoff ? backoff * 2 : 1000, 60000);
     schedule(backoff + Math.floor(Math.random() * 250));
@@ -200,11 +216,12 @@
   // deduplicated by the gateway (same messageIds).
   function beacon() {
     if (!initialised || queue.length === 0 || !window.navigator.sendBeacon) return;
-    var rest = queue.slice();
+    var rest = queue.filter(function (e) { return !beaconed[e.messageId]; });
     while (rest.length > 0) {
       var chunk = nextChunk(rest);
       var blob = new Blob([body(chunk)], { type: 'text/plain' });
       if (!window.navigator.sendBeacon(endpoint(), blob)) break;
+      chunk.forEach(function (e) { beaconed[e.messageId] = true; });
       rest = rest.slice(chunk.length);
     }
   }
