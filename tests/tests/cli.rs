@@ -687,3 +687,42 @@ async fn commands_against_a_node_with_authentication() {
     let described = tg(&server, &["groups", "describe", "readers", "--json", "--token", &reader]).await.expect(0);
     assert_eq!(described.json()["lag"], 0, "{}", described.stdout);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_waits_out_rate_limits_and_stores_every_event_once() {
+    let server = TestServer::start(|c| {
+        c.rate_limit_ip_per_s = 2;
+        c.rate_limit_ip_burst = 2;
+    })
+    .await;
+    tg(&server, &["topics", "create", "limited", "--partitions", "1"]).await.expect(0);
+    let lines = ndjson(&(0..60).map(|n| json!({"n": n})).collect::<Vec<_>>());
+    // 6 requests of 10 against 2 requests/s: some are answered 429 and sent again.
+    let run = tg_in(&server, &["produce", "limited", "--batch", "10", "--in-flight", "1"], &lines).await.expect(0);
+    // The harness is rate limited too: read once the bucket lets it through.
+    let get_ok = |path: &'static str| {
+        let api = server.api().clone();
+        async move {
+            eventually(path, Duration::from_secs(20), || {
+                let api = api.clone();
+                async move {
+                    let resp = api.get(path).send().await.ok()?;
+                    if resp.status() == 200 { resp.text().await.ok() } else { None }
+                }
+            })
+            .await
+        }
+    };
+    let metrics = get_ok("/metrics").await;
+    assert!(metrics.contains("tidegate_rate_limited_total{scope=\"ip\"}"), "no request was limited:\n{}", run.stderr);
+    let read: Value =
+        serde_json::from_str(&get_ok("/v1/topics/limited/partitions/0/records?offset=0&max_records=100").await)
+            .unwrap();
+    let values: Vec<Value> = read["records"].as_array().unwrap().iter().map(|r| r["value"].clone()).collect();
+    assert_eq!(numbers(&values), (0..60).collect::<Vec<u64>>(), "every event once, in order");
+    // Without retries the first 429 ends the run with exit 1 and the server's problem.
+    let refused =
+        tg_in(&server, &["produce", "limited", "--batch", "10", "--in-flight", "1", "--retries", "0"], &lines).await;
+    let refused = refused.expect(1);
+    assert!(refused.stderr.contains("rate_limited"), "{}", refused.stderr);
+}

@@ -91,6 +91,11 @@ impl Gateway {
     /// Sends a request; any status but 2xx becomes [`ClientError::Problem`].
     pub async fn send(&self, rb: RequestBuilder) -> Result<Response, ClientError> {
         let resp = rb.send().await.map_err(|e| self.transport(&e))?;
+        self.check(resp).await
+    }
+
+    /// A 2xx answer as it is; any other becomes [`ClientError::Problem`].
+    async fn check(&self, resp: Response) -> Result<Response, ClientError> {
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -99,9 +104,37 @@ impl Gateway {
         Err(ClientError::Problem { status, problem: problem_of(status, &text) })
     }
 
+    /// Like [`Gateway::json`], and for a 429 or 503 answer also the wait its
+    /// `Retry-After` asks for (1 s when it has none), so the caller may resend.
+    pub async fn json_or_retry_after<T: DeserializeOwned>(
+        &self,
+        rb: RequestBuilder,
+    ) -> Result<T, (Option<std::time::Duration>, ClientError)> {
+        let resp = rb.send().await.map_err(|e| (None, self.transport(&e)))?;
+        let status = resp.status().as_u16();
+        if status == 429 || status == 503 {
+            let secs = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(1);
+            let text = resp.text().await.unwrap_or_default();
+            let wait = std::time::Duration::from_secs(secs.max(1));
+            return Err((Some(wait), ClientError::Problem { status, problem: problem_of(status, &text) }));
+        }
+        let resp = self.check(resp).await.map_err(|e| (None, e))?;
+        self.decode(resp).await.map_err(|e| (None, e))
+    }
+
     /// Sends a request and decodes its JSON answer.
     pub async fn json<T: DeserializeOwned>(&self, rb: RequestBuilder) -> Result<T, ClientError> {
         let resp = self.send(rb).await?;
+        self.decode(resp).await
+    }
+
+    /// Decodes a JSON answer.
+    async fn decode<T: DeserializeOwned>(&self, resp: Response) -> Result<T, ClientError> {
         let url = resp.url().clone();
         let bytes = resp.bytes().await.map_err(|e| self.transport(&e))?;
         serde_json::from_slice(&bytes).map_err(|e| {

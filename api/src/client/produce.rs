@@ -72,6 +72,11 @@ pub struct ProduceArgs {
     /// Never draw a progress bar (it is drawn only when stderr is a terminal).
     #[arg(long)]
     pub no_progress: bool,
+    /// Times one request is sent again after 429 (rate limited) or 503 (busy, shutting
+    /// down) answers, each after the server's `Retry-After` (at most 60 s). Such answers
+    /// store nothing, so a resend cannot duplicate events.
+    #[arg(long, default_value_t = 10)]
+    pub retries: u32,
 }
 
 /// One request's worth of input.
@@ -268,21 +273,37 @@ struct Summary {
     interrupted: bool,
 }
 
-/// Posts one batch; gives the batch back (for its line numbers) with the answer.
+/// Longest wait between resends of a refused batch, whatever `Retry-After` says.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(60);
+
+/// Posts one batch, resending it after 429 and 503 answers (up to `retries` times);
+/// gives the batch back (for its line numbers) with the answer.
 async fn post(
     gw: Gateway,
     topic: String,
     partition: Option<u32>,
+    retries: u32,
     mut batch: Batch,
 ) -> (Batch, Result<Stored, ClientError>) {
-    let mut rb = gw.request(Method::POST, &["v1", "topics", &topic, "events"]);
-    if let Some(p) = partition {
-        rb = rb.query(&[("partition", p)]);
-    }
     let content_type = if batch.envelope { "application/json" } else { "application/x-ndjson" };
     batch.sent_bytes = batch.body.len();
-    let rb = rb.header(CONTENT_TYPE, content_type).body(std::mem::take(&mut batch.body));
-    let result = gw.json::<Stored>(rb).await;
+    let body = bytes::Bytes::from(std::mem::take(&mut batch.body));
+    let mut attempt = 0;
+    let result = loop {
+        let mut rb = gw.request(Method::POST, &["v1", "topics", &topic, "events"]);
+        if let Some(p) = partition {
+            rb = rb.query(&[("partition", p)]);
+        }
+        let rb = rb.header(CONTENT_TYPE, content_type).body(body.clone());
+        match gw.json_or_retry_after::<Stored>(rb).await {
+            Err((Some(wait), _)) if attempt < retries => {
+                attempt += 1;
+                tokio::time::sleep(wait.min(MAX_RETRY_WAIT)).await;
+            }
+            Err((_, e)) => break Err(e),
+            Ok(stored) => break Ok(stored),
+        }
+    };
     (batch, result)
 }
 
@@ -359,7 +380,7 @@ pub async fn run(args: ProduceArgs) -> Result<Exit, ClientError> {
             item = rx.recv(), if tasks.len() < in_flight => match item {
                 None => break,
                 Some(Ok(batch)) => {
-                    tasks.spawn(post(gw.clone(), args.topic.clone(), args.partition, batch));
+                    tasks.spawn(post(gw.clone(), args.topic.clone(), args.partition, args.retries, batch));
                 }
                 Some(Err(e)) => {
                     local = Some(e);
