@@ -352,6 +352,13 @@ impl TestServer {
     /// Starts a server with the default settings changed by `tweak` (the data
     /// directory is a fresh temporary one), and waits until it is ready.
     pub async fn start(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        // Drop waits for the store to close, which needs a multi-threaded runtime; on a
+        // current-thread one the process could exit with RocksDB open and abort.
+        assert_eq!(
+            tokio::runtime::Handle::current().runtime_flavor(),
+            tokio::runtime::RuntimeFlavor::MultiThread,
+            "TestServer needs #[tokio::test(flavor = \"multi_thread\")]"
+        );
         let dir = tempfile::Builder::new().prefix("tidegate-test-").tempdir().expect("temporary data directory");
         let mut config = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
         config.addr = SocketAddr::from(([127, 0, 0, 1], 0));

@@ -17,7 +17,7 @@ fn header_of(resp: &reqwest::Response, name: header::HeaderName) -> String {
     resp.headers().get(&name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_files_are_served_with_types_etags_and_gzip() {
     let server = TestServer::start(|_| {}).await;
     let http = raw_client();
@@ -64,7 +64,7 @@ async fn dashboard_files_are_served_with_types_etags_and_gzip() {
     assert_problem(missing, 404, "not_found").await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docs_serve_swagger_ui_and_the_protocol_page_without_outside_calls() {
     let server = TestServer::start(|_| {}).await;
     let http = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
@@ -99,7 +99,7 @@ async fn docs_serve_swagger_ui_and_the_protocol_page_without_outside_calls() {
     assert!(protocol.contains("<td>4001</td>"), "close codes table");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_describes_this_node() {
     let server = TestServer::start(|_| {}).await;
     server.create_topic("a", 2).await;
