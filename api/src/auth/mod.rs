@@ -285,12 +285,23 @@ impl Caller {
 
     /// Whether `action` on `topic` would be allowed (for filtering lists; counts nothing).
     pub fn can(&self, action: Action, topic: &str) -> bool {
-        match &self.credential {
-            Credential::Open => true,
-            Credential::Token(v) => v.grants.allows(action, topic),
-            Credential::WriteKey(k) => action == Action::Produce && self.key_allows_topic(k, topic),
-            Credential::Missing | Credential::Refused(_) => false,
+        self.check_grant(action, Some(topic))
+    }
+
+    /// The grant check of [`Caller::can`] (`None`: every topic), without origin or rate checks.
+    fn check_grant(&self, action: Action, topic: Option<&str>) -> bool {
+        match (&self.credential, topic) {
+            (Credential::Open, _) => true,
+            (Credential::Token(v), Some(t)) => v.grants.allows(action, t),
+            (Credential::Token(v), None) => v.grants.allows_everywhere(action),
+            (Credential::WriteKey(k), Some(t)) => action == Action::Produce && self.key_allows_topic(k, t),
+            (Credential::WriteKey(_) | Credential::Missing | Credential::Refused(_), _) => false,
         }
+    }
+
+    /// Whether `action` would be allowed on every topic (pattern `*`).
+    pub fn can_everywhere(&self, action: Action) -> bool {
+        self.check_grant(action, None)
     }
 
     /// Whether the caller may see `topic` at all (any permission on it).
@@ -340,13 +351,8 @@ impl Caller {
             Credential::Open => Ok(()),
             Credential::Missing => Err(AuthError::MissingCredentials),
             Credential::Refused(e) => Err(e.clone()),
-            Credential::Token(v) => {
-                let ok = match topic {
-                    Some(t) => v.grants.allows(action, t),
-                    None => v.grants.allows_everywhere(action),
-                };
-                if ok { Ok(()) } else { Err(AuthError::Forbidden(format!("the token does not grant {}", what()))) }
-            }
+            Credential::Token(_) if self.check_grant(action, topic) => Ok(()),
+            Credential::Token(_) => Err(AuthError::Forbidden(format!("the token does not grant {}", what()))),
             Credential::WriteKey(k) => {
                 let Some(spec) = self.security.write_keys.get(k) else { return Err(AuthError::UnknownWriteKey) };
                 if action != Action::Produce {

@@ -159,13 +159,13 @@ pub async fn produce(
         caller.require(Action::Produce, &topic)?;
     }
     let max_body = state.config.max_body_bytes as usize;
-    let body = body.map_err(|rejection| match rejection.status() {
+    let mut body = body.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => body_too_large(max_body),
         _ => ApiError::invalid("invalid_body", rejection.body_text()),
     })?;
     let header_str = |name| request_headers.get(name).and_then(|v: &axum::http::HeaderValue| v.to_str().ok());
     let format = body_format(header_str(header::CONTENT_TYPE))?;
-    let encoding = header_str(header::CONTENT_ENCODING).map(str::to_owned);
+    let mut encoding = header_str(header::CONTENT_ENCODING).map(str::to_owned);
     let idempotency_key = match request_headers.get(IDEMPOTENCY_KEY) {
         None => None,
         Some(v) => Some(
@@ -175,16 +175,18 @@ pub async fn produce(
         ),
     };
     if body_key {
-        // The write key may be in the body: decode it first (bounded by max_body_bytes).
-        let (enc, raw) = (encoding.clone(), body.clone());
-        let probe = move || decode_body(enc.as_deref(), raw, max_body).map(|d| body_write_key(&d));
-        let key = if body.len() < INLINE_PARSE_BYTES {
+        // The write key may be in the body: decode it here (bounded by max_body_bytes),
+        // once; parsing below then takes the decoded body.
+        let (enc, raw) = (encoding.take(), std::mem::take(&mut body));
+        let probe = move || decode_body(enc.as_deref(), raw, max_body).map(|d| (body_write_key(&d), d));
+        let (key, decoded) = if body_len_hint(&request_headers) < INLINE_PARSE_BYTES {
             probe()?
         } else {
             tokio::task::spawn_blocking(probe)
                 .await
                 .map_err(|e| ApiError::Storage(tidegate_storage::StorageError::Internal(e.to_string())))??
         };
+        body = decoded;
         caller.clone().with_body_write_key(key.as_deref()).require(Action::Produce, &topic)?;
     }
     let mut set = TopicSet::default();

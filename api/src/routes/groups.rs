@@ -106,12 +106,15 @@ pub async fn list_groups(State(state): State<SharedState>, caller: Caller) -> Re
     caller.require_authenticated()?;
     let mut groups = Vec::new();
     for g in group_names(&state).await? {
-        if !caller.can(Action::Admin, "*") {
+        if !caller.can_everywhere(Action::Admin) {
             // Only groups the caller could operate on: consume on every topic they read.
             match describe(&state, &g).await {
-                Ok(desc) if group_topics(&desc).iter().all(|t| caller.can(Action::Consume, t)) => {}
-                _ => continue,
+                Ok(desc) if group_topics(&desc).iter().all(|t| caller.can(Action::Consume, t)) => {
+                    groups.push(GroupSummary { state: desc.state, members: desc.members.len(), group: g });
+                }
+                _ => {}
             }
+            continue;
         }
         let info = state.coordinator.describe(&g);
         groups.push(GroupSummary {
