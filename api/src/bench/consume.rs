@@ -363,17 +363,10 @@ impl Rate {
 mod tests {
     use super::super::BenchCommand;
     use super::*;
-    use clap::{CommandFactory, Parser};
-
-    #[derive(Debug, Parser)]
-    struct Cli {
-        #[command(subcommand)]
-        cmd: BenchCommand,
-    }
 
     fn parse(args: &[&str]) -> Result<ConsumeCommand, clap::Error> {
-        let argv = ["tidegate", "consume"].iter().chain(args);
-        match Cli::try_parse_from(argv)?.cmd {
+        let argv: Vec<&str> = ["consume"].iter().chain(args).copied().collect();
+        match super::super::cli_test::parse(&argv)? {
             BenchCommand::Consume(c) => Ok(c),
             other => panic!("parsed as {other:?}"),
         }
@@ -381,7 +374,7 @@ mod tests {
 
     #[test]
     fn cli_defaults_and_validation() {
-        Cli::command().debug_assert();
+        super::super::cli_test::debug_assert();
         let Ok(ConsumeCommand::Catchup(a)) = parse(&["catchup"]) else { panic!("catchup") };
         assert_eq!((a.topic.as_str(), a.partitions, a.events, a.event_bytes), ("bench-catchup", 8, 2_000_000, 200));
         assert_eq!((a.members, a.fill_batch, a.fill_connections, a.settle, a.target.json), (4, 1000, 8, 5, false));

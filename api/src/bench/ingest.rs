@@ -676,18 +676,11 @@ pub(super) async fn ingest(args: IngestArgs) -> Result<()> {
 mod tests {
     use super::super::BenchCommand;
     use super::*;
-    use clap::{CommandFactory, Parser};
     use serde_json::Value;
 
-    #[derive(Debug, Parser)]
-    struct Cli {
-        #[command(subcommand)]
-        cmd: BenchCommand,
-    }
-
     fn parse(args: &[&str]) -> Result<IngestArgs, clap::Error> {
-        let argv = ["tidegate", "ingest"].iter().chain(args);
-        match Cli::try_parse_from(argv)?.cmd {
+        let argv: Vec<&str> = ["ingest"].iter().chain(args).copied().collect();
+        match super::super::cli_test::parse(&argv)? {
             BenchCommand::Ingest(a) => Ok(a),
             other => panic!("parsed as {other:?}"),
         }
@@ -695,7 +688,7 @@ mod tests {
 
     #[test]
     fn cli_defaults_and_validation() {
-        Cli::command().debug_assert();
+        super::super::cli_test::debug_assert();
         let a = parse(&[]).expect("defaults parse");
         assert_eq!((a.topic.as_str(), a.partitions, a.batch, a.event_bytes), ("bench", 6, 100, 200));
         assert_eq!((a.connections, a.duration, a.warmup, a.key_space), (64, 30, 2, 0));

@@ -43,6 +43,28 @@ pub enum BenchCommand {
     Consume(ConsumeCommand),
 }
 
+/// Test support: `tidegate bench <args>` parsed as the command line would.
+#[cfg(test)]
+pub(crate) mod cli_test {
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: super::BenchCommand,
+    }
+
+    /// Parses `tidegate bench <args>`.
+    pub(crate) fn parse(args: &[&str]) -> Result<super::BenchCommand, clap::Error> {
+        Ok(Cli::try_parse_from(["tidegate"].iter().chain(args))?.cmd)
+    }
+
+    /// clap's own consistency checks of the `bench` command line.
+    pub(crate) fn debug_assert() {
+        Cli::command().debug_assert();
+    }
+}
+
 /// Runs a `tidegate bench` subcommand to completion.
 pub async fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
