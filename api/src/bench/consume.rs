@@ -237,6 +237,31 @@ async fn connect_assigned(url: &Url, read_buffer: usize) -> Result<Ws> {
     }
 }
 
+/// Hands every text frame to `on_text` until `stop` changes, then closes the
+/// connection; the reason when the server closes it or it fails first.
+async fn read_until(
+    mut ws: Ws,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut on_text: impl FnMut(&str),
+) -> Result<(), String> {
+    loop {
+        let msg = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            m = ws.next() => m,
+        };
+        match msg {
+            Some(Ok(Message::Text(text))) => on_text(text.as_str()),
+            Some(Ok(Message::Close(f))) => return Err(format!("closed by the server: {f:?}")),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("the connection ended".into()),
+        }
+    }
+    close(ws).await;
+    Ok(())
+}
+
 /// Sends a normal close and waits briefly for the server's answer.
 async fn close(mut ws: Ws) {
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {

@@ -13,16 +13,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use futures_util::StreamExt;
 use reqwest::{Client, Url};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
 
 use super::super::{ProgressLines, check_http, create_topic, ctrl_c, endpoint, print_report, setup_client, wall_us};
 use super::producer::{event_batch, post_events, producer_client};
-use super::{CLOSE_TIMEOUT, CatchupArgs, Frame, Rate, Ws, close, connect};
+use super::{CLOSE_TIMEOUT, CatchupArgs, Frame, Rate, Ws, connect, read_until};
 
 /// A read that makes no progress for this long ends the run.
 const STALL: Duration = Duration::from_secs(30);
@@ -226,22 +224,10 @@ impl Backlog {
 }
 
 /// One group member: reads until `stop`, then closes (the server commits and the member leaves).
-async fn member(mut ws: Ws, log: Arc<Backlog>, idx: usize, mut stop: watch::Receiver<bool>) {
-    loop {
-        let msg = tokio::select! {
-            biased;
-            _ = stop.changed() => break,
-            m = ws.next() => m,
-        };
-        match msg {
-            Some(Ok(Message::Text(text))) => log.on_frame(idx, text.as_str()),
-            Some(Ok(Message::Close(f))) => return log.error(format!("member {idx}: closed by the server: {f:?}")),
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return log.error(format!("member {idx}: {e}")),
-            None => return log.error(format!("member {idx}: the connection ended")),
-        }
+async fn member(ws: Ws, log: Arc<Backlog>, idx: usize, stop: watch::Receiver<bool>) {
+    if let Err(e) = read_until(ws, stop, |text| log.on_frame(idx, text)).await {
+        log.error(format!("member {idx}: {e}"));
     }
-    close(ws).await;
 }
 
 /// Final result; MB = 10^6 bytes of JSON frames received.

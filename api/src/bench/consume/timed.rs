@@ -12,13 +12,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use reqwest::{Client, Url};
 use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
 
 use super::super::{
     LatencySummary, ProgressLines, check_http, create_topic, ctrl_c, endpoint, lock, merged, new_histogram,
@@ -26,7 +24,7 @@ use super::super::{
 };
 use super::producer::{Clock, Pacing, Posted, paced, producer_client};
 use super::{
-    CLOSE_TIMEOUT, FanoutArgs, Frame, LatencyArgs, ProducerArgs, Rate, Ws, close, connect_assigned, subscribe_url,
+    CLOSE_TIMEOUT, FanoutArgs, Frame, LatencyArgs, ProducerArgs, Rate, Ws, connect_assigned, read_until, subscribe_url,
 };
 
 /// Subscribers share this many latency histograms (one each would cost ~180 KiB apiece).
@@ -164,24 +162,10 @@ impl Timed {
 }
 
 /// One subscriber: reads until `stop`, then closes.
-async fn subscriber(mut ws: Ws, timed: Arc<Timed>, sub: usize, mut stop: watch::Receiver<bool>) {
-    loop {
-        let msg = tokio::select! {
-            biased;
-            _ = stop.changed() => break,
-            m = ws.next() => m,
-        };
-        match msg {
-            Some(Ok(Message::Text(text))) => timed.on_frame(sub, wall_us(), text.as_str()),
-            Some(Ok(Message::Close(f))) => {
-                return timed.error(format!("subscriber {sub}: closed by the server: {f:?}"));
-            }
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return timed.error(format!("subscriber {sub}: {e}")),
-            None => return timed.error(format!("subscriber {sub}: the connection ended")),
-        }
+async fn subscriber(ws: Ws, timed: Arc<Timed>, sub: usize, stop: watch::Receiver<bool>) {
+    if let Err(e) = read_until(ws, stop, |text| timed.on_frame(sub, wall_us(), text)).await {
+        timed.error(format!("subscriber {sub}: {e}"));
     }
-    close(ws).await;
 }
 
 /// Server RSS samples of a fan-out run, in bytes.
