@@ -16,12 +16,16 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
+use http_body_util::Full;
+use hyper::Request;
+use hyper::header::{CONTENT_TYPE, HOST};
 use indicatif::{ProgressBar, ProgressStyle};
-use reqwest::{Client, RequestBuilder, StatusCode, Url, header::CONTENT_TYPE};
+use reqwest::{Client, StatusCode, Url};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until};
 
+use super::conn::Conn;
 use super::{
     MAX_LATENCY_US, RSS_GAUGE, Rng, Rss, SECOND, check_http, create_topic, endpoint, lock, merged, mib, parse_rate,
     poll_rss,
@@ -227,7 +231,10 @@ impl Tally {
 
 /// State shared by the connection workers and the reporter.
 struct Shared {
-    events_url: Url,
+    /// Path and query of the event requests.
+    target: String,
+    /// `Host` header of the event requests.
+    host: String,
     /// Credentials and origin headers of event requests.
     auth: Vec<(&'static str, String)>,
     content_type: &'static str,
@@ -249,11 +256,8 @@ struct Shared {
 
 /// Sends one request and reads the whole response (so the connection is reused).
 /// Errors are `(HTTP_ERRORS | TRANSPORT_ERRORS, description)`.
-async fn send(req: RequestBuilder, acks_none: bool) -> Result<(), (usize, String)> {
-    let transport = |e: reqwest::Error| (TRANSPORT_ERRORS, format!("{:#}", anyhow::Error::from(e)));
-    let resp = req.send().await.map_err(transport)?;
-    let status = resp.status();
-    let body = resp.bytes().await.map_err(transport)?;
+async fn send(conn: &mut Conn, req: Request<Full<Bytes>>, acks_none: bool) -> Result<(), (usize, String)> {
+    let (status, body) = conn.send(req).await.map_err(|e| (TRANSPORT_ERRORS, e.to_string()))?;
     match status {
         StatusCode::OK | StatusCode::CREATED => Ok(()),
         StatusCode::ACCEPTED if acks_none => Ok(()),
@@ -264,7 +268,7 @@ async fn send(req: RequestBuilder, acks_none: bool) -> Result<(), (usize, String
 /// One connection sending sequentially until `stop`. `schedule` is the next send time and
 /// the interval between sends when the test is open loop.
 async fn worker(
-    client: Client,
+    mut conn: Conn,
     shared: Arc<Shared>,
     hist: Arc<Mutex<Histogram<u64>>>,
     mut schedule: Option<(Instant, Duration)>,
@@ -296,16 +300,27 @@ async fn worker(
         } else {
             body.data.clone()
         };
-        let mut req = client.post(shared.events_url.clone()).header(CONTENT_TYPE, shared.content_type).body(data);
+        let target = if shared.key_space > 0 {
+            let sep = if shared.target.contains('?') { '&' } else { '?' };
+            format!("{}{sep}record_key=user-{}", shared.target, rng.below(shared.key_space))
+        } else {
+            shared.target.clone()
+        };
+        let mut req = Request::post(target).header(HOST, &shared.host).header(CONTENT_TYPE, shared.content_type);
         for (name, value) in &shared.auth {
             req = req.header(*name, value);
         }
-        if shared.key_space > 0 {
-            req = req.query(&[("record_key", format!("user-{}", rng.below(shared.key_space)))]);
-        }
+        let req = match req.body(Full::new(data)) {
+            Ok(req) => req,
+            Err(e) => {
+                let _ = shared.first_error.set(format!("building the request: {e}"));
+                shared.total.add(TRANSPORT_ERRORS, 1);
+                break;
+            }
+        };
         // Counted by send time: an overloaded open-loop run lags its schedule by seconds.
         let measured = Instant::now() >= shared.measure_start;
-        let result = send(req, shared.acks_none).await;
+        let result = send(&mut conn, req, shared.acks_none).await;
         let tallies = [Some(&shared.total), measured.then_some(&shared.measured)];
         match result {
             Ok(()) => {
@@ -612,8 +627,22 @@ pub(super) async fn ingest(args: IngestArgs) -> Result<()> {
     if let Some(origin) = &args.origin {
         auth.push(("origin", origin.clone()));
     }
+    let addr = *events_url
+        .socket_addrs(|| None)
+        .context("resolving --url")?
+        .first()
+        .context("--url resolves to no address")?;
+    let host = match events_url.port() {
+        Some(port) => format!("{}:{port}", events_url.host_str().unwrap_or_default()),
+        None => events_url.host_str().unwrap_or_default().to_string(),
+    };
+    let target = match events_url.query() {
+        Some(query) => format!("{}?{query}", events_url.path()),
+        None => events_url.path().to_string(),
+    };
     let shared = Arc::new(Shared {
-        events_url,
+        target,
+        host,
         auth,
         content_type: match args.format {
             BodyFormat::Array => "application/json",
@@ -633,12 +662,11 @@ pub(super) async fn ingest(args: IngestArgs) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (mut hists, mut workers) = (Vec::new(), Vec::new());
     for i in 0..args.connections {
-        // One client per connection: exactly one pooled HTTP/1.1 keep-alive connection each.
-        let client = super::one_connection_client(REQUEST_TIMEOUT)?;
+        let conn = Conn::new(addr, REQUEST_TIMEOUT);
         let hist = Arc::new(Mutex::new(Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)?));
         // Open loop: the connections' schedules are staggered evenly over one interval.
         let schedule = interval.map(|iv| (start + iv.mul_f64(i as f64 / args.connections as f64), iv));
-        let task = worker(client, shared.clone(), hist.clone(), schedule, stop_rx.clone(), Rng::new(i));
+        let task = worker(conn, shared.clone(), hist.clone(), schedule, stop_rx.clone(), Rng::new(i));
         workers.push(tokio::spawn(task));
         hists.push(hist);
     }

@@ -10,6 +10,7 @@
 //! (server RSS from `/metrics`), latency histogram summaries, topic creation, progress
 //! lines and report printing.
 
+mod conn;
 pub mod consume;
 pub mod ingest;
 
