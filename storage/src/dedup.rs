@@ -16,10 +16,14 @@
 //! - Bounded: entries older than the window are ignored on lookup and dropped by a
 //!   compaction filter when the upkeep thread compacts the column family, so the disk
 //!   holds at most about (window + compaction period) × id rate entries. Memory holds
-//!   the in-flight claims plus a FIFO cache of recent entries bounded in bytes.
+//!   the in-flight claims plus a cache of recent entries bounded in bytes: two
+//!   generations, each at most half the budget; when the young one is full it becomes
+//!   the old one and the previous old one is dropped (the oldest half is forgotten
+//!   at once, which costs one hash-map insert per id instead of a FIFO's bookkeeping).
+//! - Ids are hashed with foldhash, randomly seeded per process: fast for the ~10 map
+//!   operations an id costs, and not predictable from outside.
 //! - Deleting a topic drops its entries (a range delete, ordered with appends).
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -33,10 +37,12 @@ pub(crate) const DEDUP_CF: &str = "dedup";
 pub const MAX_EVENT_ID: usize = 512;
 const VALUE_LEN: usize = 21;
 const FLAG_DEAD_LETTERED: u8 = 1;
-/// Estimated memory of one cached entry besides its key: the key's `Arc` header, the
-/// hash-map slot (key pointer, place, sequence number, control byte at 7/8 load) and
-/// the FIFO slot (key pointer and sequence number, at up to 2x capacity).
-pub const CACHE_ENTRY_OVERHEAD: usize = 128;
+/// Estimated memory of one cached entry besides its key: the key's `Arc` header (16 B)
+/// and the hash-map slot (key pointer and length, place: 40 B, plus a control byte),
+/// at the map's lowest load factor after it doubled (7/16).
+pub const CACHE_ENTRY_OVERHEAD: usize = 112;
+
+type IdMap<V> = std::collections::HashMap<Arc<[u8]>, V, foldhash::fast::RandomState>;
 
 /// Where the first copy of an event was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,20 +102,24 @@ pub struct DedupStats {
     pub disk_entries_estimate: u64,
 }
 
-struct Cached {
-    place: Remembered,
-    seq: u64,
-}
-
-/// The in-memory layer: recent entries (FIFO-evicted by bytes) and in-flight claims.
+/// The in-memory layer: recent entries (two generations) and in-flight claims.
+#[derive(Default)]
 struct Memory {
-    map: HashMap<Arc<[u8]>, Cached>,
-    order: VecDeque<(Arc<[u8]>, u64)>,
-    bytes: usize,
-    seq: u64,
+    /// Takes new entries, up to half the cache budget.
+    young: IdMap<Remembered>,
+    /// The previous young generation, dropped when the young one fills up again.
+    old: IdMap<Remembered>,
+    young_bytes: usize,
+    old_bytes: usize,
     /// Claimed ids, with a notifier made only when another request waits for the id
     /// (woken when the claim ends: written or released).
-    inflight: HashMap<Arc<[u8]>, Option<Arc<Notify>>>,
+    inflight: IdMap<Option<Arc<Notify>>>,
+}
+
+impl Memory {
+    fn cached(&self, key: &[u8]) -> Option<&Remembered> {
+        self.young.get(key).or_else(|| self.old.get(key))
+    }
 }
 
 /// The idempotency memory shared by the store, the writer and the claims.
@@ -132,13 +142,7 @@ fn entry_cost(key: &[u8]) -> usize {
 impl Dedup {
     pub(crate) fn new(window: Duration, cache_budget: usize) -> Dedup {
         Dedup {
-            memory: Mutex::new(Memory {
-                map: HashMap::new(),
-                order: VecDeque::new(),
-                bytes: 0,
-                seq: 0,
-                inflight: HashMap::new(),
-            }),
+            memory: Mutex::new(Memory::default()),
             window_ms: i64::try_from(window.as_millis()).unwrap_or(i64::MAX),
             cache_budget,
         }
@@ -152,42 +156,35 @@ impl Dedup {
         now.saturating_sub(place.remembered_ms) < self.window_ms
     }
 
-    /// Remembers `place` for `key` in the cache (evicting the oldest entries over budget).
-    fn cache(&self, m: &mut Memory, key: Arc<[u8]>, place: Remembered) {
+    /// Remembers `place` for `key` in the cache. When the young generation is full it
+    /// becomes the old one; the previous old generation is returned, for the caller to
+    /// drop outside the lock.
+    fn cache(&self, m: &mut Memory, key: Arc<[u8]>, place: Remembered) -> Option<IdMap<Remembered>> {
         let cost = entry_cost(&key);
-        if cost > self.cache_budget {
-            return;
+        let half = self.cache_budget / 2;
+        if cost > half {
+            return None;
         }
-        m.seq += 1;
-        let seq = m.seq;
-        if let Some(old) = m.map.insert(key.clone(), Cached { place, seq }) {
-            let _ = old; // the old FIFO slot is skipped on eviction (its seq no longer matches)
-        } else {
-            m.bytes += cost;
+        let mut dropped = None;
+        if m.young_bytes + cost > half {
+            let old = std::mem::replace(&mut m.old, std::mem::take(&mut m.young));
+            dropped = Some(old).filter(|old| !old.is_empty());
+            m.old_bytes = std::mem::take(&mut m.young_bytes);
         }
-        m.order.push_back((key, seq));
-        while m.bytes > self.cache_budget {
-            let Some((old, seq)) = m.order.pop_front() else { break };
-            if m.map.get(&old).is_some_and(|c| c.seq == seq) {
-                m.map.remove(&old);
-                m.bytes -= entry_cost(&old);
-            }
+        if m.young.insert(key, place).is_none() {
+            m.young_bytes += cost;
         }
-        // Keep the FIFO from growing with re-inserted keys' stale slots.
-        if m.order.len() > 2 * m.map.len() + 1024 {
-            let map = &m.map;
-            m.order.retain(|(k, s)| map.get(k).is_some_and(|c| c.seq == *s));
-        }
+        dropped
     }
 
-    /// Ends a claim: remembers `place` (when written) and wakes waiters.
-    fn resolve(&self, m: &mut Memory, key: &Arc<[u8]>, place: Option<Remembered>) {
-        if let Some(place) = place {
-            self.cache(m, key.clone(), place);
-        }
+    /// Ends a claim: remembers `place` (when written) and wakes waiters. Returns a
+    /// dropped cache generation, if any (see [`Dedup::cache`]).
+    fn resolve(&self, m: &mut Memory, key: &Arc<[u8]>, place: Option<Remembered>) -> Option<IdMap<Remembered>> {
+        let dropped = place.and_then(|place| self.cache(m, key.clone(), place));
         if let Some(Some(waiters)) = m.inflight.remove(key) {
             waiters.notify_waiters();
         }
+        dropped
     }
 
     /// Forgets every cached entry of a topic incarnation.
@@ -195,25 +192,20 @@ impl Dedup {
         let prefix = topic_id.to_be_bytes();
         let mut guard = self.lock();
         let m = &mut *guard;
-        let before = m.map.len();
-        let mut freed = 0;
-        m.map.retain(|k, _| {
-            let keep = !k.starts_with(&prefix);
-            if !keep {
-                freed += entry_cost(k);
-            }
-            keep
-        });
-        m.bytes -= freed;
-        if m.map.len() != before {
-            let map = &m.map;
-            m.order.retain(|(k, s)| map.get(k).is_some_and(|c| c.seq == *s));
+        for (map, bytes) in [(&mut m.young, &mut m.young_bytes), (&mut m.old, &mut m.old_bytes)] {
+            map.retain(|k, _| {
+                let keep = !k.starts_with(&prefix);
+                if !keep {
+                    *bytes -= entry_cost(k);
+                }
+                keep
+            });
         }
     }
 
     fn stats(&self) -> (u64, u64, u64) {
         let m = self.lock();
-        (m.map.len() as u64, m.bytes as u64, m.inflight.len() as u64)
+        ((m.young.len() + m.old.len()) as u64, (m.young_bytes + m.old_bytes) as u64, m.inflight.len() as u64)
     }
 
     /// The compaction filter's verdict: drop entries older than the window (and
@@ -264,12 +256,15 @@ impl Claims {
     /// Records where the claimed ids' events were written and ends those claims.
     pub(crate) fn complete(&mut self, places: &[(usize, Remembered)]) {
         let dedup = self.dedup.clone();
+        let mut dropped = Vec::new();
         let mut m = dedup.lock();
         for &(index, place) in places {
             if let Some(key) = self.held.get_mut(index).and_then(Option::take) {
-                dedup.resolve(&mut m, &key, Some(place));
+                dropped.extend(dedup.resolve(&mut m, &key, Some(place)));
             }
         }
+        drop(m);
+        drop_later(dropped);
     }
 }
 
@@ -283,6 +278,18 @@ impl Drop for Claims {
         for key in self.held.iter_mut().filter_map(Option::take) {
             dedup.resolve(&mut m, &key, None);
         }
+    }
+}
+
+/// Frees dropped cache generations (up to half the cache budget each) on a thread of
+/// their own, so neither the writer nor a request pays for it.
+fn drop_later(dropped: Vec<IdMap<Remembered>>) {
+    if dropped.is_empty() {
+        return;
+    }
+    let spawned = std::thread::Builder::new().name("tidegate-dedup-free".into()).spawn(move || drop(dropped));
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not start a thread to free the dedup cache; freeing inline");
     }
 }
 
@@ -353,45 +360,48 @@ impl Store {
         let mut lookup = Vec::new();
         let mut next = 0;
         while next < order.len() {
-            let i = order[next];
+            // One pass under one lock, up to the first id another request is writing.
             let wait = {
                 let now = now_ms();
                 let mut m = dedup.lock();
-                match m.map.get(&keys[i]) {
-                    Some(c) if dedup.fresh(&c.place, now) => {
-                        states[i] = IdState::Seen(c.place);
-                        None
+                let mut wait = None;
+                while next < order.len() {
+                    let i = order[next];
+                    match m.cached(&keys[i]) {
+                        Some(place) if dedup.fresh(place, now) => states[i] = IdState::Seen(*place),
+                        _ => match m.inflight.get_mut(&keys[i]) {
+                            Some(slot) => {
+                                wait = Some(slot.get_or_insert_with(|| Arc::new(Notify::new())).clone());
+                                break;
+                            }
+                            None => {
+                                m.inflight.insert(keys[i].clone(), None);
+                                claims.held[i] = Some(keys[i].clone());
+                                lookup.push(i);
+                            }
+                        },
                     }
-                    _ => match m.inflight.get_mut(&keys[i]) {
-                        Some(slot) => Some(slot.get_or_insert_with(|| Arc::new(Notify::new())).clone()),
-                        None => {
-                            m.inflight.insert(keys[i].clone(), None);
-                            claims.held[i] = Some(keys[i].clone());
-                            lookup.push(i);
-                            None
-                        }
-                    },
+                    next += 1;
                 }
+                wait
             };
-            match wait {
-                // Another request is writing this id: wait for it, then look again.
-                // The waiter registers before checking that the claim is still on, and
-                // a claim ends (entry removed, then waiters notified) under the lock, so
-                // no wake-up is missed.
-                Some(waiters) => {
-                    let notified = waiters.notified();
-                    tokio::pin!(notified);
-                    notified.as_mut().enable();
-                    let still_claimed = dedup
-                        .lock()
-                        .inflight
-                        .get(&keys[i])
-                        .is_some_and(|slot| slot.as_ref().is_some_and(|n| Arc::ptr_eq(n, &waiters)));
-                    if still_claimed {
-                        notified.await;
-                    }
+            // Another request is writing this id: wait for it, then look again. The
+            // waiter registers before checking that the claim is still on, and a claim
+            // ends (entry removed, then waiters notified) under the lock, so no wake-up
+            // is missed.
+            if let Some(waiters) = wait {
+                let key = &keys[order[next]];
+                let notified = waiters.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let still_claimed = dedup
+                    .lock()
+                    .inflight
+                    .get(key)
+                    .is_some_and(|slot| slot.as_ref().is_some_and(|n| Arc::ptr_eq(n, &waiters)));
+                if still_claimed {
+                    notified.await;
                 }
-                None => next += 1,
             }
         }
         if !lookup.is_empty() {
@@ -408,15 +418,18 @@ impl Store {
                 })
                 .await?;
             let now = now_ms();
+            let mut dropped = Vec::new();
             let mut m = dedup.lock();
             for (&i, place) in lookup.iter().zip(found) {
                 if let Some(place) = place.filter(|p| dedup.fresh(p, now))
                     && let Some(key) = claims.held[i].take()
                 {
                     states[i] = IdState::Seen(place);
-                    dedup.resolve(&mut m, &key, Some(place));
+                    dropped.extend(dedup.resolve(&mut m, &key, Some(place)));
                 }
             }
+            drop(m);
+            drop_later(dropped);
         }
         Ok((states, claims))
     }
@@ -476,17 +489,25 @@ mod tests {
     }
 
     #[test]
-    fn cache_is_bounded_in_bytes_and_evicts_oldest_first() {
+    fn cache_is_bounded_in_bytes_and_forgets_oldest_first() {
         let d = Dedup::new(Duration::from_secs(60), 10 * entry_cost(&dedup_key(1, b"id-00")));
         let mut m = d.lock();
+        let mut generations_dropped = 0;
         for i in 0..25u64 {
-            d.cache(&mut m, dedup_key(1, format!("id-{i:02}").as_bytes()), place(i, now_ms()));
+            let dropped = d.cache(&mut m, dedup_key(1, format!("id-{i:02}").as_bytes()), place(i, now_ms()));
+            generations_dropped += usize::from(dropped.is_some());
         }
-        assert_eq!(m.map.len(), 10);
-        assert!(m.bytes <= d.cache_budget);
-        assert!(m.map.contains_key(&dedup_key(1, b"id-24")));
-        assert!(!m.map.contains_key(&dedup_key(1, b"id-14")));
+        // Two generations of five entries each: ids 15..=24 are remembered.
+        assert_eq!((m.young.len(), m.old.len()), (5, 5));
+        assert_eq!(generations_dropped, 3, "the first rotation drops an empty generation");
+        assert!(m.young_bytes + m.old_bytes <= d.cache_budget);
+        for i in 0..25u64 {
+            let key = dedup_key(1, format!("id-{i:02}").as_bytes());
+            assert_eq!(m.cached(&key).map(|p| p.offset), (i >= 15).then_some(i), "id-{i:02}");
+        }
         drop(m);
+        d.forget_topic(2);
+        assert_eq!(d.stats().0, 10);
         d.forget_topic(1);
         assert_eq!(d.stats(), (0, 0, 0));
     }

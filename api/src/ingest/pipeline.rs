@@ -220,9 +220,11 @@ fn encode(
     let mut slots = Vec::with_capacity(events.len());
     let mut payload: Vec<u64> = Vec::new();
     let per_batch = events.iter().map(|(_, e)| e.value.len() + 32).sum::<usize>().min(4 << 20);
+    // Read once per request: every event of a topic sees the same partition count.
+    let counts: Vec<u32> = set.list.iter().map(|d| d.topic.partition_count()).collect();
+    let mut own: Vec<(&str, &[u8])> = Vec::new();
     for &(index, event) in events {
-        let topic = &set.list[event.topic].topic;
-        let partitions = topic.partition_count();
+        let partitions = counts[event.topic];
         let key = event.key.as_deref();
         let partition = match event.partition {
             Some(p) if p >= partitions => {
@@ -248,7 +250,8 @@ fn encode(
                 builders.len() - 1
             }
         };
-        let own: Vec<(&str, &[u8])> = event.headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+        own.clear();
+        own.extend(event.headers.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
         let builder = &mut builders[b].1;
         slots.push((b, builder.count()));
         builder.push(event.timestamp.unwrap_or(received), key, &own, &event.value, event.json);
@@ -290,7 +293,7 @@ pub async fn commit(
     // Ids: one claim per distinct (scope topic, id); repeats follow their first.
     let mut fates = Vec::with_capacity(events.len());
     let mut claims_wanted: Vec<(Arc<Topic>, Vec<u8>)> = Vec::new();
-    let mut first: HashMap<(usize, &[u8]), usize> = HashMap::new();
+    let mut first: HashMap<(usize, &[u8]), usize, foldhash::fast::RandomState> = HashMap::default();
     for (i, e) in events.iter().enumerate() {
         match &e.id {
             None => fates.push(Fate::Write { claim: None }),
