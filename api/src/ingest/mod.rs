@@ -8,6 +8,7 @@ pub mod parse;
 pub mod partitioner;
 pub mod pipeline;
 pub mod privacy;
+pub mod rawjson;
 pub mod rules;
 pub mod segment;
 pub mod time;

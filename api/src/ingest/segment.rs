@@ -13,8 +13,12 @@
 
 use std::collections::BTreeMap;
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
+
+use super::rawjson::{RawObject, as_str, quote};
 
 use super::time::{format_rfc3339_ms, parse_rfc3339_ms};
 use crate::error::{ApiError, EventError};
@@ -126,47 +130,68 @@ fn too_large(what: &str, limit: usize) -> ApiError {
 }
 
 /// A string, or a number's text; `None` for anything else or an empty string.
-fn id_text(v: Option<&Value>) -> Option<String> {
-    match v? {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
+fn id_text(raw: Option<&str>) -> Option<String> {
+    let raw = raw?;
+    match raw.as_bytes().first()? {
+        b'"' => as_str(raw).filter(|s| !s.is_empty()).map(Cow::into_owned),
+        b'-' | b'0'..=b'9' => Some(raw.to_string()),
         _ => None,
     }
 }
 
-/// Merges `top` into `item[field]` (the item's keys win).
-fn merge_object(item: &mut Map<String, Value>, field: &str, top: Option<&Map<String, Value>>) {
-    let Some(top) = top else { return };
-    match item.get_mut(field) {
-        Some(Value::Object(own)) => {
-            for (k, v) in top {
-                if !own.contains_key(k) {
-                    own.insert(k.clone(), v.clone());
+/// Merges the batch's `top` object into `item[field]` (the item's keys win); an item
+/// without the field gets the batch's as it is.
+fn merge_object<'a>(item: &mut RawObject<'a>, field: &'static str, top: Option<&(RawObject<'a>, &'a str)>) {
+    let Some((top, top_text)) = top else { return };
+    match item.get(field) {
+        Some(own) if own.starts_with('{') => {
+            let Ok(mut own) = RawObject::parse(own) else { return };
+            for (k, v) in top.members() {
+                if !own.contains(k) {
+                    own.set(k.to_string(), Cow::Owned(v.to_string()));
                 }
             }
+            let merged = own.to_json();
+            item.set(field, Cow::Owned(merged));
         }
         Some(_) => {}
-        None => {
-            item.insert(field.to_string(), Value::Object(top.clone()));
-        }
+        None => item.set(field, Cow::Borrowed(*top_text)),
+    }
+}
+
+/// The batch-level fields merged into every item.
+#[derive(Default)]
+struct BatchTop<'a> {
+    context: Option<(RawObject<'a>, &'a str)>,
+    integrations: Option<(RawObject<'a>, &'a str)>,
+    sent_at: Option<&'a str>,
+}
+
+impl<'a> BatchTop<'a> {
+    fn of(top: &RawObject<'a>) -> BatchTop<'a> {
+        let object = |field: &str| {
+            let raw = top.get_input(field)?;
+            raw.starts_with('{').then(|| RawObject::parse(raw).ok().map(|o| (o, raw))).flatten()
+        };
+        BatchTop { context: object("context"), integrations: object("integrations"), sent_at: top.get_input("sentAt") }
     }
 }
 
 /// Checks and completes one event; `Err` is the reason it is malformed.
-fn normalize_event(
-    mut item: Map<String, Value>,
+fn normalize_event<'a>(
+    mut item: RawObject<'a>,
     call_type: Option<&'static str>,
-    batch: Option<&Map<String, Value>>,
+    batch: Option<&BatchTop<'a>>,
     received_ms: i64,
     max_event_bytes: usize,
 ) -> Result<SegmentEvent, String> {
     item.remove("writeKey");
     let kind = match call_type {
         Some(kind) => {
-            item.insert("type".into(), Value::String(kind.into()));
+            item.set("type", Cow::Owned(quote(kind)));
             kind
         }
-        None => match item.get("type").and_then(Value::as_str) {
+        None => match item.get_str("type") {
             Some(t) => TYPES
                 .iter()
                 .copied()
@@ -178,46 +203,45 @@ fn normalize_event(
     let key = id_text(item.get("userId"))
         .or_else(|| id_text(item.get("anonymousId")))
         .ok_or("no userId or anonymousId (no_user_anon_id)")?;
-    let name = match item.get("event") {
-        Some(Value::String(e)) if !e.is_empty() => Some(e.clone()),
+    let name = match item.get_str("event") {
+        Some(e) if !e.is_empty() => Some(e.into_owned()),
         _ if kind == "track" => return Err("a track event needs an \"event\" name".into()),
         _ => None,
     };
     if let Some(top) = batch {
-        merge_object(&mut item, "context", top.get("context").and_then(Value::as_object));
-        merge_object(&mut item, "integrations", top.get("integrations").and_then(Value::as_object));
-        if !item.contains_key("sentAt")
-            && let Some(sent) = top.get("sentAt")
+        merge_object(&mut item, "context", top.context.as_ref());
+        merge_object(&mut item, "integrations", top.integrations.as_ref());
+        if !item.contains("sentAt")
+            && let Some(sent) = top.sent_at
         {
-            item.insert("sentAt".into(), sent.clone());
+            item.set("sentAt", Cow::Borrowed(sent));
         }
     }
     let message_id = match id_text(item.get("messageId")) {
         Some(id) => id,
         None => {
             let id = format!("tidegate-{}", uuid::Uuid::new_v4());
-            item.insert("messageId".into(), Value::String(id.clone()));
+            item.set("messageId", Cow::Owned(quote(&id)));
             id
         }
     };
-    let received = format_rfc3339_ms(received_ms);
-    let original = item.get("timestamp").and_then(Value::as_str).and_then(parse_rfc3339_ms);
-    let sent = item.get("sentAt").and_then(Value::as_str).and_then(parse_rfc3339_ms);
+    let received = quote(&format_rfc3339_ms(received_ms));
+    let original = item.get_str("timestamp").and_then(|t| parse_rfc3339_ms(&t));
+    let sent = item.get_str("sentAt").and_then(|t| parse_rfc3339_ms(&t));
     match (original, sent) {
         (Some(original), Some(sent)) => {
             if let Some(ts) = item.remove("timestamp") {
-                item.insert("originalTimestamp".into(), ts);
+                item.set("originalTimestamp", ts);
             }
             let corrected = received_ms.saturating_sub(sent.saturating_sub(original));
-            item.insert("timestamp".into(), Value::String(format_rfc3339_ms(corrected)));
+            item.set("timestamp", Cow::Owned(quote(&format_rfc3339_ms(corrected))));
         }
-        _ if !item.contains_key("timestamp") => {
-            item.insert("timestamp".into(), Value::String(received.clone()));
-        }
+        _ if !item.contains("timestamp") => item.set("timestamp", Cow::Owned(received.clone())),
         _ => {}
     }
-    item.insert("receivedAt".into(), Value::String(received));
-    let value = serde_json::to_vec(&Value::Object(item)).map_err(|e| e.to_string())?;
+    item.set("receivedAt", Cow::Owned(received));
+    let mut value = Vec::new();
+    item.write(&mut value);
     if value.len() > max_event_bytes {
         return Err(format!("the event is {} bytes; Segment's limit is {max_event_bytes}", value.len()));
     }
@@ -225,7 +249,8 @@ fn normalize_event(
 }
 
 /// Parses and normalises the body of a call. Every failure is a 400: Segment's
-/// trackers retry other statuses.
+/// trackers retry other statuses. Events are edited as raw JSON (see
+/// [`super::rawjson`]): only their top-level members are parsed.
 pub fn normalize(call: Call, body: &[u8], received_ms: i64, limits: SegmentLimits) -> Result<SegmentRequest, ApiError> {
     let limit = match call {
         Call::Single(_) => limits.max_event_bytes,
@@ -234,43 +259,44 @@ pub fn normalize(call: Call, body: &[u8], received_ms: i64, limits: SegmentLimit
     if body.len() > limit {
         return Err(too_large("the body", limit));
     }
-    let mut top: Map<String, Value> = match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(map)) => map,
-        Ok(_) => return Err(ApiError::invalid("invalid_segment_payload", "the body must be a JSON object")),
-        Err(e) => {
-            let error = EventError { index: 0, position: None, path: None, detail: format!("malformed JSON: {e}") };
-            return Err(ApiError::InvalidEvents { errors: vec![error] });
+    let malformed = |detail: String| {
+        let error = EventError { index: 0, position: None, path: None, detail };
+        ApiError::InvalidEvents { errors: vec![error] }
+    };
+    let text = std::str::from_utf8(body).map_err(|e| malformed(format!("malformed JSON: not UTF-8: {e}")))?;
+    let mut top = match RawObject::parse(text) {
+        Ok(top) => top,
+        Err(e) if e.is_data() => {
+            return Err(ApiError::invalid("invalid_segment_payload", "the body must be a JSON object"));
         }
+        Err(e) => return Err(malformed(format!("malformed JSON: {e}"))),
     };
-    let mut write_key = match top.remove("writeKey") {
-        Some(Value::String(k)) if !k.is_empty() => Some(k),
-        _ => None,
-    };
-    let items: Vec<(Map<String, Value>, Option<&'static str>)> = match call {
+    let mut write_key = top.remove("writeKey").and_then(|k| as_str(&k).map(Cow::into_owned)).filter(|k| !k.is_empty());
+    let items: Vec<(RawObject<'_>, Option<&'static str>)> = match call {
         Call::Single(kind) => vec![(top.clone(), Some(kind))],
         Call::Batch => {
-            let Some(Value::Array(batch)) = top.remove("batch") else {
-                return Err(ApiError::invalid("invalid_segment_payload", "a batch call needs a \"batch\" array"));
+            let batch = match top.remove("batch") {
+                Some(Cow::Borrowed(raw)) if raw.starts_with('[') => raw,
+                _ => return Err(ApiError::invalid("invalid_segment_payload", "a batch call needs a \"batch\" array")),
             };
-            if batch.len() > limits.max_events {
+            let raws: Vec<&RawValue> = serde_json::from_str(batch).map_err(|e| malformed(format!("{e}")))?;
+            if raws.len() > limits.max_events {
                 return Err(ApiError::invalid(
                     "too_many_events",
-                    format!("the batch has {} events; at most {} are accepted", batch.len(), limits.max_events),
+                    format!("the batch has {} events; at most {} are accepted", raws.len(), limits.max_events),
                 ));
             }
-            let mut items = Vec::with_capacity(batch.len());
+            let mut items = Vec::with_capacity(raws.len());
             let mut errors = Vec::new();
-            for (index, item) in batch.into_iter().enumerate() {
-                match item {
-                    Value::Object(map) => {
-                        if write_key.is_none()
-                            && let Some(Value::String(k)) = map.get("writeKey")
-                        {
-                            write_key = Some(k.clone()).filter(|k| !k.is_empty());
+            for (index, raw) in raws.into_iter().enumerate() {
+                match raw.get().starts_with('{').then(|| RawObject::parse(raw.get()).ok()).flatten() {
+                    Some(item) => {
+                        if write_key.is_none() {
+                            write_key = item.get_str("writeKey").filter(|k| !k.is_empty()).map(Cow::into_owned);
                         }
-                        items.push((map, None));
+                        items.push((item, None));
                     }
-                    _ => errors.push(EventError::new(index, "a batch item must be a JSON object")),
+                    None => errors.push(EventError::new(index, "a batch item must be a JSON object")),
                 }
             }
             if !errors.is_empty() {
@@ -283,11 +309,11 @@ pub fn normalize(call: Call, body: &[u8], received_ms: i64, limits: SegmentLimit
     if items.is_empty() {
         return Err(ApiError::invalid("no_events", "the batch is empty"));
     }
-    let batch_top = matches!(call, Call::Batch).then_some(&top);
+    let batch_top = matches!(call, Call::Batch).then(|| BatchTop::of(&top));
     let mut events = Vec::with_capacity(items.len());
     let mut errors = Vec::new();
     for (index, (item, kind)) in items.into_iter().enumerate() {
-        match normalize_event(item, kind, batch_top, received_ms, limits.max_event_bytes) {
+        match normalize_event(item, kind, batch_top.as_ref(), received_ms, limits.max_event_bytes) {
             Ok(e) => events.push(e),
             Err(detail) if errors.len() < super::parse::MAX_LISTED_ERRORS => {
                 errors.push(EventError::new(index, detail));
@@ -301,7 +327,7 @@ pub fn normalize(call: Call, body: &[u8], received_ms: i64, limits: SegmentLimit
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     const LIMITS: SegmentLimits =
         SegmentLimits { max_event_bytes: 32 * 1024, max_batch_bytes: 500 * 1024, max_events: 2500 };
