@@ -19,8 +19,9 @@
  * Segment batch endpoint POST {host}/v1/b, routed by the gateway's segment_topics.
  * Bodies are text/plain (no CORS preflight). The queue lives in localStorage until the
  * gateway acknowledges it; sends use fetch with keepalive, and navigator.sendBeacon
- * when the page is hidden. Retries (with backoff) resend the same events with the same
- * messageIds, so the gateway stores each event once. The write key goes in the batch's
+ * when the page is hidden. Retries (with backoff, and never sooner than a 429's or
+ * 503's Retry-After) resend the same events with the same messageIds, so the gateway
+ * stores each event once. The write key goes in the batch's
  * `writeKey` (Segment mode) or in `?key=` (topic mode). A 4xx answer other than 408 and
  * 429 (malformed events, unknown write key, origin not allowed) drops the batch.
  */
@@ -191,7 +192,7 @@
         if (queue.length > 0) return flush();
         return undefined;
       }
-      retry();
+      retry(retryAfterMs(response));
       return undefined;
     }, function () {
       sending = false;
@@ -206,9 +207,20 @@
     return status >= 400 && status < 500 && status !== 408 && status !== 429;
   }
 
-  function retry() {
+  // The wait a 429 or 503 asks for in Retry-After (seconds or an HTTP date), in ms, at
+  // most an hour; 0 without one. The gateway exposes the header to pages (CORS).
+  function retryAfterMs(response) {
+    var value = response.headers && response.headers.get('Retry-After');
+    if (!value) return 0;
+    var ms = /^\s*\d+\s*$/.test(value) ? Number(value) * 1000 : Date.parse(value) - Date.now();
+    return ms > 0 ? Math.min(ms, 3600000) : 0;
+  }
+
+  // Exponential backoff (1 s doubling up to a minute, plus jitter), never sooner than
+  // the server's Retry-After.
+  function retry(atLeastMs) {
     backoff = Math.min(backoff ? backoff * 2 : 1000, 60000);
-    schedule(backoff + Math.floor(Math.random() * 250));
+    schedule(Math.max(backoff, atLeastMs || 0) + Math.floor(Math.random() * 250));
   }
 
   // Page hidden or unloading: hand everything queued to the browser. The events stay

@@ -38,7 +38,9 @@ const WAIT: Duration = Duration::from_secs(15);
 /// `sendBeacon` (URL, result) in `localStorage["test.beacons"]`, and shows both. With
 /// `window.loseNextResponse = true`, the next fetch reaches the gateway but the tracker
 /// sees a network error instead of the answer (as when a connection drops after the
-/// request was written), so it has to resend the same events.
+/// request was written), so it has to resend the same events. With
+/// `window.throttleNextResponse = N`, the next fetch reaches the gateway but the tracker
+/// sees `429` with `Retry-After: N` instead of the answer.
 const PAGE: &str = r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Shop (tracker test)</title><link rel="icon" href="data:,">
 <style>body{font:14px system-ui,sans-serif;margin:2em}pre{background:#f3f3f3;padding:1em;white-space:pre-wrap}</style>
@@ -60,13 +62,19 @@ const PAGE: &str = r#"<!doctype html>
   const realFetch = window.fetch.bind(window);
   window.fetch = function (url, options) {
     const o = options || {};
-    const i = add('test.fetches', { url: String(url), keepalive: o.keepalive === true, credentials: o.credentials,
+    const i = add('test.fetches', { at: Date.now(), url: String(url), keepalive: o.keepalive === true, credentials: o.credentials,
       contentType: (o.headers || {})['Content-Type'], ids: ids(o.body), writeKey: (JSON.parse(o.body).writeKey || null) });
     const lose = window.loseNextResponse === true;
     window.loseNextResponse = false;
+    const throttle = window.throttleNextResponse;
+    window.throttleNextResponse = undefined;
     return realFetch(url, options).then(r => {
       update('test.fetches', i, { status: r.status, lost: lose });
       if (lose) throw new TypeError('the answer was lost (test)');
+      if (throttle) {
+        update('test.fetches', i, { status: 429, throttled: throttle });
+        return new Response('{"code":"rate_limited"}', { status: 429, headers: { 'Retry-After': String(throttle) } });
+      }
       return r;
     }, e => { update('test.fetches', i, { error: String(e) }); throw e; });
   };
@@ -312,6 +320,27 @@ async fn tracker_sends_each_event_once_from_an_allowed_origin_and_is_refused_els
     browser.screenshot("topic").await;
     browser.assert_no_console_errors().await;
 
+    // 4b. A 429 with Retry-After: 3 (longer than the first backoff, 1–1.25 s): the
+    // tracker waits at least that long before resending the same events.
+    browser
+        .execute(
+            "window.throttleNextResponse = 3;
+             for (let i = 0; i < 2; i++) tidegate('track', 'Throttled', { i: i });
+             tidegate('flush');",
+            vec![],
+        )
+        .await;
+    wait_sent(&browser, "the throttled batch resent after Retry-After", 7).await;
+    let fetches = sends(&browser, "test.fetches").await;
+    assert_eq!((fetches[5]["status"].clone(), fetches[5]["throttled"].clone()), (json!(429), json!(3)), "{fetches:?}");
+    assert_eq!(fetches[6]["status"], 200, "{:?}", fetches[6]);
+    assert_eq!(ids_of(&fetches[5]), ids_of(&fetches[6]), "the resend carries the same messageIds");
+    let waited = fetches[6]["at"].as_f64().unwrap() - fetches[5]["at"].as_f64().unwrap();
+    assert!(waited >= 3000.0, "resent {waited} ms after the 429: sooner than its Retry-After");
+    let web = stored_ids(&admin, "web").await;
+    assert_eq!(web.len(), 5, "{web:?}");
+    assert!(web.values().all(|&n| n == 1), "each event is stored once: {web:?}");
+
     // 5. A write key the gateway does not know: 401 (readable: the origin is allowed
     // for CORS), and the tracker drops the events instead of retrying forever.
     browser
@@ -322,9 +351,9 @@ async fn tracker_sends_each_event_once_from_an_allowed_origin_and_is_refused_els
             vec![],
         )
         .await;
-    wait_sent(&browser, "the refused batch given up", 6).await;
+    wait_sent(&browser, "the refused batch given up", 8).await;
     let fetches = sends(&browser, "test.fetches").await;
-    assert_eq!(fetches[5]["status"], 401, "{:?}", fetches[5]);
+    assert_eq!(fetches[7]["status"], 401, "{:?}", fetches[7]);
     assert_eq!(refused(&admin, "invalid_write_key").await, 1);
     let errors = browser.console_errors().await;
     assert!(errors.len() == 1 && errors[0].contains("401"), "only the refused request is logged: {errors:?}");
