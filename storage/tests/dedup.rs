@@ -214,3 +214,48 @@ fn memory_and_disk_per_remembered_id() {
         store.close().await.unwrap();
     });
 }
+
+/// A data directory written before the `dedup` column family used universal compaction
+/// (leveled: its entries compacted out of L0 into the last level) opens, its expired
+/// entries are dropped by the expiry filter, and ids are remembered as before.
+#[test]
+fn a_leveled_dedup_column_family_from_an_earlier_version_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let db = rocksdb::DB::open_cf(&opts, dir.path().join("rocksdb"), ["default", "meta", "groups", "dedup"])
+            .expect("open as leveled");
+        let cf = db.cf_handle("dedup").unwrap();
+        for round in 0..3 {
+            for i in 0..5_000u32 {
+                let mut key = 99u64.to_be_bytes().to_vec();
+                key.extend_from_slice(format!("e:old-{round}-{i}").as_bytes());
+                // Remembered at the epoch: long expired.
+                db.put_cf(&cf, key, [0u8; 21]).unwrap();
+            }
+            db.flush_cf(&cf).unwrap();
+        }
+        db.compact_range_cf(&cf, None::<&[u8]>, None::<&[u8]>);
+        let files = |level: u32| {
+            db.property_int_value_cf(&cf, &format!("rocksdb.num-files-at-level{level}")).unwrap().unwrap_or(0)
+        };
+        assert_eq!(files(0), 0, "compacted out of L0");
+        assert!((1..7).map(files).sum::<u64>() > 0, "the entries sit in a lower level");
+    }
+    rt().block_on(async {
+        let store = Store::open(config(dir.path(), Duration::from_secs(3600))).unwrap();
+        assert!(store.dedup_stats().disk_entries_estimate >= 10_000, "{:?}", store.dedup_stats());
+        store.create_topic("t", TopicConfig::with_partitions(1)).await.unwrap();
+        let (states, _) = write_ids(&store, "t", &["a", "b"]).await;
+        assert_eq!(states, vec![IdState::Claimed; 2]);
+        store.expire_dedup_now().await.unwrap();
+        let stats = store.dedup_stats();
+        assert!(stats.disk_entries_estimate < 100, "the expired old entries are gone: {stats:?}");
+        let (states, places) = write_ids(&store, "t", &["b", "c"]).await;
+        assert!(matches!(states[0], IdState::Seen(Remembered { offset: 1, .. })), "{states:?}");
+        assert_eq!(places, vec![(0, 1), (0, 2)]);
+        store.close().await.unwrap();
+    });
+}
