@@ -40,6 +40,17 @@ enum End {
     Gone,
 }
 
+/// Runs `fut` for at most `stall`, arming the timer only when it does not finish at
+/// once: most frames fit in the socket's buffer, so a subscriber tailing a busy topic
+/// does not register and cancel a timer per frame.
+async fn within<F: Future + Unpin>(stall: Duration, mut fut: F) -> Result<F::Output, tokio::time::error::Elapsed> {
+    match futures_util::FutureExt::now_or_never(&mut fut) {
+        Some(out) => Ok(out),
+        // Polled again at once inside the timeout, with the task's waker.
+        None => tokio::time::timeout(stall, fut).await,
+    }
+}
+
 /// Where frames go: a WebSocket, or the event channel of an SSE response.
 pub enum Outbound {
     /// WebSocket frames.
@@ -62,7 +73,7 @@ impl Outbound {
     ) -> Result<(), End> {
         let text: Utf8Bytes = text.into();
         let sent = match self {
-            Outbound::Ws(tx) => tokio::time::timeout(stall, tx.send(Message::Text(text))).await.map(|r| r.is_ok()),
+            Outbound::Ws(tx) => within(stall, tx.send(Message::Text(text))).await.map(|r| r.is_ok()),
             Outbound::Sse(tx) => {
                 let mut event = Event::default().event(kind).data(text.as_str());
                 if let Some(id) = id {
@@ -82,7 +93,7 @@ impl Outbound {
 
     async fn ping(&mut self, stall: Duration) -> Result<(), End> {
         match self {
-            Outbound::Ws(tx) => match tokio::time::timeout(stall, tx.send(Message::Ping(Default::default()))).await {
+            Outbound::Ws(tx) => match within(stall, tx.send(Message::Ping(Default::default()))).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(_)) => Err(End::Gone),
                 Err(_) => {
