@@ -160,7 +160,6 @@ fn merge_object<'a>(item: &mut RawObject<'a>, field: &'static str, top: Option<&
 }
 
 /// The batch-level fields merged into every item.
-#[derive(Default)]
 struct BatchTop<'a> {
     context: Option<(RawObject<'a>, &'a str)>,
     integrations: Option<(RawObject<'a>, &'a str)>,
