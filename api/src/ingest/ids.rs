@@ -10,34 +10,14 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use tidegate_storage::MAX_EVENT_ID;
 
+use super::rawjson::{Key, scalar_text};
+
 /// Request header naming the request: each event gets the id `<key>:<index>`.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
-
-/// A map key, borrowed from the text when it has no escapes.
-struct Key<'de>(Cow<'de, str>);
-
-impl<'de> de::Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl<'de> Visitor<'de> for KeyVisitor {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(v.to_string())))
-            }
-        }
-        d.deserialize_str(KeyVisitor)
-    }
-}
 
 /// Finds one member of an object (by name) or element of an array (by index).
 struct Step<'s>(&'s str);
@@ -99,12 +79,7 @@ pub fn value_at<'a>(raw: &'a str, pointer: &str) -> Option<&'a RawValue> {
 
 /// The id at `pointer`: a string's content or a number's text.
 pub fn id_at<'a>(raw: &'a str, pointer: &str) -> Option<Cow<'a, str>> {
-    let v = value_at(raw, pointer)?.get();
-    match v.as_bytes().first()? {
-        b'"' => serde_json::from_str::<Cow<'a, str>>(v).ok(),
-        b'-' | b'0'..=b'9' => Some(Cow::Borrowed(v)),
-        _ => None,
-    }
+    scalar_text(value_at(raw, pointer)?.get())
 }
 
 /// The dedup id of an event's own id.

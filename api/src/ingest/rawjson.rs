@@ -18,8 +18,8 @@ pub struct RawObject<'a> {
     members: Vec<(Cow<'a, str>, Cow<'a, str>)>,
 }
 
-/// A key borrowed from the input when it has no escapes.
-struct Key<'a>(Cow<'a, str>);
+/// An object key, borrowed from the input when it has no escapes.
+pub(crate) struct Key<'a>(pub(crate) Cow<'a, str>);
 
 impl<'de> Deserialize<'de> for Key<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -68,6 +68,16 @@ pub fn as_str(raw: &str) -> Option<Cow<'_, str>> {
     match serde_json::from_str::<&str>(raw) {
         Ok(s) => Some(Cow::Borrowed(s)),
         Err(_) => serde_json::from_str::<String>(raw).ok().map(Cow::Owned),
+    }
+}
+
+/// An id's text in raw JSON: a string's content or a number's text (as written);
+/// `None` for any other value.
+pub fn scalar_text(raw: &str) -> Option<Cow<'_, str>> {
+    match raw.as_bytes().first()? {
+        b'"' => as_str(raw),
+        b'-' | b'0'..=b'9' => Some(Cow::Borrowed(raw)),
+        _ => None,
     }
 }
 

@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::rawjson::{RawObject, as_str, quote};
+use super::rawjson::{RawObject, as_str, quote, scalar_text};
 
 use super::time::{format_rfc3339_ms, parse_rfc3339_ms};
 use crate::error::{ApiError, EventError};
@@ -131,12 +131,7 @@ fn too_large(what: &str, limit: usize) -> ApiError {
 
 /// A string, or a number's text; `None` for anything else or an empty string.
 fn id_text(raw: Option<&str>) -> Option<String> {
-    let raw = raw?;
-    match raw.as_bytes().first()? {
-        b'"' => as_str(raw).filter(|s| !s.is_empty()).map(Cow::into_owned),
-        b'-' | b'0'..=b'9' => Some(raw.to_string()),
-        _ => None,
-    }
+    scalar_text(raw?).filter(|s| !s.is_empty()).map(Cow::into_owned)
 }
 
 /// Merges the batch's `top` object into `item[field]` (the item's keys win); an item
