@@ -24,9 +24,11 @@ pub struct CachedFrame {
     pub count: u64,
 }
 
+/// Frames by partition storage id, then by first offset (looked up by `&str`, so a hit
+/// allocates nothing), and their insertion order for eviction.
 #[derive(Debug, Default)]
 struct Inner {
-    map: HashMap<(String, u64), CachedFrame>,
+    map: HashMap<String, HashMap<u64, CachedFrame>>,
     order: VecDeque<(String, u64)>,
     bytes: usize,
 }
@@ -48,7 +50,7 @@ impl FrameCache {
     /// The frame starting at `offset` of the partition `log_id`, if cached.
     pub fn get(&self, log_id: &str, offset: u64) -> Option<CachedFrame> {
         let inner = self.inner.lock().expect("frame cache lock");
-        inner.map.get(&(log_id.to_string(), offset)).cloned()
+        inner.map.get(log_id)?.get(&offset).cloned()
     }
 
     /// Remembers a frame, evicting the oldest ones beyond the byte bound.
@@ -57,18 +59,23 @@ impl FrameCache {
         if size > self.max_bytes / 4 {
             return;
         }
-        let mut inner = self.inner.lock().expect("frame cache lock");
-        let key = (log_id.to_string(), offset);
-        if inner.map.contains_key(&key) {
+        let mut guard = self.inner.lock().expect("frame cache lock");
+        let inner = &mut *guard;
+        let frames = inner.map.entry(log_id.to_string()).or_default();
+        if frames.contains_key(&offset) {
             return;
         }
+        frames.insert(offset, frame);
         inner.bytes += size;
-        inner.order.push_back(key.clone());
-        inner.map.insert(key, frame);
+        inner.order.push_back((log_id.to_string(), offset));
         while inner.bytes > self.max_bytes {
-            let Some(old) = inner.order.pop_front() else { break };
-            if let Some(f) = inner.map.remove(&old) {
+            let Some((old_log, old_offset)) = inner.order.pop_front() else { break };
+            let Some(frames) = inner.map.get_mut(&old_log) else { continue };
+            if let Some(f) = frames.remove(&old_offset) {
                 inner.bytes -= f.text.len();
+            }
+            if frames.is_empty() {
+                inner.map.remove(&old_log);
             }
         }
     }
@@ -96,5 +103,7 @@ mod tests {
         assert!(cache.get("p/a/1/0", 4).is_some());
         let inner = cache.inner.lock().unwrap();
         assert!(inner.bytes <= 40);
+        let cached: usize = inner.map.values().map(HashMap::len).sum();
+        assert_eq!(cached, inner.order.len());
     }
 }

@@ -1,10 +1,13 @@
 //! One WebSocket subscription: reads storage from its own positions and sends while
 //! the socket accepts.
 //!
-//! Flow control: the session holds at most one records frame (bounded by the
-//! `subscription_frame_bytes` setting) and awaits its send before reading more, so
-//! a slow client only slows itself, server memory per subscriber stays bounded, and
-//! a client that catches up reads the backlog from storage. It never polls: when
+//! Flow control: a delivery round queues at most one records frame per partition and
+//! stops queueing once the round's frames reach the `subscription_frame_bytes`
+//! setting; it then flushes them in one socket write and awaits that before reading
+//! more. So a slow client only slows itself, server memory per subscriber stays
+//! bounded (about twice that setting), and a client that catches up reads the backlog
+//! from storage. One write per round, not per partition: a batch appended across six
+//! partitions reaches a tailing subscriber in one system call. It never polls: when
 //! every partition is at its high watermark it sleeps on the watermark notifiers.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -71,9 +74,23 @@ impl Outbound {
         id: Option<String>,
         stall: Duration,
     ) -> Result<(), End> {
+        self.feed(kind, text, id, stall).await?;
+        self.flush(stall).await
+    }
+
+    /// Queues one frame without writing it to the socket (unless the queue is past
+    /// the socket's write buffer size); [`Outbound::flush`] writes the queue. SSE
+    /// events are handed to the response at once.
+    async fn feed(
+        &mut self,
+        kind: &'static str,
+        text: impl Into<Utf8Bytes>,
+        id: Option<String>,
+        stall: Duration,
+    ) -> Result<(), End> {
         let text: Utf8Bytes = text.into();
         let sent = match self {
-            Outbound::Ws(tx) => within(stall, tx.send(Message::Text(text))).await.map(|r| r.is_ok()),
+            Outbound::Ws(tx) => within(stall, tx.feed(Message::Text(text))).await.map(|r| r.is_ok()),
             Outbound::Sse(tx) => {
                 let mut event = Event::default().event(kind).data(text.as_str());
                 if let Some(id) = id {
@@ -85,9 +102,19 @@ impl Outbound {
         match sent {
             Ok(true) => Ok(()),
             Ok(false) => Err(End::Gone),
-            Err(_) => {
-                Err(End::Close(close::SESSION_TIMEOUT, "the client stopped reading for the session timeout".into()))
-            }
+            Err(_) => Err(stalled()),
+        }
+    }
+
+    /// Writes the queued frames, waiting at most `stall` for the client to take them.
+    async fn flush(&mut self, stall: Duration) -> Result<(), End> {
+        match self {
+            Outbound::Ws(tx) => match within(stall, tx.flush()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(End::Gone),
+                Err(_) => Err(stalled()),
+            },
+            Outbound::Sse(_) => Ok(()),
         }
     }
 
@@ -96,9 +123,7 @@ impl Outbound {
             Outbound::Ws(tx) => match within(stall, tx.send(Message::Ping(Default::default()))).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(_)) => Err(End::Gone),
-                Err(_) => {
-                    Err(End::Close(close::SESSION_TIMEOUT, "the client stopped reading for the session timeout".into()))
-                }
+                Err(_) => Err(stalled()),
             },
             // The SSE response sends keep-alive comments itself.
             Outbound::Sse(_) => Ok(()),
@@ -117,6 +142,11 @@ impl Outbound {
     }
 }
 
+/// The end of a session whose client stopped taking frames.
+fn stalled() -> End {
+    End::Close(close::SESSION_TIMEOUT, "the client stopped reading for the session timeout".into())
+}
+
 async fn next_frame(rx: &mut Option<SplitStream<WebSocket>>) -> Option<Result<Message, axum::Error>> {
     match rx {
         Some(rx) => rx.next().await,
@@ -130,6 +160,8 @@ struct Position {
     next: u64,
     paused: bool,
     hw: watch::Receiver<u64>,
+    /// `tidegate_records_delivered_total` of the partition's topic.
+    delivered: metrics::Counter,
 }
 
 /// Parameters a session starts with.
@@ -152,6 +184,8 @@ struct Session {
     member: String,
     generation: u64,
     positions: BTreeMap<TopicPartition, Position>,
+    /// The keys of `positions`, shared so a delivery round walks them without copying.
+    order: Arc<[TopicPartition]>,
     /// Last committed offset per partition (auto-commit only commits changes).
     committed: BTreeMap<TopicPartition, u64>,
     tx: Outbound,
@@ -202,6 +236,7 @@ async fn run_on(state: SharedState, tx: Outbound, mut rx: Option<SplitStream<Web
         member,
         generation: 0,
         positions: BTreeMap::new(),
+        order: Arc::new([]),
         committed: BTreeMap::new(),
         tx,
         last_seen: Instant::now(),
@@ -295,8 +330,10 @@ impl Session {
                 self.committed.insert(tp.clone(), *c);
             }
             let hw = log.watch_high_watermark();
-            self.positions.insert(tp, Position { log, next, paused: false, hw });
+            let delivered = metrics::counter!("tidegate_records_delivered_total", "topic" => tp.0.clone());
+            self.positions.insert(tp, Position { log, next, paused: false, hw, delivered });
         }
+        self.order = self.positions.keys().cloned().collect();
         let list: Vec<(TopicPartition, u64)> = self.positions.iter().map(|(tp, p)| (tp.clone(), p.next)).collect();
         self.send("assignment", protocol::assignment(self.generation, self.group_member(), &list)).await
     }
@@ -329,6 +366,10 @@ impl Session {
             .expires_at
             .map(|at| Instant::now() + at.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO));
         let mut closing = self.state.store.closing_signal();
+        // One timer for the session, moved only when its deadline changes (a new timer
+        // per wake-up cost a timer-wheel insert and removal for every delivered frame).
+        let sleep = tokio::time::sleep_until(next_ping);
+        tokio::pin!(sleep);
         loop {
             // Control messages and client frames first, without waiting.
             if let Some(c) = control.as_deref_mut() {
@@ -368,7 +409,7 @@ impl Session {
                 self.commit_positions(None).await;
                 next_commit = now + auto_commit_every;
             }
-            match self.deliver_one().await {
+            match self.deliver_round().await {
                 Ok(true) => continue,
                 Ok(false) => {}
                 Err(end) => return end,
@@ -376,6 +417,9 @@ impl Session {
             // Nothing to send: sleep until something changes.
             let wake_at = if self.params.auto_commit { next_ping.min(next_commit) } else { next_ping };
             let wake_at = expires.map_or(wake_at, |at| wake_at.min(at));
+            if sleep.deadline() != wake_at || sleep.is_elapsed() {
+                sleep.as_mut().reset(wake_at);
+            }
             let mut watchers: Vec<_> = self
                 .positions
                 .values_mut()
@@ -409,85 +453,112 @@ impl Session {
                     if let Err(end) = self.on_frame(frame).await { return end }
                 }
                 () = any_hw => {}
-                () = tokio::time::sleep_until(wake_at) => {}
+                () = &mut sleep => {}
                 _ = closing.changed() => {}
             }
         }
     }
 
-    /// Reads and sends one frame from the next partition with records; false when
-    /// every partition is caught up (or paused).
-    async fn deliver_one(&mut self) -> Result<bool, End> {
-        let keys: Vec<TopicPartition> = self.positions.keys().cloned().collect();
-        let n = keys.len();
+    /// One delivery round: reads one frame from each partition with records (round
+    /// robin from where the previous round stopped), queues them until their bytes
+    /// reach `subscription_frame_bytes`, then writes them in one flush. False when
+    /// every partition is caught up (or paused), or a read failed (the session then
+    /// waits for the next append instead of retrying at once). Frames not flushed are
+    /// not delivered: their partitions keep their previous positions (auto-commit).
+    async fn deliver_round(&mut self) -> Result<bool, End> {
+        let order = self.order.clone();
+        let n = order.len();
+        let budget = self.cfg().subscription_frame_bytes as usize;
+        let stall = self.stall();
+        // Per queued frame: its partition, the position before it, and its records.
+        let mut queued: Vec<(&TopicPartition, u64, u64)> = Vec::new();
+        let mut queued_bytes = 0;
+        let mut more = true;
+        let first = self.round_robin;
         for i in 0..n {
-            let tp = &keys[(self.round_robin + i) % n];
-            let pos = &self.positions[tp];
+            let tp = &order[(first + i) % n];
+            let Some(pos) = self.positions.get(tp) else { continue };
             if pos.log.is_deleted() {
                 return Err(End::Close(close::TOPIC_DELETED, format!("topic {} was deleted", tp.0)));
             }
             if pos.paused || pos.next >= pos.log.high_watermark() {
                 continue;
             }
-            self.round_robin = (self.round_robin + i + 1) % n;
-            let limits =
-                ReadLimits { max_records: MAX_FRAME_RECORDS, max_bytes: self.cfg().subscription_frame_bytes as usize };
+            self.round_robin = (first + i + 1) % n;
             let (log, next) = (pos.log.clone(), pos.next);
-            let cached = self.state.frames.get(log.storage_id(), next);
-            let frame = match cached {
+            let frame = match self.state.frames.get(log.storage_id(), next) {
                 Some(frame) => Ok(frame),
-                None => self.state.store.fetch(log.clone(), next, limits, Duration::ZERO).await.map(|read| {
-                    let frame = CachedFrame {
-                        text: protocol::records(&tp.0, tp.1, &read.records).into(),
-                        next_offset: read.next_offset,
-                        count: read.records.len() as u64,
-                    };
-                    if frame.count > 0 {
-                        self.state.frames.insert(log.storage_id(), next, frame.clone());
-                    }
-                    frame
-                }),
-            };
-            match frame {
-                Ok(frame) => {
-                    if frame.count == 0 {
-                        return Ok(false);
-                    }
-                    if let Some(p) = self.positions.get_mut(tp) {
-                        p.next = frame.next_offset;
-                    }
-                    let id = self.tx.is_sse().then(|| self.resume_id());
-                    let stall = self.stall();
-                    if let Err(end) = self.tx.send("records", frame.text, id, stall).await {
-                        // Not delivered: do not count it as delivered (auto-commit).
-                        if let Some(p) = self.positions.get_mut(tp) {
-                            p.next = next;
+                None => {
+                    let limits = ReadLimits { max_records: MAX_FRAME_RECORDS, max_bytes: budget };
+                    self.state.store.fetch(log.clone(), next, limits, Duration::ZERO).await.map(|read| {
+                        let frame = CachedFrame {
+                            text: protocol::records(&tp.0, tp.1, &read.records).into(),
+                            next_offset: read.next_offset,
+                            count: read.records.len() as u64,
+                        };
+                        if frame.count > 0 {
+                            self.state.frames.insert(log.storage_id(), next, frame.clone());
                         }
-                        return Err(end);
-                    }
-                    metrics::counter!("tidegate_records_delivered_total", "topic" => tp.0.clone())
-                        .increment(frame.count);
-                    return Ok(true);
+                        frame
+                    })
                 }
+            };
+            let (kind, text, next_offset, count) = match frame {
+                Ok(frame) if frame.count == 0 => continue,
+                Ok(frame) => ("records", frame.text, frame.next_offset, frame.count),
                 Err(StorageError::OffsetOutOfRange { start, end, .. }) => {
                     let to = if next < start { start } else { end };
-                    self.send("gap", protocol::gap(&tp.0, tp.1, next, to)).await?;
-                    if let Some(p) = self.positions.get_mut(tp) {
-                        p.next = to;
-                    }
-                    return Ok(true);
+                    ("gap", protocol::gap(&tp.0, tp.1, next, to).into(), to, 0)
                 }
                 Err(StorageError::TopicDeleted(t) | StorageError::TopicNotFound(t)) => {
+                    self.unqueue(&queued);
                     return Err(End::Close(close::TOPIC_DELETED, format!("topic {t} was deleted")));
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "subscription read failed");
-                    self.send("error", protocol::error("storage_error", &e.to_string())).await?;
-                    return Ok(false);
+                    more = false;
+                    ("error", protocol::error("storage_error", &e.to_string()).into(), next, 0)
                 }
+            };
+            if let Some(p) = self.positions.get_mut(tp) {
+                p.next = next_offset;
+            }
+            queued.push((tp, next, count));
+            queued_bytes += text.len();
+            let id = self.tx.is_sse().then(|| self.resume_id());
+            if let Err(end) = self.tx.feed(kind, text, id, stall).await {
+                self.unqueue(&queued);
+                return Err(end);
+            }
+            if queued_bytes >= budget || !more {
+                break;
             }
         }
-        Ok(false)
+        if queued.is_empty() {
+            return Ok(false);
+        }
+        if let Err(end) = self.tx.flush(stall).await {
+            self.unqueue(&queued);
+            return Err(end);
+        }
+        for (tp, _, count) in &queued {
+            if let Some(p) = self.positions.get(*tp)
+                && *count > 0
+            {
+                p.delivered.increment(*count);
+            }
+        }
+        Ok(more)
+    }
+
+    /// Puts the partitions of frames that were queued but not written back to their
+    /// positions before those frames.
+    fn unqueue(&mut self, queued: &[(&TopicPartition, u64, u64)]) {
+        for (tp, before, _) in queued {
+            if let Some(p) = self.positions.get_mut(*tp) {
+                p.next = *before;
+            }
+        }
     }
 
     async fn on_control(&mut self, msg: Control) -> Result<(), End> {
@@ -507,6 +578,7 @@ impl Session {
                     self.positions.remove(tp);
                     self.committed.remove(tp);
                 }
+                self.order = self.positions.keys().cloned().collect();
                 // Stopped: only now may another member read them.
                 if let Some(group) = &self.params.group {
                     self.state.coordinator.revoked(group, &self.member, &partitions);
