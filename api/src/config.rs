@@ -147,7 +147,8 @@ settings! {
     heartbeat_interval_ms: u64 = 3_000;
     /// With `auto_commit`, how often delivered positions are committed.
     auto_commit_interval_ms: u64 = 1_000;
-    /// Most bytes of records in one subscription frame: the per-subscriber memory bound.
+    /// Most bytes of records in one subscription frame, and of the frames one delivery
+    /// round queues before writing them: the per-subscriber memory bound.
     subscription_frame_bytes: u64 = 256 * KIB;
     /// Bytes of recently sent records frames shared by all subscriptions (subscribers
     /// tailing the same partition reuse one read and one encoding); 0 disables it.

@@ -5,11 +5,13 @@
 //! current state are rendered from the store on each scrape instead, so a deleted
 //! topic's series disappear with it.
 
+use std::collections::HashMap;
 use std::fmt::Write;
-use std::sync::OnceLock;
+use std::sync::{LazyLock, OnceLock, PoisonError, RwLock};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
+use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -42,17 +44,67 @@ pub fn handle() -> PrometheusHandle {
         .clone()
 }
 
+/// The request counter and latency histogram of one (route, method, status).
+type Series = (metrics::Counter, metrics::Histogram);
+
+/// Series made so far, by route template, then (method, status). Bounded: templates are
+/// the router's (plus `unmatched`), methods outside the standard ones share `other`,
+/// and statuses are three digits.
+type SeriesMap = HashMap<String, Vec<(&'static str, u16, Series)>>;
+
+static SERIES: LazyLock<RwLock<SeriesMap>> = LazyLock::new(Default::default);
+
+/// The method's label: its name for the standard methods, `other` for the rest (a
+/// client inventing methods must not create series without bound).
+fn method_label(method: &Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        "CONNECT" => "CONNECT",
+        "TRACE" => "TRACE",
+        _ => "other",
+    }
+}
+
+/// The series of a request, made on first use and then shared: looking it up in the
+/// recorder's registry with three owned labels on every request cost more than the
+/// increments themselves.
+fn series(route: &str, method: &'static str, status: StatusCode) -> Series {
+    let code = status.as_u16();
+    let made =
+        SERIES.read().unwrap_or_else(PoisonError::into_inner).get(route).and_then(|list| {
+            list.iter().find(|(m, c, _)| *m == method && *c == code).map(|(_, _, series)| series.clone())
+        });
+    if let Some(series) = made {
+        return series;
+    }
+    let labels = [("route", route.to_string()), ("method", method.to_string()), ("status", code.to_string())];
+    let series = (
+        metrics::counter!("tidegate_http_requests_total", &labels),
+        metrics::histogram!("tidegate_http_request_duration_seconds", &labels),
+    );
+    let mut map = SERIES.write().unwrap_or_else(PoisonError::into_inner);
+    let list = map.entry(route.to_string()).or_default();
+    if !list.iter().any(|(m, c, _)| *m == method && *c == code) {
+        list.push((method, code, series.clone()));
+    }
+    series
+}
+
 /// Middleware: counts requests and records latency by route template, method and status.
 pub async fn track(req: Request, next: Next) -> Response {
-    let route =
-        req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let method = req.method().as_str().to_string();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let method = method_label(req.method());
     let began = Instant::now();
     let resp = next.run(req).await;
-    let status = resp.status().as_u16().to_string();
-    let labels = [("route", route), ("method", method), ("status", status)];
-    metrics::counter!("tidegate_http_requests_total", &labels).increment(1);
-    metrics::histogram!("tidegate_http_request_duration_seconds", &labels).record(began.elapsed().as_secs_f64());
+    let (requests, latency) = series(route.as_ref().map_or("unmatched", MatchedPath::as_str), method, resp.status());
+    requests.increment(1);
+    latency.record(began.elapsed().as_secs_f64());
     resp
 }
 
@@ -133,4 +185,33 @@ pub fn render(store: &Store) -> String {
         let _ = writeln!(out, "process_resident_memory_bytes {rss}");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invented_methods_share_one_label() {
+        assert_eq!(method_label(&Method::POST), "POST");
+        assert_eq!(method_label(&Method::from_bytes(b"BREW").unwrap()), "other");
+        assert_eq!(method_label(&Method::from_bytes(b"PURGE").unwrap()), "other");
+    }
+
+    #[test]
+    fn a_series_is_made_once_per_route_method_and_status() {
+        let route = "/test/series/{id}";
+        for (method, status) in [
+            ("GET", StatusCode::OK),
+            ("GET", StatusCode::OK),
+            ("GET", StatusCode::NOT_FOUND),
+            ("other", StatusCode::OK),
+        ] {
+            let (requests, _) = series(route, method, status);
+            requests.increment(1);
+        }
+        let map = SERIES.read().unwrap();
+        let made: Vec<(&str, u16)> = map[route].iter().map(|(m, c, _)| (*m, *c)).collect();
+        assert_eq!(made, [("GET", 200), ("GET", 404), ("other", 200)]);
+    }
 }
