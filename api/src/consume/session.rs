@@ -1,14 +1,15 @@
 //! One WebSocket subscription: reads storage from its own positions and sends while
 //! the socket accepts.
 //!
-//! Flow control: a delivery round queues at most one records frame per partition and
-//! stops queueing once the round's frames reach the `subscription_frame_bytes`
-//! setting; it then flushes them in one socket write and awaits that before reading
-//! more. So a slow client only slows itself, server memory per subscriber stays
-//! bounded (about twice that setting), and a client that catches up reads the backlog
-//! from storage. One write per round, not per partition: a batch appended across six
-//! partitions reaches a tailing subscriber in one system call. It never polls: when
-//! every partition is at its high watermark it sleeps on the watermark notifiers.
+//! Flow control: a delivery round queues at most one records frame per partition, and
+//! only while the round's frames stay within the `subscription_frame_bytes` setting
+//! (or it is the round's first frame); it then flushes them in one socket write and
+//! awaits that before reading more. So a slow client only slows itself, server memory
+//! per subscriber stays bounded (one round in the WebSocket write buffer), and a client
+//! that catches up reads the backlog from storage. One write per round, not per
+//! partition: a batch appended across six partitions reaches a tailing subscriber in
+//! one system call. It never polls: when every partition is at its high watermark it
+//! sleeps on the watermark notifiers.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -460,8 +461,9 @@ impl Session {
     }
 
     /// One delivery round: reads one frame from each partition with records (round
-    /// robin from where the previous round stopped), queues them until their bytes
-    /// reach `subscription_frame_bytes`, then writes them in one flush. False when
+    /// robin from where the previous round stopped) and queues them while their bytes
+    /// stay within `subscription_frame_bytes` (a round holds at least one frame), then
+    /// writes them in one flush. False when
     /// every partition is caught up (or paused), or a read failed (the session then
     /// waits for the next append instead of retrying at once). Frames not flushed are
     /// not delivered: their partitions keep their previous positions (auto-commit).
@@ -520,6 +522,11 @@ impl Session {
                     ("error", protocol::error("storage_error", &e.to_string()).into(), next, 0)
                 }
             };
+            if !queued.is_empty() && queued_bytes + text.len() > budget {
+                // Over the round's bound: this partition starts the next round.
+                self.round_robin = (first + i) % n;
+                break;
+            }
             if let Some(p) = self.positions.get_mut(tp) {
                 p.next = next_offset;
             }
@@ -530,7 +537,7 @@ impl Session {
                 self.unqueue(&queued);
                 return Err(end);
             }
-            if queued_bytes >= budget || !more {
+            if !more {
                 break;
             }
         }
