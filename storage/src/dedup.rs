@@ -20,10 +20,16 @@
 //!   generations, each at most half the budget; when the young one is full it becomes
 //!   the old one and the previous old one is dropped (the oldest half is forgotten
 //!   at once, which costs one hash-map insert per id instead of a FIFO's bookkeeping).
-//! - Ids are hashed with foldhash, randomly seeded per process: fast for the ~10 map
-//!   operations an id costs, and not predictable from outside.
-//! - Deleting a topic drops its entries (a range delete, ordered with appends).
+//! - In memory an id is its [`Fingerprint`]: 128 bits from two SipHash-1-3 hashes of
+//!   its key, keyed at random per process. The maps hold fixed 40-byte slots instead
+//!   of a copy of every key; two different ids share a fingerprint with probability
+//!   about 2⁻¹²⁸ per pair, and the keys are secret, so one cannot be made to collide
+//!   on purpose. The disk keeps the full key (exact lookups, the same across restarts).
+//! - Deleting a topic drops its entries from disk (a range delete, ordered with
+//!   appends). Its cached entries stay until their generation is dropped: they can
+//!   never match again, as a re-created topic is a new incarnation with another id.
 
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -37,12 +43,55 @@ pub(crate) const DEDUP_CF: &str = "dedup";
 pub const MAX_EVENT_ID: usize = 512;
 const VALUE_LEN: usize = 21;
 const FLAG_DEAD_LETTERED: u8 = 1;
-/// Estimated memory of one cached entry besides its key: the key's `Arc` header (16 B)
-/// and the hash-map slot (key pointer and length, place: 40 B, plus a control byte),
-/// at the map's lowest load factor after it doubled (7/16).
-pub const CACHE_ENTRY_OVERHEAD: usize = 112;
+/// Estimated memory of one cached entry: its hash-map slot (fingerprint 16 B, place
+/// 24 B) and control byte, at the map's lowest load factor after it doubled (7/16).
+pub const CACHE_ENTRY_BYTES: usize = 96;
 
-type IdMap<V> = std::collections::HashMap<Arc<[u8]>, V, foldhash::fast::RandomState>;
+/// An id's identity in memory: two independently keyed 64-bit SipHash-1-3 values of its
+/// dedup key (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Fingerprint(u64, u64);
+
+impl Hash for Fingerprint {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Already a uniformly distributed secret: no need to hash it again.
+        state.write_u64(self.0);
+    }
+}
+
+/// Passes a [`Fingerprint`]'s first half through as the map hash.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only fingerprints are hashed (through `write_u64`); fold anything else in.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type IdMap<V> = std::collections::HashMap<Fingerprint, V, BuildHasherDefault<PassThrough>>;
+
+/// Makes fingerprints with this process's two secret keys.
+struct Fingerprinter(RandomState, RandomState);
+
+impl Fingerprinter {
+    fn new() -> Self {
+        Fingerprinter(RandomState::new(), RandomState::new())
+    }
+
+    fn of(&self, key: &[u8]) -> Fingerprint {
+        Fingerprint(self.0.hash_one(key), self.1.hash_one(key))
+    }
+}
 
 /// Where the first copy of an event was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +141,7 @@ pub enum IdState {
 pub struct DedupStats {
     /// Entries in the memory cache.
     pub cache_entries: u64,
-    /// Estimated bytes of the memory cache (keys plus [`CACHE_ENTRY_OVERHEAD`] each).
+    /// Estimated bytes of the memory cache ([`CACHE_ENTRY_BYTES`] per entry).
     pub cache_bytes: u64,
     /// Ids claimed by requests still in flight.
     pub in_flight: u64,
@@ -117,14 +166,15 @@ struct Memory {
 }
 
 impl Memory {
-    fn cached(&self, key: &[u8]) -> Option<&Remembered> {
-        self.young.get(key).or_else(|| self.old.get(key))
+    fn cached(&self, fp: &Fingerprint) -> Option<&Remembered> {
+        self.young.get(fp).or_else(|| self.old.get(fp))
     }
 }
 
 /// The idempotency memory shared by the store, the writer and the claims.
 pub(crate) struct Dedup {
     memory: Mutex<Memory>,
+    fingerprints: Fingerprinter,
     window_ms: i64,
     cache_budget: usize,
 }
@@ -135,14 +185,11 @@ impl std::fmt::Debug for Dedup {
     }
 }
 
-fn entry_cost(key: &[u8]) -> usize {
-    key.len() + CACHE_ENTRY_OVERHEAD
-}
-
 impl Dedup {
     pub(crate) fn new(window: Duration, cache_budget: usize) -> Dedup {
         Dedup {
             memory: Mutex::new(Memory::default()),
+            fingerprints: Fingerprinter::new(),
             window_ms: i64::try_from(window.as_millis()).unwrap_or(i64::MAX),
             cache_budget,
         }
@@ -159,8 +206,8 @@ impl Dedup {
     /// Remembers `place` for `key` in the cache. When the young generation is full it
     /// becomes the old one; the previous old generation is returned, for the caller to
     /// drop outside the lock.
-    fn cache(&self, m: &mut Memory, key: Arc<[u8]>, place: Remembered) -> Option<IdMap<Remembered>> {
-        let cost = entry_cost(&key);
+    fn cache(&self, m: &mut Memory, fp: Fingerprint, place: Remembered) -> Option<IdMap<Remembered>> {
+        let cost = CACHE_ENTRY_BYTES;
         let half = self.cache_budget / 2;
         if cost > half {
             return None;
@@ -171,7 +218,7 @@ impl Dedup {
             dropped = Some(old).filter(|old| !old.is_empty());
             m.old_bytes = std::mem::take(&mut m.young_bytes);
         }
-        if m.young.insert(key, place).is_none() {
+        if m.young.insert(fp, place).is_none() {
             m.young_bytes += cost;
         }
         dropped
@@ -179,28 +226,12 @@ impl Dedup {
 
     /// Ends a claim: remembers `place` (when written) and wakes waiters. Returns a
     /// dropped cache generation, if any (see [`Dedup::cache`]).
-    fn resolve(&self, m: &mut Memory, key: &Arc<[u8]>, place: Option<Remembered>) -> Option<IdMap<Remembered>> {
-        let dropped = place.and_then(|place| self.cache(m, key.clone(), place));
-        if let Some(Some(waiters)) = m.inflight.remove(key) {
+    fn resolve(&self, m: &mut Memory, fp: Fingerprint, place: Option<Remembered>) -> Option<IdMap<Remembered>> {
+        let dropped = place.and_then(|place| self.cache(m, fp, place));
+        if let Some(Some(waiters)) = m.inflight.remove(&fp) {
             waiters.notify_waiters();
         }
         dropped
-    }
-
-    /// Forgets every cached entry of a topic incarnation.
-    pub(crate) fn forget_topic(&self, topic_id: u64) {
-        let prefix = topic_id.to_be_bytes();
-        let mut guard = self.lock();
-        let m = &mut *guard;
-        for (map, bytes) in [(&mut m.young, &mut m.young_bytes), (&mut m.old, &mut m.old_bytes)] {
-            map.retain(|k, _| {
-                let keep = !k.starts_with(&prefix);
-                if !keep {
-                    *bytes -= entry_cost(k);
-                }
-                keep
-            });
-        }
     }
 
     fn stats(&self) -> (u64, u64, u64) {
@@ -221,7 +252,7 @@ impl Dedup {
 }
 
 /// The dedup column-family key of an id.
-fn dedup_key(topic_id: u64, id: &[u8]) -> Arc<[u8]> {
+fn dedup_key(topic_id: u64, id: &[u8]) -> Box<[u8]> {
     let mut k = Vec::with_capacity(8 + id.len());
     k.extend_from_slice(&topic_id.to_be_bytes());
     k.extend_from_slice(id);
@@ -232,8 +263,10 @@ fn dedup_key(topic_id: u64, id: &[u8]) -> Arc<[u8]> {
 /// successful write, so requests waiting on them go on (and claim them themselves).
 pub struct Claims {
     dedup: Arc<Dedup>,
-    /// Per id of the request: its key while this request holds the claim.
-    held: Vec<Option<Arc<[u8]>>>,
+    /// Per id of the request: its dedup key (written to disk with the event).
+    keys: Arc<[Box<[u8]>]>,
+    /// Per id of the request: its fingerprint while this request holds the claim.
+    held: Vec<Option<Fingerprint>>,
 }
 
 impl std::fmt::Debug for Claims {
@@ -244,8 +277,9 @@ impl std::fmt::Debug for Claims {
 
 impl Claims {
     /// The dedup key of claimed id `index`, if this request holds it.
-    pub(crate) fn key(&self, index: usize) -> Option<&Arc<[u8]>> {
-        self.held.get(index).and_then(Option::as_ref)
+    pub(crate) fn key(&self, index: usize) -> Option<&[u8]> {
+        self.held.get(index)?.as_ref()?;
+        self.keys.get(index).map(|k| &k[..])
     }
 
     /// Whether this request holds no claim (nothing to write to the dedup memory).
@@ -259,8 +293,8 @@ impl Claims {
         let mut dropped = Vec::new();
         let mut m = dedup.lock();
         for &(index, place) in places {
-            if let Some(key) = self.held.get_mut(index).and_then(Option::take) {
-                dropped.extend(dedup.resolve(&mut m, &key, Some(place)));
+            if let Some(fp) = self.held.get_mut(index).and_then(Option::take) {
+                dropped.extend(dedup.resolve(&mut m, fp, Some(place)));
             }
         }
         drop(m);
@@ -275,8 +309,8 @@ impl Drop for Claims {
         }
         let dedup = self.dedup.clone();
         let mut m = dedup.lock();
-        for key in self.held.iter_mut().filter_map(Option::take) {
-            dedup.resolve(&mut m, &key, None);
+        for fp in self.held.iter_mut().filter_map(Option::take) {
+            dedup.resolve(&mut m, fp, None);
         }
     }
 }
@@ -351,11 +385,13 @@ impl Store {
     /// [`MAX_EVENT_ID`] bytes each.
     pub async fn dedup_claim(&self, ids: Vec<(Arc<Topic>, Vec<u8>)>) -> Result<(Vec<IdState>, Claims)> {
         let dedup = self.inner.dedup.clone();
-        let keys: Vec<Arc<[u8]>> = ids.iter().map(|(t, id)| dedup_key(t.id, id)).collect();
+        let keys: Arc<[Box<[u8]>]> = ids.iter().map(|(t, id)| dedup_key(t.id, id)).collect();
+        let fps: Vec<Fingerprint> = keys.iter().map(|k| dedup.fingerprints.of(k)).collect();
         let mut states = vec![IdState::Claimed; keys.len()];
-        let mut claims = Claims { dedup: dedup.clone(), held: vec![None; keys.len()] };
+        let mut claims = Claims { dedup: dedup.clone(), keys: keys.clone(), held: vec![None; keys.len()] };
+        // Claims are taken in fingerprint order, the same in every request.
         let mut order: Vec<usize> = (0..keys.len()).collect();
-        order.sort_by(|a, b| keys[*a].cmp(&keys[*b]));
+        order.sort_unstable_by_key(|&i| fps[i]);
         debug_assert!(order.windows(2).all(|w| keys[w[0]] != keys[w[1]]), "ids must be distinct");
         let mut lookup = Vec::new();
         let mut next = 0;
@@ -367,16 +403,16 @@ impl Store {
                 let mut wait = None;
                 while next < order.len() {
                     let i = order[next];
-                    match m.cached(&keys[i]) {
+                    match m.cached(&fps[i]) {
                         Some(place) if dedup.fresh(place, now) => states[i] = IdState::Seen(*place),
-                        _ => match m.inflight.get_mut(&keys[i]) {
+                        _ => match m.inflight.get_mut(&fps[i]) {
                             Some(slot) => {
                                 wait = Some(slot.get_or_insert_with(|| Arc::new(Notify::new())).clone());
                                 break;
                             }
                             None => {
-                                m.inflight.insert(keys[i].clone(), None);
-                                claims.held[i] = Some(keys[i].clone());
+                                m.inflight.insert(fps[i], None);
+                                claims.held[i] = Some(fps[i]);
                                 lookup.push(i);
                             }
                         },
@@ -390,14 +426,14 @@ impl Store {
             // ends (entry removed, then waiters notified) under the lock, so no wake-up
             // is missed.
             if let Some(waiters) = wait {
-                let key = &keys[order[next]];
+                let fp = fps[order[next]];
                 let notified = waiters.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
                 let still_claimed = dedup
                     .lock()
                     .inflight
-                    .get(key)
+                    .get(&fp)
                     .is_some_and(|slot| slot.as_ref().is_some_and(|n| Arc::ptr_eq(n, &waiters)));
                 if still_claimed {
                     notified.await;
@@ -405,13 +441,13 @@ impl Store {
             }
         }
         if !lookup.is_empty() {
-            let lookup_keys: Vec<Arc<[u8]>> = lookup.iter().map(|&i| keys[i].clone()).collect();
+            let (lookup_keys, wanted) = (keys.clone(), lookup.clone());
             let found = self
                 .blocking(move |s| {
                     let db = &s.inner.db;
                     let cf = dedup_cf(db)?;
-                    let mut out = Vec::with_capacity(lookup_keys.len());
-                    for r in db.batched_multi_get_cf(&cf, lookup_keys.iter().map(|k| &k[..]), false) {
+                    let mut out = Vec::with_capacity(wanted.len());
+                    for r in db.batched_multi_get_cf(&cf, wanted.iter().map(|&i| &lookup_keys[i][..]), false) {
                         out.push(r?.and_then(|v| Remembered::decode(&v)));
                     }
                     Ok(out)
@@ -422,10 +458,10 @@ impl Store {
             let mut m = dedup.lock();
             for (&i, place) in lookup.iter().zip(found) {
                 if let Some(place) = place.filter(|p| dedup.fresh(p, now))
-                    && let Some(key) = claims.held[i].take()
+                    && let Some(fp) = claims.held[i].take()
                 {
                     states[i] = IdState::Seen(place);
-                    dropped.extend(dedup.resolve(&mut m, &key, Some(place)));
+                    dropped.extend(dedup.resolve(&mut m, fp, Some(place)));
                 }
             }
             drop(m);
@@ -490,11 +526,12 @@ mod tests {
 
     #[test]
     fn cache_is_bounded_in_bytes_and_forgets_oldest_first() {
-        let d = Dedup::new(Duration::from_secs(60), 10 * entry_cost(&dedup_key(1, b"id-00")));
+        let d = Dedup::new(Duration::from_secs(60), 10 * CACHE_ENTRY_BYTES);
+        let fp = |i: u64| d.fingerprints.of(&dedup_key(1, format!("id-{i:02}").as_bytes()));
         let mut m = d.lock();
         let mut generations_dropped = 0;
         for i in 0..25u64 {
-            let dropped = d.cache(&mut m, dedup_key(1, format!("id-{i:02}").as_bytes()), place(i, now_ms()));
+            let dropped = d.cache(&mut m, fp(i), place(i, now_ms()));
             generations_dropped += usize::from(dropped.is_some());
         }
         // Two generations of five entries each: ids 15..=24 are remembered.
@@ -502,14 +539,28 @@ mod tests {
         assert_eq!(generations_dropped, 3, "the first rotation drops an empty generation");
         assert!(m.young_bytes + m.old_bytes <= d.cache_budget);
         for i in 0..25u64 {
-            let key = dedup_key(1, format!("id-{i:02}").as_bytes());
-            assert_eq!(m.cached(&key).map(|p| p.offset), (i >= 15).then_some(i), "id-{i:02}");
+            assert_eq!(m.cached(&fp(i)).map(|p| p.offset), (i >= 15).then_some(i), "id-{i:02}");
         }
         drop(m);
-        d.forget_topic(2);
-        assert_eq!(d.stats().0, 10);
-        d.forget_topic(1);
-        assert_eq!(d.stats(), (0, 0, 0));
+        assert_eq!(d.stats(), (10, 10 * CACHE_ENTRY_BYTES as u64, 0));
+    }
+
+    #[test]
+    fn fingerprints_depend_on_topic_id_and_process_keys() {
+        let f = Fingerprinter::new();
+        assert_eq!(f.of(&dedup_key(1, b"e:a")), f.of(&dedup_key(1, b"e:a")));
+        assert_ne!(f.of(&dedup_key(1, b"e:a")), f.of(&dedup_key(2, b"e:a")), "scoped by topic incarnation");
+        assert_ne!(f.of(&dedup_key(1, b"e:a")), f.of(&dedup_key(1, b"e:b")));
+        let (a, b) = (f.of(b"k"), f.of(b"k"));
+        assert_ne!(a.0, a.1, "the two halves use different keys");
+        assert_eq!(a, b);
+        assert_ne!(Fingerprinter::new().of(b"k"), a, "keys are drawn anew for each process");
+    }
+
+    #[test]
+    fn pass_through_hasher_uses_the_first_half() {
+        let build = BuildHasherDefault::<PassThrough>::default();
+        assert_eq!(build.hash_one(Fingerprint(42, 7)), 42);
     }
 
     #[test]

@@ -198,12 +198,8 @@ impl Store {
 
         let (tx, rx) = mpsc::channel(config.write_queue_depth.max(1));
         let dedup = Arc::new(Dedup::new(config.dedup_window, config.dedup_cache_bytes));
-        let writer = Writer {
-            db: db.clone(),
-            fsync: config.fsync,
-            max_group_commit_bytes: config.max_group_commit_bytes,
-            dedup: dedup.clone(),
-        };
+        let writer =
+            Writer { db: db.clone(), fsync: config.fsync, max_group_commit_bytes: config.max_group_commit_bytes };
         let mut threads = Vec::new();
         threads.push(
             std::thread::Builder::new()

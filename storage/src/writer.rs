@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::batch::{EncodedBatch, offset_key};
 use crate::config::FsyncPolicy;
-use crate::dedup::{Dedup, IdWrites, Remembered, dedup_cf, put_entries, topic_range};
+use crate::dedup::{IdWrites, Remembered, dedup_cf, put_entries, topic_range};
 use crate::error::{Result, StorageError};
 use crate::partition::{PartitionLog, state_key};
 use crate::store::{Db, META_CF};
@@ -66,7 +66,6 @@ pub(crate) struct Writer {
     pub db: Arc<Db>,
     pub fsync: FsyncPolicy,
     pub max_group_commit_bytes: usize,
-    pub dedup: Arc<Dedup>,
 }
 
 /// One request of a group commit, accepted into the `WriteBatch`.
@@ -141,10 +140,10 @@ impl Writer {
         }
     }
 
-    /// Deletes a topic incarnation's remembered ids (after its partitions are marked
-    /// deleted, so no later append can add any).
+    /// Deletes a topic incarnation's remembered ids from disk (after its partitions are
+    /// marked deleted, so no later append can add any). Cached ones age out: no later
+    /// lookup can match them.
     fn forget_ids(&self, topic_id: u64) -> Result<()> {
-        self.dedup.forget_topic(topic_id);
         let cf = dedup_cf(&self.db)?;
         let (from, to) = topic_range(topic_id);
         let mut wb = WriteBatch::default();

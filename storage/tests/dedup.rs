@@ -209,7 +209,7 @@ fn memory_and_disk_per_remembered_id() {
         let disk = s.disk_bytes as f64 / n as f64;
         println!("per remembered id: memory {memory:.1} B (cache estimate), disk {disk:.1} B (SST, LZ4)");
         assert_eq!(s.cache_entries, n as u64);
-        assert!(memory <= (36 + 8 + tidegate_storage::dedup::CACHE_ENTRY_OVERHEAD) as f64);
+        assert!(memory <= tidegate_storage::dedup::CACHE_ENTRY_BYTES as f64);
         assert!(disk > 0.0 && disk < 100.0, "disk per id {disk}");
         store.close().await.unwrap();
     });
