@@ -177,6 +177,7 @@ fn normalize_event<'a>(
     call_type: Option<&'static str>,
     batch: Option<&BatchTop<'a>>,
     received_ms: i64,
+    received: &str,
     max_event_bytes: usize,
 ) -> Result<SegmentEvent, String> {
     item.remove("writeKey");
@@ -219,7 +220,6 @@ fn normalize_event<'a>(
             id
         }
     };
-    let received = quote(&format_rfc3339_ms(received_ms));
     let original = item.get_str("timestamp").and_then(|t| parse_rfc3339_ms(&t));
     let sent = item.get_str("sentAt").and_then(|t| parse_rfc3339_ms(&t));
     match (original, sent) {
@@ -230,10 +230,10 @@ fn normalize_event<'a>(
             let corrected = received_ms.saturating_sub(sent.saturating_sub(original));
             item.set("timestamp", Cow::Owned(quote(&format_rfc3339_ms(corrected))));
         }
-        _ if !item.contains("timestamp") => item.set("timestamp", Cow::Owned(received.clone())),
+        _ if !item.contains("timestamp") => item.set("timestamp", Cow::Owned(received.to_owned())),
         _ => {}
     }
-    item.set("receivedAt", Cow::Owned(received));
+    item.set("receivedAt", Cow::Owned(received.to_owned()));
     let mut value = Vec::new();
     item.write(&mut value);
     if value.len() > max_event_bytes {
@@ -304,10 +304,12 @@ pub fn normalize(call: Call, body: &[u8], received_ms: i64, limits: SegmentLimit
         return Err(ApiError::invalid("no_events", "the batch is empty"));
     }
     let batch_top = matches!(call, Call::Batch).then(|| BatchTop::of(&top));
+    // The receive time, quoted: the same for every event of the request.
+    let received = quote(&format_rfc3339_ms(received_ms));
     let mut events = Vec::with_capacity(items.len());
     let mut errors = Vec::new();
     for (index, (item, kind)) in items.into_iter().enumerate() {
-        match normalize_event(item, kind, batch_top.as_ref(), received_ms, limits.max_event_bytes) {
+        match normalize_event(item, kind, batch_top.as_ref(), received_ms, &received, limits.max_event_bytes) {
             Ok(e) => events.push(e),
             Err(detail) if errors.len() < super::parse::MAX_LISTED_ERRORS => {
                 errors.push(EventError::new(index, detail));

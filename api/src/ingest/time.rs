@@ -93,7 +93,29 @@ pub fn format_rfc3339_ms(ms: i64) -> String {
     let (y, m, d) = civil_from_days(days);
     let (h, rest) = (in_day / 3_600_000, in_day % 3_600_000);
     let (min, rest) = (rest / 60_000, rest % 60_000);
-    format!("{y:04}-{m:02}-{d:02}T{h:02}:{min:02}:{:02}.{:03}Z", rest / 1000, rest % 1000)
+    let (sec, milli) = (rest / 1000, rest % 1000);
+    if !(0..=9999).contains(&y) {
+        return format!("{y:04}-{m:02}-{d:02}T{h:02}:{min:02}:{sec:02}.{milli:03}Z");
+    }
+    // Written digit by digit: this runs for every Segment event, and `format!` cost
+    // several times more.
+    let mut out = [0u8; 24];
+    let mut put = |at: usize, value: i64, width: u32| {
+        for i in 0..width as usize {
+            out[at + i] = b'0' + ((value / 10i64.pow(width - 1 - i as u32)) % 10) as u8;
+        }
+    };
+    put(0, y, 4);
+    put(5, i64::from(m), 2);
+    put(8, i64::from(d), 2);
+    put(11, h, 2);
+    put(14, min, 2);
+    put(17, sec, 2);
+    put(20, milli, 3);
+    for (at, sep) in [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':'), (19, b'.'), (23, b'Z')] {
+        out[at] = sep;
+    }
+    out.iter().map(|b| char::from(*b)).collect()
 }
 
 #[cfg(test)]
@@ -119,8 +141,11 @@ mod tests {
         assert_eq!(format_rfc3339_ms(1_354_408_208_276), "2012-12-02T00:30:08.276Z");
         assert_eq!(format_rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(format_rfc3339_ms(-1), "1969-12-31T23:59:59.999Z");
-        for ms in [0, 951_782_400_000, 1_709_208_000_123, 4_102_444_800_000, -86_400_001] {
+        for ms in [0, 951_782_400_000, 1_709_208_000_123, 4_102_444_800_000, -86_400_001, 253_402_300_799_999] {
             assert_eq!(parse_rfc3339_ms(&format_rfc3339_ms(ms)), Some(ms));
         }
+        assert_eq!(format_rfc3339_ms(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
+        assert_eq!(format_rfc3339_ms(253_402_300_800_000), "10000-01-01T00:00:00.000Z", "past year 9999");
+        assert_eq!(format_rfc3339_ms(-62_167_219_200_001), "-001-12-31T23:59:59.999Z", "before year 0");
     }
 }
