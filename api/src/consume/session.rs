@@ -481,6 +481,8 @@ impl Session {
             let tp = &order[(first + i) % n];
             let Some(pos) = self.positions.get(tp) else { continue };
             if pos.log.is_deleted() {
+                // Frames of other partitions queued in this round are not delivered.
+                self.unqueue(&queued);
                 return Err(End::Close(close::TOPIC_DELETED, format!("topic {} was deleted", tp.0)));
             }
             if pos.paused || pos.next >= pos.log.high_watermark() {
