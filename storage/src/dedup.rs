@@ -441,16 +441,16 @@ impl Store {
             }
         }
         if !lookup.is_empty() {
-            let (lookup_keys, wanted) = (keys.clone(), lookup.clone());
-            let found = self
+            let lookup_keys = keys.clone();
+            let (lookup, found) = self
                 .blocking(move |s| {
                     let db = &s.inner.db;
                     let cf = dedup_cf(db)?;
-                    let mut out = Vec::with_capacity(wanted.len());
-                    for r in db.batched_multi_get_cf(&cf, wanted.iter().map(|&i| &lookup_keys[i][..]), false) {
+                    let mut out = Vec::with_capacity(lookup.len());
+                    for r in db.batched_multi_get_cf(&cf, lookup.iter().map(|&i| &lookup_keys[i][..]), false) {
                         out.push(r?.and_then(|v| Remembered::decode(&v)));
                     }
-                    Ok(out)
+                    Ok((lookup, out))
                 })
                 .await?;
             let now = now_ms();
