@@ -155,7 +155,8 @@ settings! {
     subscription_cache_bytes: u64 = 32 * MIB;
     /// Most concurrent WebSocket and SSE subscriptions (503 above it).
     max_subscriptions: u64 = 10_000;
-    /// On shutdown, how long in-flight requests get to finish before they are cut.
+    /// On shutdown, how long in-flight requests get to finish before they are cut (and
+    /// then again how long open subscriptions get to commit and close).
     shutdown_timeout_ms: u64 = 30_000;
     /// Browser origins allowed by CORS: exact (`https://shop.example`), wildcard
     /// subdomains (`https://*.example.com`) or `*` (any origin; not with credentials).

@@ -179,6 +179,12 @@ pub fn render(store: &Store) -> String {
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
     }
+    let _ = writeln!(
+        out,
+        "# HELP tidegate_dedup_disk_lookups_total Event ids whose lookup needed a table-file read.\n\
+         # TYPE tidegate_dedup_disk_lookups_total counter\ntidegate_dedup_disk_lookups_total {}",
+        dedup.disk_lookups
+    );
     if let Some(rss) = resident_memory_bytes() {
         let _ = writeln!(out, "# HELP process_resident_memory_bytes Resident memory size in bytes.");
         let _ = writeln!(out, "# TYPE process_resident_memory_bytes gauge");

@@ -139,6 +139,14 @@ pub async fn serve(
     upkeep.abort();
     expiry.abort();
     security_upkeep.abort();
+    // Upgraded connections (WebSocket) and SSE streams are not tracked by the HTTP
+    // server: wait, within the grace period, until every subscription has seen the
+    // closing signal and ended (each holds a permit until its last use of the store),
+    // so their final commits are written and the store is really closed on return.
+    let everyone = u32::try_from(state.config.max_subscriptions).unwrap_or(u32::MAX);
+    if tokio::time::timeout(grace, state.subscriptions.acquire_many(everyone)).await.is_err() {
+        tracing::warn!(grace_ms = grace.as_millis() as u64, "subscriptions still open after the grace period");
+    }
     let closed = store.close().await;
     tracing::info!("store closed");
     served?;

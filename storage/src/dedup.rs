@@ -30,6 +30,7 @@
 //!   never match again, as a re-created topic is a new incarnation with another id.
 
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -149,6 +150,9 @@ pub struct DedupStats {
     pub disk_bytes: u64,
     /// RocksDB's estimate of the entries on disk (expired ones included until compacted).
     pub disk_entries_estimate: u64,
+    /// Ids looked up since the start that needed a table-file read (on a blocking
+    /// thread) because neither the memtables nor the block cache could answer them.
+    pub disk_lookups: u64,
 }
 
 /// The in-memory layer: recent entries (two generations) and in-flight claims.
@@ -174,6 +178,8 @@ impl Memory {
 /// The idempotency memory shared by the store, the writer and the claims.
 pub(crate) struct Dedup {
     memory: Mutex<Memory>,
+    /// See [`DedupStats::disk_lookups`].
+    disk_lookups: AtomicU64,
     fingerprints: Fingerprinter,
     window_ms: i64,
     cache_budget: usize,
@@ -189,6 +195,7 @@ impl Dedup {
     pub(crate) fn new(window: Duration, cache_budget: usize) -> Dedup {
         Dedup {
             memory: Mutex::new(Memory::default()),
+            disk_lookups: AtomicU64::new(0),
             fingerprints: Fingerprinter::new(),
             window_ms: i64::try_from(window.as_millis()).unwrap_or(i64::MAX),
             cache_budget,
@@ -441,18 +448,7 @@ impl Store {
             }
         }
         if !lookup.is_empty() {
-            let lookup_keys = keys.clone();
-            let (lookup, found) = self
-                .blocking(move |s| {
-                    let db = &s.inner.db;
-                    let cf = dedup_cf(db)?;
-                    let mut out = Vec::with_capacity(lookup.len());
-                    for r in db.batched_multi_get_cf(&cf, lookup.iter().map(|&i| &lookup_keys[i][..]), false) {
-                        out.push(r?.and_then(|v| Remembered::decode(&v)));
-                    }
-                    Ok((lookup, out))
-                })
-                .await?;
+            let (lookup, found) = self.dedup_read(&keys, lookup).await?;
             let now = now_ms();
             let mut dropped = Vec::new();
             let mut m = dedup.lock();
@@ -470,6 +466,49 @@ impl Store {
         Ok((states, claims))
     }
 
+    /// Reads the disk entries of `keys[i]` for each `i` in `lookup`. First from memory
+    /// only (memtables, block cache and its filters), on the calling thread: a new id is
+    /// usually answered by a bloom filter there, without a thread switch. Ids that would
+    /// need a file read are then read on a blocking thread, so a slow disk never stalls
+    /// the async workers.
+    async fn dedup_read(
+        &self,
+        keys: &Arc<[Box<[u8]>]>,
+        lookup: Vec<usize>,
+    ) -> Result<(Vec<usize>, Vec<Option<Remembered>>)> {
+        let mut found = vec![None; lookup.len()];
+        let mut from_disk = Vec::new();
+        {
+            let db = &self.inner.db;
+            let cf = dedup_cf(db)?;
+            let mut memory_only = rocksdb::ReadOptions::default();
+            memory_only.set_read_tier(rocksdb::ReadTier::BlockCache);
+            let read = db.batched_multi_get_cf_opt(&cf, lookup.iter().map(|&i| &keys[i][..]), false, &memory_only);
+            for (j, r) in read.into_iter().enumerate() {
+                match r {
+                    Ok(v) => found[j] = v.and_then(|v| Remembered::decode(&v)),
+                    Err(e) if e.kind() == rocksdb::ErrorKind::Incomplete => from_disk.push(j),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        if from_disk.is_empty() {
+            return Ok((lookup, found));
+        }
+        self.inner.dedup.disk_lookups.fetch_add(from_disk.len() as u64, Ordering::Relaxed);
+        let keys = keys.clone();
+        self.blocking(move |s| {
+            let db = &s.inner.db;
+            let cf = dedup_cf(db)?;
+            let read = db.batched_multi_get_cf(&cf, from_disk.iter().map(|&j| &keys[lookup[j]][..]), false);
+            for (&j, r) in from_disk.iter().zip(read) {
+                found[j] = r?.and_then(|v| Remembered::decode(&v));
+            }
+            Ok((lookup, found))
+        })
+        .await
+    }
+
     /// The idempotency memory's size.
     pub fn dedup_stats(&self) -> DedupStats {
         let (cache_entries, cache_bytes, in_flight) = self.inner.dedup.stats();
@@ -484,7 +523,8 @@ impl Store {
             }
             None => (0, 0),
         };
-        DedupStats { cache_entries, cache_bytes, in_flight, disk_bytes, disk_entries_estimate }
+        let disk_lookups = self.inner.dedup.disk_lookups.load(Ordering::Relaxed);
+        DedupStats { cache_entries, cache_bytes, in_flight, disk_bytes, disk_entries_estimate, disk_lookups }
     }
 
     /// Drops expired ids from disk now (a full compaction of the `dedup` column family

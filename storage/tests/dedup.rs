@@ -212,6 +212,43 @@ fn memory_and_disk_per_remembered_id() {
         assert!(memory <= tidegate_storage::dedup::CACHE_ENTRY_BYTES as f64);
         assert!(disk > 0.0 && disk < 100.0, "disk per id {disk}");
         store.close().await.unwrap();
+        store.close().await.unwrap();
+    });
+}
+
+/// After a restart (empty id cache), retried ids whose entries are in a compacted table
+/// file are answered with their first place, in the order asked, mixed with new ids.
+#[test]
+fn ids_in_table_files_are_found_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 100_000u64;
+    let ids: Vec<String> = (0..n).map(|i| format!("{:016x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15))).collect();
+    rt().block_on(async {
+        let store = Store::open(config(dir.path(), Duration::from_secs(3600))).unwrap();
+        store.create_topic("t", TopicConfig::with_partitions(1)).await.unwrap();
+        for chunk in ids.chunks(1000) {
+            let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            write_ids(&store, "t", &refs).await;
+        }
+        store.expire_dedup_now().await.unwrap(); // into one compacted table file
+        store.close().await.unwrap();
+    });
+    rt().block_on(async {
+        let store = Store::open(config(dir.path(), Duration::from_secs(3600))).unwrap();
+        let mut wanted: Vec<&str> = vec!["new-1"];
+        wanted.extend(ids.iter().step_by(997).map(String::as_str));
+        wanted.push("new-2");
+        let (states, places) = write_ids(&store, "t", &wanted).await;
+        assert_eq!((states[0], states[wanted.len() - 1]), (IdState::Claimed, IdState::Claimed));
+        for (i, id) in wanted.iter().enumerate().skip(1).take(wanted.len() - 2) {
+            let first = (i as u64 - 1) * 997;
+            assert_eq!(ids[first as usize], *id);
+            assert!(matches!(states[i], IdState::Seen(_)), "{id}");
+            assert_eq!(places[i], (0, first), "{id}");
+        }
+        let lookups = store.dedup_stats().disk_lookups;
+        assert!(lookups <= wanted.len() as u64, "table reads: {lookups}");
+        store.close().await.unwrap();
     });
 }
 

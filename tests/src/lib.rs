@@ -153,6 +153,16 @@ impl Api {
         self.http.post(self.url(path))
     }
 
+    /// The value of the `/metrics` series whose line starts with `series` (name and
+    /// labels as printed), if it is there.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let resp = self.get("/metrics").send().await.expect("metrics");
+        assert_eq!(resp.status(), 200, "GET /metrics");
+        let text = resp.text().await.expect("metrics text");
+        let line = text.lines().find(|l| l.strip_prefix(series).is_some_and(|rest| rest.starts_with(' ')))?;
+        line.rsplit(' ').next()?.parse().ok()
+    }
+
     /// Creates a topic with `partitions` partitions; asserts 201 and returns the description.
     pub async fn create_topic(&self, name: &str, partitions: u32) -> Value {
         self.create_topic_with(json!({"name": name, "partitions": partitions})).await

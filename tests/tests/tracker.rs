@@ -208,6 +208,7 @@ async fn retried_segment_events_are_stored_once_also_across_a_restart() {
     let mut ids: Vec<&str> = stored.iter().map(|r| r["value"]["messageId"].as_str().unwrap()).collect();
     ids.sort();
     assert_eq!(ids, vec!["m-1", "m-2", "m-3"], "after a restart only the new event is written");
+    assert!(server.metric("tidegate_dedup_disk_lookups_total").await.is_some(), "the table-read counter is exported");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

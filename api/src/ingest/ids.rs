@@ -8,55 +8,126 @@
 //! id never equals an event's own id.
 
 use std::borrow::Cow;
-use std::fmt;
 
-use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde_json::value::RawValue;
 use tidegate_storage::MAX_EVENT_ID;
 
-use super::rawjson::{Key, scalar_text};
+use super::rawjson::scalar_text;
 
 /// Request header naming the request: each event gets the id `<key>:<index>`.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
-/// Finds one member of an object (by name) or element of an array (by index).
-struct Step<'s>(&'s str);
-
-impl<'de> Visitor<'de> for Step<'_> {
-    type Value = Option<&'de RawValue>;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an object or array")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut found = None;
-        while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
-            if found.is_none() && k == self.0 {
-                found = Some(map.next_value::<&'de RawValue>()?);
-            } else {
-                map.next_value::<IgnoredAny>()?;
-            }
+/// Length of the JSON string starting at `b[0]` (a `"`), quotes included.
+fn string_len(b: &[u8]) -> Option<usize> {
+    let mut i = 1;
+    loop {
+        let j = i + memchr::memchr2(b'"', b'\\', b.get(i..)?)?;
+        if b[j] == b'"' {
+            return Some(j + 1);
         }
-        Ok(found)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let Ok(index) = self.0.parse::<usize>() else {
-            while seq.next_element::<IgnoredAny>()?.is_some() {}
-            return Ok(None);
-        };
-        let mut i = 0;
-        let mut found = None;
-        while let Some(v) = seq.next_element::<&'de RawValue>()? {
-            if i == index {
-                found = Some(v);
-            }
-            i += 1;
-        }
-        Ok(found)
+        i = j + 2;
     }
 }
 
-/// The raw value at RFC 6901 `pointer` in the JSON text `raw`.
-pub fn value_at<'a>(raw: &'a str, pointer: &str) -> Option<&'a RawValue> {
+/// Length of the JSON value starting at `b[0]`.
+fn value_len(b: &[u8]) -> Option<usize> {
+    match *b.first()? {
+        b'"' => string_len(b),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut i = 0;
+            while let Some(&c) = b.get(i) {
+                match c {
+                    b'"' => {
+                        i += string_len(&b[i..])?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+            None
+        }
+        _ => Some(b.iter().position(|c| matches!(c, b',' | b'}' | b']') || c.is_ascii_whitespace()).unwrap_or(b.len())),
+    }
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while b.get(i).is_some_and(u8::is_ascii_whitespace) {
+        i += 1;
+    }
+    i
+}
+
+/// Whether the JSON string `quoted` (quotes included) holds `name`.
+fn key_is(quoted: &str, name: &str) -> bool {
+    let inner = &quoted[1..quoted.len() - 1];
+    if inner.contains('\\') {
+        serde_json::from_str::<Cow<'_, str>>(quoted).is_ok_and(|k| k == name)
+    } else {
+        inner == name
+    }
+}
+
+/// The raw text of one member of the object (by name; the first of that name) or one
+/// element of the array (by index) at the start of `text`.
+fn step<'a>(text: &'a str, segment: &str) -> Option<&'a str> {
+    let b = text.as_bytes();
+    let mut i = skip_ws(b, 0);
+    match *b.get(i)? {
+        b'{' => loop {
+            i = skip_ws(b, i + 1);
+            if *b.get(i)? != b'"' {
+                return None;
+            }
+            let key_end = i + string_len(&b[i..])?;
+            let key = &text[i..key_end];
+            i = skip_ws(b, key_end);
+            if *b.get(i)? != b':' {
+                return None;
+            }
+            i = skip_ws(b, i + 1);
+            let end = i + value_len(&b[i..])?;
+            if key_is(key, segment) {
+                return Some(&text[i..end]);
+            }
+            i = skip_ws(b, end);
+            if *b.get(i)? != b',' {
+                return None;
+            }
+        },
+        b'[' => {
+            let index = segment.parse::<usize>().ok()?;
+            for n in 0.. {
+                i = skip_ws(b, i + 1);
+                if matches!(b.get(i)?, b']') {
+                    return None;
+                }
+                let end = i + value_len(&b[i..])?;
+                if n == index {
+                    return Some(&text[i..end]);
+                }
+                i = skip_ws(b, end);
+                if *b.get(i)? != b',' {
+                    return None;
+                }
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
+/// The raw text of the value at RFC 6901 `pointer` in `raw`, which must be valid JSON
+/// (the events are validated before): only the bytes up to the value are scanned,
+/// without building a tree or parsing what is skipped.
+pub fn value_at<'a>(raw: &'a str, pointer: &str) -> Option<&'a str> {
     let mut current: &'a str = raw;
     let mut value = None;
     for segment in pointer.split('/').skip(1) {
@@ -65,21 +136,15 @@ pub fn value_at<'a>(raw: &'a str, pointer: &str) -> Option<&'a RawValue> {
         } else {
             Cow::Borrowed(segment)
         };
-        let first = current.trim_start().as_bytes().first().copied();
-        if !matches!(first, Some(b'{' | b'[')) {
-            return None;
-        }
-        let mut de = serde_json::Deserializer::from_str(current);
-        let next = de.deserialize_any(Step(&segment)).ok().flatten()?;
-        current = next.get();
-        value = Some(next);
+        current = step(current, &segment)?;
+        value = Some(current);
     }
     value
 }
 
 /// The id at `pointer`: a string's content or a number's text.
 pub fn id_at<'a>(raw: &'a str, pointer: &str) -> Option<Cow<'a, str>> {
-    scalar_text(value_at(raw, pointer)?.get())
+    scalar_text(value_at(raw, pointer)?)
 }
 
 /// The dedup id of an event's own id.
@@ -127,6 +192,15 @@ mod tests {
         assert_eq!(id_at(r#"{"m\u0065ssageId":"esc"}"#, "/messageId").as_deref(), Some("esc"));
         assert_eq!(id_at("[1,2]", "/1").as_deref(), Some("2"));
         assert_eq!(id_at("not json", "/a"), None);
+        assert_eq!(id_at(r#"{"id":"first","id":"second"}"#, "/id").as_deref(), Some("first"), "the first member wins");
+        assert_eq!(id_at(r#"{"a":[1,2],"id":7,"z":{"deep":[true]}}"#, "/id").as_deref(), Some("7"));
+        assert_eq!(id_at(r#" { "s" : "a\"}]" , "t" : [ {"u":"}"} , -1.5e3 ] } "#, "/t/1").as_deref(), Some("-1.5e3"));
+        assert_eq!(id_at(r#"{"s":"a\\","id":"after"}"#, "/id").as_deref(), Some("after"), "escaped backslash");
+        assert_eq!(id_at("[]", "/0"), None);
+        assert_eq!(id_at("{}", "/a"), None);
+        for broken in ["{", "{\"a\"", "{\"a\":", "{\"a\":\"x", "[1,", "{\"a\":1 \"b\":2}", "{\"a\\"] {
+            assert_eq!(id_at(broken, "/b"), None, "{broken}");
+        }
     }
 
     #[test]
