@@ -28,7 +28,7 @@ use crate::state::SharedState;
 
 /// Bodies at least this large are decoded and parsed on a blocking thread, so the
 /// async workers never spend more than a fraction of a millisecond on one request.
-const INLINE_PARSE_BYTES: usize = 64 * 1024;
+pub(crate) const INLINE_PARSE_BYTES: usize = 64 * 1024;
 
 /// When to answer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, ToSchema)]

@@ -109,11 +109,13 @@ pub async fn segment_call(
     };
     let received = now_ms();
     let max_body = config.max_body_bytes as usize;
+    // A compressed body may grow to `max_body` when decoded: always off the workers.
+    let inline = encoding.is_none() && body.len() < super::events::INLINE_PARSE_BYTES;
     let job = move || {
         let body = decode_body(encoding.as_deref(), body, max_body)?;
         normalize(call, &body, received, limits)
     };
-    let request = if limits.max_batch_bytes.min(max_body) < 64 * 1024 || matches!(call, Call::Single(_)) {
+    let request = if inline {
         job()?
     } else {
         tokio::task::spawn_blocking(job)
@@ -121,18 +123,35 @@ pub async fn segment_call(
             .map_err(|e| ApiError::Storage(tidegate_storage::StorageError::Internal(e.to_string())))??
     };
 
+    // Each distinct (type, event name) is mapped to its topic once per request.
+    let mut distinct: Vec<String> = Vec::new();
+    let mut chosen: Vec<(&'static str, Option<&str>, usize)> = Vec::new();
+    let mut picks = Vec::with_capacity(request.events.len());
+    for e in &request.events {
+        let pair = (e.kind, e.name.as_deref());
+        let pick = match chosen.iter().find(|(k, n, _)| (*k, *n) == pair) {
+            Some(&(_, _, pick)) => pick,
+            None => {
+                let topic = config.segment_topics.topic_for(e.kind, e.name.as_deref());
+                let pick = distinct.iter().position(|t| *t == topic).unwrap_or_else(|| {
+                    distinct.push(topic);
+                    distinct.len() - 1
+                });
+                chosen.push((pair.0, pair.1, pick));
+                pick
+            }
+        };
+        picks.push(pick);
+    }
     // Authorise before anything is created: a refused caller leaves no topic behind.
-    let names: Vec<String> =
-        request.events.iter().map(|e| config.segment_topics.topic_for(e.kind, e.name.as_deref()).to_string()).collect();
-    let mut distinct = names.clone();
-    distinct.sort();
-    distinct.dedup();
     authorize_write_key(&caller, request.write_key.as_deref(), &distinct)?;
     let mut set = TopicSet::default();
-    let mut routed = Vec::with_capacity(names.len());
-    for topic in &names {
-        routed.push(set.add(&state, topic, Create::Always).await?);
+    let mut in_set = Vec::with_capacity(distinct.len());
+    for topic in &distinct {
+        in_set.push(set.add(&state, topic, Create::Always).await?);
     }
+    let routed: Vec<usize> = picks.iter().map(|&p| in_set[p]).collect();
+    drop(chosen);
 
     let mut errors = Vec::new();
     let mut events = Vec::with_capacity(routed.len());
