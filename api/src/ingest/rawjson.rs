@@ -48,12 +48,8 @@ impl<'de> Deserialize<'de> for RawObject<'de> {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawObject<'de>, A::Error> {
-                let mut out = RawObject { members: Vec::with_capacity(map.size_hint().unwrap_or(16)) };
-                while let Some((Key(k), v)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
-                    out.set(k, Cow::Borrowed(v.get()));
-                }
-                Ok(out)
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawObject<'de>, A::Error> {
+                RawObject::from_map(map)
             }
         }
         d.deserialize_map(V)
@@ -87,6 +83,16 @@ pub fn quote(s: &str) -> String {
 }
 
 impl<'a> RawObject<'a> {
+    /// Collects the members of a map being deserialised (for visitors that meet
+    /// objects inside a larger document).
+    pub fn from_map<A: MapAccess<'a>>(mut map: A) -> Result<RawObject<'a>, A::Error> {
+        let mut out = RawObject { members: Vec::with_capacity(map.size_hint().unwrap_or(16)) };
+        while let Some((Key(k), v)) = map.next_entry::<Key<'a>, &'a RawValue>()? {
+            out.set(k, Cow::Borrowed(v.get()));
+        }
+        Ok(out)
+    }
+
     /// Parses `text`, which must be one JSON object (and nothing else).
     pub fn parse(text: &'a str) -> Result<RawObject<'a>, serde_json::Error> {
         serde_json::from_str(text)

@@ -15,10 +15,11 @@ use std::collections::BTreeMap;
 
 use std::borrow::Cow;
 
+use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::rawjson::{RawObject, as_str, quote, scalar_text};
+use super::rawjson::{Key, RawObject, as_str, quote, scalar_text};
 
 use super::time::{format_rfc3339_ms, parse_rfc3339_ms};
 use crate::error::{ApiError, EventError};
@@ -242,6 +243,86 @@ fn normalize_event<'a>(
     Ok(SegmentEvent { kind, name, key, message_id, value })
 }
 
+/// A batch call's body: its members other than `batch`, and `batch` (the last one when
+/// repeated) as parsed by [`Shallow`].
+struct BatchBody<'a> {
+    top: RawObject<'a>,
+    batch: Option<Shallow<'a>>,
+}
+
+/// A JSON value parsed only as deep as a batch needs: an object's members (values kept
+/// raw), an array's elements, or anything else.
+enum Shallow<'a> {
+    Object(RawObject<'a>),
+    Array(Vec<Shallow<'a>>),
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Shallow<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Shallow<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                RawObject::from_map(map).map(Shallow::Object)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(64).min(4096));
+                while let Some(v) = seq.next_element::<Shallow<'de>>()? {
+                    out.push(v);
+                }
+                Ok(Shallow::Array(out))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Shallow::Other)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Shallow::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Shallow::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Shallow::Other)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(Shallow::Other)
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Shallow::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for BatchBody<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = BatchBody<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut body = BatchBody { top: RawObject::default(), batch: None };
+                while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
+                    if k == "batch" {
+                        body.batch = Some(map.next_value::<Shallow<'de>>()?);
+                    } else {
+                        body.top.set(k, Cow::Borrowed(map.next_value::<&'de RawValue>()?.get()));
+                    }
+                }
+                Ok(body)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
 /// Parses and normalises the body of a call. Every failure is a 400: Segment's
 /// trackers retry other statuses. Events are edited as raw JSON (see
 /// [`super::rawjson`]): only their top-level members are parsed.
@@ -258,39 +339,45 @@ pub fn normalize(call: Call, body: &[u8], received_ms: i64, limits: SegmentLimit
         ApiError::InvalidEvents { errors: vec![error] }
     };
     let text = std::str::from_utf8(body).map_err(|e| malformed(format!("malformed JSON: not UTF-8: {e}")))?;
-    let mut top = match RawObject::parse(text) {
-        Ok(top) => top,
-        Err(e) if e.is_data() => {
-            return Err(ApiError::invalid("invalid_segment_payload", "the body must be a JSON object"));
-        }
-        Err(e) => return Err(malformed(format!("malformed JSON: {e}"))),
+    let not_object = || ApiError::invalid("invalid_segment_payload", "the body must be a JSON object");
+    let (mut top, batch) = match call {
+        Call::Single(_) => match RawObject::parse(text) {
+            Ok(top) => (top, None),
+            Err(e) if e.is_data() => return Err(not_object()),
+            Err(e) => return Err(malformed(format!("malformed JSON: {e}"))),
+        },
+        // One pass over the whole body: the batch items' members are collected as the
+        // top object is parsed.
+        Call::Batch => match serde_json::from_str::<BatchBody<'_>>(text) {
+            Ok(body) => (body.top, Some(body.batch)),
+            Err(e) if e.is_data() => return Err(not_object()),
+            Err(e) => return Err(malformed(format!("malformed JSON: {e}"))),
+        },
     };
     let mut write_key = top.remove("writeKey").and_then(|k| as_str(&k).map(Cow::into_owned)).filter(|k| !k.is_empty());
-    let items: Vec<(RawObject<'_>, Option<&'static str>)> = match call {
-        Call::Single(kind) => vec![(top.clone(), Some(kind))],
-        Call::Batch => {
-            let batch = match top.remove("batch") {
-                Some(Cow::Borrowed(raw)) if raw.starts_with('[') => raw,
-                _ => return Err(ApiError::invalid("invalid_segment_payload", "a batch call needs a \"batch\" array")),
+    let items: Vec<(RawObject<'_>, Option<&'static str>)> = match (call, batch) {
+        (Call::Single(kind), _) => vec![(top.clone(), Some(kind))],
+        (Call::Batch, batch) => {
+            let Some(Some(Shallow::Array(batch))) = batch else {
+                return Err(ApiError::invalid("invalid_segment_payload", "a batch call needs a \"batch\" array"));
             };
-            let raws: Vec<&RawValue> = serde_json::from_str(batch).map_err(|e| malformed(format!("{e}")))?;
-            if raws.len() > limits.max_events {
+            if batch.len() > limits.max_events {
                 return Err(ApiError::invalid(
                     "too_many_events",
-                    format!("the batch has {} events; at most {} are accepted", raws.len(), limits.max_events),
+                    format!("the batch has {} events; at most {} are accepted", batch.len(), limits.max_events),
                 ));
             }
-            let mut items = Vec::with_capacity(raws.len());
+            let mut items = Vec::with_capacity(batch.len());
             let mut errors = Vec::new();
-            for (index, raw) in raws.into_iter().enumerate() {
-                match raw.get().starts_with('{').then(|| RawObject::parse(raw.get()).ok()).flatten() {
-                    Some(item) => {
+            for (index, item) in batch.into_iter().enumerate() {
+                match item {
+                    Shallow::Object(item) => {
                         if write_key.is_none() {
                             write_key = item.get_str("writeKey").filter(|k| !k.is_empty()).map(Cow::into_owned);
                         }
                         items.push((item, None));
                     }
-                    None => errors.push(EventError::new(index, "a batch item must be a JSON object")),
+                    _ => errors.push(EventError::new(index, "a batch item must be a JSON object")),
                 }
             }
             if !errors.is_empty() {
@@ -416,6 +503,37 @@ mod tests {
         ));
         assert!(normalize(Call::Single("page"), b"[1]", RECEIVED, LIMITS).is_err());
         assert!(normalize(Call::Batch, b"{\"batch\":[]}", RECEIVED, LIMITS).is_err());
+    }
+
+    #[test]
+    fn batch_bodies_are_parsed_in_one_pass_with_every_shape_checked() {
+        let ok = |e: &Value| json!({"type": "track", "event": "E", "userId": e});
+        let body =
+            json!({"batch": [ok(&json!("u")), 5, [1, {"a": 1}], "x", null, true, {"type": "page", "userId": "v"}]});
+        match normalize(Call::Batch, body.to_string().as_bytes(), RECEIVED, LIMITS) {
+            Err(ApiError::InvalidEvents { errors }) => {
+                assert_eq!(errors.iter().map(|e| e.index).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let repeated = r#"{"batch":[{"type":"page","userId":"a"}],"writeKey":"k","batch":[{"type":"page","userId":"b"},{"type":"page","userId":"c"}]}"#;
+        let r = normalize(Call::Batch, repeated.as_bytes(), RECEIVED, LIMITS).unwrap();
+        assert_eq!(
+            r.events.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(),
+            vec!["b", "c"],
+            "the last batch counts"
+        );
+        assert_eq!(r.write_key.as_deref(), Some("k"));
+        let code = |body: &[u8]| match normalize(Call::Batch, body, RECEIVED, LIMITS) {
+            Err(ApiError::InvalidRequest { code, .. }) => code.to_string(),
+            Err(ApiError::InvalidEvents { errors }) => errors[0].detail.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(code(br#"{"batch":"x"}"#), "invalid_segment_payload");
+        assert_eq!(code(br#"{"writeKey":"k"}"#), "invalid_segment_payload");
+        assert_eq!(code(br#"[{"batch":[]}]"#), "invalid_segment_payload");
+        assert!(code(br#"{"batch":[{"type":"page","userId":"a"}"#).starts_with("malformed JSON"));
+        assert!(code(br#"{"batch":[{"type":"page","userId":"a"}],}"#).starts_with("malformed JSON"));
     }
 
     #[test]
