@@ -136,9 +136,11 @@ pub async fn serve(
             Ok(())
         }
     };
-    upkeep.abort();
-    expiry.abort();
-    security_upkeep.abort();
+    for task in [upkeep, expiry, security_upkeep] {
+        task.abort();
+        // Resolves once the task's future (and its state clone) is dropped.
+        let _ = task.await;
+    }
     // Upgraded connections (WebSocket) and SSE streams are not tracked by the HTTP
     // server: wait, within the grace period, until every subscription has seen the
     // closing signal and ended (each holds a permit until its last use of the store),
@@ -149,6 +151,13 @@ pub async fn serve(
     }
     let closed = store.close().await;
     tracing::info!("store closed");
+    // The data directory is released when the last handle on the store is gone: wait
+    // (within the grace period) for stragglers such as a blocking read that was under
+    // way, so a caller may open the same directory as soon as this returns.
+    drop(state);
+    if !store.wait_released(grace).await {
+        tracing::warn!("the store is still referenced after the grace period; its files stay locked until then");
+    }
     served?;
     closed?;
     Ok(())

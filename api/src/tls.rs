@@ -21,6 +21,17 @@ use tokio_util::either::Either;
 
 use crate::config::Config;
 
+/// Makes rustls's ring provider the process default, once (a no-op when one is
+/// already installed). reqwest (built with rustls and no provider of its own) needs a
+/// default before any client is built, even one that only speaks plain HTTP; every
+/// place in this crate that builds one calls this first.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// Most TLS handshakes in progress at once; further connections wait to be accepted.
 pub const MAX_PENDING_HANDSHAKES: usize = 1024;
 

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBWithThreadMode, MultiThreaded, Options};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -498,6 +499,22 @@ impl Store {
         .await
         .map_err(|e| StorageError::Internal(e.to_string()))?;
         result
+    }
+}
+
+impl Store {
+    /// Waits until this handle is the last one on the store (every clone dropped), so
+    /// dropping it closes RocksDB and releases the data directory's lock. Returns
+    /// false when other handles remain after `timeout`.
+    pub async fn wait_released(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while Arc::strong_count(&self.inner) > 1 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
     }
 }
 

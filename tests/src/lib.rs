@@ -113,6 +113,7 @@ pub struct Api {
 impl Api {
     /// A client for the server at `addr`.
     pub fn new(addr: SocketAddr) -> Api {
+        tidegate::tls::install_crypto_provider();
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(60))
@@ -129,6 +130,7 @@ impl Api {
             reqwest::header::AUTHORIZATION,
             format!("Bearer {token}").parse().expect("a token is a valid header value"),
         );
+        tidegate::tls::install_crypto_provider();
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(60))

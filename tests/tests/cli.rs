@@ -531,7 +531,10 @@ async fn every_command_exits_3_when_no_server_listens() {
         let run = run_with(&all, b"{}\n", &[]).await.expect(3);
         assert_eq!(run.error_json()["code"], "cannot_connect", "{args:?}");
     }
-    run_with(&["status", "--url", "https://127.0.0.1:1"], b"", &[]).await.expect(2);
+    let https = format!("https://127.0.0.1:{port}");
+    let run = run_with(&["status", "--url", &https], b"", &[]).await.expect(3);
+    assert!(run.stderr.contains("cannot connect to"), "{}", run.stderr);
+    run_with(&["status", "--url", "ftp://127.0.0.1:1"], b"", &[]).await.expect(2);
 }
 
 /// A scripted HTTP server: records each request head and answers from `answer`
@@ -725,4 +728,60 @@ async fn produce_waits_out_rate_limits_and_stores_every_event_once() {
         tg_in(&server, &["produce", "limited", "--batch", "10", "--in-flight", "1", "--retries", "0"], &lines).await;
     let refused = refused.expect(1);
     assert!(refused.stderr.contains("rate_limited"), "{}", refused.stderr);
+}
+
+/// Against a gateway with TLS: admin, produce and a group member's WebSocket (wss://)
+/// work with `--ca-cert` trusting its self-signed certificate; without it the
+/// certificate is refused and the client exits as unreachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_speaks_https_and_wss_with_a_trusted_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let config = tidegate_tests::Config {
+        data_dir: data.path().into(),
+        tls_cert_file: cert_path.clone(),
+        tls_key_file: key_path,
+        ..Default::default()
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://localhost:{}", listener.local_addr().unwrap().port());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tidegate::serve(config, listener, async {
+        let _ = stopped.await;
+    }));
+    let ca = cert_path.to_str().unwrap();
+    let with = |args: &[&'static str]| {
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        all.extend(["--url".into(), url.clone(), "--ca-cert".into(), ca.to_string()]);
+        all
+    };
+    let run_owned = |args: Vec<String>, stdin: &'static [u8]| async move {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_with(&refs, stdin, &[]).await
+    };
+    eventually("the HTTPS gateway to answer the client", Duration::from_secs(30), || {
+        let args = with(&["status", "--json"]);
+        async move { (run_owned(args, b"").await.code == 0).then_some(()) }
+    })
+    .await;
+    run_owned(with(&["topics", "create", "tls.cli", "--partitions", "2", "--json"]), b"").await.expect(0);
+    let produced = run_owned(with(&["produce", "tls.cli", "--json"]), b"{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n").await;
+    assert_eq!(produced.expect(0).json()["events"], 3);
+    let consumed =
+        run_owned(with(&["consume", "tls.cli", "--group", "g.tls", "--from", "earliest", "--max", "3"]), b"")
+            .await
+            .expect(0);
+    let mut seen: Vec<i64> = consumed.lines().iter().map(|v| v["n"].as_i64().unwrap()).collect();
+    seen.sort();
+    assert_eq!(seen, vec![1, 2, 3], "the group member read every event over wss://");
+
+    // Without the gateway's certificate the system roots do not trust it.
+    let refused = run_with(&["status", "--url", &url], b"", &[]).await.expect(3);
+    assert!(refused.stderr.to_lowercase().contains("certificate"), "{}", refused.stderr);
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
 }

@@ -129,10 +129,10 @@ fn endpoint(base: &Url, segments: &[&str]) -> Result<Url> {
     Ok(url)
 }
 
-/// Refuses anything but a plain `http://` base URL (this build has no TLS).
+/// Refuses anything but a plain `http://` base URL (the load tools do not measure TLS).
 fn check_http(base: &Url) -> Result<()> {
     if base.scheme() != "http" {
-        bail!("--url must be an http:// URL (this build has no TLS), got {base}");
+        bail!("--url must be an http:// URL (the load tools speak plain HTTP only), got {base}");
     }
     Ok(())
 }
@@ -175,6 +175,7 @@ async fn poll_rss(client: &Client, url: &Url, slot: &Mutex<Option<Rss>>) {
 
 /// HTTP client for setup calls (topic creation, descriptions, `/metrics`).
 fn setup_client() -> Result<Client> {
+    crate::tls::install_crypto_provider();
     Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().context("building HTTP client")
 }
 
@@ -307,6 +308,7 @@ async fn ctrl_c() {
 /// simulated producer), with no proxy and the given request timeout.
 pub(crate) fn one_connection_client(timeout: std::time::Duration) -> anyhow::Result<reqwest::Client> {
     use anyhow::Context;
+    crate::tls::install_crypto_provider();
     reqwest::Client::builder()
         .http1_only()
         .pool_max_idle_per_host(1)

@@ -2,12 +2,17 @@
 //! become [`ClientError`]s (with the server's problem document), and WebSocket
 //! subscriptions.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use reqwest::{Method, RequestBuilder, Response, Url};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use tokio_rustls::rustls;
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -30,17 +35,57 @@ pub struct Gateway {
     auth: Option<HeaderValue>,
     token: Option<String>,
     http: reqwest::Client,
+    /// TLS settings of WebSocket connections (for an https:// base).
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// The client's TLS settings: the system's root certificates plus those of `ca_cert`
+/// (PEM), rustls with the ring provider, HTTP/1.1 by ALPN.
+fn tls_config(ca_cert: Option<&Path>) -> Result<rustls::ClientConfig, ClientError> {
+    let mut roots = rustls::RootCertStore::empty();
+    // Unreadable system certificates are skipped; --ca-cert may still make it work.
+    let (added, _) = roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    let mut extra = 0;
+    if let Some(path) = ca_cert {
+        let pem = std::fs::read(path)
+            .map_err(|e| ClientError::Usage(format!("cannot read --ca-cert {}: {e}", path.display())))?;
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| ClientError::Usage(format!("--ca-cert {} is not PEM: {e}", path.display())))?;
+            roots.add(cert).map_err(|e| {
+                ClientError::Usage(format!("--ca-cert {} holds a bad certificate: {e}", path.display()))
+            })?;
+            extra += 1;
+        }
+        if extra == 0 {
+            return Err(ClientError::Usage(format!("--ca-cert {} holds no certificate", path.display())));
+        }
+    }
+    if added + extra == 0 {
+        return Err(ClientError::Usage(
+            "no trusted CA certificates: the system has none readable; give the gateway's with --ca-cert".into(),
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Usage(format!("cannot set up TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 impl Gateway {
-    /// A client for `base` (plain `http://`: this build has no TLS), sending
-    /// `Authorization: Bearer <token>` when a token is given.
-    pub fn new(base: &Url, token: Option<&str>) -> Result<Gateway, ClientError> {
-        if base.scheme() != "http" {
-            return Err(ClientError::Usage(format!(
-                "--url must be an http:// URL (this build has no TLS), got {base}"
-            )));
-        }
+    /// A client for `base` (`http://`, or `https://` trusting the system's roots and
+    /// `ca_cert`), sending `Authorization: Bearer <token>` when a token is given.
+    pub fn new(base: &Url, token: Option<&str>, ca_cert: Option<&Path>) -> Result<Gateway, ClientError> {
+        let tls = match base.scheme() {
+            "http" => None,
+            "https" => Some(Arc::new(tls_config(ca_cert)?)),
+            other => {
+                return Err(ClientError::Usage(format!("--url must be an http:// or https:// URL, got {other}://")));
+            }
+        };
         if base.cannot_be_a_base() || base.host().is_none() {
             return Err(ClientError::Usage(format!("--url {base} has no host")));
         }
@@ -54,7 +99,12 @@ impl Gateway {
             }
             None => None,
         };
-        let http = reqwest::Client::builder()
+        crate::tls::install_crypto_provider();
+        let mut builder = reqwest::Client::builder();
+        if let Some(tls) = &tls {
+            builder = builder.tls_backend_preconfigured(rustls::ClientConfig::clone(tls)).https_only(true);
+        }
+        let http = builder
             .no_proxy()
             .tcp_nodelay(true)
             .connect_timeout(CONNECT_TIMEOUT)
@@ -62,7 +112,7 @@ impl Gateway {
             .user_agent(concat!("tidegate-cli/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ClientError::Usage(format!("cannot build the HTTP client: {}", chain(&e))))?;
-        Ok(Gateway { base: base.clone(), auth, token: token.map(str::to_owned), http })
+        Ok(Gateway { base: base.clone(), auth, token: token.map(str::to_owned), http, tls })
     }
 
     /// The base URL.
@@ -160,7 +210,8 @@ impl Gateway {
     /// `Authorization` header and as `access_token` (what browsers must use).
     pub async fn websocket(&self, segments: &[&str], query: &[(&str, String)]) -> Result<WsStream, ClientError> {
         let mut url = self.url(segments);
-        url.set_scheme("ws").map_err(|()| ClientError::Usage(format!("{} cannot carry a WebSocket", self.base)))?;
+        let scheme = if self.tls.is_some() { "wss" } else { "ws" };
+        url.set_scheme(scheme).map_err(|()| ClientError::Usage(format!("{} cannot carry a WebSocket", self.base)))?;
         {
             let mut pairs = url.query_pairs_mut();
             for (k, v) in query {
@@ -177,7 +228,9 @@ impl Gateway {
         if let Some(v) = &self.auth {
             request.headers_mut().insert(AUTHORIZATION, v.clone());
         }
-        match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request)).await {
+        let connector = self.tls.clone().map(tokio_tungstenite::Connector::Rustls);
+        let connecting = tokio_tungstenite::connect_async_tls_with_config(request, None, false, connector);
+        match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
             Err(_) => Err(ClientError::Connect {
                 url: self.base.to_string(),
                 detail: format!("no WebSocket handshake within {CONNECT_TIMEOUT:?}"),
@@ -220,13 +273,21 @@ mod tests {
 
     #[test]
     fn urls_encode_segments_and_keep_the_base_path() {
-        let g = Gateway::new(&Url::parse("http://h:1/gw/").unwrap(), None).unwrap();
+        let g = Gateway::new(&Url::parse("http://h:1/gw/").unwrap(), None, None).unwrap();
         assert_eq!(g.url(&["v1", "topics", "a b"]).as_str(), "http://h:1/gw/v1/topics/a%20b");
-        let g = Gateway::new(&Url::parse("http://h:1").unwrap(), Some("  ")).unwrap();
+        let g = Gateway::new(&Url::parse("http://h:1").unwrap(), Some("  "), None).unwrap();
         assert_eq!(g.url(&["healthz"]).as_str(), "http://h:1/healthz");
         assert!(g.auth.is_none(), "a blank token sends nothing");
-        assert!(matches!(Gateway::new(&Url::parse("https://h").unwrap(), None), Err(ClientError::Usage(_))));
-        assert!(matches!(Gateway::new(&Url::parse("http://h").unwrap(), Some("a\nb")), Err(ClientError::Usage(_))));
+        assert!(matches!(Gateway::new(&Url::parse("ftp://h").unwrap(), None, None), Err(ClientError::Usage(_))));
+        assert!(matches!(
+            Gateway::new(&Url::parse("http://h").unwrap(), Some("a\nb"), None),
+            Err(ClientError::Usage(_))
+        ));
+        let missing = Path::new("/nonexistent/ca.pem");
+        assert!(matches!(
+            Gateway::new(&Url::parse("https://h").unwrap(), None, Some(missing)),
+            Err(ClientError::Usage(_))
+        ));
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod produce;
 pub mod status;
 pub mod topics;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
@@ -36,9 +37,14 @@ use http::Gateway;
 /// (the flags may come before or after a nested subcommand).
 #[derive(Debug, Clone, Args)]
 pub struct Connection {
-    /// Base URL of the gateway (plain http).
+    /// Base URL of the gateway: http://, or https:// for a gateway with TLS (its
+    /// subscriptions then use wss://).
     #[arg(long, env = "TIDEGATE_URL", default_value = "http://127.0.0.1:8080", global = true)]
     pub url: Url,
+    /// Extra trusted CA certificates (PEM) for an https:// URL, e.g. a gateway's
+    /// self-signed certificate; the system's roots are trusted too.
+    #[arg(long, env = "TIDEGATE_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
     /// Bearer token, sent as `Authorization: Bearer <token>` (and as `access_token`
     /// on WebSocket subscriptions).
     #[arg(long, env = "TIDEGATE_TOKEN", hide_env_values = true, global = true)]
@@ -51,7 +57,7 @@ pub struct Connection {
 impl Connection {
     /// The gateway client for these flags.
     pub fn gateway(&self) -> Result<Gateway, ClientError> {
-        Gateway::new(&self.url, self.token.as_deref())
+        Gateway::new(&self.url, self.token.as_deref(), self.ca_cert.as_deref())
     }
 }
 
