@@ -28,6 +28,62 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 pub use tidegate::Config;
 
+/// An in-process gateway serving HTTPS/WSS only, with a fresh self-signed certificate
+/// for `localhost` (written to `cert_path` as PEM) and a temporary data directory.
+pub struct TlsGateway {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its certificate (DER), for a client's root store.
+    pub cert_der: rustls_pki_types::CertificateDer<'static>,
+    /// Its certificate as a PEM file (what `--ca-cert` takes).
+    pub cert_path: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), tidegate::ServeError>>>,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+impl TlsGateway {
+    /// Starts it; it may take a moment to answer (poll it, e.g. with [`eventually`]).
+    pub async fn start() -> TlsGateway {
+        let files = tempfile::tempdir().expect("temp dir");
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("self-signed certificate");
+        let (cert_path, key_path) = (files.path().join("cert.pem"), files.path().join("key.pem"));
+        std::fs::write(&cert_path, cert.cert.pem()).expect("write the certificate");
+        std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write the key");
+        let data = tempfile::tempdir().expect("temp dir");
+        let config = Config {
+            data_dir: data.path().into(),
+            tls_cert_file: cert_path.clone(),
+            tls_key_file: key_path,
+            ..Default::default()
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local address");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(tidegate::serve(config, listener, async {
+            let _ = stopped.await;
+        }));
+        TlsGateway {
+            addr,
+            cert_der: cert.cert.der().clone(),
+            cert_path,
+            stop: Some(stop),
+            task: Some(task),
+            _dirs: (files, data),
+        }
+    }
+
+    /// Stops it and asserts a clean shutdown.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("the TLS gateway did not panic").expect("clean shutdown");
+        }
+    }
+}
+
 pub mod browser;
 
 /// How long a server gets to start, and to stop after it was asked to.

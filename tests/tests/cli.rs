@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tidegate::ingest::partitioner::partition_for_key;
-use tidegate_tests::{ProcessServer, TestServer, eventually};
+use tidegate_tests::{ProcessServer, TestServer, TlsGateway, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -735,24 +735,9 @@ async fn produce_waits_out_rate_limits_and_stores_every_event_once() {
 /// certificate is refused and the client exits as unreachable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_speaks_https_and_wss_with_a_trusted_ca() {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let config = tidegate_tests::Config {
-        data_dir: data.path().into(),
-        tls_cert_file: cert_path.clone(),
-        tls_key_file: key_path,
-        ..Default::default()
-    };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("https://localhost:{}", listener.local_addr().unwrap().port());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(tidegate::serve(config, listener, async {
-        let _ = stopped.await;
-    }));
+    let gateway = TlsGateway::start().await;
+    let url = format!("https://localhost:{}", gateway.addr.port());
+    let cert_path = gateway.cert_path.clone();
     let ca = cert_path.to_str().unwrap();
     let with = |args: &[&'static str]| {
         let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
@@ -782,6 +767,5 @@ async fn the_client_speaks_https_and_wss_with_a_trusted_ca() {
     // Without the gateway's certificate the system roots do not trust it.
     let refused = run_with(&["status", "--url", &url], b"", &[]).await.expect(3);
     assert!(refused.stderr.to_lowercase().contains("certificate"), "{}", refused.stderr);
-    stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    gateway.stop().await;
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use tidegate_tests::{Api, ProcessServer, STARTUP_DEADLINE, TestServer, assert_problem, eventually};
+use tidegate_tests::{Api, ProcessServer, STARTUP_DEADLINE, TestServer, TlsGateway, assert_problem, eventually};
 
 const SECRET: &str = "test-hmac-secret-that-is-long-enough-32+";
 const WAIT: Duration = Duration::from_secs(10);
@@ -622,27 +622,10 @@ async fn refusals_are_counted_and_logged_without_secrets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_serves_https_and_wss_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let config = tidegate_tests::Config {
-        data_dir: data.path().into(),
-        tls_cert_file: cert_path,
-        tls_key_file: key_path,
-        ..Default::default()
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(tidegate::serve(config, listener, async {
-        let _ = stopped.await;
-    }));
-
+    let gateway = TlsGateway::start().await;
+    let addr = gateway.addr;
     let mut roots = tokio_rustls::rustls::RootCertStore::empty();
-    roots.add(cert.cert.der().clone()).unwrap();
+    roots.add(gateway.cert_der.clone()).unwrap();
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     let client = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -672,8 +655,7 @@ async fn tls_serves_https_and_wss_only() {
     // Plain HTTP to the TLS port gets no HTTP answer.
     let plain = Api::new(addr).get("/healthz").timeout(Duration::from_secs(5)).send().await;
     assert!(plain.is_err() || plain.unwrap().status() != 200);
-    stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    gateway.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
