@@ -18,7 +18,6 @@ fn init_tracing(filter: &str) {
 }
 
 fn main() -> ExitCode {
-    tidegate::tls::install_crypto_provider();
     let cli = cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -21,15 +21,16 @@ use tokio_util::either::Either;
 
 use crate::config::Config;
 
-/// Makes rustls's ring provider the process default, once (a no-op when one is
-/// already installed). reqwest (built with rustls and no provider of its own) needs a
-/// default before any client is built, even one that only speaks plain HTTP; every
-/// place in this crate that builds one calls this first.
-pub fn install_crypto_provider() {
+/// A reqwest client builder. reqwest is built with rustls and no crypto provider of
+/// its own, and panics when it builds a client (even a plain-HTTP one) before a
+/// process-default provider exists: this makes rustls's ring provider the default
+/// first (once; a no-op when one is already installed). Build every client with it.
+pub fn client_builder() -> reqwest::ClientBuilder {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     });
+    reqwest::Client::builder()
 }
 
 /// Most TLS handshakes in progress at once; further connections wait to be accepted.

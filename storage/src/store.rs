@@ -500,9 +500,7 @@ impl Store {
         .map_err(|e| StorageError::Internal(e.to_string()))?;
         result
     }
-}
 
-impl Store {
     /// Waits until this handle is the last one on the store (every clone dropped), so
     /// dropping it closes RocksDB and releases the data directory's lock. Returns
     /// false when other handles remain after `timeout`.

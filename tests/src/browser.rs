@@ -107,8 +107,7 @@ impl Browser {
         let driver_bin = find_binary("CHROMEDRIVER", &["chromedriver"]).unwrap_or_else(|| {
             panic!("browser tests need chromedriver, which is not on PATH: {install}, or set CHROMEDRIVER")
         });
-        tidegate::tls::install_crypto_provider();
-        let http = reqwest::Client::builder().no_proxy().timeout(COMMAND_TIMEOUT).build().expect("HTTP client");
+        let http = tidegate::tls::client_builder().no_proxy().timeout(COMMAND_TIMEOUT).build().expect("HTTP client");
         let mut browser = Browser {
             name: name.to_string(),
             http,

@@ -169,8 +169,7 @@ pub struct Api {
 impl Api {
     /// A client for the server at `addr`.
     pub fn new(addr: SocketAddr) -> Api {
-        tidegate::tls::install_crypto_provider();
-        let http = reqwest::Client::builder()
+        let http = tidegate::tls::client_builder()
             .no_proxy()
             .timeout(Duration::from_secs(60))
             .build()
@@ -186,8 +185,7 @@ impl Api {
             reqwest::header::AUTHORIZATION,
             format!("Bearer {token}").parse().expect("a token is a valid header value"),
         );
-        tidegate::tls::install_crypto_provider();
-        let http = reqwest::Client::builder()
+        let http = tidegate::tls::client_builder()
             .no_proxy()
             .timeout(Duration::from_secs(60))
             .default_headers(headers)

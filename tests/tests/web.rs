@@ -10,8 +10,7 @@ use tidegate_tests::{TestServer, WsEvent, assert_problem};
 
 /// A client that leaves compression to the test (reqwest would decode gzip itself).
 fn raw_client() -> reqwest::Client {
-    tidegate::tls::install_crypto_provider();
-    reqwest::Client::builder().no_proxy().no_gzip().no_brotli().no_deflate().build().expect("client")
+    tidegate::tls::client_builder().no_proxy().no_gzip().no_brotli().no_deflate().build().expect("client")
 }
 
 fn header_of(resp: &reqwest::Response, name: header::HeaderName) -> String {
@@ -68,8 +67,7 @@ async fn dashboard_files_are_served_with_types_etags_and_gzip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docs_serve_swagger_ui_and_the_protocol_page_without_outside_calls() {
     let server = TestServer::start(|_| {}).await;
-    tidegate::tls::install_crypto_provider();
-    let http = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let http = tidegate::tls::client_builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
 
     let redirect = http.get(server.url("/docs")).send().await.unwrap();
     assert_eq!(redirect.status(), 303);

@@ -570,8 +570,7 @@ pub(super) async fn ingest(args: IngestArgs) -> Result<()> {
     if let Some(token) = &args.token {
         setup_headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().context("--token")?);
     }
-    crate::tls::install_crypto_provider();
-    let setup = Client::builder()
+    let setup = crate::tls::client_builder()
         .no_proxy()
         .timeout(Duration::from_secs(5))
         .default_headers(setup_headers)

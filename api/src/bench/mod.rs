@@ -175,8 +175,7 @@ async fn poll_rss(client: &Client, url: &Url, slot: &Mutex<Option<Rss>>) {
 
 /// HTTP client for setup calls (topic creation, descriptions, `/metrics`).
 fn setup_client() -> Result<Client> {
-    crate::tls::install_crypto_provider();
-    Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().context("building HTTP client")
+    crate::tls::client_builder().no_proxy().timeout(Duration::from_secs(10)).build().context("building HTTP client")
 }
 
 async fn create_topic(client: &Client, base: &Url, topic: &str, partitions: u32) -> Result<()> {
@@ -308,8 +307,7 @@ async fn ctrl_c() {
 /// simulated producer), with no proxy and the given request timeout.
 pub(crate) fn one_connection_client(timeout: std::time::Duration) -> anyhow::Result<reqwest::Client> {
     use anyhow::Context;
-    crate::tls::install_crypto_provider();
-    reqwest::Client::builder()
+    crate::tls::client_builder()
         .http1_only()
         .pool_max_idle_per_host(1)
         .tcp_nodelay(true)

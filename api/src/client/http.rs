@@ -99,8 +99,7 @@ impl Gateway {
             }
             None => None,
         };
-        crate::tls::install_crypto_provider();
-        let mut builder = reqwest::Client::builder();
+        let mut builder = crate::tls::client_builder();
         if let Some(tls) = &tls {
             builder = builder.tls_backend_preconfigured(rustls::ClientConfig::clone(tls)).https_only(true);
         }

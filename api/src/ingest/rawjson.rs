@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 /// A JSON object's members: key (unescaped) and value (raw JSON text).
@@ -85,12 +85,27 @@ pub fn quote(s: &str) -> String {
 impl<'a> RawObject<'a> {
     /// Collects the members of a map being deserialised (for visitors that meet
     /// objects inside a larger document).
-    pub fn from_map<A: MapAccess<'a>>(mut map: A) -> Result<RawObject<'a>, A::Error> {
+    pub fn from_map<A: MapAccess<'a>>(map: A) -> Result<RawObject<'a>, A::Error> {
+        Self::from_map_taking::<A, IgnoredAny>(map, None).map(|(object, _)| object)
+    }
+
+    /// [`RawObject::from_map`], except that member `taken` (when named) is
+    /// deserialised as a `T` instead of kept raw; it is returned apart (the last one
+    /// when repeated) and left out of the object.
+    pub fn from_map_taking<A: MapAccess<'a>, T: Deserialize<'a>>(
+        mut map: A,
+        taken: Option<&str>,
+    ) -> Result<(RawObject<'a>, Option<T>), A::Error> {
         let mut out = RawObject { members: Vec::with_capacity(map.size_hint().unwrap_or(16)) };
-        while let Some((Key(k), v)) = map.next_entry::<Key<'a>, &'a RawValue>()? {
-            out.set(k, Cow::Borrowed(v.get()));
+        let mut apart = None;
+        while let Some(Key(k)) = map.next_key::<Key<'a>>()? {
+            if taken == Some(k.as_ref()) {
+                apart = Some(map.next_value::<T>()?);
+            } else {
+                out.set(k, Cow::Borrowed(map.next_value::<&'a RawValue>()?.get()));
+            }
         }
-        Ok(out)
+        Ok((out, apart))
     }
 
     /// Parses `text`, which must be one JSON object (and nothing else).

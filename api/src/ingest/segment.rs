@@ -17,9 +17,8 @@ use std::borrow::Cow;
 
 use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 
-use super::rawjson::{Key, RawObject, as_str, quote, scalar_text};
+use super::rawjson::{RawObject, as_str, quote, scalar_text};
 
 use super::time::{format_rfc3339_ms, parse_rfc3339_ms};
 use crate::error::{ApiError, EventError};
@@ -307,16 +306,9 @@ impl<'de> Deserialize<'de> for BatchBody<'de> {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut body = BatchBody { top: RawObject::default(), batch: None };
-                while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
-                    if k == "batch" {
-                        body.batch = Some(map.next_value::<Shallow<'de>>()?);
-                    } else {
-                        body.top.set(k, Cow::Borrowed(map.next_value::<&'de RawValue>()?.get()));
-                    }
-                }
-                Ok(body)
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                let (top, batch) = RawObject::from_map_taking(map, Some("batch"))?;
+                Ok(BatchBody { top, batch })
             }
         }
         d.deserialize_map(V)

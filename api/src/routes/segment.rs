@@ -151,7 +151,6 @@ pub async fn segment_call(
         in_set.push(set.add(&state, topic, Create::Always).await?);
     }
     let routed: Vec<usize> = picks.iter().map(|&p| in_set[p]).collect();
-    drop(chosen);
 
     let mut errors = Vec::new();
     let mut events = Vec::with_capacity(routed.len());
