@@ -155,6 +155,11 @@ settings! {
     subscription_cache_bytes: u64 = 32 * MIB;
     /// Most concurrent WebSocket and SSE subscriptions (503 above it).
     max_subscriptions: u64 = 10_000;
+    /// Worker threads of the delivery runtime, where WebSocket and SSE subscriptions
+    /// run apart from HTTP requests (so a request never queues behind a thousand
+    /// subscriber wake-ups, and producers are not slowed by consumers); 0 means one per
+    /// CPU core.
+    delivery_threads: u32 = 0;
     /// On shutdown, how long in-flight requests get to finish before they are cut (and
     /// then again how long open subscriptions get to commit and close).
     shutdown_timeout_ms: u64 = 30_000;

@@ -23,6 +23,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod consume;
+pub mod delivery;
 pub mod docs;
 pub mod error;
 pub mod groups;

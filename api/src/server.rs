@@ -67,7 +67,8 @@ pub async fn serve(
         .await
         .map_err(|e| tidegate_storage::StorageError::Internal(e.to_string()))??;
     let grace = Duration::from_millis(config.shutdown_timeout_ms);
-    let state = AppState::new(config, store.clone(), security, local_addr);
+    let delivery = crate::delivery::Delivery::start(config.delivery_threads)?;
+    let state = AppState::new(config, store.clone(), security, local_addr, delivery);
     crate::metrics::handle();
     let upkeep = tokio::spawn(async {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -149,6 +150,8 @@ pub async fn serve(
     if tokio::time::timeout(grace, state.subscriptions.acquire_many(everyone)).await.is_err() {
         tracing::warn!(grace_ms = grace.as_millis() as u64, "subscriptions still open after the grace period");
     }
+    // Sessions still running past the grace period are dropped here.
+    state.delivery.stop();
     let closed = store.close().await;
     tracing::info!("store closed");
     // The data directory is released when the last handle on the store is gone: wait

@@ -41,6 +41,8 @@ pub struct AppState {
     pub started_ms: i64,
     /// Compiled per-topic ingest rules (event-id pointer, JSON Schema, dead letters).
     pub rules: RulesCache,
+    /// The runtime WebSocket and SSE subscriptions run on.
+    pub delivery: crate::delivery::Delivery,
 }
 
 /// The handle handlers receive.
@@ -49,7 +51,13 @@ pub type SharedState = Arc<AppState>;
 impl AppState {
     /// New state around an open store, with the security settings already loaded, for a
     /// node listening on `local_addr`.
-    pub fn new(config: Config, store: Store, security: crate::auth::Security, local_addr: SocketAddr) -> SharedState {
+    pub fn new(
+        config: Config,
+        store: Store,
+        security: crate::auth::Security,
+        local_addr: SocketAddr,
+        delivery: crate::delivery::Delivery,
+    ) -> SharedState {
         let coordinator = Coordinator::new(store.clone(), Duration::from_millis(config.session_timeout_ms));
         let subscriptions = Arc::new(tokio::sync::Semaphore::new(config.max_subscriptions as usize));
         let frames = crate::consume::cache::FrameCache::new(config.subscription_cache_bytes as usize);
@@ -66,6 +74,7 @@ impl AppState {
             started: Instant::now(),
             started_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64),
             rules: RulesCache::default(),
+            delivery,
         })
     }
 

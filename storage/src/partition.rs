@@ -5,9 +5,24 @@
 //! single node the writer moves the high watermark to `end` once the group commit
 //! meets the fsync policy, so readers never see data that was not acknowledged-able.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 
 use tokio::sync::watch;
+
+/// Where a partition's log stands when it is opened (recovered or new).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bounds {
+    pub start: u64,
+    pub end: u64,
+    pub bytes: u64,
+    pub running_max_ts: i64,
+}
+
+impl Bounds {
+    /// A new, empty partition.
+    pub const EMPTY: Bounds = Bounds { start: 0, end: 0, bytes: 0, running_max_ts: i64::MIN };
+}
 
 /// One partition's log state. Shared by the writer, readers and retention.
 #[derive(Debug)]
@@ -26,6 +41,9 @@ pub struct PartitionLog {
     pub(crate) deleted: AtomicBool,
     /// High watermark: readers see offsets below it; changes wake long-polls.
     pub(crate) hw: watch::Sender<u64>,
+    /// The topic's append signal, shared by all its partitions: bumped once per group
+    /// commit that touched the topic, after every high watermark of that commit moved.
+    pub(crate) appends: Arc<watch::Sender<u64>>,
 }
 
 /// A snapshot of a partition's offsets and size.
@@ -46,15 +64,8 @@ pub struct PartitionStats {
 }
 
 impl PartitionLog {
-    pub(crate) fn new(
-        topic: &str,
-        index: u32,
-        cf: String,
-        start: u64,
-        end: u64,
-        bytes: u64,
-        running_max_ts: i64,
-    ) -> Self {
+    pub(crate) fn new(topic: &str, index: u32, cf: String, bounds: Bounds, appends: Arc<watch::Sender<u64>>) -> Self {
+        let Bounds { start, end, bytes, running_max_ts } = bounds;
         debug_assert!(start <= end);
         Self {
             topic: topic.to_string(),
@@ -67,6 +78,7 @@ impl PartitionLog {
             leader_epoch: AtomicU32::new(0),
             deleted: AtomicBool::new(false),
             hw: watch::Sender::new(end),
+            appends,
         }
     }
 
@@ -96,6 +108,19 @@ impl PartitionLog {
     /// A receiver that changes whenever the high watermark moves (or the topic goes).
     pub fn watch_high_watermark(&self) -> watch::Receiver<u64> {
         self.hw.subscribe()
+    }
+
+    /// A receiver that changes once per group commit that appended to any partition
+    /// of this partition's topic (after all of that commit's high watermarks moved),
+    /// when the topic is deleted, and when the store begins shutting down. One wait covers a whole topic: a subscriber of N
+    /// partitions wakes once per commit instead of up to N times.
+    pub fn watch_topic_appends(&self) -> watch::Receiver<u64> {
+        self.appends.subscribe()
+    }
+
+    /// Whether `other` belongs to the same topic incarnation (shares its append signal).
+    pub fn same_topic(&self, other: &PartitionLog) -> bool {
+        Arc::ptr_eq(&self.appends, &other.appends)
     }
 
     /// Current offsets and size.

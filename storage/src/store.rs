@@ -18,7 +18,7 @@ use crate::batch::{EncodedBatch, key_offset, verify};
 use crate::config::StoreConfig;
 use crate::dedup::{DEDUP_CF, Dedup, IdWrites};
 use crate::error::{Result, StorageError};
-use crate::partition::{PartitionLog, PartitionStats, cf_name, state_key};
+use crate::partition::{Bounds, PartitionLog, PartitionStats, cf_name, state_key};
 use crate::topic::{TopicConfig, TopicConfigPatch, TopicMeta, validate_topic_name};
 use crate::writer::{Writer, WriterCmd};
 
@@ -37,6 +37,8 @@ pub struct Topic {
     pub created_ms: i64,
     pub(crate) config: RwLock<Arc<TopicConfig>>,
     pub(crate) partitions: RwLock<Vec<Arc<PartitionLog>>>,
+    /// Append signal shared by the partitions (see [`PartitionLog::watch_topic_appends`]).
+    pub(crate) appends: Arc<watch::Sender<u64>>,
 }
 
 impl Topic {
@@ -283,10 +285,11 @@ impl Store {
         // Column families first, metadata last: a crash in between leaves orphan
         // column families, which the next start-up drops.
         let mut parts = Vec::with_capacity(config.partitions as usize);
+        let appends = Arc::new(watch::Sender::new(0));
         for p in 0..config.partitions {
             let cf = cf_name(name, id, p);
             self.create_cf(&cf)?;
-            parts.push(Arc::new(PartitionLog::new(name, p, cf, 0, 0, 0, i64::MIN)));
+            parts.push(Arc::new(PartitionLog::new(name, p, cf, Bounds::EMPTY, appends.clone())));
         }
         let topic_meta = TopicMeta { name: name.to_string(), id, created_ms: now_ms(), config: config.clone() };
         let mut wb = rocksdb::WriteBatch::default();
@@ -299,6 +302,7 @@ impl Store {
             created_ms: topic_meta.created_ms,
             config: RwLock::new(Arc::new(config)),
             partitions: RwLock::new(parts),
+            appends,
         });
         self.inner.topics.write().expect("topics lock").insert(name.to_string(), topic.clone());
         tracing::info!(topic = name, partitions = topic.partition_count(), "topic created");
@@ -365,7 +369,7 @@ impl Store {
             for p in current..count {
                 let cf = cf_name(&name, topic.id, p);
                 s.create_cf(&cf)?;
-                added.push(Arc::new(PartitionLog::new(&name, p, cf, 0, 0, 0, i64::MIN)));
+                added.push(Arc::new(PartitionLog::new(&name, p, cf, Bounds::EMPTY, topic.appends.clone())));
             }
             s.persist_topic(&topic, &config)?;
             topic.partitions.write().expect("partitions lock").extend(added);
@@ -473,10 +477,14 @@ impl Store {
         partition_disk_bytes(&self.inner.db, &part.cf)
     }
 
-    /// Starts shutdown: long-polls return at once. Appends are still accepted until
-    /// [`Store::close`].
+    /// Starts shutdown: long-polls return at once, and every topic's append signal
+    /// fires so its waiters look at [`Store::closing_signal`]. Appends are still
+    /// accepted until [`Store::close`].
     pub fn begin_shutdown(&self) {
         self.inner.closing.send_replace(true);
+        for topic in self.topics() {
+            topic.appends.send_modify(|n| *n = n.wrapping_add(1));
+        }
     }
 
     /// Finishes every queued append (each is acknowledged or failed), syncs the WAL,
@@ -543,6 +551,7 @@ fn recover(db: &Db, cf_names: &[String]) -> Result<HashMap<String, Arc<Topic>>> 
             reason: format!("topic record {}: {e}", String::from_utf8_lossy(&key)),
         })?;
         let mut parts = Vec::with_capacity(tm.config.partitions as usize);
+        let appends = Arc::new(watch::Sender::new(0));
         for p in 0..tm.config.partitions {
             let cf = cf_name(&tm.name, tm.id, p);
             wanted.insert(cf.clone());
@@ -569,7 +578,13 @@ fn recover(db: &Db, cf_names: &[String]) -> Result<HashMap<String, Arc<Topic>>> 
                     (start, i64::MIN)
                 }
             };
-            parts.push(Arc::new(PartitionLog::new(&tm.name, p, cf, start.min(end), end, bytes, running_max_ts)));
+            parts.push(Arc::new(PartitionLog::new(
+                &tm.name,
+                p,
+                cf,
+                Bounds { start: start.min(end), end, bytes, running_max_ts },
+                appends.clone(),
+            )));
         }
         let topic = Topic {
             name: tm.name.clone(),
@@ -577,6 +592,7 @@ fn recover(db: &Db, cf_names: &[String]) -> Result<HashMap<String, Arc<Topic>>> 
             created_ms: tm.created_ms,
             config: RwLock::new(Arc::new(tm.config)),
             partitions: RwLock::new(parts),
+            appends,
         };
         topics.insert(tm.name, Arc::new(topic));
     }

@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use rocksdb::{WriteBatch, WriteOptions};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::batch::{EncodedBatch, offset_key};
 use crate::config::FsyncPolicy;
@@ -126,6 +126,7 @@ impl Writer {
                     part.deleted.store(true, Ordering::Release);
                     // Wake long-polls so they notice the deletion.
                     part.hw.send_modify(|_| {});
+                    part.appends.send_modify(|n| *n = n.wrapping_add(1));
                     if let Err(e) = self.db.drop_cf(&part.cf) {
                         result = Err(e.into());
                     }
@@ -258,13 +259,22 @@ impl Writer {
         match written {
             Ok(()) => {
                 metrics::counter!("tidegate_storage_records_written_total").increment(events);
-                for p in pending.into_values() {
+                // Topics touched by this commit (usually one): their append signals
+                // fire once, after every high watermark of the commit has moved.
+                let mut signals: Vec<&Arc<watch::Sender<u64>>> = Vec::new();
+                for p in pending.values() {
                     p.part.end.store(p.end, Ordering::Release);
                     p.part.bytes.store(p.bytes, Ordering::Release);
                     p.part.running_max_ts.store(p.running_max_ts, Ordering::Release);
                     // One node: everything durable is committed. Replication will
                     // move this to the in-sync replicas' minimum instead.
                     p.part.hw.send_replace(p.end);
+                    if !signals.iter().any(|s| Arc::ptr_eq(s, &p.part.appends)) {
+                        signals.push(&p.part.appends);
+                    }
+                }
+                for signal in signals {
+                    signal.send_modify(|n| *n = n.wrapping_add(1));
                 }
                 for Accepted { bases, ids, reply } in accepted {
                     if let Some((mut ids, remembered)) = ids {

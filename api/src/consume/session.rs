@@ -160,9 +160,41 @@ struct Position {
     /// Next offset to deliver.
     next: u64,
     paused: bool,
-    hw: watch::Receiver<u64>,
     /// `tidegate_records_delivered_total` of the partition's topic.
     delivered: metrics::Counter,
+}
+
+/// SSE event id: every position, so `Last-Event-ID` resumes exactly.
+fn resume_id<'a>(positions: impl Iterator<Item = (&'a TopicPartition, u64)>) -> String {
+    positions.map(|((t, p), next)| format!("{t}:{p}:{next}")).collect::<Vec<_>>().join(",")
+}
+
+/// Resolves at the next append to a topic with an unpaused partition, or when the
+/// store begins closing (which also fires every topic's signal: one registration per
+/// wait instead of two on shared notifiers, a twelfth of the fan-out's CPU).
+async fn next_append(
+    signals: &mut [(Arc<PartitionLog>, watch::Receiver<u64>)],
+    positions: &BTreeMap<TopicPartition, Position>,
+    closing: &mut watch::Receiver<bool>,
+) {
+    let mut active: Vec<&mut watch::Receiver<u64>> = signals
+        .iter_mut()
+        .filter(|(log, _)| positions.values().any(|p| !p.paused && p.log.same_topic(log)))
+        .map(|(_, rx)| rx)
+        .collect();
+    match active.len() {
+        0 => {
+            let _ = closing.changed().await;
+        }
+        // The common case (one topic) waits without boxing a future.
+        1 => {
+            let _ = active[0].changed().await;
+        }
+        _ => {
+            let waits: Vec<_> = active.iter_mut().map(|rx| Box::pin(rx.changed())).collect();
+            let _ = futures_util::future::select_all(waits).await;
+        }
+    }
 }
 
 /// Parameters a session starts with.
@@ -185,13 +217,13 @@ struct Session {
     member: String,
     generation: u64,
     positions: BTreeMap<TopicPartition, Position>,
-    /// The keys of `positions`, shared so a delivery round walks them without copying.
-    order: Arc<[TopicPartition]>,
     /// Last committed offset per partition (auto-commit only commits changes).
     committed: BTreeMap<TopicPartition, u64>,
     tx: Outbound,
     last_seen: Instant,
     round_robin: usize,
+    /// One append signal per subscribed topic (a partition of it stands for the topic).
+    signals: Vec<(Arc<PartitionLog>, watch::Receiver<u64>)>,
 }
 
 /// Runs a subscription to completion on an upgraded socket.
@@ -237,11 +269,11 @@ async fn run_on(state: SharedState, tx: Outbound, mut rx: Option<SplitStream<Web
         member,
         generation: 0,
         positions: BTreeMap::new(),
-        order: Arc::new([]),
         committed: BTreeMap::new(),
         tx,
         last_seen: Instant::now(),
         round_robin: 0,
+        signals: Vec::new(),
     };
     let end = match control.as_mut() {
         Some(c) => s.run(&mut rx, Some(c)).await,
@@ -288,11 +320,6 @@ impl Session {
         Duration::from_millis(self.cfg().session_timeout_ms)
     }
 
-    /// SSE event id: every position, so `Last-Event-ID` resumes exactly.
-    fn resume_id(&self) -> String {
-        self.positions.iter().map(|((t, p), pos)| format!("{t}:{p}:{}", pos.next)).collect::<Vec<_>>().join(",")
-    }
-
     /// Ephemeral subscription: every partition of every topic.
     async fn start_ephemeral(&mut self) -> Result<(), End> {
         let mut parts = Vec::new();
@@ -330,13 +357,24 @@ impl Session {
             if let Some(c) = committed.get(&tp) {
                 self.committed.insert(tp.clone(), *c);
             }
-            let hw = log.watch_high_watermark();
             let delivered = metrics::counter!("tidegate_records_delivered_total", "topic" => tp.0.clone());
-            self.positions.insert(tp, Position { log, next, paused: false, hw, delivered });
+            self.positions.insert(tp, Position { log, next, paused: false, delivered });
         }
-        self.order = self.positions.keys().cloned().collect();
+        self.positions_changed();
         let list: Vec<(TopicPartition, u64)> = self.positions.iter().map(|(tp, p)| (tp.clone(), p.next)).collect();
         self.send("assignment", protocol::assignment(self.generation, self.group_member(), &list)).await
+    }
+
+    /// Recomputes the topics' append signals after partitions were added or removed. A new signal's receiver starts as seen: the delivery
+    /// round that follows reads every high watermark anyway.
+    fn positions_changed(&mut self) {
+        let positions = &self.positions;
+        self.signals.retain(|(log, _)| positions.values().any(|p| p.log.same_topic(log)));
+        for p in self.positions.values() {
+            if !self.signals.iter().any(|(log, _)| log.same_topic(&p.log)) {
+                self.signals.push((p.log.clone(), p.log.watch_topic_appends()));
+            }
+        }
     }
 
     async fn start_offset(&self, log: &Arc<PartitionLog>, from: StartFrom) -> u64 {
@@ -410,6 +448,10 @@ impl Session {
                 self.commit_positions(None).await;
                 next_commit = now + auto_commit_every;
             }
+            // Appends from here on wake the wait below; the round reads what came before.
+            for (_, rx) in &mut self.signals {
+                rx.mark_unchanged();
+            }
             match self.deliver_round().await {
                 Ok(true) => continue,
                 Ok(false) => {}
@@ -421,19 +463,6 @@ impl Session {
             if sleep.deadline() != wake_at || sleep.is_elapsed() {
                 sleep.as_mut().reset(wake_at);
             }
-            let mut watchers: Vec<_> = self
-                .positions
-                .values_mut()
-                .filter(|p| !p.paused)
-                .map(|p| Box::pin(p.hw.changed().map(|_| ())))
-                .collect();
-            let any_hw = async {
-                if watchers.is_empty() {
-                    std::future::pending::<()>().await
-                } else {
-                    futures_util::future::select_all(watchers.iter_mut()).await;
-                }
-            };
             let next_control = async {
                 match control.as_deref_mut() {
                     Some(c) => c.recv().await,
@@ -442,7 +471,6 @@ impl Session {
             };
             tokio::select! {
                 msg = next_control => {
-                    drop(watchers);
                     match msg {
                         Some(msg) => if let Err(end) = self.on_control(msg).await { return end },
                         None => return End::Close(close::GOING_AWAY, "group coordinator gone".into()),
@@ -450,12 +478,10 @@ impl Session {
                 }
                 () = self.tx.closed() => return End::Gone,
                 frame = next_frame(rx) => {
-                    drop(watchers);
                     if let Err(end) = self.on_frame(frame).await { return end }
                 }
-                () = any_hw => {}
+                () = next_append(&mut self.signals, &self.positions, &mut closing) => {}
                 () = &mut sleep => {}
-                _ = closing.changed() => {}
             }
         }
     }
@@ -468,40 +494,48 @@ impl Session {
     /// waits for the next append instead of retrying at once). Frames not flushed are
     /// not delivered: their partitions keep their previous positions (auto-commit).
     async fn deliver_round(&mut self) -> Result<bool, End> {
-        let order = self.order.clone();
-        let n = order.len();
         let budget = self.cfg().subscription_frame_bytes as usize;
         let stall = self.stall();
-        // Per queued frame: its partition, the position before it, and its records.
-        let mut queued: Vec<(&TopicPartition, u64, u64)> = Vec::new();
+        let sse = self.tx.is_sse();
+        let Session { state, positions, tx, round_robin, .. } = self;
+        // The positions in delivery order, starting where the previous round stopped
+        // (walked directly: no per-partition key lookups).
+        let mut walk: Vec<(&TopicPartition, &mut Position)> = positions.iter_mut().collect();
+        let n = walk.len();
+        if n == 0 {
+            return Ok(false);
+        }
+        let first = *round_robin % n;
+        walk.rotate_left(first);
+        // Per queued frame: its index in `walk`, the position before it, and its records.
+        let mut queued: Vec<(usize, u64, u64)> = Vec::new();
         let mut queued_bytes = 0;
         let mut more = true;
-        let first = self.round_robin;
+        let mut failed = None;
         for i in 0..n {
-            let tp = &order[(first + i) % n];
-            let Some(pos) = self.positions.get(tp) else { continue };
+            let (tp, pos) = &mut walk[i];
             if pos.log.is_deleted() {
-                // Frames of other partitions queued in this round are not delivered.
-                self.unqueue(&queued);
-                return Err(End::Close(close::TOPIC_DELETED, format!("topic {} was deleted", tp.0)));
+                failed = Some(End::Close(close::TOPIC_DELETED, format!("topic {} was deleted", tp.0)));
+                break;
             }
             if pos.paused || pos.next >= pos.log.high_watermark() {
                 continue;
             }
-            self.round_robin = (first + i + 1) % n;
-            let (log, next) = (pos.log.clone(), pos.next);
-            let frame = match self.state.frames.get(log.storage_id(), next) {
+            *round_robin = (first + i + 1) % n;
+            let next = pos.next;
+            let log = &pos.log;
+            let frame = match state.frames.get(log.storage_id(), next) {
                 Some(frame) => Ok(frame),
                 None => {
                     let limits = ReadLimits { max_records: MAX_FRAME_RECORDS, max_bytes: budget };
-                    self.state.store.fetch(log.clone(), next, limits, Duration::ZERO).await.map(|read| {
+                    state.store.fetch(log.clone(), next, limits, Duration::ZERO).await.map(|read| {
                         let frame = CachedFrame {
                             text: protocol::records(&tp.0, tp.1, &read.records).into(),
                             next_offset: read.next_offset,
                             count: read.records.len() as u64,
                         };
                         if frame.count > 0 {
-                            self.state.frames.insert(log.storage_id(), next, frame.clone());
+                            state.frames.insert(log.storage_id(), next, frame.clone());
                         }
                         frame
                     })
@@ -515,8 +549,8 @@ impl Session {
                     ("gap", protocol::gap(&tp.0, tp.1, next, to).into(), to, 0)
                 }
                 Err(StorageError::TopicDeleted(t) | StorageError::TopicNotFound(t)) => {
-                    self.unqueue(&queued);
-                    return Err(End::Close(close::TOPIC_DELETED, format!("topic {t} was deleted")));
+                    failed = Some(End::Close(close::TOPIC_DELETED, format!("topic {t} was deleted")));
+                    break;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "subscription read failed");
@@ -526,48 +560,48 @@ impl Session {
             };
             if !queued.is_empty() && queued_bytes + text.len() > budget {
                 // Over the round's bound: this partition starts the next round.
-                self.round_robin = (first + i) % n;
+                *round_robin = (first + i) % n;
                 break;
             }
-            if let Some(p) = self.positions.get_mut(tp) {
-                p.next = next_offset;
-            }
-            queued.push((tp, next, count));
+            pos.next = next_offset;
+            queued.push((i, next, count));
             queued_bytes += text.len();
-            let id = self.tx.is_sse().then(|| self.resume_id());
-            if let Err(end) = self.tx.feed(kind, text, id, stall).await {
-                self.unqueue(&queued);
-                return Err(end);
+            // `walk` is rotated by `first`: the id lists the partitions in key order.
+            let id = sse.then(|| {
+                let (head, tail) = walk.split_at(n - first);
+                resume_id(tail.iter().chain(head).map(|(tp, p)| (*tp, p.next)))
+            });
+            if let Err(end) = tx.feed(kind, text, id, stall).await {
+                failed = Some(end);
+                break;
             }
             if !more {
                 break;
             }
         }
+        if failed.is_none()
+            && !queued.is_empty()
+            && let Err(end) = tx.flush(stall).await
+        {
+            failed = Some(end);
+        }
+        if let Some(end) = failed {
+            // Frames queued but not written are not delivered: their partitions go back
+            // to their positions before those frames.
+            for (i, before, _) in queued {
+                walk[i].1.next = before;
+            }
+            return Err(end);
+        }
         if queued.is_empty() {
             return Ok(false);
         }
-        if let Err(end) = self.tx.flush(stall).await {
-            self.unqueue(&queued);
-            return Err(end);
-        }
-        for (tp, _, count) in &queued {
-            if let Some(p) = self.positions.get(*tp)
-                && *count > 0
-            {
-                p.delivered.increment(*count);
+        for (i, _, count) in queued {
+            if count > 0 {
+                walk[i].1.delivered.increment(count);
             }
         }
         Ok(more)
-    }
-
-    /// Puts the partitions of frames that were queued but not written back to their
-    /// positions before those frames.
-    fn unqueue(&mut self, queued: &[(&TopicPartition, u64, u64)]) {
-        for (tp, before, _) in queued {
-            if let Some(p) = self.positions.get_mut(*tp) {
-                p.next = *before;
-            }
-        }
     }
 
     async fn on_control(&mut self, msg: Control) -> Result<(), End> {
@@ -587,7 +621,7 @@ impl Session {
                     self.positions.remove(tp);
                     self.committed.remove(tp);
                 }
-                self.order = self.positions.keys().cloned().collect();
+                self.positions_changed();
                 // Stopped: only now may another member read them.
                 if let Some(group) = &self.params.group {
                     self.state.coordinator.revoked(group, &self.member, &partitions);

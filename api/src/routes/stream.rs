@@ -52,7 +52,8 @@ pub async fn stream(
     // One event in flight: the session reads the next frame only when the response
     // has taken the previous one, i.e. at the client's pace.
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(1);
-    tokio::spawn(async move {
+    let delivery = state.clone();
+    delivery.delivery.spawn(async move {
         let _permit = permit;
         session::run_sse(state, tx, session_params).await;
     });

@@ -146,7 +146,10 @@ pub async fn subscribe(
         .write_buffer_size(frame_bytes)
         .max_write_buffer_size(frame_bytes * 2 + 64 * 1024)
         .on_upgrade(move |socket| async move {
-            let _permit = permit;
-            session::run(state2, socket, session_params).await;
+            let delivery = state2.clone();
+            delivery.delivery.spawn(async move {
+                let _permit = permit;
+                session::run(state2, socket, session_params).await;
+            });
         }))
 }

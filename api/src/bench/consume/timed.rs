@@ -24,7 +24,8 @@ use super::super::{
 };
 use super::producer::{Clock, Pacing, Posted, paced, producer_client};
 use super::{
-    CLOSE_TIMEOUT, FanoutArgs, Frame, LatencyArgs, ProducerArgs, Rate, Ws, connect_assigned, read_until, subscribe_url,
+    CLOSE_TIMEOUT, FanoutArgs, Frame, LatencyArgs, ProducerArgs, Rate, Ws, connect_assigned, read_until,
+    records_sent_times, subscribe_url,
 };
 
 /// Subscribers share this many latency histograms (one each would cost ~180 KiB apiece).
@@ -128,17 +129,18 @@ impl Timed {
 
     /// Counts a frame's records received at `now_us` by subscriber `sub`.
     fn on_frame(&self, sub: usize, now_us: u64, text: &str) {
-        let frame: Frame<'_> = match serde_json::from_str(text) {
-            Ok(f) => f,
-            Err(e) => return self.error(format!("subscriber {sub}: unparsable frame: {e}")),
+        let Some(sent) = records_sent_times(text) else {
+            match serde_json::from_str::<Frame<'_>>(text) {
+                Ok(f) if matches!(&*f.kind, "error" | "gap") => {
+                    self.error(format!("subscriber {sub}: unexpected {text:.300}"))
+                }
+                Ok(_) => {}
+                Err(e) => self.error(format!("subscriber {sub}: unparsable frame: {e}")),
+            }
+            return;
         };
-        match &*frame.kind {
-            "records" => {}
-            "error" | "gap" => return self.error(format!("subscriber {sub}: unexpected {text:.300}")),
-            _ => return,
-        }
         let measure_from = self.measure_from_us.load(Relaxed);
-        let sent = frame.records.iter().filter_map(|r| r.value.0).filter(|s| *s >= self.run_from_us);
+        let sent = sent.filter(|s| *s >= self.run_from_us);
         let (mut received, mut measured) = (0, 0);
         let mut hist = None;
         for sent in sent {
