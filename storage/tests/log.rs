@@ -276,3 +276,48 @@ fn long_poll_wakes_on_append_and_returns_on_timeout() {
         store.close().await.unwrap();
     });
 }
+
+/// One topic-wide signal per commit: a request spread over three partitions fires it
+/// once, after every high watermark moved; partitions added later share it, other
+/// topics and re-created topics do not; deletion and shutdown fire it too.
+#[test]
+fn the_topic_append_signal_fires_once_per_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let store = open(dir.path());
+    rt.block_on(async {
+        store.create_topic("t", topic(3)).await.unwrap();
+        store.create_topic("other", topic(1)).await.unwrap();
+        let p0 = store.partition("t", 0).unwrap();
+        let mut signal = p0.watch_topic_appends();
+        let start = *signal.borrow_and_update();
+        store
+            .append("t", vec![(0, batch(&[vec![1]], 1)), (1, batch(&[vec![2]], 1)), (2, batch(&[vec![3]], 1))])
+            .await
+            .unwrap();
+        assert!(signal.has_changed().unwrap(), "the commit fired the signal");
+        assert_eq!(*signal.borrow_and_update(), start.wrapping_add(1), "once for the whole commit");
+        for p in 0..3 {
+            assert_eq!(store.partition("t", p).unwrap().high_watermark(), 1, "every high watermark moved before");
+        }
+        store.append("other", vec![(0, batch(&[vec![4]], 1))]).await.unwrap();
+        assert!(!signal.has_changed().unwrap(), "another topic's append is not this topic's");
+        let other = store.partition("other", 0).unwrap();
+        assert!(!p0.same_topic(&other));
+        store.add_partitions("t", 4).await.unwrap();
+        let p3 = store.partition("t", 3).unwrap();
+        assert!(p0.same_topic(&p3), "an added partition shares the topic's signal");
+        store.append("t", vec![(3, batch(&[vec![5]], 1))]).await.unwrap();
+        assert!(signal.has_changed().unwrap(), "an append to the added partition fires it");
+        signal.mark_unchanged();
+        store.delete_topic("t").await.unwrap();
+        assert!(signal.has_changed().unwrap(), "deleting the topic fires it");
+        store.create_topic("t", topic(1)).await.unwrap();
+        assert!(!p0.same_topic(&store.partition("t", 0).unwrap()), "a re-created topic has its own signal");
+        let mut other_signal = other.watch_topic_appends();
+        other_signal.mark_unchanged();
+        store.begin_shutdown();
+        assert!(other_signal.has_changed().unwrap(), "shutting down fires every topic's signal");
+        store.close().await.unwrap();
+    });
+}
