@@ -309,11 +309,17 @@ impl Browser {
         assert_eq!(found, json!(true), "no option {value:?} in {selector}");
     }
 
-    /// The visible text of the element matching `selector`.
+    /// The rendered text (`innerText`, trimmed) of the element matching `selector`.
+    /// Found and read in one script turn: a page that re-renders between a WebDriver
+    /// "find element" and "get text" would otherwise answer "stale element reference".
     pub async fn text(&self, selector: &str) -> String {
-        let id = self.find(selector).await;
-        let text = self.command(reqwest::Method::GET, &self.session_path(&format!("/element/{id}/text")), None).await;
-        text.as_str().unwrap_or("").to_string()
+        let text = self
+            .execute(
+                "const e = document.querySelector(arguments[0]); return e === null ? null : e.innerText;",
+                vec![json!(selector)],
+            )
+            .await;
+        text.as_str().unwrap_or_else(|| panic!("no element matches {selector}")).trim().to_string()
     }
 
     /// Emulates the system colour scheme (`"light"` or `"dark"`) for `prefers-color-scheme`.

@@ -247,6 +247,16 @@ impl Api {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {path} is not JSON ({e}): {text}"))
     }
 
+    /// The JSON body of a 200 answer to `GET path`, or `None` for any other status (for
+    /// polling state that appears asynchronously, such as a group a member is joining).
+    pub async fn try_get_json(&self, path: &str) -> Option<Value> {
+        let resp = self.get(path).send().await.unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        if resp.status() != StatusCode::OK {
+            return None;
+        }
+        Some(resp.json().await.unwrap_or_else(|e| panic!("GET {path} is not JSON: {e}")))
+    }
+
     /// Each partition's end offset (high watermark), from the topic description.
     pub async fn end_offsets(&self, topic: &str) -> Vec<u64> {
         let d = self.describe(topic).await;

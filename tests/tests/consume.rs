@@ -1128,8 +1128,10 @@ async fn member_that_stops_reading_mid_stream_is_removed_after_the_session_timeo
     server.create_topic("clogged", 2).await;
     let ws = server.ws_connect("/v1/topics/clogged/subscribe?group=clog&from=earliest").await.expect("connect");
     let (stop, reader) = read_until_stopped(ws);
+    // The member joins once its upgraded connection starts its session: until then
+    // the group does not exist (404).
     eventually("the first member to own both partitions", WAIT, || async {
-        let d = server.get_json("/v1/groups/clog").await;
+        let d = server.try_get_json("/v1/groups/clog").await?;
         let m = d["members"].as_array()?.first()?.clone();
         (member_partitions(&d, &m).len() == 2).then_some(())
     })
@@ -1184,8 +1186,10 @@ async fn static_member_that_drops_during_a_rebalance_gives_up_the_revoked_partit
     server.create_topic("handover", 2).await;
     let path = "/v1/topics/handover/subscribe?group=relay&member=m1&from=earliest";
     let (stop, reader) = read_until_stopped(server.ws_connect(path).await.expect("connect"));
+    // The member joins once its upgraded connection starts its session: until then
+    // the group does not exist (404).
     eventually("m1 to own both partitions", WAIT, || async {
-        let d = server.get_json("/v1/groups/relay").await;
+        let d = server.try_get_json("/v1/groups/relay").await?;
         let m = d["members"].as_array()?.first()?.clone();
         (member_partitions(&d, &m).len() == 2).then_some(())
     })

@@ -20,6 +20,11 @@ use crate::state::SharedState;
 
 /// Largest client frame accepted (commits, seeks): clients send small control frames.
 const MAX_CLIENT_FRAME: usize = 64 * 1024;
+/// Bytes read from a subscriber's socket per attempt. Clients send small frames
+/// (commits, seeks, pongs); tungstenite zero-fills this much before every read attempt,
+/// and a session makes one per wake-up, so a small buffer saves CPU and idle memory.
+/// Larger client frames are read in several steps.
+const CLIENT_READ_BUFFER: usize = 1024;
 
 /// Query parameters of a subscription.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -142,7 +147,7 @@ pub async fn subscribe(
     Ok(ws
         .max_message_size(MAX_CLIENT_FRAME)
         .max_frame_size(MAX_CLIENT_FRAME)
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(CLIENT_READ_BUFFER)
         .write_buffer_size(frame_bytes)
         .max_write_buffer_size(frame_bytes * 2 + 64 * 1024)
         .on_upgrade(move |socket| async move {
