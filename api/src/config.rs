@@ -16,6 +16,8 @@ use crate::auth::settings::{IpNets, JwtKeys, StringList, WriteKeys};
 pub use crate::ingest::privacy::ClientIpMode;
 pub use crate::ingest::segment::SegmentTopics;
 
+/// Upper bound of `delivery_threads`.
+const MAX_DELIVERY_THREADS: u32 = 1024;
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * 1024;
 
@@ -158,7 +160,7 @@ settings! {
     /// Worker threads of the delivery runtime, where WebSocket and SSE subscriptions
     /// run apart from HTTP requests (so a request never queues behind a thousand
     /// subscriber wake-ups, and producers are not slowed by consumers); 0 means one per
-    /// CPU core.
+    /// CPU core; at most 1024.
     delivery_threads: u32 = 0;
     /// On shutdown, how long in-flight requests get to finish before they are cut (and
     /// then again how long open subscriptions get to commit and close).
@@ -291,6 +293,12 @@ impl Config {
                 reason: format!("{} is larger than max_body_bytes ({})", self.max_event_bytes, self.max_body_bytes),
             });
         }
+        if self.delivery_threads > MAX_DELIVERY_THREADS {
+            return Err(ConfigError::Invalid {
+                name: "delivery_threads",
+                reason: format!("at most {MAX_DELIVERY_THREADS} (0: one per CPU core)"),
+            });
+        }
         if self.heartbeat_interval_ms >= self.session_timeout_ms {
             return Err(ConfigError::Invalid {
                 name: "heartbeat_interval_ms",
@@ -408,6 +416,9 @@ mod tests {
         assert!(matches!(c.validate(), Err(ConfigError::Invalid { name: "max_event_bytes", .. })));
         let c = Config { write_queue_depth: 0, ..Config::default() };
         assert!(matches!(c.validate(), Err(ConfigError::Invalid { name: "write_queue_depth", .. })));
+        let c = Config { delivery_threads: 1025, ..Config::default() };
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { name: "delivery_threads", .. })));
+        Config { delivery_threads: 1024, ..Config::default() }.validate().unwrap();
         Config::default().validate().unwrap();
     }
 
