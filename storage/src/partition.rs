@@ -112,8 +112,9 @@ impl PartitionLog {
 
     /// A receiver that changes once per group commit that appended to any partition
     /// of this partition's topic (after all of that commit's high watermarks moved),
-    /// when the topic is deleted, and when the store begins shutting down. One wait covers a whole topic: a subscriber of N
-    /// partitions wakes once per commit instead of up to N times.
+    /// when the topic is deleted, and when the store begins shutting down. One wait
+    /// covers a whole topic: a subscriber of N partitions wakes once per commit instead
+    /// of up to N times.
     pub fn watch_topic_appends(&self) -> watch::Receiver<u64> {
         self.appends.subscribe()
     }

@@ -365,8 +365,9 @@ impl Session {
         self.send("assignment", protocol::assignment(self.generation, self.group_member(), &list)).await
     }
 
-    /// Recomputes the topics' append signals after partitions were added or removed. A new signal's receiver starts as seen: the delivery
-    /// round that follows reads every high watermark anyway.
+    /// Recomputes the topics' append signals after partitions were added or removed. A
+    /// new signal's receiver starts as seen: the delivery round that follows reads every
+    /// high watermark anyway.
     fn positions_changed(&mut self) {
         let positions = &self.positions;
         self.signals.retain(|(log, _)| positions.values().any(|p| p.log.same_topic(log)));
