@@ -78,6 +78,22 @@ impl AppState {
         })
     }
 
+    /// Runs a subscription session on the delivery runtime; `permit` (its place under
+    /// `max_subscriptions`) is held until the session ends.
+    pub fn spawn_session<F>(
+        self: &Arc<Self>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        session: impl FnOnce(SharedState) -> F,
+    ) where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let session = session(self.clone());
+        self.delivery.spawn(async move {
+            let _permit = permit;
+            session.await;
+        });
+    }
+
     /// Whether the node takes traffic.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire) && !self.store.is_closing()

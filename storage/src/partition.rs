@@ -24,6 +24,24 @@ impl Bounds {
     pub const EMPTY: Bounds = Bounds { start: 0, end: 0, bytes: 0, running_max_ts: i64::MIN };
 }
 
+/// A topic's append signal, shared by its partitions: a counter that [`AppendSignal::fire`]
+/// moves and whose receivers wake on every move. Fired by the writer (once per commit
+/// that touched the topic, after its high watermarks moved; on deletion) and by
+/// [`crate::Store::begin_shutdown`].
+#[derive(Debug)]
+pub(crate) struct AppendSignal(watch::Sender<u64>);
+
+impl AppendSignal {
+    pub(crate) fn new() -> Arc<AppendSignal> {
+        Arc::new(AppendSignal(watch::Sender::new(0)))
+    }
+
+    /// Wakes every receiver.
+    pub(crate) fn fire(&self) {
+        self.0.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
 /// One partition's log state. Shared by the writer, readers and retention.
 #[derive(Debug)]
 pub struct PartitionLog {
@@ -41,9 +59,8 @@ pub struct PartitionLog {
     pub(crate) deleted: AtomicBool,
     /// High watermark: readers see offsets below it; changes wake long-polls.
     pub(crate) hw: watch::Sender<u64>,
-    /// The topic's append signal, shared by all its partitions: bumped once per group
-    /// commit that touched the topic, after every high watermark of that commit moved.
-    pub(crate) appends: Arc<watch::Sender<u64>>,
+    /// The topic's append signal, shared by all its partitions.
+    pub(crate) appends: Arc<AppendSignal>,
 }
 
 /// A snapshot of a partition's offsets and size.
@@ -64,7 +81,7 @@ pub struct PartitionStats {
 }
 
 impl PartitionLog {
-    pub(crate) fn new(topic: &str, index: u32, cf: String, bounds: Bounds, appends: Arc<watch::Sender<u64>>) -> Self {
+    pub(crate) fn new(topic: &str, index: u32, cf: String, bounds: Bounds, appends: Arc<AppendSignal>) -> Self {
         let Bounds { start, end, bytes, running_max_ts } = bounds;
         debug_assert!(start <= end);
         Self {
@@ -116,7 +133,7 @@ impl PartitionLog {
     /// covers a whole topic: a subscriber of N partitions wakes once per commit instead
     /// of up to N times.
     pub fn watch_topic_appends(&self) -> watch::Receiver<u64> {
-        self.appends.subscribe()
+        self.appends.0.subscribe()
     }
 
     /// Whether `other` belongs to the same topic incarnation (shares its append signal).

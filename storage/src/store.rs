@@ -18,7 +18,7 @@ use crate::batch::{EncodedBatch, key_offset, verify};
 use crate::config::StoreConfig;
 use crate::dedup::{DEDUP_CF, Dedup, IdWrites};
 use crate::error::{Result, StorageError};
-use crate::partition::{Bounds, PartitionLog, PartitionStats, cf_name, state_key};
+use crate::partition::{AppendSignal, Bounds, PartitionLog, PartitionStats, cf_name, state_key};
 use crate::topic::{TopicConfig, TopicConfigPatch, TopicMeta, validate_topic_name};
 use crate::writer::{Writer, WriterCmd};
 
@@ -38,7 +38,7 @@ pub struct Topic {
     pub(crate) config: RwLock<Arc<TopicConfig>>,
     pub(crate) partitions: RwLock<Vec<Arc<PartitionLog>>>,
     /// Append signal shared by the partitions (see [`PartitionLog::watch_topic_appends`]).
-    pub(crate) appends: Arc<watch::Sender<u64>>,
+    pub(crate) appends: Arc<AppendSignal>,
 }
 
 impl Topic {
@@ -285,7 +285,7 @@ impl Store {
         // Column families first, metadata last: a crash in between leaves orphan
         // column families, which the next start-up drops.
         let mut parts = Vec::with_capacity(config.partitions as usize);
-        let appends = Arc::new(watch::Sender::new(0));
+        let appends = AppendSignal::new();
         for p in 0..config.partitions {
             let cf = cf_name(name, id, p);
             self.create_cf(&cf)?;
@@ -483,7 +483,7 @@ impl Store {
     pub fn begin_shutdown(&self) {
         self.inner.closing.send_replace(true);
         for topic in self.topics() {
-            topic.appends.send_modify(|n| *n = n.wrapping_add(1));
+            topic.appends.fire();
         }
     }
 
@@ -551,7 +551,7 @@ fn recover(db: &Db, cf_names: &[String]) -> Result<HashMap<String, Arc<Topic>>> 
             reason: format!("topic record {}: {e}", String::from_utf8_lossy(&key)),
         })?;
         let mut parts = Vec::with_capacity(tm.config.partitions as usize);
-        let appends = Arc::new(watch::Sender::new(0));
+        let appends = AppendSignal::new();
         for p in 0..tm.config.partitions {
             let cf = cf_name(&tm.name, tm.id, p);
             wanted.insert(cf.clone());

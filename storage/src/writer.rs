@@ -18,13 +18,13 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use rocksdb::{WriteBatch, WriteOptions};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::batch::{EncodedBatch, offset_key};
 use crate::config::FsyncPolicy;
 use crate::dedup::{IdWrites, Remembered, dedup_cf, put_entries, topic_range};
 use crate::error::{Result, StorageError};
-use crate::partition::{PartitionLog, state_key};
+use crate::partition::{AppendSignal, PartitionLog, state_key};
 use crate::store::{Db, META_CF};
 
 /// Work for the writer thread.
@@ -126,10 +126,13 @@ impl Writer {
                     part.deleted.store(true, Ordering::Release);
                     // Wake long-polls so they notice the deletion.
                     part.hw.send_modify(|_| {});
-                    part.appends.send_modify(|n| *n = n.wrapping_add(1));
                     if let Err(e) = self.db.drop_cf(&part.cf) {
                         result = Err(e.into());
                     }
+                }
+                // The partitions share one signal: subscriptions notice the deletion.
+                if let Some(part) = parts.first() {
+                    part.appends.fire();
                 }
                 let _ = reply.send(result);
                 false
@@ -261,7 +264,7 @@ impl Writer {
                 metrics::counter!("tidegate_storage_records_written_total").increment(events);
                 // Topics touched by this commit (usually one): their append signals
                 // fire once, after every high watermark of the commit has moved.
-                let mut signals: Vec<&Arc<watch::Sender<u64>>> = Vec::new();
+                let mut signals: Vec<&Arc<AppendSignal>> = Vec::new();
                 for p in pending.values() {
                     p.part.end.store(p.end, Ordering::Release);
                     p.part.bytes.store(p.bytes, Ordering::Release);
@@ -274,7 +277,7 @@ impl Writer {
                     }
                 }
                 for signal in signals {
-                    signal.send_modify(|n| *n = n.wrapping_add(1));
+                    signal.fire();
                 }
                 for Accepted { bases, ids, reply } in accepted {
                     if let Some((mut ids, remembered)) = ids {

@@ -132,9 +132,7 @@ async fn status_describes_this_node() {
     // The dashboard's consume rate: delivered records, per topic. The session counts a
     // round once the socket took it, which may be just after the client read it.
     eventually("3 records counted as delivered to topic a", Duration::from_secs(10), || async {
-        let metrics = server.get("/metrics").send().await.unwrap().text().await.unwrap();
-        let line = metrics.lines().find(|l| l.starts_with("tidegate_records_delivered_total{topic=\"a\"}"))?;
-        let count: f64 = line.rsplit(' ').next()?.parse().ok()?;
+        let count = server.metric("tidegate_records_delivered_total{topic=\"a\"}").await?;
         (count >= 3.0).then_some(())
     })
     .await;

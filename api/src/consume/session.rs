@@ -177,21 +177,21 @@ async fn next_append(
     positions: &BTreeMap<TopicPartition, Position>,
     closing: &mut watch::Receiver<bool>,
 ) {
-    let mut active: Vec<&mut watch::Receiver<u64>> = signals
+    let mut active = signals
         .iter_mut()
         .filter(|(log, _)| positions.values().any(|p| !p.paused && p.log.same_topic(log)))
-        .map(|(_, rx)| rx)
-        .collect();
-    match active.len() {
-        0 => {
+        .map(|(_, rx)| rx);
+    match (active.next(), active.next()) {
+        (None, _) => {
             let _ = closing.changed().await;
         }
-        // The common case (one topic) waits without boxing a future.
-        1 => {
-            let _ = active[0].changed().await;
+        // The common case (one topic) waits without allocating.
+        (Some(only), None) => {
+            let _ = only.changed().await;
         }
-        _ => {
-            let waits: Vec<_> = active.iter_mut().map(|rx| Box::pin(rx.changed())).collect();
+        (Some(a), Some(b)) => {
+            let mut waits = vec![Box::pin(a.changed()), Box::pin(b.changed())];
+            waits.extend(active.map(|rx| Box::pin(rx.changed())));
             let _ = futures_util::future::select_all(waits).await;
         }
     }

@@ -341,16 +341,17 @@ pub fn normalize(call: Call, body: &[u8], received_ms: i64, limits: SegmentLimit
         // One pass over the whole body: the batch items' members are collected as the
         // top object is parsed.
         Call::Batch => match serde_json::from_str::<BatchBody<'_>>(text) {
-            Ok(body) => (body.top, Some(body.batch)),
+            Ok(body) => (body.top, body.batch),
             Err(e) if e.is_data() => return Err(not_object()),
             Err(e) => return Err(malformed(format!("malformed JSON: {e}"))),
         },
     };
     let mut write_key = top.remove("writeKey").and_then(|k| as_str(&k).map(Cow::into_owned)).filter(|k| !k.is_empty());
-    let items: Vec<(RawObject<'_>, Option<&'static str>)> = match (call, batch) {
-        (Call::Single(kind), _) => vec![(top.clone(), Some(kind))],
-        (Call::Batch, batch) => {
-            let Some(Some(Shallow::Array(batch))) = batch else {
+    let items: Vec<(RawObject<'_>, Option<&'static str>)> = match call {
+        // The event is the body itself (`top` is read again only for batches).
+        Call::Single(kind) => vec![(std::mem::take(&mut top), Some(kind))],
+        Call::Batch => {
+            let Some(Shallow::Array(batch)) = batch else {
                 return Err(ApiError::invalid("invalid_segment_payload", "a batch call needs a \"batch\" array"));
             };
             if batch.len() > limits.max_events {

@@ -52,11 +52,7 @@ pub async fn stream(
     // One event in flight: the session reads the next frame only when the response
     // has taken the previous one, i.e. at the client's pace.
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(1);
-    let delivery = state.clone();
-    delivery.delivery.spawn(async move {
-        let _permit = permit;
-        session::run_sse(state, tx, session_params).await;
-    });
+    state.spawn_session(permit, |state| session::run_sse(state, tx, session_params));
     let events = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx)) });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

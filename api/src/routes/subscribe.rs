@@ -143,7 +143,6 @@ pub async fn subscribe(
 ) -> Result<Response, ApiError> {
     let (session_params, permit) = prepare(&state, &topic, params, None, peer, &caller)?;
     let frame_bytes = state.config.subscription_frame_bytes as usize;
-    let state2 = state.clone();
     Ok(ws
         .max_message_size(MAX_CLIENT_FRAME)
         .max_frame_size(MAX_CLIENT_FRAME)
@@ -151,10 +150,6 @@ pub async fn subscribe(
         .write_buffer_size(frame_bytes)
         .max_write_buffer_size(frame_bytes * 2 + 64 * 1024)
         .on_upgrade(move |socket| async move {
-            let delivery = state2.clone();
-            delivery.delivery.spawn(async move {
-                let _permit = permit;
-                session::run(state2, socket, session_params).await;
-            });
+            state.spawn_session(permit, |state| session::run(state, socket, session_params));
         }))
 }
