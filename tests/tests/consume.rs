@@ -897,6 +897,24 @@ async fn seek_moves_the_read_position() {
     assert!(c.closed.is_none(), "{c:?}");
 }
 
+/// A session with every partition paused waits on no topic; shutdown must still reach
+/// it at once (heartbeats are a minute apart here, so only the closing signal can).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_a_fully_paused_subscription() {
+    let mut server = TestServer::start(|c| {
+        c.session_timeout_ms = 120_000;
+        c.heartbeat_interval_ms = 60_000;
+    })
+    .await;
+    server.create_topic("still", 2).await;
+    let mut c = Consumer::join(&server, "c", "still", "").await;
+    until("the assignment", &mut [&mut c], |m| m[0].owned.len() == 2).await;
+    c.sub.send(&json!({"type": "pause"})).await;
+    c.round_trip().await;
+    server.stop().await;
+    assert_eq!(c.wait_closed().await, Some(1001), "shutdown closes a paused subscription with 1001: {c:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_stops_delivery_until_resume() {
     let server = quick_server().await;
