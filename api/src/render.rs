@@ -6,58 +6,82 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use tidegate_storage::Record;
 use utoipa::ToSchema;
 
-/// Serialises a [`Record`] as the API's record object.
-#[derive(Debug)]
-pub struct RecordView<'a>(pub &'a Record);
-
-struct HeadersView<'a>(&'a [(String, bytes::Bytes)]);
-
-impl Serialize for HeadersView<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(self.0.len()))?;
-        for (name, value) in self.0 {
-            m.serialize_entry(name, &String::from_utf8_lossy(value))?;
+/// Appends `records` to `out` as a JSON array of the API's record objects.
+///
+/// Written by hand rather than through serde: a JSON value is copied as stored
+/// (appenders flag a value as JSON only after parsing it, see
+/// [`Record::value_is_json`]), where serde's `RawValue` would parse every value
+/// again on every read, and the object keys are constant bytes.
+pub fn write_records(out: &mut Vec<u8>, records: &[Record]) {
+    out.reserve(records.iter().map(record_size_hint).sum::<usize>() + 2);
+    out.push(b'[');
+    for (i, r) in records.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
-        m.end()
+        write_record(out, r);
     }
+    out.push(b']');
 }
 
-impl Serialize for RecordView<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let r = self.0;
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("offset", &r.offset)?;
-        m.serialize_entry("timestamp", &r.timestamp)?;
-        match r.key.as_deref().map(std::str::from_utf8) {
-            None => m.serialize_entry("key", &None::<&str>)?,
-            Some(Ok(text)) => m.serialize_entry("key", text)?,
-            Some(Err(_)) => {
-                m.serialize_entry("key", &B64.encode(r.key.as_deref().unwrap_or_default()))?;
-                m.serialize_entry("key_encoding", "base64")?;
-            }
+/// Appends one record object.
+fn write_record(out: &mut Vec<u8>, r: &Record) {
+    out.extend_from_slice(b"{\"offset\":");
+    write_int(out, r.offset);
+    out.extend_from_slice(b",\"timestamp\":");
+    write_int(out, r.timestamp);
+    out.extend_from_slice(b",\"key\":");
+    match r.key.as_deref().map(|k| (k, std::str::from_utf8(k))) {
+        None => out.extend_from_slice(b"null"),
+        Some((_, Ok(text))) => write_str(out, text),
+        Some((raw, Err(_))) => {
+            write_str(out, &B64.encode(raw));
+            out.extend_from_slice(b",\"key_encoding\":\"base64\"");
         }
-        m.serialize_entry("headers", &HeadersView(&r.headers))?;
-        let json = if r.value_is_json { serde_json::from_slice::<&RawValue>(&r.value).ok() } else { None };
-        match json {
-            Some(raw) => m.serialize_entry("value", raw)?,
-            None => {
-                m.serialize_entry("value", &B64.encode(&r.value))?;
-                m.serialize_entry("value_encoding", "base64")?;
-            }
-        }
-        m.end()
     }
+    out.extend_from_slice(b",\"headers\":{");
+    for (i, (name, value)) in r.headers.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(out, name);
+        out.push(b':');
+        match std::str::from_utf8(value) {
+            Ok(text) => write_str(out, text),
+            Err(_) => write_str(out, &String::from_utf8_lossy(value)),
+        }
+    }
+    out.extend_from_slice(b"},\"value\":");
+    if r.value_is_json {
+        out.extend_from_slice(&r.value);
+    } else {
+        write_str(out, &B64.encode(&r.value));
+        out.extend_from_slice(b",\"value_encoding\":\"base64\"");
+    }
+    out.push(b'}');
 }
 
-/// `serialize_with` helper: a list of records in the API's record shape.
-pub fn records<S: Serializer>(records: &[Record], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(records.iter().map(RecordView))
+/// Bytes one record is likely to take (exact for ASCII that needs no escapes).
+fn record_size_hint(r: &Record) -> usize {
+    let headers: usize = r.headers.iter().map(|(n, v)| n.len() + v.len() + 6).sum();
+    let value = if r.value_is_json { r.value.len() } else { r.value.len() * 4 / 3 + 30 };
+    80 + r.key.as_ref().map_or(0, |k| k.len() * 4 / 3 + 20) + headers + value
+}
+
+/// Appends an integer in decimal.
+pub fn write_int(out: &mut Vec<u8>, n: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// Appends a JSON string literal (quoted and escaped).
+pub fn write_str(out: &mut Vec<u8>, s: &str) {
+    // Writing a `str` to a `Vec` cannot fail: serde_json errors only when the
+    // writer does, and a `Vec` never does.
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 /// Schema of a record as the API renders it (documentation only).
@@ -85,6 +109,13 @@ pub struct RecordJson {
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use serde_json::{Value, json};
+
+    fn render(records: &[Record]) -> Value {
+        let mut out = Vec::new();
+        write_records(&mut out, records);
+        serde_json::from_slice(&out).expect("the renderer writes valid JSON")
+    }
 
     #[test]
     fn json_inline_binary_as_base64() {
@@ -96,15 +127,42 @@ mod tests {
             value: Bytes::from_static(br#"{"a": [1, 2]}"#),
             value_is_json: true,
         };
-        let out = serde_json::to_value(RecordView(&rec)).unwrap();
-        assert_eq!(out["value"], serde_json::json!({"a": [1, 2]}));
-        assert_eq!(out["key"], "/w==");
-        assert_eq!(out["key_encoding"], "base64");
-        assert_eq!(out["headers"]["h"], "v");
-        let bin = Record { value: Bytes::from_static(b"\x00\x01"), value_is_json: false, key: None, ..rec };
-        let out = serde_json::to_value(RecordView(&bin)).unwrap();
-        assert_eq!(out["value"], "AAE=");
-        assert_eq!(out["value_encoding"], "base64");
-        assert!(out["key"].is_null());
+        let bin = Record { value: Bytes::from_static(b"\x00\x01"), value_is_json: false, key: None, ..rec.clone() };
+        let out = render(&[rec, bin]);
+        assert_eq!(
+            out,
+            json!([
+                {"offset": 3, "timestamp": 9, "key": "/w==", "key_encoding": "base64",
+                 "headers": {"h": "v"}, "value": {"a": [1, 2]}},
+                {"offset": 3, "timestamp": 9, "key": null, "headers": {"h": "v"},
+                 "value": "AAE=", "value_encoding": "base64"},
+            ])
+        );
+    }
+
+    #[test]
+    fn strings_are_escaped_and_headers_lossy() {
+        let rec = Record {
+            offset: u64::MAX,
+            timestamp: -1,
+            key: Some(Bytes::from_static("k\"\\\n\u{1}é".as_bytes())),
+            headers: vec![
+                ("q\"uote".into(), Bytes::from_static(b"a\tb")),
+                ("bin".into(), Bytes::from_static(b"x\xffy")),
+                ("empty".into(), Bytes::new()),
+            ],
+            value: Bytes::from_static(b" \"text\" "),
+            value_is_json: true,
+        };
+        let out = render(std::slice::from_ref(&rec));
+        assert_eq!(
+            out,
+            json!([{
+                "offset": u64::MAX, "timestamp": -1, "key": "k\"\\\n\u{1}é",
+                "headers": {"q\"uote": "a\tb", "bin": "x\u{fffd}y", "empty": ""},
+                "value": "text",
+            }])
+        );
+        assert_eq!(render(&[]), json!([]));
     }
 }

@@ -49,7 +49,9 @@ pub struct Record {
     pub headers: Vec<(String, Bytes)>,
     /// The payload, byte for byte as appended.
     pub value: Bytes,
-    /// Whether `value` is a JSON text (so readers can inline it).
+    /// Whether `value` is a JSON text. Appenders set it only for values they parsed as
+    /// JSON (the batch checksum guards it afterwards), so readers may inline the value
+    /// in JSON output without parsing it again.
     pub value_is_json: bool,
 }
 
@@ -115,6 +117,8 @@ impl BatchBuilder {
     }
 
     /// Appends one record. Its offset will be `base + (records pushed before it)`.
+    /// `value_is_json` must be true only for a value the caller parsed as JSON
+    /// (see [`Record::value_is_json`]).
     pub fn push(
         &mut self,
         timestamp: i64,

@@ -1,10 +1,11 @@
 //! The WebSocket protocol's frames (JSON text, one object per frame, `type` first)
 //! and subscription parameters. Documented in docs/websocket.md.
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::groups::assign::TopicPartition;
+use crate::render;
 
 /// Close codes the server uses.
 pub mod close {
@@ -121,19 +122,20 @@ pub fn error(code: &str, detail: &str) -> String {
     json!({"type": "error", "code": code, "detail": detail}).to_string()
 }
 
-#[derive(Serialize)]
-struct RecordsFrame<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    topic: &'a str,
-    partition: u32,
-    #[serde(serialize_with = "crate::render::records")]
-    records: &'a [tidegate_storage::Record],
-}
-
-/// `{"type":"records"}` with JSON values inline.
+/// `{"type":"records"}` for one partition: the frame's text, rendered once and shared
+/// by every subscriber that reads the same records (see `consume::cache`).
 pub fn records(topic: &str, partition: u32, records: &[tidegate_storage::Record]) -> String {
-    serde_json::to_string(&RecordsFrame { kind: "records", topic, partition, records }).unwrap_or_default()
+    let mut out = Vec::with_capacity(topic.len() + 64);
+    out.extend_from_slice(br#"{"type":"records","topic":"#);
+    render::write_str(&mut out, topic);
+    out.extend_from_slice(br#","partition":"#);
+    render::write_int(&mut out, partition);
+    out.extend_from_slice(br#","records":"#);
+    render::write_records(&mut out, records);
+    out.push(b'}');
+    // Everything written is UTF-8: string literals from `str`s, JSON values that
+    // were parsed (hence valid UTF-8) when they were appended, base64 and digits.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 #[cfg(test)]
@@ -147,6 +149,26 @@ mod tests {
         assert_eq!(StartFrom::parse("offset:3"), Ok(StartFrom::Offset(3)));
         assert_eq!(StartFrom::parse("timestamp:99"), Ok(StartFrom::Timestamp(99)));
         assert!(StartFrom::parse("soon").is_err());
+    }
+
+    #[test]
+    fn records_frames_start_with_their_type_and_inline_json() {
+        let rec = tidegate_storage::Record {
+            offset: 7,
+            timestamp: 1,
+            key: None,
+            headers: Vec::new(),
+            value: bytes::Bytes::from_static(br#"{"n":1}"#),
+            value_is_json: true,
+        };
+        let text = records("clicks", 2, &[rec]);
+        assert!(text.starts_with(r#"{"type":"records","#), "type first: {text}");
+        let frame: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            frame,
+            json!({"type":"records","topic":"clicks","partition":2,
+                   "records":[{"offset":7,"timestamp":1,"key":null,"headers":{},"value":{"n":1}}]})
+        );
     }
 
     #[test]

@@ -5,13 +5,15 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, header};
+use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 use tidegate_storage::ReadLimits;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::{Action, Caller};
 use crate::error::{ApiError, Problem};
-use crate::render::RecordJson;
+use crate::render::{self, RecordJson};
 use crate::state::SharedState;
 
 /// Records per read when `max_records` is not given.
@@ -37,7 +39,7 @@ pub struct FetchParams {
 }
 
 /// Answer of a partition read.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, ToSchema)]
 pub struct FetchResponse {
     /// Topic name.
     pub topic: String,
@@ -45,7 +47,6 @@ pub struct FetchResponse {
     pub partition: u32,
     /// Records in offset order.
     #[schema(value_type = Vec<RecordJson>)]
-    #[serde(serialize_with = "crate::render::records")]
     pub records: Vec<tidegate_storage::Record>,
     /// Offset to read next.
     pub next_offset: u64,
@@ -53,6 +54,28 @@ pub struct FetchResponse {
     pub high_watermark: u64,
     /// The partition's first stored offset.
     pub log_start_offset: u64,
+}
+
+impl FetchResponse {
+    /// The JSON body, fields in declaration order (records through
+    /// [`render::write_records`], which inlines JSON values without parsing them again).
+    pub fn into_json(self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.topic.len() + 128);
+        out.extend_from_slice(br#"{"topic":"#);
+        render::write_str(&mut out, &self.topic);
+        out.extend_from_slice(br#","partition":"#);
+        render::write_int(&mut out, self.partition);
+        out.extend_from_slice(br#","records":"#);
+        render::write_records(&mut out, &self.records);
+        out.extend_from_slice(br#","next_offset":"#);
+        render::write_int(&mut out, self.next_offset);
+        out.extend_from_slice(br#","high_watermark":"#);
+        render::write_int(&mut out, self.high_watermark);
+        out.extend_from_slice(br#","log_start_offset":"#);
+        render::write_int(&mut out, self.log_start_offset);
+        out.push(b'}');
+        out
+    }
 }
 
 fn check_max(name: &'static str, value: usize, limit: u64, setting: &str) -> Result<usize, ApiError> {
@@ -83,7 +106,7 @@ pub async fn fetch(
     caller: Caller,
     Path((topic, partition)): Path<(String, u32)>,
     Query(params): Query<FetchParams>,
-) -> Result<Json<FetchResponse>, ApiError> {
+) -> Result<impl IntoResponse, ApiError> {
     caller.require(Action::Consume, &topic)?;
     let cfg = &state.config;
     let max_records = check_max(
@@ -110,14 +133,16 @@ pub async fn fetch(
     };
     let limits = ReadLimits { max_records, max_bytes };
     let result = state.store.fetch(part, offset, limits, Duration::from_millis(wait_ms)).await?;
-    Ok(Json(FetchResponse {
+    let body = FetchResponse {
         topic,
         partition,
         records: result.records,
         next_offset: result.next_offset,
         high_watermark: result.high_watermark,
         log_start_offset: result.log_start_offset,
-    }))
+    }
+    .into_json();
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body))
 }
 
 /// Query of an offset lookup.
