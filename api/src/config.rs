@@ -159,8 +159,9 @@ settings! {
     max_subscriptions: u64 = 10_000;
     /// Worker threads of the delivery runtime, where WebSocket and SSE subscriptions
     /// run apart from HTTP requests (so a request never queues behind a thousand
-    /// subscriber wake-ups, and producers are not slowed by consumers); 0 means one per
-    /// CPU core; at most 1024.
+    /// subscriber wake-ups, and producers are not slowed by consumers); 0 means half the
+    /// CPU cores, at least one (the other half serves HTTP, the writer and RocksDB);
+    /// at most 1024.
     delivery_threads: u32 = 0;
     /// On shutdown, how long in-flight requests get to finish before they are cut (and
     /// then again how long open subscriptions get to commit and close).
