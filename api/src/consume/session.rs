@@ -490,9 +490,9 @@ impl Session {
     /// One delivery round: reads one frame from each partition with records (round
     /// robin from where the previous round stopped) and queues them while their bytes
     /// stay within `subscription_frame_bytes` (a round holds at least one frame), then
-    /// writes them in one flush. False when
-    /// every partition is caught up (or paused), or a read failed (the session then
-    /// waits for the next append instead of retrying at once). Frames not flushed are
+    /// writes them in one flush. True when a partition still has records to send after
+    /// it; false when every partition is caught up (or paused), or a read failed (the
+    /// session then waits for the next append instead of retrying at once). Frames not flushed are
     /// not delivered: their partitions keep their previous positions (auto-commit).
     async fn deliver_round(&mut self) -> Result<bool, End> {
         let budget = self.cfg().subscription_frame_bytes as usize;
@@ -602,7 +602,11 @@ impl Session {
                 walk[i].1.delivered.increment(count);
             }
         }
-        Ok(more)
+        // Another round at once only if records are already waiting (the round stopped
+        // at its byte bound, or a frame at its record bound); appends from now on fire
+        // the topic signal, so an empty round per wake-up would only cost a pass over
+        // the partitions and a read attempt on the socket.
+        Ok(more && walk.iter().any(|(_, p)| !p.paused && p.next < p.log.high_watermark()))
     }
 
     async fn on_control(&mut self, msg: Control) -> Result<(), End> {
