@@ -77,11 +77,21 @@ pub fn write_int(out: &mut Vec<u8>, n: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
-/// Appends a JSON string literal (quoted and escaped).
+/// Appends a JSON string literal (quoted and escaped as serde_json escapes it).
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
-    // Writing a `str` to a `Vec` cannot fail: serde_json errors only when the
-    // writer does, and a `Vec` never does.
-    let _ = serde_json::to_writer(&mut *out, s);
+    // Most strings here (header names and values, keys, topic names) need no escape:
+    // copy them between quotes. serde_json escapes exactly these bytes, so the output
+    // is the same either way.
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing a `str` to a `Vec` cannot fail: serde_json errors only when the
+        // writer does, and a `Vec` never does.
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
 }
 
 /// Schema of a record as the API renders it (documentation only).
@@ -123,7 +133,7 @@ mod tests {
             offset: 3,
             timestamp: 9,
             key: Some(Bytes::from_static(b"\xff")),
-            headers: vec![("h".into(), Bytes::from_static(b"v"))],
+            headers: vec![("h".into(), Bytes::from_static(b"v"))].into(),
             value: Bytes::from_static(br#"{"a": [1, 2]}"#),
             value_is_json: true,
         };
@@ -150,7 +160,8 @@ mod tests {
                 ("q\"uote".into(), Bytes::from_static(b"a\tb")),
                 ("bin".into(), Bytes::from_static(b"x\xffy")),
                 ("empty".into(), Bytes::new()),
-            ],
+            ]
+            .into(),
             value: Bytes::from_static(b" \"text\" "),
             value_is_json: true,
         };
@@ -164,5 +175,19 @@ mod tests {
             }])
         );
         assert_eq!(render(&[]), json!([]));
+    }
+
+    #[test]
+    fn write_str_matches_serde_json_byte_for_byte() {
+        let mut samples: Vec<String> = ["", "plain", "a\"b", "back\\slash", "tab\t", "\u{7f}", "é ü 😀", "\u{1f}x"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        samples.extend((0u8..128).map(|b| format!("x{}y", b as char)));
+        for s in samples {
+            let mut out = Vec::new();
+            write_str(&mut out, &s);
+            assert_eq!(out, serde_json::to_vec(&s).unwrap(), "{s:?}");
+        }
     }
 }

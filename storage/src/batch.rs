@@ -20,6 +20,8 @@
 //! stored once. The CRC covers the body, where all record data lives; header fields
 //! are re-validated on decode (count, magic).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use crate::error::{Result, StorageError};
@@ -46,7 +48,7 @@ pub struct Record {
     /// Optional key (used for partitioning).
     pub key: Option<Bytes>,
     /// Headers: the batch's shared headers first, then the record's own.
-    pub headers: Vec<(String, Bytes)>,
+    pub headers: Headers,
     /// The payload, byte for byte as appended.
     pub value: Bytes,
     /// Whether `value` is a JSON text. Appenders set it only for values they parsed as
@@ -54,6 +56,51 @@ pub struct Record {
     /// in JSON output without parsing it again.
     pub value_is_json: bool,
 }
+
+/// A record's headers: those shared by every record of its batch (the gateway's
+/// receive time, client IP and user agent; decoded once per batch and shared by
+/// reference), then the record's own. Equality compares the sequence, not the split.
+#[derive(Debug, Clone, Default)]
+pub struct Headers {
+    shared: Arc<[(String, Bytes)]>,
+    own: Vec<(String, Bytes)>,
+}
+
+impl Headers {
+    /// Headers made of a batch's shared ones followed by a record's own.
+    pub fn new(shared: Arc<[(String, Bytes)]>, own: Vec<(String, Bytes)>) -> Self {
+        Self { shared, own }
+    }
+
+    /// Every header, shared ones first, in stored order.
+    pub fn iter(&self) -> impl Iterator<Item = &(String, Bytes)> {
+        self.shared.iter().chain(&self.own)
+    }
+
+    /// Number of headers.
+    pub fn len(&self) -> usize {
+        self.shared.len() + self.own.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl From<Vec<(String, Bytes)>> for Headers {
+    fn from(own: Vec<(String, Bytes)>) -> Self {
+        Self { shared: Arc::default(), own }
+    }
+}
+
+impl PartialEq for Headers {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Headers {}
 
 /// Builds one encoded batch. Records get offsets `base..base+count` when the writer
 /// stores the batch; the builder only knows their order.
@@ -278,6 +325,7 @@ pub fn decode_into(
     let mut c = Cursor { b: bytes, at: HEADER_LEN };
     let mut shared = Vec::new();
     c.headers(&mut shared)?;
+    let shared: Arc<[(String, Bytes)]> = shared.into();
     for i in 0..header.count {
         let attrs = c.u8()?;
         let delta = c.u32()?;
@@ -291,8 +339,8 @@ pub fn decode_into(
         } else {
             None
         };
-        let mut headers = shared.clone();
-        c.headers(&mut headers)?;
+        let mut own = Vec::new();
+        c.headers(&mut own)?;
         let n = c.u32()? as usize;
         let value = c.bytes(n)?;
         let offset = base + u64::from(delta);
@@ -300,6 +348,7 @@ pub fn decode_into(
             break;
         }
         if offset >= from {
+            let headers = Headers::new(shared.clone(), own);
             out.push(Record { offset, timestamp, key, headers, value, value_is_json: attrs & ATTR_JSON != 0 });
         }
     }
@@ -343,6 +392,18 @@ mod tests {
     }
 
     #[test]
+    fn headers_compare_by_sequence_not_by_split() {
+        let h = |n: &str, v: &'static [u8]| (n.to_string(), Bytes::from_static(v));
+        let split = Headers::new(vec![h("x", b"1")].into(), vec![h("y", b"2")]);
+        assert_eq!(split, Headers::from(vec![h("x", b"1"), h("y", b"2")]));
+        assert_ne!(split, Headers::from(vec![h("y", b"2"), h("x", b"1")]));
+        assert_eq!(split.len(), 2);
+        assert!(Headers::default().is_empty());
+        let names: Vec<&str> = split.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["x", "y"]);
+    }
+
+    #[test]
     fn round_trip_keeps_every_field() {
         let batch = sample();
         let bytes = Bytes::from(batch.bytes);
@@ -355,7 +416,7 @@ mod tests {
         assert_eq!(out[0].offset, 100);
         assert_eq!(out[0].key.as_deref(), Some(&b"k1"[..]));
         assert!(out[0].value_is_json);
-        assert_eq!(out[0].headers, vec![("client-ip".to_string(), Bytes::from_static(b"127.0.0.1"))]);
+        assert_eq!(out[0].headers, Headers::from(vec![("client-ip".to_string(), Bytes::from_static(b"127.0.0.1"))]));
         assert_eq!(out[1].headers.len(), 2);
         assert_eq!(out[1].value.as_ref(), b"\x00\x01");
         assert!(!out[1].value_is_json);

@@ -411,7 +411,7 @@ mod tests {
                 offset: i,
                 timestamp: 1,
                 key: None,
-                headers: vec![("ua".into(), bytes::Bytes::from_static(b"curl"))],
+                headers: vec![("ua".into(), bytes::Bytes::from_static(b"curl"))].into(),
                 value: bytes::Bytes::from(
                     super::producer::event_batch(1, 1_000 + i, 200)[1..].strip_suffix(b"]").unwrap().to_vec(),
                 ),

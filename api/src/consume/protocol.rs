@@ -157,7 +157,7 @@ mod tests {
             offset: 7,
             timestamp: 1,
             key: None,
-            headers: Vec::new(),
+            headers: Default::default(),
             value: bytes::Bytes::from_static(br#"{"n":1}"#),
             value_is_json: true,
         };
