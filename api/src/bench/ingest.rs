@@ -365,6 +365,8 @@ struct Report {
     server_rss_bytes: Option<Rss>,
     /// With fresh ids: the server's idempotency memory after the run.
     dedup: Option<DedupFigures>,
+    /// The whole machine's CPU during the measured part (load tool included).
+    machine_cpu: Option<super::machine::MachineCpu>,
 }
 
 /// The server's idempotency memory after a run (from `/metrics`).
@@ -433,6 +435,7 @@ impl Report {
             first_error,
             server_rss_bytes: rss,
             dedup: None,
+            machine_cpu: None,
         }
     }
 
@@ -454,6 +457,7 @@ impl Report {
             ("errors (transport)", self.transport_errors.to_string()),
         ];
         rows.extend(self.first_error.clone().map(|e| ("first error", e)));
+        rows.push(("machine CPU", super::machine::MachineCpu::describe(self.machine_cpu)));
         match self.server_rss_bytes {
             Some(r) => rows.extend([
                 ("server RSS first", mib(r.first)),
@@ -618,6 +622,7 @@ pub(super) async fn ingest(args: IngestArgs) -> Result<()> {
     let start = Instant::now();
     let measure_start = start.checked_add(Duration::from_secs(args.warmup)).context("--warmup too large")?;
     let end = measure_start.checked_add(Duration::from_secs(args.duration)).context("--duration too large")?;
+    let cpu_window = super::machine::Window::from(measure_start);
     let mut auth = Vec::new();
     match (&args.write_key, &args.token) {
         (Some(key), _) => auth.push(("x-write-key", key.clone())),
@@ -672,6 +677,7 @@ pub(super) async fn ingest(args: IngestArgs) -> Result<()> {
     }
 
     let stopped_at = progress(args.warmup + args.duration, start, end, &shared, &hists, &rss).await?;
+    let machine_cpu = cpu_window.finish().await;
     stop_tx.send_replace(true);
     let aborts: Vec<_> = workers.iter().map(|w| w.abort_handle()).collect();
     let drained = tokio::select! {
@@ -689,6 +695,7 @@ pub(super) async fn ingest(args: IngestArgs) -> Result<()> {
     let secs = stopped_at.saturating_duration_since(measure_start).as_secs_f64();
     let first_error = shared.first_error.get().cloned();
     let mut report = Report::new(&shared.measured, &merged(&hists)?, secs, first_error, *lock(&rss));
+    report.machine_cpu = machine_cpu;
     if segment || args.dedup {
         report.dedup = dedup_figures(&setup, &metrics_url, shared.total.get(EVENTS)).await;
     }

@@ -8,11 +8,12 @@
 //!
 //! This module holds what the tools share: the command enum, Prometheus gauge parsing
 //! (server RSS from `/metrics`), latency histogram summaries, topic creation, progress
-//! lines and report printing.
+//! lines, report printing, and the machine's CPU use during a run ([`machine`]).
 
 mod conn;
 pub mod consume;
 pub mod ingest;
+mod machine;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+use super::super::machine::MachineCpu;
 use super::super::{ProgressLines, check_http, create_topic, ctrl_c, endpoint, print_report, setup_client, wall_us};
 use super::producer::{event_batch, post_events, producer_client};
 use super::{CLOSE_TIMEOUT, CatchupArgs, Frame, Rate, Ws, connect, read_until};
@@ -250,6 +251,8 @@ struct Report {
     events_per_s: f64,
     mb_per_s: f64,
     per_member: Vec<u64>,
+    /// The whole machine's CPU while reading (load tool included).
+    machine_cpu: Option<MachineCpu>,
     errors: u64,
     first_error: Option<String>,
 }
@@ -283,6 +286,7 @@ impl Report {
         for (i, n) in self.per_member.iter().enumerate() {
             rows.push((format!("member m{i} received"), n.to_string()));
         }
+        rows.push(MachineCpu::row(self.machine_cpu));
         rows.push(("errors".into(), self.errors.to_string()));
         rows.extend(self.first_error.clone().map(|e| ("first error".into(), e)));
         rows
@@ -322,6 +326,7 @@ pub(super) async fn run(args: CatchupArgs) -> Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let start = Instant::now();
+    let cpu_window = super::super::machine::Window::from(start);
     let sockets = futures_util::future::try_join_all(urls.iter().map(|u| connect(u, READ_BUFFER))).await?;
     let tasks: Vec<_> = sockets
         .into_iter()
@@ -371,6 +376,7 @@ pub(super) async fn run(args: CatchupArgs) -> Result<()> {
         }
     };
     let end = backlog.finished.get().copied().unwrap_or_else(Instant::now);
+    let machine_cpu = cpu_window.finish().await;
     drop(progress);
     stop_tx.send_replace(true);
     let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
@@ -401,6 +407,7 @@ pub(super) async fn run(args: CatchupArgs) -> Result<()> {
         events_per_s: if secs > 0.0 { unique as f64 / secs } else { 0.0 },
         mb_per_s: if secs > 0.0 { frame_bytes as f64 / secs / 1e6 } else { 0.0 },
         per_member,
+        machine_cpu,
         errors: backlog.errors.load(Relaxed),
         first_error: backlog.first_error.get().cloned(),
     };

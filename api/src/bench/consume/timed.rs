@@ -18,6 +18,7 @@ use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
+use super::super::machine::MachineCpu;
 use super::super::{
     LatencySummary, ProgressLines, check_http, create_topic, ctrl_c, endpoint, lock, merged, new_histogram,
     print_report, read_rss, setup_client, wall_us,
@@ -225,6 +226,8 @@ struct Report {
     subscribers_complete: usize,
     latency: LatencySummary,
     server_memory: Option<Memory>,
+    /// The whole machine's CPU during the measured part (load tool included).
+    machine_cpu: Option<MachineCpu>,
     errors: u64,
     first_error: Option<String>,
 }
@@ -267,6 +270,7 @@ impl Report {
                 format!("{:.1} KiB", m.per_idle_subscriber_bytes / 1024.0),
             ));
         }
+        rows.push(MachineCpu::row(self.machine_cpu));
         rows.push(("errors".into(), self.errors.to_string()));
         rows.extend(self.first_error.clone().map(|e| ("first error".into(), e)));
         rows
@@ -382,6 +386,7 @@ pub(super) async fn run(plan: Plan) -> Result<()> {
     let measure_from = start + Duration::from_secs(p.warmup);
     let end = measure_from + Duration::from_secs(p.duration);
     let measure_from_us = clock.wall_of(measure_from);
+    let cpu_window = super::super::machine::Window::from(measure_from);
     timed.measure_from_us.store(measure_from_us, Relaxed);
     let pacing = Pacing { batch: p.batch, event_bytes: p.event_bytes, interval, end, clock, measure_from_us };
     let (posted, post_hist) = (Arc::new(Posted::default()), Arc::new(Mutex::new(new_histogram()?)));
@@ -419,6 +424,7 @@ pub(super) async fn run(plan: Plan) -> Result<()> {
         }
     }
     let stopped = Instant::now().min(end);
+    let machine_cpu = cpu_window.finish().await;
     // Drain: until every subscriber has every acknowledged event, or the drain timeout.
     let drain_until = Instant::now() + Duration::from_secs(p.drain);
     let expected = posted.events.load(Relaxed);
@@ -472,6 +478,7 @@ pub(super) async fn run(plan: Plan) -> Result<()> {
         subscribers_complete: received.iter().filter(|r| **r >= expected).count(),
         latency: LatencySummary::of(&merged(&timed.hists)?),
         server_memory,
+        machine_cpu,
         errors: timed.errors.load(Relaxed),
         first_error,
     };
