@@ -1,0 +1,82 @@
+//! The load tools (`tidegate bench …`), run as the real binary against a real server:
+//! their JSON reports agree with what the server stored or delivered, and carry the
+//! machine's CPU use during the run.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use tidegate_tests::{ProcessServer, TestServer};
+
+/// Longest one bench run may take.
+const RUN_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Runs `tidegate bench <args> --url <server> --json`; asserts exit 0 and returns the
+/// report.
+async fn bench(server: &TestServer, args: &[&str]) -> Value {
+    let url = format!("http://{}", server.addr);
+    let mut cmd = tokio::process::Command::new(ProcessServer::binary());
+    cmd.arg("bench").args(args).args(["--url", &url, "--json"]);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    let out = tokio::time::timeout(RUN_DEADLINE, cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("bench {args:?} did not finish within {RUN_DEADLINE:?}"))
+        .expect("run the tidegate binary");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "bench {args:?}: {}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("the report is not JSON ({e}):\n{stdout}"))
+}
+
+/// The report's `machine_cpu` is made of shares where `/proc/stat` exists. A run of
+/// a second or more must have it (and busy cores); a shorter one may end within one
+/// clock tick, and then has no figure.
+fn assert_machine_cpu(report: &Value, long_run: bool) {
+    if !std::path::Path::new("/proc/stat").exists() {
+        return;
+    }
+    let cpu = &report["machine_cpu"];
+    if cpu.is_null() && !long_run {
+        return;
+    }
+    for share in ["busy_percent", "steal_percent"] {
+        let v = cpu[share].as_f64().unwrap_or_else(|| panic!("machine_cpu.{share} in {report}"));
+        assert!((0.0..=100.0).contains(&v), "machine_cpu.{share} = {v}");
+    }
+    if long_run {
+        assert!(cpu["busy_percent"].as_f64().unwrap() > 0.0, "a load run keeps the cores busy: {cpu}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_ingest_reports_events_the_server_stored() {
+    let server = TestServer::start(|_| {}).await;
+    let args = ["ingest", "--topic", "b", "--batch", "10", "--connections", "2", "--duration", "1", "--warmup", "0"];
+    let report = bench(&server, &args).await;
+    let events = report["events"].as_u64().expect("events");
+    assert!(events > 0, "{report}");
+    assert_eq!(report["requests"].as_u64(), Some(events / 10), "{report}");
+    assert_eq!((report["http_errors"].as_u64(), report["transport_errors"].as_u64()), (Some(0), Some(0)));
+    assert!(report["p99_ms"].as_f64().unwrap() > 0.0, "{report}");
+    assert_machine_cpu(&report, true);
+    // Every acknowledged event is in the log (the report counts acknowledged ones; a
+    // request cut off at the end may also have been written).
+    let topic = server.get_json("/v1/topics/b").await;
+    let stored: u64 = topic["partitions"].as_array().unwrap().iter().map(|p| p["end_offset"].as_u64().unwrap()).sum();
+    assert!(stored >= events, "stored {stored} < acknowledged {events}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_catchup_reads_every_stored_record_exactly_once() {
+    let server = TestServer::start(|_| {}).await;
+    let args = ["consume", "catchup", "--topic", "c", "--partitions", "3", "--events", "3000", "--settle", "0"];
+    let report = bench(&server, &args).await;
+    assert_eq!(report["outcome"], "complete", "{report}");
+    assert_eq!(report["expected"].as_u64(), Some(3000), "{report}");
+    assert_eq!(report["unique"].as_u64(), Some(3000), "{report}");
+    assert_eq!((report["duplicates"].as_u64(), report["missing"].as_u64()), (Some(0), Some(0)), "{report}");
+    assert_eq!(report["per_member"].as_array().map(Vec::len), Some(4), "{report}");
+    assert_machine_cpu(&report, false);
+    let topic = server.get_json("/v1/topics/c").await;
+    let stored: u64 = topic["partitions"].as_array().unwrap().iter().map(|p| p["end_offset"].as_u64().unwrap()).sum();
+    assert_eq!(stored, 3000, "the fill posts exactly what is missing");
+}
