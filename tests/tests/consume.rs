@@ -1141,13 +1141,32 @@ async fn clog(api: &Api, topic: &str, partition: u32) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_is_listed_as_soon_as_its_handshake_is_done() {
+    let server = quick_server().await;
+    server.create_topic("listed", 2).await;
+    let ws = server.ws_connect("/v1/topics/listed/subscribe?group=g-listed&member=m1").await.expect("connect");
+    // One read, no polling: the member joined before the server answered 101.
+    let d = server.get_json("/v1/groups/g-listed").await;
+    let members = d["members"].as_array().expect("members");
+    assert_eq!(members.len(), 1, "{d}");
+    assert_eq!(members[0]["member"], "m1", "{d}");
+    drop(ws);
+    // A normal close leaves at once; a dropped connection of a static member is held
+    // for the session timeout. Either way the member is gone eventually.
+    eventually("m1 to leave", WAIT, || async {
+        let d = server.try_get_json("/v1/groups/g-listed").await;
+        d.is_none_or(|d| d["members"].as_array().is_some_and(|m| m.is_empty())).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_that_stops_reading_mid_stream_is_removed_after_the_session_timeout() {
     let server = quick_server().await;
     server.create_topic("clogged", 2).await;
     let ws = server.ws_connect("/v1/topics/clogged/subscribe?group=clog&from=earliest").await.expect("connect");
     let (stop, reader) = read_until_stopped(ws);
-    // The member joins once its upgraded connection starts its session: until then
-    // the group does not exist (404).
+    // The member joined before the 101; poll until it owns both partitions.
     eventually("the first member to own both partitions", WAIT, || async {
         let d = server.try_get_json("/v1/groups/clog").await?;
         let m = d["members"].as_array()?.first()?.clone();
@@ -1204,8 +1223,7 @@ async fn static_member_that_drops_during_a_rebalance_gives_up_the_revoked_partit
     server.create_topic("handover", 2).await;
     let path = "/v1/topics/handover/subscribe?group=relay&member=m1&from=earliest";
     let (stop, reader) = read_until_stopped(server.ws_connect(path).await.expect("connect"));
-    // The member joins once its upgraded connection starts its session: until then
-    // the group does not exist (404).
+    // The member joined before the 101; poll until it owns both partitions.
     eventually("m1 to own both partitions", WAIT, || async {
         let d = server.try_get_json("/v1/groups/relay").await?;
         let m = d["members"].as_array()?.first()?.clone();

@@ -226,23 +226,62 @@ struct Session {
     signals: Vec<(Arc<PartitionLog>, watch::Receiver<u64>)>,
 }
 
+/// A subscription's group membership, taken by the route before it answers (so the
+/// member is listed in `/v1/groups/{group}` by the time the client has its 101 or
+/// its SSE headers), then handed to the session. Dropped without a session (the
+/// upgrade never completed), it leaves the group at once.
+pub struct Joined {
+    state: SharedState,
+    group: String,
+    result: Option<Result<(String, mpsc::Receiver<Control>), crate::groups::coordinator::GroupError>>,
+}
+
+impl Joined {
+    /// Joins `params.group` (None for an ephemeral subscription). A refusal (member id
+    /// in use) is kept for the session to report over the subscription itself.
+    pub fn join(state: &SharedState, params: &SessionParams) -> Option<Joined> {
+        let group = params.group.clone()?;
+        let topics: BTreeSet<String> = params.topics.iter().cloned().collect();
+        let result = state.coordinator.join(&group, params.member.as_deref(), topics, params.client.clone());
+        Some(Joined { state: state.clone(), group, result: Some(result) })
+    }
+
+    /// The membership, for the session (which then leaves or disconnects itself).
+    fn take(mut self) -> Result<(String, mpsc::Receiver<Control>), crate::groups::coordinator::GroupError> {
+        self.result.take().expect("a Joined is taken once")
+    }
+}
+
+impl Drop for Joined {
+    fn drop(&mut self) {
+        if let Some(Ok((member, _))) = &self.result {
+            self.state.coordinator.disconnect(&self.group, member, true);
+        }
+    }
+}
+
 /// Runs a subscription to completion on an upgraded socket.
-pub async fn run(state: SharedState, socket: WebSocket, params: SessionParams) {
+pub async fn run(state: SharedState, socket: WebSocket, params: SessionParams, joined: Option<Joined>) {
     let (tx, rx) = socket.split();
-    run_on(state, Outbound::Ws(tx), Some(rx), params).await;
+    run_on(state, Outbound::Ws(tx), Some(rx), params, joined).await;
 }
 
 /// Runs a subscription whose frames go out as Server-Sent Events.
-pub async fn run_sse(state: SharedState, tx: mpsc::Sender<Event>, params: SessionParams) {
-    run_on(state, Outbound::Sse(tx), None, params).await;
+pub async fn run_sse(state: SharedState, tx: mpsc::Sender<Event>, params: SessionParams, joined: Option<Joined>) {
+    run_on(state, Outbound::Sse(tx), None, params, joined).await;
 }
 
-async fn run_on(state: SharedState, tx: Outbound, mut rx: Option<SplitStream<WebSocket>>, params: SessionParams) {
+async fn run_on(
+    state: SharedState,
+    tx: Outbound,
+    mut rx: Option<SplitStream<WebSocket>>,
+    params: SessionParams,
+    joined: Option<Joined>,
+) {
     let mut control = None;
     let mut member = String::from("ephemeral");
-    if let Some(group) = params.group.clone() {
-        let topics: BTreeSet<String> = params.topics.iter().cloned().collect();
-        match state.coordinator.join(&group, params.member.as_deref(), topics, params.client.clone()) {
+    if let Some(joined) = joined {
+        match joined.take() {
             Ok((id, c)) => {
                 member = id;
                 control = Some(c);

@@ -52,7 +52,8 @@ pub async fn stream(
     // One event in flight: the session reads the next frame only when the response
     // has taken the previous one, i.e. at the client's pace.
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(1);
-    state.spawn_session(permit, |state| session::run_sse(state, tx, session_params));
+    let joined = session::Joined::join(&state, &session_params);
+    state.spawn_session(permit, |state| session::run_sse(state, tx, session_params, joined));
     let events = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx)) });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

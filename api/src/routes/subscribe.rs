@@ -142,6 +142,7 @@ pub async fn subscribe(
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let (session_params, permit) = prepare(&state, &topic, params, None, peer, &caller)?;
+    let joined = session::Joined::join(&state, &session_params);
     let frame_bytes = state.config.subscription_frame_bytes as usize;
     Ok(ws
         .max_message_size(MAX_CLIENT_FRAME)
@@ -150,6 +151,6 @@ pub async fn subscribe(
         .write_buffer_size(frame_bytes)
         .max_write_buffer_size(frame_bytes * 2 + 64 * 1024)
         .on_upgrade(move |socket| async move {
-            state.spawn_session(permit, |state| session::run(state, socket, session_params));
+            state.spawn_session(permit, |state| session::run(state, socket, session_params, joined));
         }))
 }
