@@ -297,7 +297,7 @@ impl Config {
         if self.delivery_threads > MAX_DELIVERY_THREADS {
             return Err(ConfigError::Invalid {
                 name: "delivery_threads",
-                reason: format!("at most {MAX_DELIVERY_THREADS} (0: one per CPU core)"),
+                reason: format!("at most {MAX_DELIVERY_THREADS} (0: half the CPU cores)"),
             });
         }
         if self.heartbeat_interval_ms >= self.session_timeout_ms {

@@ -10,6 +10,17 @@ use serde::{Deserialize, Serialize};
 use tidegate_storage::Record;
 use utoipa::ToSchema;
 
+/// Appends the members `"topic":…,"partition":…,"records":[…]` (no braces): what a
+/// WebSocket or SSE `records` frame and an HTTP read answer have in common.
+pub fn write_partition_records(out: &mut Vec<u8>, topic: &str, partition: u32, records: &[Record]) {
+    out.extend_from_slice(br#""topic":"#);
+    write_str(out, topic);
+    out.extend_from_slice(br#","partition":"#);
+    write_int(out, partition);
+    out.extend_from_slice(br#","records":"#);
+    write_records(out, records);
+}
+
 /// Appends `records` to `out` as a JSON array of the API's record objects.
 ///
 /// Written by hand rather than through serde: a JSON value is copied as stored

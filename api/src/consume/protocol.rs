@@ -126,12 +126,8 @@ pub fn error(code: &str, detail: &str) -> String {
 /// by every subscriber that reads the same records (see `consume::cache`).
 pub fn records(topic: &str, partition: u32, records: &[tidegate_storage::Record]) -> String {
     let mut out = Vec::with_capacity(topic.len() + 64);
-    out.extend_from_slice(br#"{"type":"records","topic":"#);
-    render::write_str(&mut out, topic);
-    out.extend_from_slice(br#","partition":"#);
-    render::write_int(&mut out, partition);
-    out.extend_from_slice(br#","records":"#);
-    render::write_records(&mut out, records);
+    out.extend_from_slice(br#"{"type":"records","#);
+    render::write_partition_records(&mut out, topic, partition, records);
     out.push(b'}');
     // Everything written is UTF-8: string literals from `str`s, JSON values that
     // were parsed (hence valid UTF-8) when they were appended, base64 and digits.

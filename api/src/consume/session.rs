@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use super::cache::CachedFrame;
 use super::protocol::{self, ClientFrame, StartFrom, close};
 use crate::groups::assign::TopicPartition;
-use crate::groups::coordinator::Control;
+use crate::groups::coordinator::{Control, GroupError};
 use crate::state::SharedState;
 
 /// How long the last frames (error, close) may wait for a client that is going away.
@@ -228,46 +228,52 @@ struct Session {
 
 /// A subscription's group membership, taken by the route before it answers (so the
 /// member is listed in `/v1/groups/{group}` by the time the client has its 101 or
-/// its SSE headers), then handed to the session. Dropped without a session (the
-/// upgrade never completed), it leaves the group at once.
+/// its SSE headers), then handed to the session. Dropped before that (the upgrade
+/// never completed), it leaves the group at once.
 pub struct Joined {
     state: SharedState,
     group: String,
-    result: Option<Result<(String, mpsc::Receiver<Control>), crate::groups::coordinator::GroupError>>,
+    member: String,
+    /// Present until the session takes the membership.
+    control: Option<mpsc::Receiver<Control>>,
 }
 
+/// What a route hands its session: `None` for an ephemeral subscription, else the
+/// membership or the coordinator's refusal (reported over the subscription itself).
+pub type Membership = Option<Result<Joined, GroupError>>;
+
 impl Joined {
-    /// Joins `params.group` (None for an ephemeral subscription). A refusal (member id
-    /// in use) is kept for the session to report over the subscription itself.
-    pub fn join(state: &SharedState, params: &SessionParams) -> Option<Joined> {
+    /// Joins `params.group` (none for an ephemeral subscription).
+    pub fn join(state: &SharedState, params: &SessionParams) -> Membership {
         let group = params.group.clone()?;
         let topics: BTreeSet<String> = params.topics.iter().cloned().collect();
-        let result = state.coordinator.join(&group, params.member.as_deref(), topics, params.client.clone());
-        Some(Joined { state: state.clone(), group, result: Some(result) })
+        let joined = state.coordinator.join(&group, params.member.as_deref(), topics, params.client.clone());
+        Some(joined.map(|(member, control)| Joined { state: state.clone(), group, member, control: Some(control) }))
     }
 
-    /// The membership, for the session (which then leaves or disconnects itself).
-    fn take(mut self) -> Result<(String, mpsc::Receiver<Control>), crate::groups::coordinator::GroupError> {
-        self.result.take().expect("a Joined is taken once")
+    /// The member id and its control channel, for the session (which from then on
+    /// leaves or disconnects itself).
+    fn into_parts(mut self) -> (String, Option<mpsc::Receiver<Control>>) {
+        (std::mem::take(&mut self.member), self.control.take())
     }
 }
 
 impl Drop for Joined {
     fn drop(&mut self) {
-        if let Some(Ok((member, _))) = &self.result {
-            self.state.coordinator.disconnect(&self.group, member, true);
+        if self.control.is_some() {
+            self.state.coordinator.disconnect(&self.group, &self.member, true);
         }
     }
 }
 
 /// Runs a subscription to completion on an upgraded socket.
-pub async fn run(state: SharedState, socket: WebSocket, params: SessionParams, joined: Option<Joined>) {
+pub async fn run(state: SharedState, socket: WebSocket, params: SessionParams, joined: Membership) {
     let (tx, rx) = socket.split();
     run_on(state, Outbound::Ws(tx), Some(rx), params, joined).await;
 }
 
 /// Runs a subscription whose frames go out as Server-Sent Events.
-pub async fn run_sse(state: SharedState, tx: mpsc::Sender<Event>, params: SessionParams, joined: Option<Joined>) {
+pub async fn run_sse(state: SharedState, tx: mpsc::Sender<Event>, params: SessionParams, joined: Membership) {
     run_on(state, Outbound::Sse(tx), None, params, joined).await;
 }
 
@@ -276,29 +282,22 @@ async fn run_on(
     tx: Outbound,
     mut rx: Option<SplitStream<WebSocket>>,
     params: SessionParams,
-    joined: Option<Joined>,
+    joined: Membership,
 ) {
     let mut control = None;
     let mut member = String::from("ephemeral");
-    if let Some(joined) = joined {
-        match joined.take() {
-            Ok((id, c)) => {
-                member = id;
-                control = Some(c);
-            }
-            Err(e) => {
-                let mut tx = tx;
+    match joined {
+        None => {}
+        Some(Ok(joined)) => (member, control) = joined.into_parts(),
+        Some(Err(e)) => {
+            let mut tx = tx;
+            let _ = tx.send("error", protocol::error("member_in_use", &e.to_string()), None, FINAL_FRAME_WAIT).await;
+            if let Outbound::Ws(ws) = &mut tx {
                 let _ =
-                    tx.send("error", protocol::error("member_in_use", &e.to_string()), None, FINAL_FRAME_WAIT).await;
-                if let Outbound::Ws(ws) = &mut tx {
-                    let _ = tokio::time::timeout(
-                        FINAL_FRAME_WAIT,
-                        ws.send(close_msg(close::MEMBER_IN_USE, &e.to_string())),
-                    )
-                    .await;
-                }
-                return;
+                    tokio::time::timeout(FINAL_FRAME_WAIT, ws.send(close_msg(close::MEMBER_IN_USE, &e.to_string())))
+                        .await;
             }
+            return;
         }
     }
     metrics::gauge!("tidegate_subscriptions").increment(1.0);
@@ -531,8 +530,9 @@ impl Session {
     /// stay within `subscription_frame_bytes` (a round holds at least one frame), then
     /// writes them in one flush. True when a partition still has records to send after
     /// it; false when every partition is caught up (or paused), or a read failed (the
-    /// session then waits for the next append instead of retrying at once). Frames not flushed are
-    /// not delivered: their partitions keep their previous positions (auto-commit).
+    /// session then waits for the next append instead of retrying at once). Frames not
+    /// flushed are not delivered: their partitions keep their previous positions
+    /// (auto-commit).
     async fn deliver_round(&mut self) -> Result<bool, End> {
         let budget = self.cfg().subscription_frame_bytes as usize;
         let stall = self.stall();

@@ -58,15 +58,12 @@ pub struct FetchResponse {
 
 impl FetchResponse {
     /// The JSON body, fields in declaration order (records through
-    /// [`render::write_records`], which inlines JSON values without parsing them again).
+    /// [`render::write_partition_records`], which inlines JSON values without parsing
+    /// them again).
     pub fn into_json(self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.topic.len() + 128);
-        out.extend_from_slice(br#"{"topic":"#);
-        render::write_str(&mut out, &self.topic);
-        out.extend_from_slice(br#","partition":"#);
-        render::write_int(&mut out, self.partition);
-        out.extend_from_slice(br#","records":"#);
-        render::write_records(&mut out, &self.records);
+        out.push(b'{');
+        render::write_partition_records(&mut out, &self.topic, self.partition, &self.records);
         out.extend_from_slice(br#","next_offset":"#);
         render::write_int(&mut out, self.next_offset);
         out.extend_from_slice(br#","high_watermark":"#);
