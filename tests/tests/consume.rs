@@ -850,6 +850,26 @@ async fn group_admin_lists_describes_resets_and_deletes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_with_nothing_committed_starts_at_from_a_timestamp_or_an_offset() {
+    let server = quick_server().await;
+    server.create_topic("starts", 2).await;
+    let base = now_ms() - 60_000;
+    let records: Vec<Value> = (0..10).map(|i| json!({"value": {"id": i}, "timestamp": base + 10 * i})).collect();
+    server.produce_raw("starts", "?partition=0", "application/json", json!({ "records": records }).to_string()).await;
+    let by_time = format!("group=from-time&from=timestamp:{}", base + 55);
+    let mut t = Consumer::join(&server, "t", "starts", &by_time).await;
+    let mut o = Consumer::join(&server, "o", "starts", "group=from-offset&from=3").await;
+    let mut x = Consumer::join(&server, "x", "starts", "group=from-offset-form&from=offset:8").await;
+    until("each group's start", &mut [&mut t, &mut o, &mut x], |m| {
+        m[0].received() == 4 && m[1].received() == 7 && m[2].received() == 2
+    })
+    .await;
+    assert_eq!(t.offsets(0), (6..10).collect::<Vec<u64>>(), "the first record at or after the time");
+    assert_eq!(o.offsets(0), (3..10).collect::<Vec<u64>>());
+    assert_eq!(x.offsets(0), vec![8, 9]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seek_moves_the_read_position() {
     let server = quick_server().await;
     server.create_topic("seeker", 2).await;

@@ -424,3 +424,34 @@ async fn dashboard_asks_for_a_token_when_the_api_answers_401() {
     assert!(errors.iter().all(|e| e.contains("status of 401")), "only refused requests in the console: {errors:#?}");
     browser.quit().await;
 }
+
+/// The SSE stream in the browser's own `EventSource`: records arrive in order with
+/// JSON values inline, and each `records` event carries the resume id a reconnecting
+/// `EventSource` sends back as `Last-Event-ID`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_source_in_the_browser_receives_the_stream() {
+    let server = TestServer::start(|_| {}).await;
+    server.create_topic("es", 1).await;
+    server.produce("es", &json!([{"n": 0}, {"n": 1}])).await;
+    let browser = Browser::start("event_source").await;
+    browser.goto(&server.url("/")).await;
+    browser
+        .execute(
+            "window.got = []; window.ids = [];
+             const es = new EventSource('/v1/topics/es/stream?from=earliest');
+             es.addEventListener('records', e => {
+                 window.ids.push(e.lastEventId);
+                 for (const r of JSON.parse(e.data).records) window.got.push(r.value.n);
+             });",
+            vec![],
+        )
+        .await;
+    browser.wait_for("the stored records", WAIT, "return window.got.length === 2").await;
+    server.produce("es", &json!([{"n": 2}])).await;
+    browser.wait_for("the record posted while streaming", WAIT, "return window.got.length === 3").await;
+    assert_eq!(browser.execute("return window.got", vec![]).await, json!([0, 1, 2]));
+    let ids = browser.execute("return window.ids", vec![]).await;
+    assert_eq!(ids.as_array().and_then(|i| i.last()), Some(&json!("es:0:3")), "the resume id: {ids}");
+    browser.assert_no_console_errors().await;
+    browser.quit().await;
+}
