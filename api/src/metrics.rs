@@ -96,6 +96,27 @@ fn series(route: &str, method: &'static str, status: StatusCode) -> Series {
     series
 }
 
+/// The append counters of one topic: events and payload bytes.
+pub(crate) type Appended = (metrics::Counter, metrics::Counter);
+
+/// Append counters made so far, by topic name. Bounded by the topics this process has
+/// written to (the recorder keeps their series as long anyway).
+static APPENDED: LazyLock<RwLock<HashMap<String, Appended>>> = LazyLock::new(Default::default);
+
+/// `tidegate_events_appended_total` and `tidegate_bytes_appended_total` of `topic`,
+/// made on first use and then shared (a labelled registry lookup per request cost
+/// more than the increments).
+pub(crate) fn appended(topic: &str) -> Appended {
+    if let Some(made) = APPENDED.read().unwrap_or_else(PoisonError::into_inner).get(topic) {
+        return made.clone();
+    }
+    let made = (
+        metrics::counter!("tidegate_events_appended_total", "topic" => topic.to_string()),
+        metrics::counter!("tidegate_bytes_appended_total", "topic" => topic.to_string()),
+    );
+    APPENDED.write().unwrap_or_else(PoisonError::into_inner).entry(topic.to_string()).or_insert(made).clone()
+}
+
 /// Middleware: counts requests and records latency by route template, method and status.
 pub async fn track(req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().cloned();

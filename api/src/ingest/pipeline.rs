@@ -383,9 +383,9 @@ pub async fn commit(
         Some(state.store.append_to(encoded.batches, ids).await?)
     };
     for (topic, count, bytes) in appended {
-        let name = set.list[topic].topic.name.clone();
-        metrics::counter!("tidegate_events_appended_total", "topic" => name.clone()).increment(count);
-        metrics::counter!("tidegate_bytes_appended_total", "topic" => name).increment(bytes);
+        let (events_appended, bytes_appended) = crate::metrics::appended(&set.list[topic].topic.name);
+        events_appended.increment(count);
+        bytes_appended.increment(bytes);
     }
     let duplicates = fates.iter().filter(|f| !matches!(f, Fate::Write { .. })).count();
     if duplicates > 0 {
