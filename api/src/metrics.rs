@@ -129,11 +129,42 @@ pub async fn track(req: Request, next: Next) -> Response {
     resp
 }
 
-/// Resident memory of this process, from `/proc/self/statm` (Linux).
+/// Resident memory of this process (`None` where the platform does not tell).
 pub fn resident_memory_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
+    metrics_process::collector::collect().resident_memory_bytes
+}
+
+/// Appends the standard Prometheus process metrics of this process, read now:
+/// `process_cpu_seconds_total` (a counter, in fractional seconds), resident and virtual
+/// memory, open and maximum file descriptors, threads, start time. A metric the
+/// platform does not provide is left out.
+fn render_process(out: &mut String) {
+    let m = metrics_process::collector::collect();
+    let as_f64 = |v: Option<u64>| v.map(|v| v as f64);
+    let rows: [(&str, &str, &str, Option<f64>); 7] = [
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+            m.cpu_seconds_total,
+        ),
+        ("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", as_f64(m.resident_memory_bytes)),
+        ("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", as_f64(m.virtual_memory_bytes)),
+        ("process_open_fds", "gauge", "Number of open file descriptors.", as_f64(m.open_fds)),
+        ("process_max_fds", "gauge", "Maximum number of open file descriptors (0: unlimited).", as_f64(m.max_fds)),
+        ("process_threads", "gauge", "Number of OS threads in the process.", as_f64(m.threads)),
+        (
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since the Unix epoch in seconds.",
+            as_f64(m.start_time_seconds),
+        ),
+    ];
+    for (name, kind, help, value) in rows {
+        if let Some(v) = value {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        }
+    }
 }
 
 /// Escapes a Prometheus label value.
@@ -206,11 +237,7 @@ pub fn render(store: &Store) -> String {
          # TYPE tidegate_dedup_disk_lookups_total counter\ntidegate_dedup_disk_lookups_total {}",
         dedup.disk_lookups
     );
-    if let Some(rss) = resident_memory_bytes() {
-        let _ = writeln!(out, "# HELP process_resident_memory_bytes Resident memory size in bytes.");
-        let _ = writeln!(out, "# TYPE process_resident_memory_bytes gauge");
-        let _ = writeln!(out, "process_resident_memory_bytes {rss}");
-    }
+    render_process(&mut out);
     out
 }
 

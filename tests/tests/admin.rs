@@ -236,6 +236,15 @@ async fn metrics_expose_http_storage_and_process_series() {
     assert!(sample(&text, "tidegate_storage_disk_bytes ").is_some(), "no disk gauge:\n{text}");
     let rss = sample(&text, "process_resident_memory_bytes ");
     assert!(rss.is_some_and(|b| b > 1_000_000.0), "no resident memory gauge:\n{text}");
+    // The standard process series, as Prometheus client libraries name them.
+    assert!(text.contains("# TYPE process_cpu_seconds_total counter\n"), "\n{text}");
+    let cpu = sample(&text, "process_cpu_seconds_total ");
+    assert!(cpu.is_some_and(|s| s > 0.0), "no CPU time (starting RocksDB alone takes some):\n{text}");
+    assert!(sample(&text, "process_open_fds ").is_some_and(|n| n >= 3.0), "\n{text}");
+    assert!(sample(&text, "process_threads ").is_some_and(|n| n >= 2.0), "\n{text}");
+    let started = sample(&text, "process_start_time_seconds ").expect("start time");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
+    assert!((now - 600.0..=now + 1.0).contains(&started), "start time {started} not within the last 10 minutes");
     assert_eq!(sample(&text, "tidegate_partition_end_offset{topic=\"metered\",partition=\"0\"}"), Some(3.0));
 }
 

@@ -58,6 +58,14 @@ async fn bench_ingest_reports_events_the_server_stored() {
     assert_eq!((report["http_errors"].as_u64(), report["transport_errors"].as_u64()), (Some(0), Some(0)));
     assert!(report["p99_ms"].as_f64().unwrap() > 0.0, "{report}");
     assert_machine_cpu(&report, true);
+    // CPU cost from the server's process_cpu_seconds_total and the load tool's own.
+    let cpu = &report["cpu"];
+    for field in ["server_cores", "server_us_per_request", "server_us_per_event", "load_tool_cores"] {
+        let v = cpu[field].as_f64().unwrap_or_else(|| panic!("cpu.{field} in {report}"));
+        assert!(v > 0.0, "a second of load costs CPU: cpu.{field} = {v}");
+    }
+    let (per_request, per_event) = (cpu["server_us_per_request"].as_f64(), cpu["server_us_per_event"].as_f64());
+    assert_eq!(per_request.zip(per_event).map(|(r, e)| (r / e).round()), Some(10.0), "10 events a request: {cpu}");
     // Every acknowledged event is in the log (the report counts acknowledged ones; a
     // request cut off at the end may also have been written).
     let topic = server.get_json("/v1/topics/b").await;

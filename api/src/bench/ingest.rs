@@ -367,6 +367,8 @@ struct Report {
     dedup: Option<DedupFigures>,
     /// The whole machine's CPU during the measured part (load tool included).
     machine_cpu: Option<super::machine::MachineCpu>,
+    /// CPU of the server and of the load tool during the measured part.
+    cpu: Option<super::cpu::CpuCost>,
 }
 
 /// The server's idempotency memory after a run (from `/metrics`).
@@ -436,6 +438,7 @@ impl Report {
             server_rss_bytes: rss,
             dedup: None,
             machine_cpu: None,
+            cpu: None,
         }
     }
 
@@ -458,6 +461,7 @@ impl Report {
         ];
         rows.extend(self.first_error.clone().map(|e| ("first error", e)));
         rows.push(("machine CPU", super::machine::MachineCpu::describe(self.machine_cpu)));
+        rows.extend(super::cpu::CpuCost::rows(self.cpu));
         match self.server_rss_bytes {
             Some(r) => rows.extend([
                 ("server RSS first", mib(r.first)),
@@ -623,6 +627,7 @@ pub(super) async fn ingest(args: IngestArgs) -> Result<()> {
     let measure_start = start.checked_add(Duration::from_secs(args.warmup)).context("--warmup too large")?;
     let end = measure_start.checked_add(Duration::from_secs(args.duration)).context("--duration too large")?;
     let cpu_window = super::machine::Window::from(measure_start);
+    let cost_window = super::cpu::Window::from(measure_start, setup.clone(), metrics_url.clone());
     let mut auth = Vec::new();
     match (&args.write_key, &args.token) {
         (Some(key), _) => auth.push(("x-write-key", key.clone())),
@@ -678,6 +683,8 @@ pub(super) async fn ingest(args: IngestArgs) -> Result<()> {
 
     let stopped_at = progress(args.warmup + args.duration, start, end, &shared, &hists, &rss).await?;
     let machine_cpu = cpu_window.finish().await;
+    let (requests, events) = (shared.measured.get(REQUESTS), shared.measured.get(EVENTS));
+    let cpu = cost_window.finish(requests, events).await;
     stop_tx.send_replace(true);
     let aborts: Vec<_> = workers.iter().map(|w| w.abort_handle()).collect();
     let drained = tokio::select! {
@@ -696,6 +703,7 @@ pub(super) async fn ingest(args: IngestArgs) -> Result<()> {
     let first_error = shared.first_error.get().cloned();
     let mut report = Report::new(&shared.measured, &merged(&hists)?, secs, first_error, *lock(&rss));
     report.machine_cpu = machine_cpu;
+    report.cpu = cpu;
     if segment || args.dedup {
         report.dedup = dedup_figures(&setup, &metrics_url, shared.total.get(EVENTS)).await;
     }

@@ -12,6 +12,7 @@
 
 mod conn;
 pub mod consume;
+mod cpu;
 pub mod ingest;
 mod machine;
 

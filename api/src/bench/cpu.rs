@@ -1,0 +1,189 @@
+//! What a measured run cost in CPU: the server's (its `process_cpu_seconds_total` in
+//! `/metrics`) and the load tool's own, per second and per request.
+//!
+//! With the load tool on the server's machine both draw on the same cores, so the
+//! server's share per request is what an optimisation has to cut, and the two together
+//! bound the rate the machine can reach.
+
+use std::time::Duration;
+
+use reqwest::{Client, Url};
+use serde::Serialize;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// The server's CPU counter in `/metrics`.
+const SERVER_CPU_COUNTER: &str = "process_cpu_seconds_total";
+
+/// CPU seconds used so far, at one instant.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: Instant,
+    /// `None` when `/metrics` was unreachable, refused or had no such counter.
+    server: Option<f64>,
+    /// `None` where the platform does not tell.
+    own: Option<f64>,
+}
+
+async fn server_cpu_seconds(client: &Client, metrics: &Url) -> Option<f64> {
+    let resp = client.get(metrics.clone()).send().await.ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    let text = resp.text().await.ok()?;
+    super::parse_gauge(&text, SERVER_CPU_COUNTER).filter(|v| v.is_finite() && *v >= 0.0)
+}
+
+async fn sample(client: &Client, metrics: &Url) -> Sample {
+    let server = server_cpu_seconds(client, metrics).await;
+    let own = metrics_process::collector::collect().cpu_seconds_total;
+    Sample { at: Instant::now(), server, own }
+}
+
+/// CPU used during the measured part of a run.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct CpuCost {
+    /// Server CPU time divided by wall time: 1.0 is one core busy all the time.
+    pub server_cores: Option<f64>,
+    /// Server CPU time per completed request, in µs.
+    pub server_us_per_request: Option<f64>,
+    /// Server CPU time per acknowledged event, in µs.
+    pub server_us_per_event: Option<f64>,
+    /// The load tool's own CPU time divided by wall time.
+    pub load_tool_cores: Option<f64>,
+    /// The load tool's CPU time per completed request, in µs.
+    pub load_tool_us_per_request: Option<f64>,
+}
+
+impl CpuCost {
+    /// The cost between two samples, for `requests` and `events` completed between
+    /// them; `None` when no time passed.
+    fn between(a: Sample, b: Sample, requests: u64, events: u64) -> Option<Self> {
+        let wall = b.at.checked_duration_since(a.at).filter(|d| *d > Duration::ZERO)?.as_secs_f64();
+        let used = |x: Option<f64>, y: Option<f64>| Some((y? - x?).max(0.0));
+        let per = |cpu: Option<f64>, n: u64| cpu.filter(|_| n > 0).map(|c| c * 1e6 / n as f64);
+        let (server, own) = (used(a.server, b.server), used(a.own, b.own));
+        Some(Self {
+            server_cores: server.map(|c| c / wall),
+            server_us_per_request: per(server, requests),
+            server_us_per_event: per(server, events),
+            load_tool_cores: own.map(|c| c / wall),
+            load_tool_us_per_request: per(own, requests),
+        })
+    }
+
+    /// Report rows: `server CPU  1.12 cores, 39.5 µs/request, 0.40 µs/event` and the
+    /// load tool's.
+    pub fn rows(cost: Option<Self>) -> Vec<(&'static str, String)> {
+        let c = cost.unwrap_or(Self {
+            server_cores: None,
+            server_us_per_request: None,
+            server_us_per_event: None,
+            load_tool_cores: None,
+            load_tool_us_per_request: None,
+        });
+        let server = match (c.server_cores, c.server_us_per_request, c.server_us_per_event) {
+            (Some(cores), Some(req), Some(ev)) => format!("{cores:.2} cores, {req:.1} µs/request, {ev:.2} µs/event"),
+            (Some(cores), _, _) => format!("{cores:.2} cores"),
+            _ => format!("n/a (no {SERVER_CPU_COUNTER} in /metrics)"),
+        };
+        let load_tool = match (c.load_tool_cores, c.load_tool_us_per_request) {
+            (Some(cores), Some(req)) => format!("{cores:.2} cores, {req:.1} µs/request"),
+            (Some(cores), None) => format!("{cores:.2} cores"),
+            _ => "n/a".to_string(),
+        };
+        vec![("server CPU", server), ("load tool CPU", load_tool)]
+    }
+}
+
+/// Samples both CPU counters at a start instant and again at [`Window::finish`].
+pub struct Window {
+    from: Instant,
+    first: JoinHandle<Sample>,
+    client: Client,
+    metrics: Url,
+}
+
+impl Window {
+    /// Takes the first sample at `from` (at once if it has passed), reading the
+    /// server's counter from `metrics` with `client`.
+    pub fn from(from: Instant, client: Client, metrics: Url) -> Self {
+        let first = tokio::spawn({
+            let (client, metrics) = (client.clone(), metrics.clone());
+            async move {
+                tokio::time::sleep_until(from).await;
+                sample(&client, &metrics).await
+            }
+        });
+        Self { from, first, client, metrics }
+    }
+
+    /// The CPU used between the start and now by `requests` requests carrying `events`
+    /// events; `None` when the run ended before the window started.
+    pub async fn finish(self, requests: u64, events: u64) -> Option<CpuCost> {
+        if Instant::now() < self.from {
+            self.first.abort();
+            return None;
+        }
+        let first = self.first.await.ok()?;
+        CpuCost::between(first, sample(&self.client, &self.metrics).await, requests, events)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(base: Instant, ms: u64, server: Option<f64>, own: Option<f64>) -> Sample {
+        Sample { at: base + Duration::from_millis(ms), server, own }
+    }
+
+    #[test]
+    fn cost_is_cpu_over_wall_time_and_over_requests() {
+        let t = Instant::now();
+        let a = at(t, 0, Some(10.0), Some(1.0));
+        let b = at(t, 2_000, Some(12.5), Some(2.0));
+        // 2 s of wall time: 2.5 s of server CPU, 1 s of load tool CPU; 50,000 requests
+        // carrying 5,000,000 events.
+        let c = CpuCost::between(a, b, 50_000, 5_000_000).unwrap();
+        assert_eq!(c.server_cores, Some(1.25));
+        assert_eq!(c.server_us_per_request, Some(50.0));
+        assert_eq!(c.server_us_per_event, Some(0.5));
+        assert_eq!(c.load_tool_cores, Some(0.5));
+        assert_eq!(c.load_tool_us_per_request, Some(20.0));
+        let rows = CpuCost::rows(Some(c));
+        assert_eq!(rows[0], ("server CPU", "1.25 cores, 50.0 µs/request, 0.50 µs/event".to_string()));
+        assert_eq!(rows[1], ("load tool CPU", "0.50 cores, 20.0 µs/request".to_string()));
+    }
+
+    #[test]
+    fn missing_counters_and_empty_windows_say_so() {
+        let t = Instant::now();
+        assert!(CpuCost::between(at(t, 5, Some(1.0), None), at(t, 5, Some(2.0), None), 1, 1).is_none());
+        let c = CpuCost::between(at(t, 0, None, Some(1.0)), at(t, 1_000, Some(3.0), Some(1.5)), 0, 0).unwrap();
+        assert_eq!((c.server_cores, c.server_us_per_request), (None, None), "no first server sample");
+        assert_eq!((c.load_tool_cores, c.load_tool_us_per_request), (Some(0.5), None), "no requests");
+        let rows = CpuCost::rows(Some(c));
+        assert_eq!(rows[0].1, format!("n/a (no {SERVER_CPU_COUNTER} in /metrics)"));
+        assert_eq!(rows[1].1, "0.50 cores");
+        assert_eq!(CpuCost::rows(None)[1].1, "n/a");
+    }
+
+    #[tokio::test]
+    async fn this_process_reports_its_own_cpu_time() {
+        let cpu = || metrics_process::collector::collect().cpu_seconds_total.expect("Linux tells the CPU time");
+        let first = cpu();
+        // Burn CPU until the counter (10 ms clock ticks) moves; a busy test machine may
+        // hold this thread back for a while, so the bound is generous.
+        let began = std::time::Instant::now();
+        let mut x = 0u64;
+        let mut second = first;
+        while second <= first && began.elapsed() < Duration::from_secs(10) {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+            second = cpu();
+        }
+        assert!(second > first, "{first} → {second} after {:?} of spinning", began.elapsed());
+    }
+}
