@@ -40,59 +40,87 @@ async fn sample(client: &Client, metrics: &Url) -> Sample {
     Sample { at: Instant::now(), server, own }
 }
 
-/// CPU used during the measured part of a run.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+/// CPU per unit of work (a request, an event, a delivery), in µs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PerUnit {
+    /// What was counted: `request`, `event`, `delivery`.
+    pub unit: &'static str,
+    /// Server CPU time per unit.
+    pub server_us: Option<f64>,
+    /// Load tool CPU time per unit.
+    pub load_tool_us: Option<f64>,
+}
+
+/// CPU used during the measured part of a run. In JSON: `server_cores`,
+/// `load_tool_cores`, and per unit `server_us_per_<unit>` and `load_tool_us_per_<unit>`
+/// (absent when unknown).
+#[derive(Debug, Clone, PartialEq)]
 pub struct CpuCost {
     /// Server CPU time divided by wall time: 1.0 is one core busy all the time.
     pub server_cores: Option<f64>,
-    /// Server CPU time per completed request, in µs.
-    pub server_us_per_request: Option<f64>,
-    /// Server CPU time per acknowledged event, in µs.
-    pub server_us_per_event: Option<f64>,
     /// The load tool's own CPU time divided by wall time.
     pub load_tool_cores: Option<f64>,
-    /// The load tool's CPU time per completed request, in µs.
-    pub load_tool_us_per_request: Option<f64>,
+    /// Per unit of work, in the order the units were given.
+    pub per: Vec<PerUnit>,
+}
+
+impl Serialize for CpuCost {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("server_cores", &self.server_cores)?;
+        map.serialize_entry("load_tool_cores", &self.load_tool_cores)?;
+        for p in &self.per {
+            if let Some(v) = p.server_us {
+                map.serialize_entry(&format!("server_us_per_{}", p.unit), &v)?;
+            }
+            if let Some(v) = p.load_tool_us {
+                map.serialize_entry(&format!("load_tool_us_per_{}", p.unit), &v)?;
+            }
+        }
+        map.end()
+    }
 }
 
 impl CpuCost {
-    /// The cost between two samples, for `requests` and `events` completed between
-    /// them; `None` when no time passed.
-    fn between(a: Sample, b: Sample, requests: u64, events: u64) -> Option<Self> {
+    /// The cost between two samples, for `units` (name and how many were completed
+    /// between them); `None` when no time passed.
+    fn between(a: Sample, b: Sample, units: &[(&'static str, u64)]) -> Option<Self> {
         let wall = b.at.checked_duration_since(a.at).filter(|d| *d > Duration::ZERO)?.as_secs_f64();
         let used = |x: Option<f64>, y: Option<f64>| Some((y? - x?).max(0.0));
         let per = |cpu: Option<f64>, n: u64| cpu.filter(|_| n > 0).map(|c| c * 1e6 / n as f64);
         let (server, own) = (used(a.server, b.server), used(a.own, b.own));
         Some(Self {
             server_cores: server.map(|c| c / wall),
-            server_us_per_request: per(server, requests),
-            server_us_per_event: per(server, events),
             load_tool_cores: own.map(|c| c / wall),
-            load_tool_us_per_request: per(own, requests),
+            per: units
+                .iter()
+                .map(|&(unit, n)| PerUnit { unit, server_us: per(server, n), load_tool_us: per(own, n) })
+                .collect(),
         })
     }
 
     /// Report rows: `server CPU  1.12 cores, 39.5 µs/request, 0.40 µs/event` and the
     /// load tool's.
-    pub fn rows(cost: Option<Self>) -> Vec<(&'static str, String)> {
-        let c = cost.unwrap_or(Self {
-            server_cores: None,
-            server_us_per_request: None,
-            server_us_per_event: None,
-            load_tool_cores: None,
-            load_tool_us_per_request: None,
-        });
-        let server = match (c.server_cores, c.server_us_per_request, c.server_us_per_event) {
-            (Some(cores), Some(req), Some(ev)) => format!("{cores:.2} cores, {req:.1} µs/request, {ev:.2} µs/event"),
-            (Some(cores), _, _) => format!("{cores:.2} cores"),
-            _ => format!("n/a (no {SERVER_CPU_COUNTER} in /metrics)"),
+    pub fn rows(cost: Option<&Self>) -> [(&'static str, String); 2] {
+        let describe = |cores: Option<f64>, per: &dyn Fn(&PerUnit) -> Option<f64>| {
+            let cores = cores?;
+            let mut parts = vec![format!("{cores:.2} cores")];
+            for p in cost.map_or(&[][..], |c| &c.per[..]) {
+                if let Some(us) = per(p) {
+                    parts.push(if us < 10.0 {
+                        format!("{us:.2} µs/{}", p.unit)
+                    } else {
+                        format!("{us:.1} µs/{}", p.unit)
+                    });
+                }
+            }
+            Some(parts.join(", "))
         };
-        let load_tool = match (c.load_tool_cores, c.load_tool_us_per_request) {
-            (Some(cores), Some(req)) => format!("{cores:.2} cores, {req:.1} µs/request"),
-            (Some(cores), None) => format!("{cores:.2} cores"),
-            _ => "n/a".to_string(),
-        };
-        vec![("server CPU", server), ("load tool CPU", load_tool)]
+        let server = describe(cost.and_then(|c| c.server_cores), &|p| p.server_us)
+            .unwrap_or_else(|| format!("n/a (no {SERVER_CPU_COUNTER} in /metrics)"));
+        let load_tool = describe(cost.and_then(|c| c.load_tool_cores), &|p| p.load_tool_us).unwrap_or("n/a".into());
+        [("server CPU", server), ("load tool CPU", load_tool)]
     }
 }
 
@@ -118,15 +146,15 @@ impl Window {
         Self { from, first, client, metrics }
     }
 
-    /// The CPU used between the start and now by `requests` requests carrying `events`
-    /// events; `None` when the run ended before the window started.
-    pub async fn finish(self, requests: u64, events: u64) -> Option<CpuCost> {
+    /// The CPU used between the start and now, per unit of work done in that time
+    /// (`units`: name and count); `None` when the run ended before the window started.
+    pub async fn finish(self, units: &[(&'static str, u64)]) -> Option<CpuCost> {
         if Instant::now() < self.from {
             self.first.abort();
             return None;
         }
         let first = self.first.await.ok()?;
-        CpuCost::between(first, sample(&self.client, &self.metrics).await, requests, events)
+        CpuCost::between(first, sample(&self.client, &self.metrics).await, units)
     }
 }
 
@@ -139,34 +167,45 @@ mod tests {
     }
 
     #[test]
-    fn cost_is_cpu_over_wall_time_and_over_requests() {
+    fn cost_is_cpu_over_wall_time_and_over_units() {
         let t = Instant::now();
         let a = at(t, 0, Some(10.0), Some(1.0));
         let b = at(t, 2_000, Some(12.5), Some(2.0));
         // 2 s of wall time: 2.5 s of server CPU, 1 s of load tool CPU; 50,000 requests
         // carrying 5,000,000 events.
-        let c = CpuCost::between(a, b, 50_000, 5_000_000).unwrap();
-        assert_eq!(c.server_cores, Some(1.25));
-        assert_eq!(c.server_us_per_request, Some(50.0));
-        assert_eq!(c.server_us_per_event, Some(0.5));
-        assert_eq!(c.load_tool_cores, Some(0.5));
-        assert_eq!(c.load_tool_us_per_request, Some(20.0));
-        let rows = CpuCost::rows(Some(c));
-        assert_eq!(rows[0], ("server CPU", "1.25 cores, 50.0 µs/request, 0.50 µs/event".to_string()));
-        assert_eq!(rows[1], ("load tool CPU", "0.50 cores, 20.0 µs/request".to_string()));
+        let c = CpuCost::between(a, b, &[("request", 50_000), ("event", 5_000_000)]).unwrap();
+        assert_eq!((c.server_cores, c.load_tool_cores), (Some(1.25), Some(0.5)));
+        assert_eq!(c.per[0], PerUnit { unit: "request", server_us: Some(50.0), load_tool_us: Some(20.0) });
+        assert_eq!(c.per[1], PerUnit { unit: "event", server_us: Some(0.5), load_tool_us: Some(0.2) });
+        let rows = CpuCost::rows(Some(&c));
+        assert_eq!(rows[0].1, "1.25 cores, 50.0 µs/request, 0.50 µs/event");
+        assert_eq!(rows[1].1, "0.50 cores, 20.0 µs/request, 0.20 µs/event");
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"server_cores": 1.25, "load_tool_cores": 0.5,
+                "server_us_per_request": 50.0, "load_tool_us_per_request": 20.0,
+                "server_us_per_event": 0.5, "load_tool_us_per_event": 0.2})
+        );
     }
 
     #[test]
     fn missing_counters_and_empty_windows_say_so() {
         let t = Instant::now();
-        assert!(CpuCost::between(at(t, 5, Some(1.0), None), at(t, 5, Some(2.0), None), 1, 1).is_none());
-        let c = CpuCost::between(at(t, 0, None, Some(1.0)), at(t, 1_000, Some(3.0), Some(1.5)), 0, 0).unwrap();
-        assert_eq!((c.server_cores, c.server_us_per_request), (None, None), "no first server sample");
-        assert_eq!((c.load_tool_cores, c.load_tool_us_per_request), (Some(0.5), None), "no requests");
-        let rows = CpuCost::rows(Some(c));
+        assert!(CpuCost::between(at(t, 5, Some(1.0), None), at(t, 5, Some(2.0), None), &[]).is_none());
+        let c = CpuCost::between(at(t, 0, None, Some(1.0)), at(t, 1_000, Some(3.0), Some(1.5)), &[("event", 0)]);
+        let c = c.unwrap();
+        assert_eq!(c.server_cores, None, "no first server sample");
+        assert_eq!(c.load_tool_cores, Some(0.5));
+        assert_eq!(c.per[0], PerUnit { unit: "event", server_us: None, load_tool_us: None }, "nothing done");
+        let rows = CpuCost::rows(Some(&c));
         assert_eq!(rows[0].1, format!("n/a (no {SERVER_CPU_COUNTER} in /metrics)"));
         assert_eq!(rows[1].1, "0.50 cores");
         assert_eq!(CpuCost::rows(None)[1].1, "n/a");
+        assert_eq!(
+            serde_json::to_value(&c).unwrap(),
+            serde_json::json!({"server_cores": null, "load_tool_cores": 0.5})
+        );
     }
 
     #[tokio::test]

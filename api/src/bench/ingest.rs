@@ -461,7 +461,7 @@ impl Report {
         ];
         rows.extend(self.first_error.clone().map(|e| ("first error", e)));
         rows.push(("machine CPU", super::machine::MachineCpu::describe(self.machine_cpu)));
-        rows.extend(super::cpu::CpuCost::rows(self.cpu));
+        rows.extend(super::cpu::CpuCost::rows(self.cpu.as_ref()));
         match self.server_rss_bytes {
             Some(r) => rows.extend([
                 ("server RSS first", mib(r.first)),
@@ -684,7 +684,7 @@ pub(super) async fn ingest(args: IngestArgs) -> Result<()> {
     let stopped_at = progress(args.warmup + args.duration, start, end, &shared, &hists, &rss).await?;
     let machine_cpu = cpu_window.finish().await;
     let (requests, events) = (shared.measured.get(REQUESTS), shared.measured.get(EVENTS));
-    let cpu = cost_window.finish(requests, events).await;
+    let cpu = cost_window.finish(&[("request", requests), ("event", events)]).await;
     stop_tx.send_replace(true);
     let aborts: Vec<_> = workers.iter().map(|w| w.abort_handle()).collect();
     let drained = tokio::select! {

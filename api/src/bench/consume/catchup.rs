@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+use super::super::cpu::CpuCost;
 use super::super::machine::MachineCpu;
 use super::super::{ProgressLines, check_http, create_topic, ctrl_c, endpoint, print_report, setup_client, wall_us};
 use super::producer::{event_batch, post_events, producer_client};
@@ -253,6 +254,8 @@ struct Report {
     per_member: Vec<u64>,
     /// The whole machine's CPU while reading (load tool included).
     machine_cpu: Option<MachineCpu>,
+    /// CPU of the server and of the load tool while reading, per event received.
+    cpu: Option<CpuCost>,
     errors: u64,
     first_error: Option<String>,
 }
@@ -287,6 +290,7 @@ impl Report {
             rows.push((format!("member m{i} received"), n.to_string()));
         }
         rows.push(MachineCpu::row(self.machine_cpu));
+        rows.extend(CpuCost::rows(self.cpu.as_ref()).map(|(k, v)| (k.to_string(), v)));
         rows.push(("errors".into(), self.errors.to_string()));
         rows.extend(self.first_error.clone().map(|e| ("first error".into(), e)));
         rows
@@ -327,6 +331,7 @@ pub(super) async fn run(args: CatchupArgs) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let start = Instant::now();
     let cpu_window = super::super::machine::Window::from(start);
+    let cost_window = super::super::cpu::Window::from(start, client.clone(), endpoint(base, &["metrics"])?);
     let sockets = futures_util::future::try_join_all(urls.iter().map(|u| connect(u, READ_BUFFER))).await?;
     let tasks: Vec<_> = sockets
         .into_iter()
@@ -377,6 +382,7 @@ pub(super) async fn run(args: CatchupArgs) -> Result<()> {
     };
     let end = backlog.finished.get().copied().unwrap_or_else(Instant::now);
     let machine_cpu = cpu_window.finish().await;
+    let cpu = cost_window.finish(&[("event", backlog.unique.load(Relaxed))]).await;
     drop(progress);
     stop_tx.send_replace(true);
     let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
@@ -408,6 +414,7 @@ pub(super) async fn run(args: CatchupArgs) -> Result<()> {
         mb_per_s: if secs > 0.0 { frame_bytes as f64 / secs / 1e6 } else { 0.0 },
         per_member,
         machine_cpu,
+        cpu,
         errors: backlog.errors.load(Relaxed),
         first_error: backlog.first_error.get().cloned(),
     };

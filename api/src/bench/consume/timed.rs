@@ -18,6 +18,7 @@ use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
+use super::super::cpu::CpuCost;
 use super::super::machine::MachineCpu;
 use super::super::{
     LatencySummary, ProgressLines, check_http, create_topic, ctrl_c, endpoint, lock, merged, new_histogram,
@@ -228,6 +229,8 @@ struct Report {
     server_memory: Option<Memory>,
     /// The whole machine's CPU during the measured part (load tool included).
     machine_cpu: Option<MachineCpu>,
+    /// CPU of the server and of the load tool during the measured part, per delivery.
+    cpu: Option<CpuCost>,
     errors: u64,
     first_error: Option<String>,
 }
@@ -271,6 +274,7 @@ impl Report {
             ));
         }
         rows.push(MachineCpu::row(self.machine_cpu));
+        rows.extend(CpuCost::rows(self.cpu.as_ref()).map(|(k, v)| (k.to_string(), v)));
         rows.push(("errors".into(), self.errors.to_string()));
         rows.extend(self.first_error.clone().map(|e| ("first error".into(), e)));
         rows
@@ -387,6 +391,7 @@ pub(super) async fn run(plan: Plan) -> Result<()> {
     let end = measure_from + Duration::from_secs(p.duration);
     let measure_from_us = clock.wall_of(measure_from);
     let cpu_window = super::super::machine::Window::from(measure_from);
+    let cost_window = super::super::cpu::Window::from(measure_from, setup.clone(), metrics_url.clone());
     timed.measure_from_us.store(measure_from_us, Relaxed);
     let pacing = Pacing { batch: p.batch, event_bytes: p.event_bytes, interval, end, clock, measure_from_us };
     let (posted, post_hist) = (Arc::new(Posted::default()), Arc::new(Mutex::new(new_histogram()?)));
@@ -425,6 +430,8 @@ pub(super) async fn run(plan: Plan) -> Result<()> {
     }
     let stopped = Instant::now().min(end);
     let machine_cpu = cpu_window.finish().await;
+    let delivered: u64 = timed.measured.iter().map(|c| c.load(Relaxed)).sum();
+    let cpu = cost_window.finish(&[("delivery", delivered)]).await;
     // Drain: until every subscriber has every acknowledged event, or the drain timeout.
     let drain_until = Instant::now() + Duration::from_secs(p.drain);
     let expected = posted.events.load(Relaxed);
@@ -479,6 +486,7 @@ pub(super) async fn run(plan: Plan) -> Result<()> {
         latency: LatencySummary::of(&merged(&timed.hists)?),
         server_memory,
         machine_cpu,
+        cpu,
         errors: timed.errors.load(Relaxed),
         first_error,
     };
