@@ -1,8 +1,9 @@
 //! What a measured run cost in CPU: the server's (its `process_cpu_seconds_total` in
-//! `/metrics`) and the load tool's own, per second and per request.
+//! `/metrics`) and the load tool's own, in cores and per unit of work (request, event,
+//! delivery).
 //!
 //! With the load tool on the server's machine both draw on the same cores, so the
-//! server's share per request is what an optimisation has to cut, and the two together
+//! server's share per unit is what an optimisation has to cut, and the two together
 //! bound the rate the machine can reach.
 
 use std::time::Duration;
