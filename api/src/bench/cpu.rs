@@ -1,6 +1,6 @@
-//! What a measured run cost in CPU: the server's (its `process_cpu_seconds_total` in
-//! `/metrics`) and the load tool's own, in cores and per unit of work (request, event,
-//! delivery).
+//! What a measured run cost in CPU: the whole machine's (busy and steal shares, see
+//! [`super::machine`]), the server's (its `process_cpu_seconds_total` in `/metrics`)
+//! and the load tool's own, in cores and per unit of work (request, event, delivery).
 //!
 //! With the load tool on the server's machine both draw on the same cores, so the
 //! server's share per unit is what an optimisation has to cut, and the two together
@@ -9,6 +9,8 @@
 use std::time::Duration;
 
 use reqwest::{Client, Url};
+
+use super::machine::{self, MachineCpu};
 use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -16,10 +18,12 @@ use tokio::time::Instant;
 /// The server's CPU counter in `/metrics`.
 const SERVER_CPU_COUNTER: &str = "process_cpu_seconds_total";
 
-/// CPU seconds used so far, at one instant.
+/// CPU used so far, at one instant.
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     at: Instant,
+    /// All cores' counters; `None` where `/proc/stat` is unavailable.
+    machine: Option<machine::Sample>,
     /// `None` when `/metrics` was unreachable, refused or had no such counter.
     server: Option<f64>,
     /// `None` where the platform does not tell.
@@ -38,7 +42,7 @@ async fn server_cpu_seconds(client: &Client, metrics: &Url) -> Option<f64> {
 async fn sample(client: &Client, metrics: &Url) -> Sample {
     let server = server_cpu_seconds(client, metrics).await;
     let own = metrics_process::collector::collect().cpu_seconds_total;
-    Sample { at: Instant::now(), server, own }
+    Sample { at: Instant::now(), machine: machine::sample(), server, own }
 }
 
 /// CPU per unit of work (a request, an event, a delivery), in µs.
@@ -125,7 +129,16 @@ impl CpuCost {
     }
 }
 
-/// Samples both CPU counters at a start instant and again at [`Window::finish`].
+/// The CPU of a measured run: the machine's shares and the server's and load tool's cost.
+#[derive(Debug, Clone)]
+pub struct RunCpu {
+    /// Busy and steal shares of all cores.
+    pub machine: Option<MachineCpu>,
+    /// Server and load tool CPU, in cores and per unit of work.
+    pub cost: Option<CpuCost>,
+}
+
+/// Samples every CPU counter at a start instant and again at [`Window::finish`].
 pub struct Window {
     from: Instant,
     first: JoinHandle<Sample>,
@@ -147,15 +160,21 @@ impl Window {
         Self { from, first, client, metrics }
     }
 
-    /// The CPU used between the start and now, per unit of work done in that time
-    /// (`units`: name and count); `None` when the run ended before the window started.
-    pub async fn finish(self, units: &[(&'static str, u64)]) -> Option<CpuCost> {
+    /// The CPU used between the start and now, the cost per unit of work done in that
+    /// time (`units`: name and count); nothing when the run ended before the window
+    /// started.
+    pub async fn finish(self, units: &[(&'static str, u64)]) -> RunCpu {
+        let nothing = RunCpu { machine: None, cost: None };
         if Instant::now() < self.from {
             self.first.abort();
-            return None;
+            return nothing;
         }
-        let first = self.first.await.ok()?;
-        CpuCost::between(first, sample(&self.client, &self.metrics).await, units)
+        let Ok(first) = self.first.await else { return nothing };
+        let last = sample(&self.client, &self.metrics).await;
+        RunCpu {
+            machine: first.machine.zip(last.machine).and_then(|(a, b)| MachineCpu::between(a, b)),
+            cost: CpuCost::between(first, last, units),
+        }
     }
 }
 
@@ -164,7 +183,7 @@ mod tests {
     use super::*;
 
     fn at(base: Instant, ms: u64, server: Option<f64>, own: Option<f64>) -> Sample {
-        Sample { at: base + Duration::from_millis(ms), server, own }
+        Sample { at: base + Duration::from_millis(ms), machine: None, server, own }
     }
 
     #[test]
@@ -207,6 +226,23 @@ mod tests {
             serde_json::to_value(&c).unwrap(),
             serde_json::json!({"server_cores": null, "load_tool_cores": 0.5})
         );
+    }
+
+    #[tokio::test]
+    async fn a_window_on_this_machine() {
+        // No server listens on port 9: the machine's and this process's figures only.
+        let (client, metrics) =
+            (super::super::setup_client().unwrap(), Url::parse("http://127.0.0.1:9/metrics").unwrap());
+        let window = Window::from(Instant::now(), client.clone(), metrics.clone());
+        // Enough ticks (10 ms each) for a figure.
+        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+        let cpu = window.finish(&[]).await.machine;
+        if std::path::Path::new("/proc/stat").exists() {
+            let c = cpu.expect("a figure after 60 ms");
+            assert!((0.0..=100.0).contains(&c.busy_percent) && (0.0..=100.0).contains(&c.steal_percent));
+        }
+        let later = Window::from(Instant::now() + std::time::Duration::from_secs(60), client, metrics);
+        assert!(later.finish(&[]).await.machine.is_none(), "a window that never started has no figure");
     }
 
     #[tokio::test]

@@ -626,8 +626,7 @@ pub(super) async fn ingest(args: IngestArgs) -> Result<()> {
     let start = Instant::now();
     let measure_start = start.checked_add(Duration::from_secs(args.warmup)).context("--warmup too large")?;
     let end = measure_start.checked_add(Duration::from_secs(args.duration)).context("--duration too large")?;
-    let cpu_window = super::machine::Window::from(measure_start);
-    let cost_window = super::cpu::Window::from(measure_start, setup.clone(), metrics_url.clone());
+    let cpu_window = super::cpu::Window::from(measure_start, setup.clone(), metrics_url.clone());
     let mut auth = Vec::new();
     match (&args.write_key, &args.token) {
         (Some(key), _) => auth.push(("x-write-key", key.clone())),
@@ -682,9 +681,8 @@ pub(super) async fn ingest(args: IngestArgs) -> Result<()> {
     }
 
     let stopped_at = progress(args.warmup + args.duration, start, end, &shared, &hists, &rss).await?;
-    let machine_cpu = cpu_window.finish().await;
     let (requests, events) = (shared.measured.get(REQUESTS), shared.measured.get(EVENTS));
-    let cpu = cost_window.finish(&[("request", requests), ("event", events)]).await;
+    let cpu = cpu_window.finish(&[("request", requests), ("event", events)]).await;
     stop_tx.send_replace(true);
     let aborts: Vec<_> = workers.iter().map(|w| w.abort_handle()).collect();
     let drained = tokio::select! {
@@ -702,8 +700,7 @@ pub(super) async fn ingest(args: IngestArgs) -> Result<()> {
     let secs = stopped_at.saturating_duration_since(measure_start).as_secs_f64();
     let first_error = shared.first_error.get().cloned();
     let mut report = Report::new(&shared.measured, &merged(&hists)?, secs, first_error, *lock(&rss));
-    report.machine_cpu = machine_cpu;
-    report.cpu = cpu;
+    (report.machine_cpu, report.cpu) = (cpu.machine, cpu.cost);
     if segment || args.dedup {
         report.dedup = dedup_figures(&setup, &metrics_url, shared.total.get(EVENTS)).await;
     }

@@ -3,15 +3,14 @@
 //! Load tools here run on the same machine as the server, and on a virtual machine
 //! the host may take CPU time away (`steal`). Reports state both, so a figure can be
 //! read with its conditions: a run with the cores saturated, or one where the host
-//! took a tenth of the time, is not comparable with a quiet one.
+//! took a tenth of the time, is not comparable with a quiet one. A run's window
+//! ([`super::cpu::Window`]) takes these samples with the server's and its own.
 
 use serde::Serialize;
-use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
 /// Cumulative CPU time of all cores, in clock ticks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Sample {
+pub(super) struct Sample {
     busy: u64,
     steal: u64,
     total: u64,
@@ -30,7 +29,8 @@ fn parse(stat: &str) -> Option<Sample> {
     Some(Sample { busy: total - idle - steal, steal, total })
 }
 
-fn sample() -> Option<Sample> {
+/// The machine's CPU counters now; `None` where `/proc/stat` is unavailable.
+pub(super) fn sample() -> Option<Sample> {
     parse(&std::fs::read_to_string("/proc/stat").ok()?)
 }
 
@@ -44,7 +44,7 @@ pub struct MachineCpu {
 }
 
 impl MachineCpu {
-    fn between(a: Sample, b: Sample) -> Option<Self> {
+    pub(super) fn between(a: Sample, b: Sample) -> Option<Self> {
         let total = b.total.checked_sub(a.total).filter(|t| *t > 0)? as f64;
         let pct = |x: u64, y: u64| y.saturating_sub(x) as f64 * 100.0 / total;
         Some(Self { busy_percent: pct(a.busy, b.busy), steal_percent: pct(a.steal, b.steal) })
@@ -64,34 +64,6 @@ impl MachineCpu {
     }
 }
 
-/// Measures the machine's CPU from a start instant until [`Window::finish`].
-pub struct Window {
-    from: Instant,
-    first: JoinHandle<Option<Sample>>,
-}
-
-impl Window {
-    /// Takes the first sample at `from` (at once if it has passed).
-    pub fn from(from: Instant) -> Self {
-        let first = tokio::spawn(async move {
-            tokio::time::sleep_until(from).await;
-            sample()
-        });
-        Self { from, first }
-    }
-
-    /// The machine's CPU use between the start and now; `None` where `/proc/stat` is
-    /// unavailable or the run ended before the window started.
-    pub async fn finish(self) -> Option<MachineCpu> {
-        if Instant::now() < self.from {
-            self.first.abort();
-            return None;
-        }
-        let first = self.first.await.ok()??;
-        MachineCpu::between(first, sample()?)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,19 +80,5 @@ mod tests {
         assert!(MachineCpu::between(b, b).is_none(), "no time passed");
         assert!(parse("cpu  1 2 3\n").is_none());
         assert!(parse("intr 5\n").is_none());
-    }
-
-    #[tokio::test]
-    async fn a_window_on_this_machine() {
-        let window = Window::from(Instant::now());
-        // Enough ticks (10 ms each) for a figure.
-        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
-        let cpu = window.finish().await;
-        if std::path::Path::new("/proc/stat").exists() {
-            let c = cpu.expect("a figure after 60 ms");
-            assert!((0.0..=100.0).contains(&c.busy_percent) && (0.0..=100.0).contains(&c.steal_percent));
-        }
-        let later = Window::from(Instant::now() + std::time::Duration::from_secs(60));
-        assert!(later.finish().await.is_none(), "a window that never started has no figure");
     }
 }

@@ -8,7 +8,8 @@
 //!
 //! This module holds what the tools share: the command enum, Prometheus gauge parsing
 //! (server RSS from `/metrics`), latency histogram summaries, topic creation, progress
-//! lines, report printing, and the machine's CPU use during a run ([`machine`]).
+//! lines, report printing, and the CPU a run used: the machine's shares ([`machine`]) and
+//! the server's and load tool's cost ([`cpu`]), sampled by one window per run.
 
 mod conn;
 pub mod consume;

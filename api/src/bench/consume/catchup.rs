@@ -330,8 +330,7 @@ pub(super) async fn run(args: CatchupArgs) -> Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let start = Instant::now();
-    let cpu_window = super::super::machine::Window::from(start);
-    let cost_window = super::super::cpu::Window::from(start, client.clone(), endpoint(base, &["metrics"])?);
+    let cpu_window = super::super::cpu::Window::from(start, client.clone(), endpoint(base, &["metrics"])?);
     let sockets = futures_util::future::try_join_all(urls.iter().map(|u| connect(u, READ_BUFFER))).await?;
     let tasks: Vec<_> = sockets
         .into_iter()
@@ -381,8 +380,7 @@ pub(super) async fn run(args: CatchupArgs) -> Result<()> {
         }
     };
     let end = backlog.finished.get().copied().unwrap_or_else(Instant::now);
-    let machine_cpu = cpu_window.finish().await;
-    let cpu = cost_window.finish(&[("event", backlog.unique.load(Relaxed))]).await;
+    let cpu = cpu_window.finish(&[("event", backlog.unique.load(Relaxed))]).await;
     drop(progress);
     stop_tx.send_replace(true);
     let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
@@ -413,8 +411,8 @@ pub(super) async fn run(args: CatchupArgs) -> Result<()> {
         events_per_s: if secs > 0.0 { unique as f64 / secs } else { 0.0 },
         mb_per_s: if secs > 0.0 { frame_bytes as f64 / secs / 1e6 } else { 0.0 },
         per_member,
-        machine_cpu,
-        cpu,
+        machine_cpu: cpu.machine,
+        cpu: cpu.cost,
         errors: backlog.errors.load(Relaxed),
         first_error: backlog.first_error.get().cloned(),
     };

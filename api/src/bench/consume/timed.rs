@@ -390,8 +390,7 @@ pub(super) async fn run(plan: Plan) -> Result<()> {
     let measure_from = start + Duration::from_secs(p.warmup);
     let end = measure_from + Duration::from_secs(p.duration);
     let measure_from_us = clock.wall_of(measure_from);
-    let cpu_window = super::super::machine::Window::from(measure_from);
-    let cost_window = super::super::cpu::Window::from(measure_from, setup.clone(), metrics_url.clone());
+    let cpu_window = super::super::cpu::Window::from(measure_from, setup.clone(), metrics_url.clone());
     timed.measure_from_us.store(measure_from_us, Relaxed);
     let pacing = Pacing { batch: p.batch, event_bytes: p.event_bytes, interval, end, clock, measure_from_us };
     let (posted, post_hist) = (Arc::new(Posted::default()), Arc::new(Mutex::new(new_histogram()?)));
@@ -429,9 +428,8 @@ pub(super) async fn run(plan: Plan) -> Result<()> {
         }
     }
     let stopped = Instant::now().min(end);
-    let machine_cpu = cpu_window.finish().await;
     let delivered: u64 = timed.measured.iter().map(|c| c.load(Relaxed)).sum();
-    let cpu = cost_window.finish(&[("delivery", delivered)]).await;
+    let cpu = cpu_window.finish(&[("delivery", delivered)]).await;
     // Drain: until every subscriber has every acknowledged event, or the drain timeout.
     let drain_until = Instant::now() + Duration::from_secs(p.drain);
     let expected = posted.events.load(Relaxed);
@@ -485,8 +483,8 @@ pub(super) async fn run(plan: Plan) -> Result<()> {
         subscribers_complete: received.iter().filter(|r| **r >= expected).count(),
         latency: LatencySummary::of(&merged(&timed.hists)?),
         server_memory,
-        machine_cpu,
-        cpu,
+        machine_cpu: cpu.machine,
+        cpu: cpu.cost,
         errors: timed.errors.load(Relaxed),
         first_error,
     };
