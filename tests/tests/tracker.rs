@@ -123,6 +123,41 @@ async fn segment_doc_payloads_land_in_their_topics_with_their_keys() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_path_long_and_short_stores_its_call_type() {
+    let server = TestServer::with_defaults().await;
+    // Each call's path sets its type, whatever the body says; the short paths take
+    // text/plain bodies as analytics.js sends them.
+    let calls = [
+        ("/v1/screen", "screen", "application/json"),
+        ("/v1/s", "screen", "text/plain"),
+        ("/v1/identify", "identify", "application/json"),
+        ("/v1/i", "identify", "text/plain"),
+        ("/v1/group", "group", "application/json"),
+        ("/v1/g", "group", "text/plain"),
+        ("/v1/alias", "alias", "application/json"),
+        ("/v1/a", "alias", "text/plain"),
+        ("/v1/page", "page", "application/json"),
+        ("/v1/p", "page", "text/plain"),
+        ("/v1/track", "track", "application/json"),
+        ("/v1/t", "track", "text/plain"),
+    ];
+    for (path, _, content_type) in calls {
+        let body =
+            json!({"userId": format!("user{path}"), "event": "E", "groupId": "g", "previousId": "p", "type": "bogus"});
+        accepted(post_segment(&server, path, content_type, &body).await).await;
+    }
+    for kind in ["screen", "identify", "group", "alias", "page", "track"] {
+        let records = all_records(&server, &format!("segment.{kind}")).await;
+        let mut keys: Vec<&str> = records.iter().map(|r| r["key"].as_str().unwrap()).collect();
+        keys.sort_unstable();
+        let mut expected: Vec<String> = calls.iter().filter(|c| c.1 == kind).map(|c| format!("user{}", c.0)).collect();
+        expected.sort_unstable();
+        assert_eq!(keys, expected, "segment.{kind}");
+        assert!(records.iter().all(|r| r["value"]["type"] == kind), "{records:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn segment_topics_follow_the_mapping_setting() {
     let server = TestServer::start(|c| {
         c.segment_topics = r#"{"track:Order Completed":"orders","*":"web"}"#.parse().unwrap();
