@@ -249,6 +249,19 @@ async fn permissions_are_checked_per_topic_and_action() {
     let resp = scoped_admin.post("/v1/topics").json(&json!({"name": "web.new", "partitions": 1})).send().await;
     assert_eq!(resp.unwrap().status(), 201);
     assert_problem(scoped_admin.get("/metrics").send().await.unwrap(), 403, "forbidden").await;
+    // Node status covers every topic and names host paths: admin on `*` only.
+    for caller in [&consumer, &producer, &scoped_admin] {
+        assert_problem(caller.get("/v1/status").send().await.unwrap(), 403, "forbidden").await;
+    }
+    assert_eq!(admin.get_json("/v1/status").await["topics"], 3);
+    // A token in the URL is taken only by subscriptions (WebSocket and SSE); elsewhere
+    // it is refused, not ignored, so the caller learns to send the header.
+    let resp = server.get(&format!("/v1/topics?access_token={}", admin_token())).send().await.unwrap();
+    let p = assert_problem(resp, 401, "invalid_token").await;
+    assert!(p["detail"].as_str().unwrap().contains("Authorization: Bearer"), "{p}");
+    let resp = server.get(&format!("/v1/topics/orders/stream?access_token={}", admin_token())).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "SSE takes the query token");
+    drop(resp);
 
     // listings show what the caller may see
     let names = |v: Value| -> Vec<String> {

@@ -209,14 +209,24 @@ async fn analytics_js_settings_point_back_at_the_gateway() {
     assert_eq!(io["apiKey"], "WRITE_KEY");
     assert_eq!(io["apiHost"], format!("{}/v1", server.addr));
     assert_eq!(io["protocol"], "http");
-    let behind_proxy = server
-        .get("/v1/projects/k/settings")
-        .header("x-forwarded-host", "events.example.com")
-        .header("x-forwarded-proto", "https")
-        .send()
-        .await
-        .unwrap();
-    let body: Value = behind_proxy.json().await.unwrap();
+    let forwarded = |server: &TestServer| {
+        server
+            .get("/v1/projects/k/settings")
+            .header("x-forwarded-host", "events.example.com")
+            .header("x-forwarded-proto", "https")
+            .send()
+    };
+    // From a client that is not a trusted proxy the forwarded headers are ignored: the
+    // answer is cacheable, and must not send other visitors' events elsewhere.
+    let spoofed = forwarded(&server).await.unwrap();
+    let vary = spoofed.headers()["vary"].to_str().unwrap().to_ascii_lowercase();
+    assert!(vary.contains("x-forwarded-host") && vary.contains("x-forwarded-proto"), "{vary}");
+    let body: Value = spoofed.json().await.unwrap();
+    assert_eq!(body["integrations"]["Segment.io"]["apiHost"], format!("{}/v1", server.addr));
+    assert_eq!(body["integrations"]["Segment.io"]["protocol"], "http");
+
+    let behind_proxy = TestServer::start(|c| c.trusted_proxies = "127.0.0.1/32".parse().unwrap()).await;
+    let body: Value = forwarded(&behind_proxy).await.unwrap().json().await.unwrap();
     assert_eq!(body["integrations"]["Segment.io"]["apiHost"], "events.example.com/v1");
     assert_eq!(body["integrations"]["Segment.io"]["protocol"], "https");
 }

@@ -33,6 +33,8 @@ function push(s, t, values) {
 export const data = {
   /** Last GET /v1/status answer. */
   status: null,
+  /** Why /v1/status failed (e.g. the token lacks admin), or null. */
+  statusError: null,
   /** Last GET /v1/topics list. */
   topics: [],
   /** Per topic: `{produce, consume, partitions: [rate...], history: {t, produce, consume}}`. */
@@ -122,6 +124,7 @@ async function sample() {
   const now = Date.now() / 1000;
   data.error = null;
   data.status = status.status === 'fulfilled' ? status.value : null;
+  data.statusError = status.status === 'rejected' ? status.reason.message : null;
   data.topics = topics.value.topics;
   data.metricsOk = metricsText.status === 'fulfilled';
   const metrics = data.metricsOk ? parseMetrics(metricsText.value) : new Map();

@@ -168,7 +168,10 @@ impl Security {
         self.public_metrics
     }
 
-    fn credential(&self, headers: &HeaderMap, query: Option<&str>) -> Credential {
+    /// The credentials `headers` and `query` carry. `query_token` says whether the
+    /// route takes `?access_token=` (WebSocket and SSE, which cannot set headers);
+    /// elsewhere a token in the URL is refused, so it is not left in access logs.
+    fn credential(&self, headers: &HeaderMap, query: Option<&str>, query_token: bool) -> Credential {
         if !self.enabled {
             return Credential::Open;
         }
@@ -199,6 +202,13 @@ impl Security {
         if token.is_none() || key.is_none() {
             for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
                 match &*name {
+                    "access_token" if token.is_none() && !query_token => {
+                        return Credential::Refused(AuthError::InvalidToken(
+                            "access_token in the URL is taken only on /subscribe and /stream; \
+                             send Authorization: Bearer <token>"
+                                .into(),
+                        ));
+                    }
                     "access_token" if token.is_none() => token = Some(value.into_owned()),
                     "key" if key.is_none() => key = Some(value.into_owned()),
                     _ => {}
@@ -449,6 +459,14 @@ pub async fn gate(req: Request, next: Next) -> Response {
     }
 }
 
+/// Whether `path` is a subscription (`/v1/topics/{topic}/subscribe` or `/stream`),
+/// the only routes that take `?access_token=`. Decided on the raw path, since this
+/// runs before routing: exactly five segments, so a topic named `stream` is no match.
+fn takes_query_token(path: &str) -> bool {
+    let segments: Vec<&str> = path.split('/').collect();
+    matches!(segments.as_slice(), ["", "v1", "topics", topic, "subscribe" | "stream"] if !topic.is_empty())
+}
+
 /// Middleware: resolves the [`Caller`] and applies the per-IP rate limit.
 pub async fn authenticate(
     State(state): State<SharedState>,
@@ -465,7 +483,7 @@ pub async fn authenticate(
         record_refusal(&e, ip);
         return ApiError::Auth(e).into_response();
     }
-    let credential = security.credential(req.headers(), req.uri().query());
+    let credential = security.credential(req.headers(), req.uri().query(), takes_query_token(req.uri().path()));
     let origin = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_owned);
     req.extensions_mut().insert(Caller { ip, origin, credential, security });
     next.run(req).await
@@ -474,6 +492,17 @@ pub async fn authenticate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_subscriptions_take_query_tokens() {
+        assert!(takes_query_token("/v1/topics/web.clicks/subscribe"));
+        assert!(takes_query_token("/v1/topics/a%2Fb/stream"));
+        for path in
+            ["/v1/topics/stream", "/v1/topics/subscribe", "/v1/topics//stream", "/v1/topics/t/events", "/metrics"]
+        {
+            assert!(!takes_query_token(path), "{path}");
+        }
+    }
 
     #[test]
     fn retry_after_rounds_up_to_whole_seconds() {

@@ -15,7 +15,9 @@
 
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -178,8 +180,11 @@ pub async fn segment_call(
 /// The settings analytics.js loads at start (`cdnURL` pointed at this gateway), telling
 /// its Segment.io integration to post back here.
 ///
-/// `apiHost` is this request's host (`X-Forwarded-Host`, else `Host`) with `/v1`, and
-/// `protocol` is `X-Forwarded-Proto`, else `http`. Metrics collection is off.
+/// `apiHost` is this request's host with `/v1`, and `protocol` is `http`. When the TCP
+/// peer is in `trusted_proxies`, `X-Forwarded-Host` and `X-Forwarded-Proto` override
+/// them; from anyone else they are ignored, so a client cannot get an answer naming
+/// another host into a shared cache (the answer is cacheable for 60 s). Metrics
+/// collection is off.
 #[utoipa::path(get, path = "/v1/projects/{write_key}/settings", tag = "segment",
     params(("write_key" = String, Path, description = "The source's write key")),
     responses(
@@ -188,23 +193,27 @@ pub async fn segment_call(
     ))]
 pub async fn segment_settings(
     State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(write_key): Path<String>,
     request_headers: HeaderMap,
 ) -> Result<(StatusCode, HeaderMap, Json<Value>), ApiError> {
     if state.security.enabled() && !state.security.is_write_key(&write_key) {
         return Err(ApiError::NotFound { detail: "unknown write key".into() });
     }
+    let from_proxy = state.config.trusted_proxies.contains(crate::auth::settings::canonical_ip(peer.ip()));
     let header_str = |name: &str| request_headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-    let host = header_str("x-forwarded-host")
+    let forwarded = |name: &str| if from_proxy { header_str(name) } else { None };
+    let host = forwarded("x-forwarded-host")
         .or_else(|| header_str("host"))
         .map(|h| h.split(',').next().unwrap_or(h).trim().to_string())
         .unwrap_or_else(|| state.config.addr.to_string());
-    let protocol = match header_str("x-forwarded-proto") {
+    let protocol = match forwarded("x-forwarded-proto") {
         Some(p) if p.eq_ignore_ascii_case("https") => "https",
         _ => "http",
     };
     let mut headers = HeaderMap::new();
     headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("public, max-age=60"));
+    headers.insert(header::VARY, header::HeaderValue::from_static("host, x-forwarded-host, x-forwarded-proto"));
     let settings = json!({
         "integrations": {
             "Segment.io": {

@@ -9,6 +9,7 @@ use axum::extract::State;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::auth::{Action, Caller};
 use crate::error::ApiError;
 use crate::state::SharedState;
 
@@ -50,9 +51,13 @@ pub struct NodeStatus {
 }
 
 /// Status of this node: version, address, uptime, readiness, storage and totals.
+///
+/// With authentication on it needs `admin` on every topic (`*`), like `/metrics`: the
+/// totals cover topics the caller may not see, and the data directory is a host path.
 #[utoipa::path(get, path = "/v1/status", tag = "ops",
     responses((status = 200, description = "This node", body = NodeStatus)))]
-pub async fn status(State(state): State<SharedState>) -> Result<Json<NodeStatus>, ApiError> {
+pub async fn status(State(state): State<SharedState>, caller: Caller) -> Result<Json<NodeStatus>, ApiError> {
+    caller.require_everywhere(Action::Admin)?;
     let groups = super::groups::group_names(&state).await?.len();
     let s = state.clone();
     // RocksDB size properties are read on a blocking thread, off the async workers.

@@ -53,8 +53,11 @@ export function render(view) {
 
   const update = (d) => {
     const s = d.status;
-    notice.hidden = !d.error;
-    notice.textContent = d.error ? `Cannot refresh: ${d.error}. Showing the last known state.` : '';
+    const why = d.error
+      ? `Cannot refresh: ${d.error}. Showing the last known state.`
+      : d.statusError ? `Node status unavailable: ${d.statusError}` : '';
+    notice.hidden = !why;
+    notice.textContent = why;
     const pill = document.getElementById('node-state');
     if (s) {
       pill.textContent = s.ready ? 'ready' : 'not ready';
