@@ -170,7 +170,8 @@ settings! {
     /// subdomains (`https://*.example.com`) or `*` (any origin; not with credentials).
     /// The origins of write keys are added. None at all: no CORS headers.
     cors_origins: StringList = StringList::default();
-    /// Answer allowed origins with `Access-Control-Allow-Credentials: true`.
+    /// Answer allowed origins with `Access-Control-Allow-Credentials: true`. Refused
+    /// with `*` in `cors_origins` or in a write key's origins.
     cors_allow_credentials: bool = false;
     /// How long browsers may cache a preflight answer (`Access-Control-Max-Age`), in seconds.
     cors_max_age_s: u64 = 600;
@@ -344,8 +345,21 @@ impl Config {
             if k.topics.is_empty() {
                 return invalid("write_keys", format!("key {:?}… lists no topics", &k.key[..k.key.len().min(4)]));
             }
-            if let Err(e) = crate::auth::origins::parse_all(&k.origins) {
-                return invalid("write_keys", e);
+            match crate::auth::origins::parse_all(&k.origins) {
+                Err(e) => return invalid("write_keys", e),
+                // CORS allows a write key's origins too, so "*" there would answer every
+                // site with credentials allowed, exactly what the rule above forbids.
+                Ok(p) if self.cors_allow_credentials && p.contains(&crate::auth::origins::OriginPattern::Any) => {
+                    return invalid(
+                        "cors_allow_credentials",
+                        format!(
+                            "cannot be used with a write key whose origins include \"*\" (key {:?}…); \
+                             list the key's origins instead",
+                            &k.key[..k.key.len().min(4)]
+                        ),
+                    );
+                }
+                Ok(_) => {}
             }
         }
         if self.tls_cert_file.as_os_str().is_empty() != self.tls_key_file.as_os_str().is_empty() {
@@ -420,6 +434,14 @@ mod tests {
         let c = Config { delivery_threads: 1025, ..Config::default() };
         assert!(matches!(c.validate(), Err(ConfigError::Invalid { name: "delivery_threads", .. })));
         Config { delivery_threads: 1024, ..Config::default() }.validate().unwrap();
+        let keys = |origins: &str| -> WriteKeys {
+            format!(r#"[{{"key":"pk_k","topics":["web.*"],"origins":{origins}}}]"#).parse().unwrap()
+        };
+        let c = Config { cors_allow_credentials: true, write_keys: keys(r#"["*"]"#), ..Config::default() };
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { name: "cors_allow_credentials", .. })));
+        Config { write_keys: keys(r#"["*"]"#), ..Config::default() }.validate().unwrap();
+        let listed = keys(r#"["https://shop.example"]"#);
+        Config { cors_allow_credentials: true, write_keys: listed, ..Config::default() }.validate().unwrap();
         Config::default().validate().unwrap();
     }
 

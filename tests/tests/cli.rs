@@ -769,3 +769,64 @@ async fn the_client_speaks_https_and_wss_with_a_trusted_ca() {
     assert!(refused.stderr.to_lowercase().contains("certificate"), "{}", refused.stderr);
     gateway.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_layers_file_environment_and_flags_and_refuses_bad_settings_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tidegate.toml");
+    std::fs::write(&file, "fsync = \"never\"\nmax_event_bytes = 2048\nmax_subscriptions = 77\n").unwrap();
+    let file_arg = file.to_str().unwrap();
+    let (data, data2) = (dir.path().join("data"), dir.path().join("data2"));
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(&data2).unwrap();
+
+    // File < environment < flag: fsync from the environment, the event limit from the
+    // flag, max_subscriptions from the file.
+    let server = ProcessServer::start_with_env(
+        &data,
+        &["--config", file_arg, "--max-event-bytes", "4096"],
+        &[("TIDEGATE_FSYNC", "interval")],
+    )
+    .await;
+    let status = server.get_json("/v1/status").await;
+    assert_eq!((status["fsync"].as_str(), status["max_subscriptions"].as_u64()), (Some("interval"), Some(77)));
+    server.create_topic("sized", 1).await;
+    let event = |bytes: usize| json!({"pad": "x".repeat(bytes)});
+    let resp = server.post("/v1/topics/sized/events").json(&event(3000)).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "3000 bytes fit the flag's 4096: {}", resp.text().await.unwrap());
+    let resp = server.post("/v1/topics/sized/events").json(&event(5000)).send().await.unwrap();
+    assert_eq!(resp.status(), 413, "{}", resp.text().await.unwrap());
+    drop(server);
+
+    // TIDEGATE_CONFIG names the file too.
+    let server = ProcessServer::start_with_env(&data2, &[], &[("TIDEGATE_CONFIG", file_arg)]).await;
+    let status = server.get_json("/v1/status").await;
+    assert_eq!((status["fsync"].as_str(), status["max_subscriptions"].as_u64()), (Some("never"), Some(77)));
+    drop(server);
+
+    // Refusals exit 2 before binding, with a message naming the setting.
+    let bad_file = dir.path().join("bad.toml");
+    std::fs::write(&bad_file, "fsink = \"never\"\n").unwrap();
+    let missing = dir.path().join("missing.toml");
+    let data_arg = data.to_str().unwrap();
+    let any_origin_key = r#"[{"key":"pk_any","topics":["web.*"],"origins":["*"]}]"#;
+    let cases: [(Vec<&str>, &str); 6] = [
+        (vec!["--fsync", "sometimes"], "sometimes"),
+        (vec!["--config", bad_file.to_str().unwrap()], "fsink"),
+        (vec!["--config", missing.to_str().unwrap()], "missing.toml"),
+        (vec!["--max-event-bytes", "0"], "max_event_bytes"),
+        (vec!["--max-event-bytes", "many"], "many"),
+        (vec!["--cors-allow-credentials", "--write-keys", any_origin_key], "cors_allow_credentials"),
+    ];
+    for (extra, named) in cases {
+        let mut args = vec!["serve", "--addr", "127.0.0.1:0", "--data-dir", data_arg];
+        args.extend(extra.iter().copied());
+        let run = finish(spawn(&args, &[]), &args).await.expect(2);
+        assert!(run.stderr.contains(named), "{extra:?}: stderr does not name {named:?}:\n{}", run.stderr);
+    }
+
+    let help = finish(spawn(&["serve", "--help"], &[]), &["serve", "--help"]).await.expect(0);
+    for flag in ["--config", "--fsync", "--max-event-bytes", "--write-keys"] {
+        assert!(help.stdout.contains(flag), "serve --help lacks {flag}:\n{}", help.stdout);
+    }
+}
