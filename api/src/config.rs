@@ -115,6 +115,7 @@ settings! {
     /// The client IP in the `client-ip` header of ingested records: `full`, `truncated`
     /// (IPv4 to its /24, IPv6 to its /48: the last bytes zeroed) or `none`. A request with
     /// an `SP-Anonymous` or `Tidegate-Anonymous` header stores no IP whatever this says.
+    /// A Segment event's own `context.ip` follows the same rule.
     client_ip: ClientIpMode = ClientIpMode::Full;
     /// Add the `User-Agent` as the `user-agent` header of ingested records (anonymous
     /// requests included).

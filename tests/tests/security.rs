@@ -488,6 +488,8 @@ async fn rate_limits_answer_429_with_retry_after_and_recover() {
     assert_eq!(server.get("/healthz").send().await.unwrap().status(), 200, "probes are not limited");
     tokio::time::sleep(Duration::from_secs(wait)).await;
     assert_eq!(server.get("/v1/topics").send().await.unwrap().status(), 200, "recovered after Retry-After");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(server.metric("tidegate_rate_limited_total{scope=\"ip\"}").await, Some(1.0));
 
     // Per write key.
     let keyed = secured(|c| {
@@ -506,8 +508,27 @@ async fn rate_limits_answer_429_with_retry_after_and_recover() {
     assert_problem(resp, 429, "rate_limited").await;
     tokio::time::sleep(Duration::from_secs(wait)).await;
     assert_eq!(post().await.unwrap().status(), 200);
+    // A Segment batch writing to three topics is one request: one token, not three.
+    let wait = retry_after(&post().await.unwrap());
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    let batch = json!({"batch": [
+        {"type": "track", "event": "Bought", "userId": "u1"},
+        {"type": "page", "name": "Home", "userId": "u1"},
+        {"type": "identify", "userId": "u1", "traits": {"plan": "pro"}},
+    ]});
+    let resp = keyed.post("/v1/batch").basic_auth("pk_burst", Some("")).json(&batch).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let admin = keyed.api().with_token(&admin_token());
+    for topic in ["segment.track", "segment.page", "segment.identify"] {
+        let described = admin.get_json(&format!("/v1/topics/{topic}")).await;
+        let records: u64 =
+            described["partitions"].as_array().unwrap().iter().map(|p| p["end_offset"].as_u64().unwrap()).sum();
+        assert_eq!(records, 1, "{topic}: {described}");
+    }
+    let resp = keyed.post("/v1/batch").basic_auth("pk_burst", Some("")).json(&batch).send().await.unwrap();
+    assert_problem(resp, 429, "rate_limited").await;
     let metrics = keyed.get("/metrics").bearer_auth(admin_token()).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("tidegate_rate_limited_total{scope=\"key\"} 1"), "{metrics}");
+    assert!(metrics.contains("tidegate_rate_limited_total{scope=\"key\"} 3"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

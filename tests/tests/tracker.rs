@@ -395,10 +395,38 @@ async fn client_ip_is_stored_full_truncated_or_not_and_never_for_anonymous_reque
         assert_eq!(records[1]["headers"]["anonymous"], "1");
         assert_eq!(records[1]["headers"]["user-agent"], "Tracker/1.0", "the user agent is kept");
     }
-    // The Segment API follows the same rules.
-    let server = TestServer::start(|c| c.client_ip = ClientIpMode::Truncated).await;
-    accepted(post_segment(&server, "/v1/t", "text/plain", &json!({"anonymousId": "a", "event": "E"})).await).await;
-    assert_eq!(all_records(&server, "segment.track").await[0]["headers"]["client-ip"], "127.0.0.0");
+    // The Segment API follows the same rules, for the address it sees and for the one a
+    // library reports in `context.ip` (a batch's or an event's own).
+    for (mode, header_ip, batch_ip, own_ip) in [
+        (ClientIpMode::Full, Some("127.0.0.1"), Some("203.0.113.77"), Some("2001:db8:1:2::7")),
+        (ClientIpMode::Truncated, Some("127.0.0.0"), Some("203.0.113.0"), Some("2001:db8:1::")),
+        (ClientIpMode::None, None, None, None),
+    ] {
+        let server = TestServer::start(|c| c.client_ip = mode).await;
+        let batch = json!({"context": {"ip": "203.0.113.77", "locale": "en-GB"}, "batch": [
+            {"type": "track", "anonymousId": "a", "event": "Batch IP", "messageId": "m1"},
+            {"type": "track", "anonymousId": "a", "event": "Own IP", "messageId": "m2",
+             "context": {"ip": "2001:db8:1:2::7", "app": {"name": "shop"}}},
+        ]});
+        accepted(post_segment(&server, "/v1/batch", "application/json", &batch).await).await;
+        let anonymous =
+            server.post("/v1/t").header("content-type", "text/plain").header("tidegate-anonymous", "1").body(
+                json!({"anonymousId": "a", "event": "Anonymous", "messageId": "m3", "context": {"ip": "198.51.100.1"}})
+                    .to_string(),
+            );
+        accepted(anonymous.send().await.unwrap()).await;
+        let records = all_records(&server, "segment.track").await;
+        let by_id = |id: &str| records.iter().find(|r| r["value"]["messageId"] == id).unwrap().clone();
+        let (m1, m2, m3) = (by_id("m1"), by_id("m2"), by_id("m3"));
+        assert_eq!(m1["headers"].get("client-ip").and_then(Value::as_str), header_ip, "{mode}");
+        assert_eq!(m1["value"]["context"].get("ip").and_then(Value::as_str), batch_ip, "{mode}: {m1}");
+        assert_eq!(m1["value"]["context"]["locale"], "en-GB", "the rest of the context stays");
+        assert_eq!(m2["value"]["context"].get("ip").and_then(Value::as_str), own_ip, "{mode}: {m2}");
+        assert_eq!(m2["value"]["context"]["app"]["name"], "shop");
+        assert!(m3["headers"].get("client-ip").is_none(), "{mode}: {m3}");
+        assert!(m3["value"]["context"].get("ip").is_none(), "anonymous requests keep no address: {m3}");
+        assert_eq!(m3["headers"]["anonymous"], "1");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

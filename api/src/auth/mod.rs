@@ -264,9 +264,24 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// Allowed to do `action` on `topic`, or the error to answer.
+    /// Allowed to do `action` on `topic`, or the error to answer. A write key also
+    /// takes one request from its rate limit.
     pub fn require(&self, action: Action, topic: &str) -> Result<(), ApiError> {
         self.check(action, Some(topic)).map_err(|e| self.refuse(e))
+    }
+
+    /// Allowed to do `action` on every topic of `topics` (one request writing to
+    /// several, like a Segment batch). A write key takes one request from its rate
+    /// limit, however many topics the request writes to.
+    pub fn require_each(&self, action: Action, topics: &[String]) -> Result<(), ApiError> {
+        let Some((last, rest)) = topics.split_last() else {
+            // Nothing to write still needs credentials that are good.
+            return self.require_authenticated();
+        };
+        for topic in rest {
+            self.check_access(action, Some(topic)).map_err(|e| self.refuse(e))?;
+        }
+        self.require(action, last)
     }
 
     /// Allowed to do `action` on every topic (pattern `*`), e.g. admin for `/metrics`.
@@ -352,7 +367,21 @@ impl Caller {
             .is_some_and(|k| k.spec.topics.iter().any(|p| grants::pattern_matches(p, topic)))
     }
 
+    /// [`Caller::check_access`], then one request from a write key's rate limit.
     fn check(&self, action: Action, topic: Option<&str>) -> Result<(), AuthError> {
+        self.check_access(action, topic)?;
+        match &self.credential {
+            Credential::WriteKey(k) => self
+                .security
+                .limits
+                .check_key(k)
+                .map_err(|retry_after| AuthError::RateLimited { scope: LimitScope::Key, retry_after }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the credentials allow `action` on `topic` (`None`: every topic).
+    fn check_access(&self, action: Action, topic: Option<&str>) -> Result<(), AuthError> {
         let what = || match topic {
             Some(t) => format!("{} on topic {t:?}", action.as_str()),
             None => format!("{} on every topic", action.as_str()),
@@ -378,10 +407,7 @@ impl Caller {
                         return Err(AuthError::OriginNotAllowed(origin.to_string()));
                     }
                 }
-                self.security
-                    .limits
-                    .check_key(k)
-                    .map_err(|retry_after| AuthError::RateLimited { scope: LimitScope::Key, retry_after })
+                Ok(())
             }
         }
     }

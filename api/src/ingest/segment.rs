@@ -90,15 +90,54 @@ impl SegmentTopics {
     }
 }
 
-/// Size limits of Segment calls.
+/// Size limits of Segment calls, and what happens to an event's own `context.ip`.
 #[derive(Debug, Clone, Copy)]
-pub struct SegmentLimits {
+pub struct SegmentOptions {
     /// Largest event (and body of a single call).
     pub max_event_bytes: usize,
     /// Largest batch body.
     pub max_batch_bytes: usize,
     /// Most events in a batch.
     pub max_events: usize,
+    /// The `context.ip` a library reported (server-side ones do).
+    pub context_ip: ContextIp,
+}
+
+/// What is stored of an event's `context.ip`: the gateway's `client_ip` privacy rule
+/// applies to the address a library reports as much as to the one it sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContextIp {
+    /// As sent (`client_ip = "full"`).
+    Keep,
+    /// Its host part zeroed like the `client-ip` header (`client_ip = "truncated"`);
+    /// a value that is not an address is dropped.
+    Truncate,
+    /// Removed (`client_ip = "none"`, or the request is anonymous).
+    Drop,
+}
+
+/// Applies `rule` to `item`'s `context.ip`.
+fn apply_context_ip(item: &mut RawObject<'_>, rule: ContextIp) {
+    if rule == ContextIp::Keep {
+        return;
+    }
+    let Some(context) = item.get("context").filter(|c| c.starts_with('{')) else { return };
+    let Ok(mut context) = RawObject::parse(context) else { return };
+    let truncated = match rule {
+        ContextIp::Truncate => context
+            .get_str("ip")
+            .and_then(|ip| ip.trim().parse::<std::net::IpAddr>().ok())
+            .map(crate::ingest::privacy::truncate_ip),
+        _ => None,
+    };
+    if context.remove("ip").is_none() {
+        return;
+    }
+    if let Some(addr) = truncated {
+        context.set("ip", Cow::Owned(quote(&addr.to_string())));
+    }
+    let edited = context.to_json();
+    item.set("context", Cow::Owned(edited));
 }
 
 /// One event, normalised, ready to store.
@@ -178,8 +217,9 @@ fn normalize_event<'a>(
     batch: Option<&BatchTop<'a>>,
     received_ms: i64,
     received: &str,
-    max_event_bytes: usize,
+    options: &SegmentOptions,
 ) -> Result<SegmentEvent, String> {
+    let max_event_bytes = options.max_event_bytes;
     item.remove("writeKey");
     let kind = match call_type {
         Some(kind) => {
@@ -212,6 +252,7 @@ fn normalize_event<'a>(
             item.set("sentAt", Cow::Borrowed(sent));
         }
     }
+    apply_context_ip(&mut item, options.context_ip);
     let message_id = match id_text(item.get("messageId")) {
         Some(id) => id,
         None => {
@@ -318,7 +359,12 @@ impl<'de> Deserialize<'de> for BatchBody<'de> {
 /// Parses and normalises the body of a call. Every failure is a 400: Segment's
 /// trackers retry other statuses. Events are edited as raw JSON (see
 /// [`super::rawjson`]): only their top-level members are parsed.
-pub fn normalize(call: Call, body: &[u8], received_ms: i64, limits: SegmentLimits) -> Result<SegmentRequest, ApiError> {
+pub fn normalize(
+    call: Call,
+    body: &[u8],
+    received_ms: i64,
+    limits: SegmentOptions,
+) -> Result<SegmentRequest, ApiError> {
     let limit = match call {
         Call::Single(_) => limits.max_event_bytes,
         Call::Batch => limits.max_batch_bytes,
@@ -389,7 +435,7 @@ pub fn normalize(call: Call, body: &[u8], received_ms: i64, limits: SegmentLimit
     let mut events = Vec::with_capacity(items.len());
     let mut errors = Vec::new();
     for (index, (item, kind)) in items.into_iter().enumerate() {
-        match normalize_event(item, kind, batch_top.as_ref(), received_ms, &received, limits.max_event_bytes) {
+        match normalize_event(item, kind, batch_top.as_ref(), received_ms, &received, &limits) {
             Ok(e) => events.push(e),
             Err(detail) if errors.len() < super::parse::MAX_LISTED_ERRORS => {
                 errors.push(EventError::new(index, detail));
@@ -405,13 +451,34 @@ mod tests {
     use super::*;
     use serde_json::{Value, json};
 
-    const LIMITS: SegmentLimits =
-        SegmentLimits { max_event_bytes: 32 * 1024, max_batch_bytes: 500 * 1024, max_events: 2500 };
+    const LIMITS: SegmentOptions = SegmentOptions {
+        max_event_bytes: 32 * 1024,
+        max_batch_bytes: 500 * 1024,
+        max_events: 2500,
+        context_ip: ContextIp::Keep,
+    };
     /// 2012-12-02T00:30:20.000Z
     const RECEIVED: i64 = 1_354_408_220_000;
 
     fn stored(e: &SegmentEvent) -> Value {
         serde_json::from_slice(&e.value).unwrap()
+    }
+
+    #[test]
+    fn context_ip_follows_the_privacy_rule() {
+        let body = json!({"userId": "u", "event": "E", "context": {"ip": " 24.5.68.47", "locale": "en"}});
+        let ip = |rule| {
+            let options = SegmentOptions { context_ip: rule, ..LIMITS };
+            let r = normalize(Call::Single("track"), body.to_string().as_bytes(), RECEIVED, options).unwrap();
+            stored(&r.events[0])["context"].clone()
+        };
+        assert_eq!(ip(ContextIp::Keep), json!({"ip": " 24.5.68.47", "locale": "en"}));
+        assert_eq!(ip(ContextIp::Truncate), json!({"ip": "24.5.68.0", "locale": "en"}));
+        assert_eq!(ip(ContextIp::Drop), json!({"locale": "en"}));
+        let odd = json!({"userId": "u", "event": "E", "context": {"ip": "unknown"}});
+        let options = SegmentOptions { context_ip: ContextIp::Truncate, ..LIMITS };
+        let r = normalize(Call::Single("track"), odd.to_string().as_bytes(), RECEIVED, options).unwrap();
+        assert_eq!(stored(&r.events[0])["context"], json!({}), "what is not an address cannot be truncated");
     }
 
     #[test]

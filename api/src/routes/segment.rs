@@ -30,7 +30,8 @@ use crate::ingest::decode::decode_body;
 use crate::ingest::ids::event_id;
 use crate::ingest::pipeline::{Create, Outgoing, TopicSet, commit, screen};
 use crate::ingest::privacy::gateway_headers;
-use crate::ingest::segment::{Call, SegmentLimits, normalize};
+use crate::ingest::privacy::{ClientIpMode, is_anonymous};
+use crate::ingest::segment::{Call, ContextIp, SegmentOptions, normalize};
 use crate::routes::events::now_ms;
 use crate::state::SharedState;
 
@@ -61,13 +62,10 @@ pub struct SegmentAccepted {
 
 /// Checks that the caller may produce to every topic of `topics`: with a token, or a
 /// write key from the `Authorization: Basic` user name, `X-Write-Key`, `?key=` (read by
-/// the authentication middleware) or the body's `writeKey` (`body_key`).
+/// the authentication middleware) or the body's `writeKey` (`body_key`). A write key
+/// takes one request from its rate limit, however many topics the batch writes to.
 pub fn authorize_write_key(caller: &Caller, body_key: Option<&str>, topics: &[String]) -> Result<(), ApiError> {
-    let caller = caller.clone().with_body_write_key(body_key);
-    for topic in topics {
-        caller.require(Action::Produce, topic)?;
-    }
-    Ok(())
+    caller.clone().with_body_write_key(body_key).require_each(Action::Produce, topics)
 }
 
 /// Send Segment events: a single call (`track`, `page`, `screen`, `identify`, `group`,
@@ -104,10 +102,16 @@ pub async fn segment_call(
     let body = body.map_err(|rejection| ApiError::invalid("invalid_body", rejection.body_text()))?;
     let encoding = request_headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let config = &state.config;
-    let limits = SegmentLimits {
+    let limits = SegmentOptions {
         max_event_bytes: config.segment_max_event_bytes as usize,
         max_batch_bytes: config.segment_max_batch_bytes as usize,
         max_events: config.max_events_per_request as usize,
+        context_ip: match config.client_ip {
+            _ if is_anonymous(&request_headers) => ContextIp::Drop,
+            ClientIpMode::Full => ContextIp::Keep,
+            ClientIpMode::Truncated => ContextIp::Truncate,
+            ClientIpMode::None => ContextIp::Drop,
+        },
     };
     let received = now_ms();
     let max_body = config.max_body_bytes as usize;
