@@ -234,15 +234,16 @@ impl Store {
         Arc::downgrade(&self.inner)
     }
 
-    /// A topic by name.
+    /// A topic by name: [`StorageError::TopicNotFound`] when there is none, or
+    /// [`StorageError::InvalidTopicName`] when no topic could have that name.
     pub fn topic(&self, name: &str) -> Result<Arc<Topic>> {
-        self.inner
-            .topics
-            .read()
-            .expect("topics lock")
-            .get(name)
-            .cloned()
-            .ok_or_else(|| StorageError::TopicNotFound(name.to_string()))
+        self.inner.topics.read().expect("topics lock").get(name).cloned().ok_or_else(|| {
+            match crate::topic::validate_topic_name(name) {
+                // A name no topic can have is the caller's mistake, not a missing topic.
+                Err(invalid) => invalid,
+                Ok(()) => StorageError::TopicNotFound(name.to_string()),
+            }
+        })
     }
 
     /// Every topic, sorted by name.

@@ -224,6 +224,11 @@ fn delete_recreate_and_grow_topics() {
         store.close().await.unwrap();
     });
     drop(store);
+    // The deleted topic's three partitions left no column family behind: only the new
+    // topic's one remains next to the store's own.
+    let families = rocksdb::DB::list_cf(&rocksdb::Options::default(), dir.path().join("rocksdb")).unwrap();
+    let partitions: Vec<&String> = families.iter().filter(|n| n.starts_with("p/")).collect();
+    assert_eq!(partitions.len(), 1, "{families:?}");
     let store = open(dir.path());
     assert_eq!(store.topics().len(), 1);
     assert_eq!(store.topic("t").unwrap().partition_count(), 1);

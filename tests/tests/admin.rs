@@ -62,6 +62,9 @@ async fn describe_shows_per_partition_offsets_and_bytes() {
     assert_eq!(p1["end_offset"], 5, "{d}");
     assert_eq!(p1["high_watermark"], 5, "{d}");
     assert!(p1["bytes"].as_u64().expect("bytes") > 5 * 20, "five events of 30+ bytes: {d}");
+    // RocksDB's own size of the partition (memtable or SST files) covers what it holds.
+    let disk = p1["disk_bytes"].as_u64().expect("disk_bytes");
+    assert!(disk >= p1["bytes"].as_u64().unwrap(), "disk_bytes {disk} below the stored bytes: {d}");
     for untouched in [0, 2] {
         let p = &d["partitions"][untouched];
         assert_eq!((p["end_offset"].as_u64(), p["bytes"].as_u64()), (Some(0), Some(0)), "{d}");
@@ -217,6 +220,14 @@ async fn metrics_expose_http_storage_and_process_series() {
     let server = TestServer::with_defaults().await;
     server.create_topic("metered", 1).await;
     server.produce("metered", &json!([1, 2, 3])).await;
+    // Concurrent one-event requests share WAL syncs (group commit).
+    server.create_topic("shared", 4).await;
+    const CONCURRENT: usize = 128;
+    let posts = (0..CONCURRENT).map(|n| {
+        let api = server.api().clone();
+        async move { api.produce("shared", &json!({"n": n, "pad": "y".repeat(200)})).await }
+    });
+    assert_eq!(futures_util::future::join_all(posts).await.len(), CONCURRENT);
     let resp = server.get("/metrics").send().await.expect("metrics");
     assert_eq!(resp.status(), 200);
     let content_type = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
@@ -231,6 +242,25 @@ async fn metrics_expose_http_storage_and_process_series() {
     });
     assert!(ingest_line.is_some(), "no request counter for the ingest route:\n{text}");
     assert_eq!(sample(&text, "tidegate_events_appended_total{topic=\"metered\"}"), Some(3.0), "\n{text}");
+    let bytes = |topic: &str| sample(&text, &format!("tidegate_bytes_appended_total{{topic=\"{topic}\"}}"));
+    let (metered, shared) = (bytes("metered").expect("metered bytes"), bytes("shared").expect("shared bytes"));
+    assert!(
+        shared > CONCURRENT as f64 * 200.0 && metered < shared / 100.0,
+        "bytes: metered {metered}, shared {shared}"
+    );
+    let ingest_requests = text
+        .lines()
+        .find(|l| {
+            l.starts_with("tidegate_http_request_duration_seconds_count{")
+                && l.contains("route=\"/v1/topics/{topic}/events\"")
+                && l.contains("status=\"200\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert_eq!(ingest_requests, Some(CONCURRENT as f64 + 1.0), "latency histogram of the ingest route:\n{text}");
+    let commits = sample(&text, "tidegate_storage_group_commit_requests_count").expect("group commit histogram");
+    let committed = sample(&text, "tidegate_storage_group_commit_requests_sum").expect("group commit sum");
+    assert!(committed >= CONCURRENT as f64 + 1.0, "{committed} requests went through the writer");
+    assert!(commits < committed, "{CONCURRENT} concurrent requests never shared a commit ({commits} commits)");
     let writes = sample(&text, "tidegate_storage_write_seconds_count");
     assert!(writes.is_some_and(|n| n >= 1.0), "no storage write histogram:\n{text}");
     assert!(sample(&text, "tidegate_storage_disk_bytes ").is_some(), "no disk gauge:\n{text}");

@@ -332,3 +332,74 @@ async fn read_parameters_over_their_limits_are_400() {
     let resp = server.get("/v1/topics/t/offsets?timestamp=yesterday").send().await.expect("get");
     assert_problem(resp, 400, "invalid_parameter").await;
 }
+
+/// Every operation that takes a body answers a wrong media type and an oversized body
+/// with a problem whose status its OpenAPI operation documents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_media_types_and_oversized_bodies_get_documented_problems() {
+    let server = limited().await;
+    server.create_topic("other", 1).await;
+    let doc: Value = server.get_json("/openapi.json").await;
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            if op.get("requestBody").is_none() {
+                continue;
+            }
+            let concrete = path.replace("{topic}", "t").replace("{group}", "g").replace("{call}", "track");
+            let method: reqwest::Method = method.to_uppercase().parse().unwrap();
+            let documented: Vec<&String> = op["responses"].as_object().unwrap().keys().collect();
+            let send = |content_type: &str, body: Vec<u8>| {
+                server
+                    .http
+                    .request(method.clone(), server.url(&concrete))
+                    .header("content-type", content_type)
+                    .body(body)
+            };
+            let oversized = format!(r#"{{"pad":"{}"}}"#, "x".repeat(MAX_BODY * 2)).into_bytes();
+            for (what, request) in [
+                ("an XML body", send("application/xml", b"<event/>".to_vec())),
+                ("an oversized body", send("application/json", oversized)),
+            ] {
+                let before = server.end_offsets("t").await;
+                let resp = request.send().await.unwrap();
+                let status = resp.status().as_u16();
+                assert!(resp.status().is_client_error(), "{method} {path} answered {what} with {status}");
+                assert!(
+                    documented.iter().any(|s| **s == status.to_string()),
+                    "{method} {path} answers {what} with {status}, which its OpenAPI operation does not list ({documented:?})"
+                );
+                assert_any_problem(resp, status).await;
+                assert_eq!(server.end_offsets("t").await, before, "{method} {path}: {what} wrote nothing");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 12, "only {checked} cases");
+}
+
+/// A topic name no topic can have is a 400 on every route, auto-creation on or off;
+/// a valid name that is not there is a 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_topic_names_are_400_and_missing_topics_404() {
+    for auto_create in [false, true] {
+        let server = TestServer::start(|c| c.auto_create_topics = auto_create).await;
+        let bad = "page%20views";
+        let requests = [
+            server.post(&format!("/v1/topics/{bad}/events")).json(&json!({"a": 1})),
+            server.get(&format!("/v1/topics/{bad}")),
+            server.get(&format!("/v1/topics/{bad}/partitions/0/records")),
+            server.get(&format!("/v1/topics/{bad}/offsets")),
+            server.get(&format!("/v1/topics/{bad}/stream")),
+            server.http.delete(server.url(&format!("/v1/topics/{bad}"))),
+        ];
+        for request in requests {
+            let problem = assert_problem(request.send().await.unwrap(), 400, "invalid_topic_name").await;
+            assert!(problem["detail"].as_str().unwrap().contains("page views"), "{problem}");
+        }
+        server.subscribe_refused("page%20views", "", 400, "invalid_topic_name").await;
+        let resp = server.get("/v1/topics/page_views").send().await.unwrap();
+        assert_problem(resp, 404, "topic_not_found").await;
+        assert_eq!(server.get_json("/v1/topics").await["topics"], json!([]), "nothing was created");
+    }
+}

@@ -386,3 +386,45 @@ async fn offsets_can_be_looked_up_by_earliest_latest_and_timestamp() {
     assert_eq!(record["timestamp"], 2000);
     assert_eq!(record["value"], json!({"t": 2000}));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_stop_at_max_bytes_and_latest_starts_at_the_end() {
+    let server = TestServer::with_defaults().await;
+    server.create_topic("sized", 1).await;
+    let events: Vec<Value> = (0..20).map(|n| json!({"n": n, "pad": "x".repeat(100)})).collect();
+    server.produce("sized", &Value::Array(events.clone())).await;
+    let page = |query: String| {
+        let api = server.api().clone();
+        async move { api.get_json(&format!("/v1/topics/sized/partitions/0/records?{query}")).await }
+    };
+    let value_bytes = |r: &Value| r["value"].to_string().len();
+
+    // A byte budget of 300 holds two ~117-byte values, never all twenty.
+    let first = page("offset=0&max_bytes=300".into()).await;
+    let records = first["records"].as_array().unwrap();
+    assert!((1..20).contains(&records.len()), "{} records under max_bytes=300", records.len());
+    let used: usize = records.iter().map(value_bytes).sum();
+    assert!(used <= 300, "{used} value bytes returned under max_bytes=300");
+    assert_eq!(first["next_offset"], records.len(), "next_offset follows the last record returned");
+    // At least one record, however small the budget, so a reader always moves on.
+    let tiny = page("offset=3&max_bytes=1".into()).await;
+    assert_eq!(tiny["records"].as_array().unwrap().len(), 1, "{tiny}");
+    assert_eq!((tiny["records"][0]["offset"].as_u64(), tiny["next_offset"].as_u64()), (Some(3), Some(4)));
+    // Paging by next_offset under the budget reads every record once, in order.
+    let (mut next, mut read) = (0u64, Vec::new());
+    while next < 20 {
+        let p = page(format!("offset={next}&max_bytes=300")).await;
+        let got = p["records"].as_array().unwrap();
+        assert!(!got.is_empty(), "an empty page below the high watermark at {next}");
+        read.extend(got.iter().map(|r| r["value"].clone()));
+        next = p["next_offset"].as_u64().unwrap();
+    }
+    assert_eq!(read, events);
+
+    // `latest` starts at the high watermark: nothing now, the next append after it.
+    let at_end = page("offset=latest".into()).await;
+    assert_eq!((at_end["records"].clone(), at_end["next_offset"].as_u64()), (json!([]), Some(20)));
+    server.produce("sized", &json!({"n": "new"})).await;
+    let after = page(format!("offset={}", at_end["next_offset"])).await;
+    assert_eq!(after["records"][0]["value"], json!({"n": "new"}), "{after}");
+}

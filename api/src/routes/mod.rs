@@ -52,6 +52,54 @@ use crate::state::SharedState;
 )]
 struct ApiDoc;
 
+/// Adds the answers many operations share, where an operation does not document its
+/// own: 413 and 415 to every operation that takes a body (the body limit and the media
+/// type are checked before the handler) but Segment's calls, 400 to every operation on
+/// a named topic (the name may be invalid), and 500 to every `/v1/` operation that reads
+/// or writes storage.
+struct CommonResponsesDoc;
+
+impl utoipa::Modify for CommonResponsesDoc {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, RefOr, ResponseBuilder};
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    crate::error::PROBLEM_JSON,
+                    ContentBuilder::new()
+                        .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name("Problem"))))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in doc.paths.paths.iter_mut() {
+            let storage = path.starts_with("/v1/") && !crate::auth::PUBLIC_ROUTES.contains(&path.as_str());
+            for op in
+                [&mut item.get, &mut item.post, &mut item.put, &mut item.patch, &mut item.delete].into_iter().flatten()
+            {
+                let r = &mut op.responses.responses;
+                // Segment's calls answer every bad body with 400 (its trackers retry others).
+                if op.request_body.is_some() && path != "/v1/{call}" {
+                    r.entry("413".into()).or_insert_with(|| problem("The body is larger than `max_body_bytes`").into());
+                    r.entry("415".into()).or_insert_with(|| {
+                        problem("The `Content-Type` (or `Content-Encoding`) is not one this operation takes").into()
+                    });
+                }
+                if path.contains("{topic}") {
+                    r.entry("400".into()).or_insert_with(|| {
+                        problem("The topic name is not valid (`[A-Za-z0-9._-]{1,249}`), or a parameter is not").into()
+                    });
+                }
+                if storage {
+                    r.entry("500".into())
+                        .or_insert_with(|| problem("Storage failed; the request's effect is not acknowledged").into());
+                }
+            }
+        }
+    }
+}
+
 /// Adds the security schemes, and to every protected operation its security
 /// requirement and the 401, 403 and 429 answers (one place, so none is forgotten).
 struct SecurityDoc;
@@ -157,6 +205,7 @@ fn api_router() -> OpenApiRouter<SharedState> {
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = api_router().split_for_parts().1;
     utoipa::Modify::modify(&SecurityDoc, &mut doc);
+    utoipa::Modify::modify(&CommonResponsesDoc, &mut doc);
     doc
 }
 
