@@ -717,14 +717,15 @@ impl ProcessServer {
         self.wait_exit(STARTUP_DEADLINE).await
     }
 
-    /// Sends SIGTERM (graceful shutdown); use [`ProcessServer::wait_exit`] to reap.
-    pub fn terminate(&self) {
+    /// Sends the signal named `name` (`TERM`, `INT`, …); use
+    /// [`ProcessServer::wait_exit`] to reap.
+    pub fn signal(&self, name: &str) {
         let status = std::process::Command::new("kill")
-            .arg("-TERM")
+            .arg(format!("-{name}"))
             .arg(self.pid().to_string())
             .status()
-            .expect("run `kill -TERM`");
-        assert!(status.success(), "kill -TERM {} failed: {status}", self.pid());
+            .expect("run `kill`");
+        assert!(status.success(), "kill -{name} {} failed: {status}", self.pid());
     }
 
     /// Waits up to `deadline` for the process to exit and returns its status.
