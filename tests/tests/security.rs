@@ -160,6 +160,13 @@ async fn audience_issuer_and_key_confusion() {
     assert_problem(get_with(&server, "/v1/topics", &no_aud).await, 401, "invalid_token").await;
     let wrong_iss = sign(Algorithm::RS256, None, &base(json!({"aud": "tidegate", "iss": "https://evil.example"})));
     assert_problem(get_with(&server, "/v1/topics", &wrong_iss).await, 401, "invalid_issuer").await;
+    let no_iss = sign(Algorithm::RS256, None, &base(json!({"aud": "tidegate"})));
+    let p = assert_problem(get_with(&server, "/v1/topics", &no_iss).await, 401, "invalid_token").await;
+    assert!(p["detail"].as_str().unwrap().contains("iss"), "{p}");
+    // The same checks hold for subscriptions, whose token comes in the query.
+    server.subscribe_refused("t", &format!("access_token={wrong_aud}"), 401, "invalid_audience").await;
+    let sse = server.get(&format!("/v1/topics/t/stream?access_token={no_iss}")).send().await.unwrap();
+    assert_problem(sse, 401, "invalid_token").await;
 
     // HS256 "signed" with the RSA public key as the HMAC secret: the classic confusion.
     let public = pem("rsa_public.pem");
@@ -248,12 +255,34 @@ async fn permissions_are_checked_per_topic_and_action() {
     let scoped_admin = server.api().with_token(&hs(&claims(json!(["admin:web.*"]))));
     let resp = scoped_admin.post("/v1/topics").json(&json!({"name": "web.new", "partitions": 1})).send().await;
     assert_eq!(resp.unwrap().status(), 201);
+    // Growing a topic is admin work on it; so is naming (maybe creating) a dead-letter topic.
+    let grow = |topic: &str| scoped_admin.post(&format!("/v1/topics/{topic}/partitions")).json(&json!({"count": 3}));
+    assert_problem(grow("orders").send().await.unwrap(), 403, "forbidden").await;
+    assert_eq!(grow("web.new").send().await.unwrap().status(), 200);
+    let schema = json!({"type": "object", "required": ["n"]});
+    let dead_lettered =
+        json!({"name": "web.strict", "partitions": 1, "schema": schema, "dead_letter_topic": "orders.dead"});
+    assert_problem(scoped_admin.post("/v1/topics").json(&dead_lettered).send().await.unwrap(), 403, "forbidden").await;
+    let resp = scoped_admin
+        .http
+        .patch(scoped_admin.url("/v1/topics/web.new"))
+        .json(&json!({"schema": schema, "dead_letter_topic": "orders.dead"}));
+    assert_problem(resp.send().await.unwrap(), 403, "forbidden").await;
+    assert!(
+        admin.get_json("/v1/topics/web.new").await["dead_letter_topic"].is_null(),
+        "the refused change left no trace"
+    );
+    // Segment calls need produce on the topic each event maps to (segment.track here).
+    let track = json!({"userId": "u", "event": "Clicked"});
+    assert_problem(producer.post("/v1/track").json(&track).send().await.unwrap(), 403, "forbidden").await;
+    let segment_writer = server.api().with_token(&hs(&claims(json!(["produce:segment.*"]))));
+    assert_eq!(segment_writer.post("/v1/track").json(&track).send().await.unwrap().status(), 200);
     assert_problem(scoped_admin.get("/metrics").send().await.unwrap(), 403, "forbidden").await;
     // Node status covers every topic and names host paths: admin on `*` only.
     for caller in [&consumer, &producer, &scoped_admin] {
         assert_problem(caller.get("/v1/status").send().await.unwrap(), 403, "forbidden").await;
     }
-    assert_eq!(admin.get_json("/v1/status").await["topics"], 3);
+    assert_eq!(admin.get_json("/v1/status").await["topics"], 4);
     // A token in the URL is taken only by subscriptions (WebSocket and SSE); elsewhere
     // it is refused, not ignored, so the caller learns to send the header.
     let resp = server.get(&format!("/v1/topics?access_token={}", admin_token())).send().await.unwrap();
@@ -268,7 +297,11 @@ async fn permissions_are_checked_per_topic_and_action() {
         v["topics"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap().to_string()).collect()
     };
     assert_eq!(names(consumer.get_json("/v1/topics").await), vec!["orders"]);
-    assert_eq!(names(admin.get_json("/v1/topics").await), vec!["orders", "web.clicks", "web.new"]);
+    assert_eq!(
+        names(admin.get_json("/v1/topics").await),
+        vec!["orders", "segment.track", "web.clicks", "web.new"],
+        "refused requests created no topic (web.strict, orders.dead)"
+    );
     assert_problem(consumer.get("/v1/topics/web.clicks").send().await.unwrap(), 403, "forbidden").await;
 
     // groups: consume on the group's topics
@@ -657,9 +690,19 @@ async fn refusals_are_counted_and_logged_without_secrets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_serves_https_and_wss_only() {
     let gateway = TlsGateway::start().await;
-    let addr = gateway.addr;
+    let answer = https_readyz(gateway.addr, gateway.cert_der.clone()).await;
+    assert!(answer.contains("\"ok\""), "{answer}");
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    let plain = Api::new(gateway.addr).get("/healthz").timeout(Duration::from_secs(5)).send().await;
+    assert!(plain.is_err() || plain.unwrap().status() != 200);
+    gateway.stop().await;
+}
+
+/// Polls `GET /readyz` over TLS (trusting only `cert`) until it answers 200; returns
+/// the whole answer.
+async fn https_readyz(addr: std::net::SocketAddr, cert: rustls_pki_types::CertificateDer<'static>) -> String {
     let mut roots = tokio_rustls::rustls::RootCertStore::empty();
-    roots.add(gateway.cert_der.clone()).unwrap();
+    roots.add(cert).unwrap();
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     let client = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -667,29 +710,61 @@ async fn tls_serves_https_and_wss_only() {
         .with_root_certificates(roots)
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
-    let https_get = |path: &'static str| {
+    let https_get = || {
         let connector = connector.clone();
         async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
             let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
             let mut tls = connector.connect(name, tcp).await.ok()?;
-            let req = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
-            tls.write_all(req.as_bytes()).await.ok()?;
+            tls.write_all(b"GET /readyz HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").await.ok()?;
             let mut out = String::new();
             tls.read_to_string(&mut out).await.ok()?;
             Some(out)
         }
     };
-    let answer = eventually("the HTTPS server to answer", STARTUP_DEADLINE, || async {
-        https_get("/readyz").await.filter(|a| a.starts_with("HTTP/1.1 200"))
+    eventually("the HTTPS server to answer", STARTUP_DEADLINE, || async {
+        https_get().await.filter(|a| a.starts_with("HTTP/1.1 200"))
     })
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_https_with_the_tls_flags() {
+    let files = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_path, key_path) = (files.path().join("cert.pem"), files.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let (cert_arg, key_arg) = (cert_path.to_str().unwrap(), key_path.to_str().unwrap());
+
+    // One without the other refuses to start.
+    let port = free_port();
+    let (code, stderr) = run_binary(&["--addr", &format!("127.0.0.1:{port}"), "--tls-cert-file", cert_arg], port)
+        .await
+        .expect_err("a certificate without its key must refuse to start");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("tls_cert_file"), "{stderr}");
+
+    let port = free_port();
+    let data = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(ProcessServer::binary())
+        .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--tls-cert-file", cert_arg, "--tls-key-file", key_arg])
+        .arg("--data-dir")
+        .arg(data.path())
+        .env_remove("TIDEGATE_ADDR")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let answer = https_readyz(addr, cert.cert.der().clone()).await;
     assert!(answer.contains("\"ok\""), "{answer}");
-    // Plain HTTP to the TLS port gets no HTTP answer.
     let plain = Api::new(addr).get("/healthz").timeout(Duration::from_secs(5)).send().await;
-    assert!(plain.is_err() || plain.unwrap().status() != 200);
-    gateway.stop().await;
+    assert!(plain.is_err() || plain.unwrap().status() != 200, "plain HTTP is not served next to HTTPS");
+    assert!(child.try_wait().unwrap().is_none(), "the server is still running");
+    child.kill().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
