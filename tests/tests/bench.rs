@@ -94,3 +94,40 @@ async fn bench_catchup_reads_every_stored_record_exactly_once() {
     let stored: u64 = topic["partitions"].as_array().unwrap().iter().map(|p| p["end_offset"].as_u64().unwrap()).sum();
     assert_eq!(stored, 3000, "the fill posts exactly what is missing");
 }
+
+/// Events stored in `topic`, over all its partitions.
+async fn stored(server: &TestServer, topic: &str) -> u64 {
+    let described = server.get_json(&format!("/v1/topics/{topic}")).await;
+    described["partitions"].as_array().unwrap().iter().map(|p| p["end_offset"].as_u64().unwrap()).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_ingest_with_dedup_and_segment_reports_the_idempotency_memory() {
+    let server = TestServer::start(|_| {}).await;
+    let run = ["--batch", "10", "--connections", "2", "--duration", "1", "--warmup", "0"];
+    // The cache is the server's: it holds the ids of both runs.
+    let mut stored_so_far = 0;
+    for (endpoint, topic) in [("topic", "d"), ("segment", "segment.track")] {
+        let mut args = vec!["ingest", "--topic", "d", "--endpoint", endpoint];
+        if endpoint == "topic" {
+            args.push("--dedup");
+        }
+        args.extend(run);
+        let report = bench(&server, &args).await;
+        let events = report["events"].as_u64().expect("events");
+        assert!(events > 0, "{report}");
+        assert_eq!((report["http_errors"].as_u64(), report["transport_errors"].as_u64()), (Some(0), Some(0)));
+        let stored = stored(&server, topic).await;
+        assert!(stored >= events, "{endpoint}: stored {stored} < acknowledged {events}");
+        stored_so_far += stored;
+        // Every id was new, so each stored event has its id remembered, in memory
+        // (the cache holds them all at this size) and on disk.
+        let dedup = &report["dedup"];
+        assert!(dedup["ids_sent"].as_u64().unwrap() >= events, "{report}");
+        let cached = dedup["cache_entries"].as_u64().unwrap();
+        assert_eq!(cached, stored_so_far, "{endpoint}: cached ids against stored events: {dedup}");
+        assert!(dedup["cache_bytes"].as_u64().unwrap() > 0 && dedup["disk_bytes"].as_u64().unwrap() > 0, "{dedup}");
+        let per_entry = dedup["cache_bytes_per_entry"].as_f64().unwrap();
+        assert!((16.0..=200.0).contains(&per_entry), "{per_entry} B per cached id: {dedup}");
+    }
+}

@@ -486,3 +486,27 @@ async fn acknowledged_ids_survive_kill_9() {
     ids.dedup();
     assert_eq!(ids.len(), 200, "each messageId stored once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_id_is_remembered_for_the_dedup_window_only() {
+    const WINDOW_MS: u64 = 1000;
+    let server = TestServer::start(|c| {
+        c.dedup_window_ms = WINDOW_MS;
+        c.dedup_expiry_interval_ms = 200;
+    })
+    .await;
+    server.create_topic_with(json!({"name": "windowed", "partitions": 1, "event_id": "/eid"})).await;
+    let post = || async {
+        let resp = server.post_events("windowed", "", "application/json", r#"{"eid":"e1"}"#.to_string()).await;
+        assert_eq!(resp.status(), 200);
+        resp.json::<Value>().await.unwrap()["offsets"][0].clone()
+    };
+    assert_eq!(post().await, json!({"partition": 0, "offset": 0}));
+    assert_eq!(post().await, json!({"partition": 0, "offset": 0, "duplicate": true}), "a retry within the window");
+    assert_eq!(server.metric("tidegate_events_deduplicated_total").await, Some(1.0));
+    assert_eq!(server.metric("tidegate_dedup_cache_entries").await, Some(1.0));
+    tokio::time::sleep(std::time::Duration::from_millis(WINDOW_MS + 300)).await;
+    assert_eq!(post().await, json!({"partition": 0, "offset": 1}), "after the window the id is new again");
+    assert_eq!(server.end_offsets("windowed").await, vec![2]);
+    assert_eq!(server.metric("tidegate_events_deduplicated_total").await, Some(1.0));
+}
