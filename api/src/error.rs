@@ -160,7 +160,11 @@ impl ApiError {
                 }
             }
         };
-        let mut problem = Problem::new(status, code, self.to_string());
+        let detail = match self {
+            ApiError::Storage(e) => storage_detail(e),
+            _ => self.to_string(),
+        };
+        let mut problem = Problem::new(status, code, detail);
         match self {
             ApiError::InvalidEvents { errors } => problem.errors = Some(errors.clone()),
             ApiError::TooLarge { limit, setting, index, .. } => {
@@ -180,6 +184,21 @@ impl ApiError {
             tracing::error!(code, error = %self, "request failed");
         }
         problem
+    }
+}
+
+/// What a client is told of a storage error. A server fault's own text names files and
+/// internals: it goes to the log (every caller logs it), and the client learns only
+/// that storage failed and nothing was acknowledged. Other errors keep their text.
+pub fn storage_detail(e: &StorageError) -> String {
+    match e {
+        StorageError::DataDir { .. }
+        | StorageError::Rocks(_)
+        | StorageError::Internal(_)
+        | StorageError::Corrupt { .. } => {
+            "storage failed: nothing was acknowledged (the server log has the error)".to_string()
+        }
+        other => other.to_string(),
     }
 }
 

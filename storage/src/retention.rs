@@ -44,6 +44,7 @@ pub(crate) fn spawn(store: Weak<Inner>, stop: Receiver<()>, config: &StoreConfig
                     let began = Instant::now();
                     if let Err(e) = store.inner.db.flush_wal(true) {
                         tracing::error!(error = %e, "interval WAL sync failed");
+                        store.inner.health.failed(&format!("interval WAL sync: {e}"));
                     }
                     metrics::histogram!("tidegate_storage_fsync_seconds").record(began.elapsed().as_secs_f64());
                 }

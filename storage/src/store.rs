@@ -20,7 +20,7 @@ use crate::dedup::{DEDUP_CF, Dedup, IdWrites};
 use crate::error::{Result, StorageError};
 use crate::partition::{AppendSignal, Bounds, PartitionLog, PartitionStats, cf_name, state_key};
 use crate::topic::{TopicConfig, TopicConfigPatch, TopicMeta, validate_topic_name};
-use crate::writer::{Writer, WriterCmd};
+use crate::writer::{WriteHealth, Writer, WriterCmd};
 
 pub(crate) type Db = DBWithThreadMode<MultiThreaded>;
 pub(crate) const META_CF: &str = "meta";
@@ -104,6 +104,8 @@ pub(crate) struct Inner {
     stop_background: Mutex<Option<std::sync::mpsc::Sender<()>>>,
     /// Remembered event ids (memory layer; the disk layer is the `dedup` CF).
     pub(crate) dedup: Arc<Dedup>,
+    /// Whether the last write failed (shared with the writer thread).
+    pub(crate) health: Arc<WriteHealth>,
 }
 
 /// Cheap, cloneable handle to the log. All methods are safe to call from any thread;
@@ -201,8 +203,13 @@ impl Store {
 
         let (tx, rx) = mpsc::channel(config.write_queue_depth.max(1));
         let dedup = Arc::new(Dedup::new(config.dedup_window, config.dedup_cache_bytes));
-        let writer =
-            Writer { db: db.clone(), fsync: config.fsync, max_group_commit_bytes: config.max_group_commit_bytes };
+        let health = Arc::new(WriteHealth::default());
+        let writer = Writer {
+            db: db.clone(),
+            fsync: config.fsync,
+            max_group_commit_bytes: config.max_group_commit_bytes,
+            health: health.clone(),
+        };
         let mut threads = Vec::new();
         threads.push(
             std::thread::Builder::new()
@@ -223,6 +230,7 @@ impl Store {
                 cache,
                 stop_background: Mutex::new(Some(stop_tx)),
                 dedup,
+                health,
             }),
         };
         threads.push(crate::retention::spawn(store.downgrade(), stop_rx, &config)?);
@@ -232,6 +240,13 @@ impl Store {
 
     pub(crate) fn downgrade(&self) -> std::sync::Weak<Inner> {
         Arc::downgrade(&self.inner)
+    }
+
+    /// The error of the last group commit (or interval WAL sync) when it failed and no
+    /// commit has succeeded since; `None` while writes work. RocksDB refuses every write
+    /// after some failures (a full disk, an I/O error) until the store is reopened.
+    pub fn write_failure(&self) -> Option<String> {
+        self.inner.health.failure()
     }
 
     /// A topic by name: [`StorageError::TopicNotFound`] when there is none, or

@@ -66,6 +66,38 @@ pub(crate) struct Writer {
     pub db: Arc<Db>,
     pub fsync: FsyncPolicy,
     pub max_group_commit_bytes: usize,
+    pub health: Arc<WriteHealth>,
+}
+
+/// Whether writes to RocksDB are failing: set by a failed group commit or interval WAL
+/// sync, cleared by the next successful commit. What readiness reports.
+#[derive(Debug, Default)]
+pub(crate) struct WriteHealth {
+    failing: std::sync::atomic::AtomicBool,
+    last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl WriteHealth {
+    /// Records a failed write (or sync) with its error.
+    pub(crate) fn failed(&self, error: &str) {
+        *self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(error.to_string());
+        self.failing.store(true, Ordering::Release);
+    }
+
+    /// Records a successful commit (one atomic load when nothing had failed).
+    pub(crate) fn succeeded(&self) {
+        if self.failing.load(Ordering::Acquire) {
+            self.failing.store(false, Ordering::Release);
+        }
+    }
+
+    /// The error of the last write when it failed and none has succeeded since.
+    pub(crate) fn failure(&self) -> Option<String> {
+        if !self.failing.load(Ordering::Acquire) {
+            return None;
+        }
+        self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
 }
 
 /// One request of a group commit, accepted into the `WriteBatch`.
@@ -261,6 +293,7 @@ impl Writer {
         metrics::histogram!("tidegate_storage_group_commit_requests").record(accepted.len() as f64);
         match written {
             Ok(()) => {
+                self.health.succeeded();
                 metrics::counter!("tidegate_storage_records_written_total").increment(events);
                 // Topics touched by this commit (usually one): their append signals
                 // fire once, after every high watermark of the commit has moved.
@@ -290,6 +323,7 @@ impl Writer {
                 tracing::error!(error = %e, requests = accepted.len(), "group commit failed");
                 metrics::counter!("tidegate_storage_write_errors_total").increment(1);
                 let msg = e.to_string();
+                self.health.failed(&msg);
                 // Dropping the claims releases them: nothing of these requests was stored.
                 for Accepted { reply, .. } in accepted {
                     reply_to(reply, Err(StorageError::Internal(format!("write failed: {msg}"))));

@@ -563,6 +563,8 @@ pub struct ProcessServer {
     child: Option<tokio::process::Child>,
     log_path: PathBuf,
     launches: u32,
+    /// Largest file the process may write (`ulimit -f`), to make storage fail.
+    file_size_limit: Option<u64>,
 }
 
 impl std::fmt::Debug for ProcessServer {
@@ -613,6 +615,23 @@ impl ProcessServer {
     /// Like [`ProcessServer::start`], with extra environment variables (e.g.
     /// `TIDEGATE_FSYNC`) for the child.
     pub async fn start_with_env(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> ProcessServer {
+        Self::start_inner(data_dir, args, env, None).await
+    }
+
+    /// Like [`ProcessServer::start`], under a limit on the size of any file it writes
+    /// (`ulimit -f`, with `SIGXFSZ` ignored): a write past it fails with `EFBIG`, as a
+    /// full disk or a failing device would fail it. Lift it with
+    /// [`ProcessServer::lift_file_size_limit`] before a restart.
+    pub async fn start_with_file_size_limit(data_dir: &Path, args: &[&str], limit_bytes: u64) -> ProcessServer {
+        Self::start_inner(data_dir, args, &[], Some(limit_bytes)).await
+    }
+
+    /// Starts without a file size limit from the next restart on.
+    pub fn lift_file_size_limit(&mut self) {
+        self.file_size_limit = None;
+    }
+
+    async fn start_inner(data_dir: &Path, args: &[&str], env: &[(&str, &str)], limit: Option<u64>) -> ProcessServer {
         let placeholder = SocketAddr::from(([127, 0, 0, 1], 0));
         let mut server = ProcessServer {
             addr: placeholder,
@@ -623,6 +642,7 @@ impl ProcessServer {
             child: None,
             log_path: PathBuf::new(),
             launches: 0,
+            file_size_limit: limit,
         };
         server.launch().await;
         server
@@ -639,7 +659,17 @@ impl ProcessServer {
             self.launches += 1;
             self.log_path = self.data_dir.join(format!("tidegate-{}.log", self.launches));
             let log = std::fs::File::create(&self.log_path).expect("create the server log file");
-            let mut cmd = tokio::process::Command::new(&bin);
+            let mut cmd = match self.file_size_limit {
+                None => tokio::process::Command::new(&bin),
+                Some(bytes) => {
+                    // An ignored signal stays ignored across exec; bash counts in KiB.
+                    let mut cmd = tokio::process::Command::new("bash");
+                    cmd.args(["-c", "trap '' XFSZ; ulimit -f \"$1\" && shift && exec \"$@\"", "limited"])
+                        .arg(bytes.div_ceil(1024).to_string())
+                        .arg(&bin);
+                    cmd
+                }
+            };
             cmd.arg("serve")
                 .arg("--addr")
                 .arg(format!("127.0.0.1:{port}"))

@@ -249,3 +249,57 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
 async fn sigint_drains_in_flight_requests_and_exits_0() {
     graceful_stop_under_load("INT").await;
 }
+
+/// Storage that fails under load (here: a file size limit the WAL runs into, as a full
+/// disk would stop it): failed appends answer 500 without internals, `/readyz` turns
+/// 503 `storage_failing`, `/v1/status` names the error, the server does not crash, and
+/// after a restart every acknowledged event is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_disk_answers_500_turns_unready_and_loses_no_acknowledged_event() {
+    let dir = tempfile::Builder::new().prefix("tidegate-efbig-").tempdir().expect("temporary directory");
+    let mut server = ProcessServer::start_with_file_size_limit(dir.path(), &["--fsync", "always"], 1 << 20).await;
+    server.create_topic("full", 2).await;
+    let batch: Vec<Value> = (0..100).map(|n| json!({"n": n, "pad": "z".repeat(200)})).collect();
+    let body = Value::Array(batch).to_string();
+    let mut acked: Vec<(u32, u64)> = Vec::new();
+    let mut failure = None;
+    // 1 MiB of WAL holds ~45 such requests; stop at the first failure (bounded loop).
+    for _ in 0..1000 {
+        let resp = server.post_events("full", "", "application/json", body.clone()).await;
+        if resp.status() == 200 {
+            acked.extend(offsets_of(&resp.json::<Value>().await.unwrap()));
+        } else {
+            failure = Some(resp);
+            break;
+        }
+    }
+    let failure = failure.expect("the WAL ran into the file size limit");
+    let problem = tidegate_tests::assert_problem(failure, 500, "storage_error").await;
+    let detail = problem["detail"].as_str().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    assert!(!detail.contains(data_dir) && !detail.contains(".log"), "internals in the answer: {detail}");
+    assert!(acked.len() >= 100, "some requests were acknowledged before the limit: {}", acked.len());
+
+    let resp = server.get("/readyz").send().await.unwrap();
+    tidegate_tests::assert_problem(resp, 503, "storage_failing").await;
+    assert_eq!(server.get("/healthz").send().await.unwrap().status(), 200, "the process is alive");
+    let status = server.get_json("/v1/status").await;
+    assert_eq!(status["ready"], false, "{status}");
+    assert!(status["storage_error"].as_str().is_some_and(|e| e.contains("File too large")), "{status}");
+    assert!(server.metric("tidegate_storage_write_errors_total").await.is_some_and(|n| n >= 1.0));
+    // Reads of what was acknowledged still work.
+    let (p, o) = acked[0];
+    assert_eq!(server.record_at("full", p, o).await["value"]["n"], 0);
+
+    server.kill9().await;
+    server.lift_file_size_limit();
+    server.restart().await;
+    for (p, o) in &acked {
+        let record = server.record_at("full", *p, *o).await;
+        assert!(record["value"]["n"].is_u64(), "acknowledged event {p}/{o} is gone: {record}");
+    }
+    assert_eq!(server.get_json("/readyz").await["status"], "ok", "a fresh start is ready");
+    let ends = server.end_offsets("full").await;
+    let offsets = server.produce_raw("full", "?partition=0", "application/json", "{\"after\":\"restart\"}").await;
+    assert_eq!(offsets, vec![(0, ends[0])], "appends continue densely after what survived");
+}

@@ -595,7 +595,7 @@ impl Session {
                 Err(e) => {
                     tracing::error!(error = %e, "subscription read failed");
                     more = false;
-                    ("error", protocol::error("storage_error", &e.to_string()).into(), next, 0)
+                    ("error", protocol::error("storage_error", &crate::error::storage_detail(&e)).into(), next, 0)
                 }
             };
             if !queued.is_empty() && queued_bytes + text.len() > budget {
@@ -778,7 +778,10 @@ impl Session {
                 }
                 self.send("committed", protocol::committed(&offsets)).await
             }
-            Err(e) => self.send("error", protocol::error("commit_failed", &e.to_string())).await,
+            Err(e) => {
+                tracing::error!(group, error = %e, "offset commit failed");
+                self.send("error", protocol::error("commit_failed", &crate::error::storage_detail(&e))).await
+            }
         }
     }
 

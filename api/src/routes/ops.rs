@@ -24,17 +24,26 @@ pub async fn healthz() -> Json<Status> {
     Json(Status { status: "ok" })
 }
 
-/// Readiness: 200 when the node takes traffic, 503 while starting or shutting down.
+/// Readiness: 200 when the node takes traffic; 503 `not_ready` while starting or
+/// shutting down, and `storage_failing` while the last write to storage failed (the
+/// error itself is in the log and in `/v1/status`, not on this public route).
 #[utoipa::path(get, path = "/readyz", tag = "ops", responses(
     (status = 200, description = "Ready", body = Status),
-    (status = 503, description = "Not ready", body = Problem, content_type = "application/problem+json"),
+    (status = 503, description = "Starting, shutting down, or the last write to storage failed", body = Problem, content_type = "application/problem+json"),
 ))]
 pub async fn readyz(State(state): State<SharedState>) -> axum::response::Response {
-    if state.is_ready() {
-        Json(Status { status: "ok" }).into_response()
-    } else {
+    if !state.is_ready() {
         Problem::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the node is starting or shutting down")
             .into_response()
+    } else if state.store.write_failure().is_some() {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_failing",
+            "the last write to storage failed; appends fail until one succeeds (after some failures, until a restart)",
+        )
+        .into_response()
+    } else {
+        Json(Status { status: "ok" }).into_response()
     }
 }
 

@@ -22,6 +22,9 @@ pub struct NodeStatus {
     pub addr: String,
     /// Whether the node takes traffic (what `/readyz` answers).
     pub ready: bool,
+    /// The error of the last write to storage when it failed and none has succeeded
+    /// since (`/readyz` then answers 503 `storage_failing`).
+    pub storage_error: Option<String>,
     /// Start time, ms since the epoch.
     pub started_ms: i64,
     /// Time since start, in ms.
@@ -76,12 +79,14 @@ pub async fn status(State(state): State<SharedState>, caller: Caller) -> Result<
     })
     .await
     .map_err(|e| ApiError::Storage(tidegate_storage::StorageError::Internal(e.to_string())))?;
+    let storage_error = state.store.write_failure();
     let max_subscriptions = state.config.max_subscriptions;
     let open = max_subscriptions.saturating_sub(state.subscriptions.available_permits() as u64);
     Ok(Json(NodeStatus {
         version: env!("CARGO_PKG_VERSION"),
         addr: state.local_addr.to_string(),
-        ready: state.is_ready(),
+        ready: state.is_ready() && storage_error.is_none(),
+        storage_error,
         started_ms: state.started_ms,
         uptime_ms: state.started.elapsed().as_millis() as u64,
         data_dir: state.config.data_dir.display().to_string(),

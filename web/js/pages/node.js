@@ -55,12 +55,13 @@ export function render(view) {
     const s = d.status;
     const why = d.error
       ? `Cannot refresh: ${d.error}. Showing the last known state.`
-      : d.statusError ? `Node status unavailable: ${d.statusError}` : '';
+      : d.statusError ? `Node status unavailable: ${d.statusError}`
+        : s && s.storage_error ? `The last write to storage failed: ${s.storage_error}` : '';
     notice.hidden = !why;
     notice.textContent = why;
     const pill = document.getElementById('node-state');
     if (s) {
-      pill.textContent = s.ready ? 'ready' : 'not ready';
+      pill.textContent = s.storage_error ? 'storage failing' : s.ready ? 'ready' : 'not ready';
       pill.className = `pill ${s.ready ? 'ok' : 'warn'}`;
       replace(stats,
         stat('Address', s.addr, { small: true, id: 'addr' }),
