@@ -52,6 +52,15 @@ use crate::state::SharedState;
 )]
 struct ApiDoc;
 
+/// An OpenAPI response with a `Problem` body and `description` (headers may be added).
+fn problem(description: &str) -> utoipa::openapi::ResponseBuilder {
+    use utoipa::openapi::{ContentBuilder, RefOr, ResponseBuilder};
+    ResponseBuilder::new().description(description).content(
+        crate::error::PROBLEM_JSON,
+        ContentBuilder::new().schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name("Problem")))).build(),
+    )
+}
+
 /// Adds the answers many operations share, where an operation does not document its
 /// own: 413 and 415 to every operation that takes a body (the body limit and the media
 /// type are checked before the handler) but Segment's calls, 400 to every operation on
@@ -61,18 +70,6 @@ struct CommonResponsesDoc;
 
 impl utoipa::Modify for CommonResponsesDoc {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::{ContentBuilder, RefOr, ResponseBuilder};
-        let problem = |description: &str| {
-            ResponseBuilder::new()
-                .description(description)
-                .content(
-                    crate::error::PROBLEM_JSON,
-                    ContentBuilder::new()
-                        .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name("Problem"))))
-                        .build(),
-                )
-                .build()
-        };
         for (path, item) in doc.paths.paths.iter_mut() {
             let storage = path.starts_with("/v1/") && !crate::auth::PUBLIC_ROUTES.contains(&path.as_str());
             for op in
@@ -81,19 +78,25 @@ impl utoipa::Modify for CommonResponsesDoc {
                 let r = &mut op.responses.responses;
                 // Segment's calls answer every bad body with 400 (its trackers retry others).
                 if op.request_body.is_some() && path != "/v1/{call}" {
-                    r.entry("413".into()).or_insert_with(|| problem("The body is larger than `max_body_bytes`").into());
+                    r.entry("413".into())
+                        .or_insert_with(|| problem("The body is larger than `max_body_bytes`").build().into());
                     r.entry("415".into()).or_insert_with(|| {
-                        problem("The `Content-Type` (or `Content-Encoding`) is not one this operation takes").into()
+                        problem("The `Content-Type` (or `Content-Encoding`) is not one this operation takes")
+                            .build()
+                            .into()
                     });
                 }
                 if path.contains("{topic}") {
                     r.entry("400".into()).or_insert_with(|| {
-                        problem("The topic name is not valid (`[A-Za-z0-9._-]{1,249}`), or a parameter is not").into()
+                        problem("The topic name is not valid (`[A-Za-z0-9._-]{1,249}`), or a parameter is not")
+                            .build()
+                            .into()
                     });
                 }
                 if storage {
-                    r.entry("500".into())
-                        .or_insert_with(|| problem("Storage failed; the request's effect is not acknowledged").into());
+                    r.entry("500".into()).or_insert_with(|| {
+                        problem("Storage failed; the request's effect is not acknowledged").build().into()
+                    });
                 }
             }
         }
@@ -106,10 +109,10 @@ struct SecurityDoc;
 
 impl utoipa::Modify for SecurityDoc {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::header::HeaderBuilder;
         use utoipa::openapi::security::{
             ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
         };
-        use utoipa::openapi::{RefOr, ResponseBuilder, content::ContentBuilder, header::HeaderBuilder};
         let components = doc.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
@@ -131,14 +134,6 @@ impl utoipa::Modify for SecurityDoc {
                 "Browser write key (produce only; also `X-Write-Key`, the Basic user name, or a `writeKey` body field)",
             ))),
         );
-        let problem = |description: &str| {
-            ResponseBuilder::new().description(description).content(
-                crate::error::PROBLEM_JSON,
-                ContentBuilder::new()
-                    .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name("Problem"))))
-                    .build(),
-            )
-        };
         for (path, item) in doc.paths.paths.iter_mut() {
             if crate::auth::PUBLIC_ROUTES.contains(&path.as_str()) {
                 continue;
