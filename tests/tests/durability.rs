@@ -287,6 +287,15 @@ async fn a_failing_disk_answers_500_turns_unready_and_loses_no_acknowledged_even
     assert_eq!(status["ready"], false, "{status}");
     assert!(status["storage_error"].as_str().is_some_and(|e| e.contains("File too large")), "{status}");
     assert!(server.metric("tidegate_storage_write_errors_total").await.is_some_and(|n| n >= 1.0));
+    // `tidegate status` says why, and exits 4 (not ready).
+    let out = tokio::process::Command::new(ProcessServer::binary())
+        .args(["status", "--json", "--url", &format!("http://{}", server.addr)])
+        .env_remove("TIDEGATE_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("status --json: {e}: {out:?}"));
+    assert_eq!((out.status.code(), report["not_ready"].as_str()), (Some(4), Some("storage_failing")), "{report}");
     // Reads of what was acknowledged still work.
     let (p, o) = acked[0];
     assert_eq!(server.record_at("full", p, o).await["value"]["n"], 0);

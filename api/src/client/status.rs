@@ -14,6 +14,9 @@ struct Status {
     url: String,
     healthy: bool,
     ready: bool,
+    /// Why it is not ready: the `code` of `/readyz`'s problem (`not_ready`,
+    /// `storage_failing`); `null` when ready.
+    not_ready: Option<String>,
     topics: Option<u64>,
     partitions: Option<u64>,
     records: Option<u64>,
@@ -22,15 +25,19 @@ struct Status {
 }
 
 /// Runs `status`: exit 0 when the gateway is ready, 4 when it answers but is not
-/// ready (starting or shutting down), 3 when it cannot be reached.
+/// ready (starting, shutting down, or its last write to storage failed), 3 when it
+/// cannot be reached.
 pub async fn run(conn: &Connection) -> Result<Exit, ClientError> {
     let gw = conn.gateway()?;
     let _: Value = gw.get(&["healthz"]).await?;
-    let ready = match gw.send(gw.request(Method::GET, &["readyz"])).await {
-        Ok(_) => true,
-        Err(ClientError::Problem { status: 503, .. }) => false,
+    let not_ready = match gw.send(gw.request(Method::GET, &["readyz"])).await {
+        Ok(_) => None,
+        Err(ClientError::Problem { status: 503, problem }) => {
+            Some(problem["code"].as_str().unwrap_or("not_ready").to_string())
+        }
         Err(e) => return Err(e),
     };
+    let ready = not_ready.is_none();
     let (topics, groups) = match (gw.get::<Value>(&["v1", "topics"]).await, gw.get::<Value>(&["v1", "groups"]).await) {
         (Ok(t), Ok(g)) => (Some(t), Some(g)),
         // A node that is not ready may not answer; the readiness is the news then.
@@ -45,6 +52,7 @@ pub async fn run(conn: &Connection) -> Result<Exit, ClientError> {
         url: gw.base().to_string(),
         healthy: true,
         ready,
+        not_ready: not_ready.clone(),
         topics: topic_list.as_ref().map(|t| t.len() as u64),
         partitions: sum("partition_count"),
         records: sum("records"),
@@ -60,7 +68,14 @@ pub async fn run(conn: &Connection) -> Result<Exit, ClientError> {
             fields(&[
                 ("url", status.url.clone()),
                 ("health", "ok".into()),
-                ("ready", if ready { "yes" } else { "no (starting or shutting down)" }.into()),
+                (
+                    "ready",
+                    match not_ready.as_deref() {
+                        None => "yes".into(),
+                        Some("storage_failing") => "no (the last write to storage failed: see the server log)".into(),
+                        Some(_) => "no (starting or shutting down)".into(),
+                    },
+                ),
                 ("topics", show(status.topics, count)),
                 ("partitions", show(status.partitions, count)),
                 ("records", show(status.records, count)),
