@@ -489,8 +489,11 @@ pub async fn gate(req: Request, next: Next) -> Response {
 /// the only routes that take `?access_token=`. Decided on the raw path, since this
 /// runs before routing: exactly five segments, so a topic named `stream` is no match.
 fn takes_query_token(path: &str) -> bool {
-    let segments: Vec<&str> = path.split('/').collect();
-    matches!(segments.as_slice(), ["", "v1", "topics", topic, "subscribe" | "stream"] if !topic.is_empty())
+    let mut s = path.split('/');
+    matches!(
+        (s.next(), s.next(), s.next(), s.next(), s.next(), s.next()),
+        (Some(""), Some("v1"), Some("topics"), Some(topic), Some("subscribe" | "stream"), None) if !topic.is_empty()
+    )
 }
 
 /// Middleware: resolves the [`Caller`] and applies the per-IP rate limit.
