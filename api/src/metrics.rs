@@ -210,6 +210,12 @@ pub fn render(store: &Store) -> String {
     );
     let _ = writeln!(out, "# TYPE tidegate_storage_disk_bytes gauge");
     let _ = writeln!(out, "tidegate_storage_disk_bytes {}", store.disk_bytes());
+    let _ = writeln!(
+        out,
+        "# HELP tidegate_storage_failing 1 while the last write to storage failed (/readyz answers 503 storage_failing)."
+    );
+    let _ = writeln!(out, "# TYPE tidegate_storage_failing gauge");
+    let _ = writeln!(out, "tidegate_storage_failing {}", u8::from(store.write_failure().is_some()));
     let _ = writeln!(out, "# HELP tidegate_topics Number of topics.");
     let _ = writeln!(out, "# TYPE tidegate_topics gauge");
     let _ = writeln!(out, "tidegate_topics {}", topics.len());

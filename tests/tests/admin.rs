@@ -264,6 +264,7 @@ async fn metrics_expose_http_storage_and_process_series() {
     let writes = sample(&text, "tidegate_storage_write_seconds_count");
     assert!(writes.is_some_and(|n| n >= 1.0), "no storage write histogram:\n{text}");
     assert!(sample(&text, "tidegate_storage_disk_bytes ").is_some(), "no disk gauge:\n{text}");
+    assert_eq!(sample(&text, "tidegate_storage_failing "), Some(0.0), "writes work:\n{text}");
     let rss = sample(&text, "process_resident_memory_bytes ");
     assert!(rss.is_some_and(|b| b > 1_000_000.0), "no resident memory gauge:\n{text}");
     // The standard process series, as Prometheus client libraries name them.

@@ -287,6 +287,7 @@ async fn a_failing_disk_answers_500_turns_unready_and_loses_no_acknowledged_even
     assert_eq!(status["ready"], false, "{status}");
     assert!(status["storage_error"].as_str().is_some_and(|e| e.contains("File too large")), "{status}");
     assert!(server.metric("tidegate_storage_write_errors_total").await.is_some_and(|n| n >= 1.0));
+    assert_eq!(server.metric("tidegate_storage_failing").await, Some(1.0));
     // `tidegate status` says why, and exits 4 (not ready).
     let out = tokio::process::Command::new(ProcessServer::binary())
         .args(["status", "--json", "--url", &format!("http://{}", server.addr)])
@@ -308,6 +309,7 @@ async fn a_failing_disk_answers_500_turns_unready_and_loses_no_acknowledged_even
         assert!(record["value"]["n"].is_u64(), "acknowledged event {p}/{o} is gone: {record}");
     }
     assert_eq!(server.get_json("/readyz").await["status"], "ok", "a fresh start is ready");
+    assert_eq!(server.metric("tidegate_storage_failing").await, Some(0.0));
     let ends = server.end_offsets("full").await;
     let offsets = server.produce_raw("full", "?partition=0", "application/json", "{\"after\":\"restart\"}").await;
     assert_eq!(offsets, vec![(0, ends[0])], "appends continue densely after what survived");
