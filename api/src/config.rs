@@ -327,13 +327,8 @@ impl Config {
     /// Security settings: shapes and relations (keys themselves are loaded at start-up).
     fn validate_security(&self) -> Result<(), ConfigError> {
         let invalid = |name, reason: String| Err(ConfigError::Invalid { name, reason });
-        let cors = crate::auth::origins::parse_all(&self.cors_origins.0);
-        match cors {
-            Err(e) => return invalid("cors_origins", e),
-            Ok(p) if self.cors_allow_credentials && p.contains(&crate::auth::origins::OriginPattern::Any) => {
-                return invalid("cors_allow_credentials", "cannot be used with cors_origins = \"*\"".into());
-            }
-            Ok(_) => {}
+        if let Err(e) = crate::auth::origins::parse_all(&self.cors_origins.0) {
+            return invalid("cors_origins", e);
         }
         let mut seen = std::collections::HashSet::new();
         for k in &self.write_keys.0 {
@@ -346,22 +341,20 @@ impl Config {
             if k.topics.is_empty() {
                 return invalid("write_keys", format!("key {:?}… lists no topics", &k.key[..k.key.len().min(4)]));
             }
-            match crate::auth::origins::parse_all(&k.origins) {
-                Err(e) => return invalid("write_keys", e),
-                // CORS allows a write key's origins too, so "*" there would answer every
-                // site with credentials allowed, exactly what the rule above forbids.
-                Ok(p) if self.cors_allow_credentials && p.contains(&crate::auth::origins::OriginPattern::Any) => {
-                    return invalid(
-                        "cors_allow_credentials",
-                        format!(
-                            "cannot be used with a write key whose origins include \"*\" (key {:?}…); \
-                             list the key's origins instead",
-                            &k.key[..k.key.len().min(4)]
-                        ),
-                    );
-                }
-                Ok(_) => {}
+            if let Err(e) = crate::auth::origins::parse_all(&k.origins) {
+                return invalid("write_keys", e);
             }
+        }
+        // CORS allows `cors_origins` and every write key's origins: "*" among them would
+        // answer every site with credentials allowed.
+        if self.cors_allow_credentials
+            && crate::auth::cors::allowed_origins(self)
+                .is_ok_and(|all| all.contains(&crate::auth::origins::OriginPattern::Any))
+        {
+            return invalid(
+                "cors_allow_credentials",
+                "cannot be used with \"*\" among the allowed origins (cors_origins or a write key's origins)".into(),
+            );
         }
         if self.tls_cert_file.as_os_str().is_empty() != self.tls_key_file.as_os_str().is_empty() {
             return invalid("tls_cert_file", "tls_cert_file and tls_key_file go together".into());

@@ -94,9 +94,20 @@ impl AppState {
         });
     }
 
-    /// Whether the node takes traffic.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.store.is_closing()
+    /// Why the node does not take traffic now, as `/readyz` answers it (problem code
+    /// and detail): starting or shutting down, or the last write to storage failed.
+    /// `None` when it is ready. The one place readiness is decided.
+    pub fn not_ready(&self) -> Option<(&'static str, &'static str)> {
+        if !self.ready.load(Ordering::Acquire) || self.store.is_closing() {
+            Some(("not_ready", "the node is starting or shutting down"))
+        } else if self.store.write_failure().is_some() {
+            Some((
+                "storage_failing",
+                "the last write to storage failed; appends fail until one succeeds (after some failures, until a restart)",
+            ))
+        } else {
+            None
+        }
     }
 
     /// A topic for ingest: created with the defaults when it is unknown and

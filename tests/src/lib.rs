@@ -28,6 +28,27 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 pub use tidegate::Config;
 
+/// A fresh self-signed certificate for `localhost`, written as PEM files.
+pub struct SelfSigned {
+    /// The certificate (what `--tls-cert-file` and `--ca-cert` take).
+    pub cert_path: PathBuf,
+    /// Its private key (what `--tls-key-file` takes).
+    pub key_path: PathBuf,
+    /// The certificate (DER), for a client's root store.
+    pub cert_der: rustls_pki_types::CertificateDer<'static>,
+}
+
+impl SelfSigned {
+    /// Makes one and writes `cert.pem` and `key.pem` into `dir`.
+    pub fn write(dir: &Path) -> SelfSigned {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("self-signed certificate");
+        let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert_path, cert.cert.pem()).expect("write the certificate");
+        std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write the key");
+        SelfSigned { cert_path, key_path, cert_der: cert.cert.der().clone() }
+    }
+}
+
 /// An in-process gateway serving HTTPS/WSS only, with a fresh self-signed certificate
 /// for `localhost` (written to `cert_path` as PEM) and a temporary data directory.
 pub struct TlsGateway {
@@ -46,10 +67,7 @@ impl TlsGateway {
     /// Starts it; it may take a moment to answer (poll it, e.g. with [`eventually`]).
     pub async fn start() -> TlsGateway {
         let files = tempfile::tempdir().expect("temp dir");
-        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("self-signed certificate");
-        let (cert_path, key_path) = (files.path().join("cert.pem"), files.path().join("key.pem"));
-        std::fs::write(&cert_path, cert.cert.pem()).expect("write the certificate");
-        std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write the key");
+        let SelfSigned { cert_path, key_path, cert_der } = SelfSigned::write(files.path());
         let data = tempfile::tempdir().expect("temp dir");
         let config = Config {
             data_dir: data.path().into(),
@@ -63,14 +81,7 @@ impl TlsGateway {
         let task = tokio::spawn(tidegate::serve(config, listener, async {
             let _ = stopped.await;
         }));
-        TlsGateway {
-            addr,
-            cert_der: cert.cert.der().clone(),
-            cert_path,
-            stop: Some(stop),
-            task: Some(task),
-            _dirs: (files, data),
-        }
+        TlsGateway { addr, cert_der, cert_path, stop: Some(stop), task: Some(task), _dirs: (files, data) }
     }
 
     /// Stops it and asserts a clean shutdown.

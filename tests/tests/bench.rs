@@ -68,8 +68,7 @@ async fn bench_ingest_reports_events_the_server_stored() {
     assert_eq!(per_request.zip(per_event).map(|(r, e)| (r / e).round()), Some(10.0), "10 events a request: {cpu}");
     // Every acknowledged event is in the log (the report counts acknowledged ones; a
     // request cut off at the end may also have been written).
-    let topic = server.get_json("/v1/topics/b").await;
-    let stored: u64 = topic["partitions"].as_array().unwrap().iter().map(|p| p["end_offset"].as_u64().unwrap()).sum();
+    let stored: u64 = server.end_offsets("b").await.iter().sum();
     assert!(stored >= events, "stored {stored} < acknowledged {events}");
 }
 
@@ -90,15 +89,8 @@ async fn bench_catchup_reads_every_stored_record_exactly_once() {
         let v = report["cpu"][field].as_f64().unwrap_or_else(|| panic!("cpu.{field} in {report}"));
         assert!(v >= 0.0, "cpu.{field} = {v}");
     }
-    let topic = server.get_json("/v1/topics/c").await;
-    let stored: u64 = topic["partitions"].as_array().unwrap().iter().map(|p| p["end_offset"].as_u64().unwrap()).sum();
+    let stored: u64 = server.end_offsets("c").await.iter().sum();
     assert_eq!(stored, 3000, "the fill posts exactly what is missing");
-}
-
-/// Events stored in `topic`, over all its partitions.
-async fn stored(server: &TestServer, topic: &str) -> u64 {
-    let described = server.get_json(&format!("/v1/topics/{topic}")).await;
-    described["partitions"].as_array().unwrap().iter().map(|p| p["end_offset"].as_u64().unwrap()).sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,7 +109,7 @@ async fn bench_ingest_with_dedup_and_segment_reports_the_idempotency_memory() {
         let events = report["events"].as_u64().expect("events");
         assert!(events > 0, "{report}");
         assert_eq!((report["http_errors"].as_u64(), report["transport_errors"].as_u64()), (Some(0), Some(0)));
-        let stored = stored(&server, topic).await;
+        let stored: u64 = server.end_offsets(topic).await.iter().sum();
         assert!(stored >= events, "{endpoint}: stored {stored} < acknowledged {events}");
         stored_so_far += stored;
         // Every id was new, so each stored event has its id remembered, in memory

@@ -11,7 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use tidegate_tests::{Api, ProcessServer, STARTUP_DEADLINE, TestServer, TlsGateway, assert_problem, eventually};
+use tidegate_tests::{
+    Api, ProcessServer, STARTUP_DEADLINE, SelfSigned, TestServer, TlsGateway, assert_problem, eventually,
+};
 
 const SECRET: &str = "test-hmac-secret-that-is-long-enough-32+";
 const WAIT: Duration = Duration::from_secs(10);
@@ -553,10 +555,8 @@ async fn rate_limits_answer_429_with_retry_after_and_recover() {
     assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
     let admin = keyed.api().with_token(&admin_token());
     for topic in ["segment.track", "segment.page", "segment.identify"] {
-        let described = admin.get_json(&format!("/v1/topics/{topic}")).await;
-        let records: u64 =
-            described["partitions"].as_array().unwrap().iter().map(|p| p["end_offset"].as_u64().unwrap()).sum();
-        assert_eq!(records, 1, "{topic}: {described}");
+        let ends = admin.end_offsets(topic).await;
+        assert_eq!(ends.iter().sum::<u64>(), 1, "{topic}: {ends:?}");
     }
     let resp = keyed.post("/v1/batch").basic_auth("pk_burst", Some("")).json(&batch).send().await.unwrap();
     assert_problem(resp, 429, "rate_limited").await;
@@ -613,17 +613,7 @@ async fn an_expiring_token_closes_websocket_and_sse_subscriptions() {
 /// `/readyz` answers on `port`.
 async fn run_binary(args: &[&str], port: u16) -> Result<String, (Option<i32>, String)> {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = tokio::process::Command::new(ProcessServer::binary())
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(args)
-        .env_remove("TIDEGATE_ADDR")
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_serve(dir.path(), args, std::process::Stdio::piped);
     let api = Api::new(([127, 0, 0, 1], port).into());
     let until = std::time::Instant::now() + STARTUP_DEADLINE;
     loop {
@@ -640,6 +630,21 @@ async fn run_binary(args: &[&str], port: u16) -> Result<String, (Option<i32>, St
         assert!(std::time::Instant::now() < until, "neither ready nor exited");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Starts `tidegate serve --data-dir <data> <args>` with stdout and stderr from `output`.
+fn spawn_serve(data: &std::path::Path, args: &[&str], output: fn() -> std::process::Stdio) -> tokio::process::Child {
+    tokio::process::Command::new(ProcessServer::binary())
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .env_remove("TIDEGATE_ADDR")
+        .stderr(output())
+        .stdout(output())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
 }
 
 fn free_port() -> u16 {
@@ -732,10 +737,7 @@ async fn https_readyz(addr: std::net::SocketAddr, cert: rustls_pki_types::Certif
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_serves_https_with_the_tls_flags() {
     let files = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let (cert_path, key_path) = (files.path().join("cert.pem"), files.path().join("key.pem"));
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let SelfSigned { cert_path, key_path, cert_der } = SelfSigned::write(files.path());
     let (cert_arg, key_arg) = (cert_path.to_str().unwrap(), key_path.to_str().unwrap());
 
     // One without the other refuses to start.
@@ -748,18 +750,11 @@ async fn the_binary_serves_https_with_the_tls_flags() {
 
     let port = free_port();
     let data = tempfile::tempdir().unwrap();
-    let mut child = tokio::process::Command::new(ProcessServer::binary())
-        .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--tls-cert-file", cert_arg, "--tls-key-file", key_arg])
-        .arg("--data-dir")
-        .arg(data.path())
-        .env_remove("TIDEGATE_ADDR")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let addr_arg = format!("127.0.0.1:{port}");
+    let tls = ["--addr", &addr_arg, "--tls-cert-file", cert_arg, "--tls-key-file", key_arg];
+    let mut child = spawn_serve(data.path(), &tls, std::process::Stdio::null);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let answer = https_readyz(addr, cert.cert.der().clone()).await;
+    let answer = https_readyz(addr, cert_der).await;
     assert!(answer.contains("\"ok\""), "{answer}");
     let plain = Api::new(addr).get("/healthz").timeout(Duration::from_secs(5)).send().await;
     assert!(plain.is_err() || plain.unwrap().status() != 200, "plain HTTP is not served next to HTTPS");

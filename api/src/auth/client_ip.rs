@@ -7,6 +7,12 @@ use axum::http::HeaderMap;
 
 use super::settings::{IpNets, canonical_ip};
 
+/// Whether `peer` is one of the `trusted_proxies`, whose forwarding headers
+/// (`X-Forwarded-For`, `-Host`, `-Proto`) are believed.
+pub fn is_trusted_proxy(peer: IpAddr, trusted: &IpNets) -> bool {
+    !trusted.0.is_empty() && trusted.contains(canonical_ip(peer))
+}
+
 /// Resolves the client address of a request from `peer`.
 ///
 /// `X-Forwarded-For` is read right to left (each proxy appends the address it saw),
@@ -14,7 +20,7 @@ use super::settings::{IpNets, canonical_ip};
 /// an untrusted peer is ignored entirely, so clients cannot spoof their address.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &IpNets) -> IpAddr {
     let peer = canonical_ip(peer);
-    if trusted.0.is_empty() || !trusted.contains(peer) {
+    if !is_trusted_proxy(peer, trusted) {
         return peer;
     }
     let mut nearest = peer;

@@ -6,7 +6,8 @@
 //!   write key) into a [`Caller`] placed in the request's extensions;
 //! - [`gate`] (on every matched route) refuses missing or bad credentials with 401
 //!   before anything else (body parsing included) runs, except on the routes listed in
-//!   [`PUBLIC_ROUTES`], and refuses write keys (403) outside [`PRODUCE_ROUTES`].
+//!   [`PUBLIC_ROUTES`], refuses write keys (403) outside [`PRODUCE_ROUTES`], and
+//!   tokens sent in the URL (401) outside [`QUERY_TOKEN_ROUTES`].
 //!   Routes are protected unless listed, so a new route cannot be left open by mistake.
 //!
 //! Each handler then asks the caller for the permission its operation needs
@@ -168,12 +169,11 @@ impl Security {
         self.public_metrics
     }
 
-    /// The credentials `headers` and `query` carry. `query_token` says whether the
-    /// route takes `?access_token=` (WebSocket and SSE, which cannot set headers);
-    /// elsewhere a token in the URL is refused, so it is not left in access logs.
-    fn credential(&self, headers: &HeaderMap, query: Option<&str>, query_token: bool) -> Credential {
+    /// The credentials `headers` and `query` carry, and whether the token came from the
+    /// query (`?access_token=`, which [`gate`] takes only on [`QUERY_TOKEN_ROUTES`]).
+    fn credential(&self, headers: &HeaderMap, query: Option<&str>) -> (Credential, bool) {
         if !self.enabled {
-            return Credential::Open;
+            return (Credential::Open, false);
         }
         let mut token = None;
         let mut key = None;
@@ -190,41 +190,44 @@ impl Security {
                     .map(|s| s.split_once(':').map_or(s.clone(), |(u, _)| u.to_string()));
                 match user {
                     Some(u) if !u.is_empty() => key = Some(u),
-                    _ => return Credential::Refused(AuthError::InvalidToken("malformed Basic credentials".into())),
+                    _ => {
+                        let e = AuthError::InvalidToken("malformed Basic credentials".into());
+                        return (Credential::Refused(e), false);
+                    }
                 }
             } else {
-                return Credential::Refused(AuthError::InvalidToken(format!("unsupported scheme {scheme:?}")));
+                let e = AuthError::InvalidToken(format!("unsupported scheme {scheme:?}"));
+                return (Credential::Refused(e), false);
             }
         }
         if key.is_none() {
             key = headers.get("x-write-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
         }
+        let mut token_in_query = false;
         if token.is_none() || key.is_none() {
             for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
                 match &*name {
-                    "access_token" if token.is_none() && !query_token => {
-                        return Credential::Refused(AuthError::InvalidToken(
-                            "access_token in the URL is taken only on /subscribe and /stream; \
-                             send Authorization: Bearer <token>"
-                                .into(),
-                        ));
+                    "access_token" if token.is_none() => {
+                        token = Some(value.into_owned());
+                        token_in_query = true;
                     }
-                    "access_token" if token.is_none() => token = Some(value.into_owned()),
                     "key" if key.is_none() => key = Some(value.into_owned()),
                     _ => {}
                 }
             }
         }
         if let Some(token) = token {
-            return match self.verifier.verify_cached(&token) {
+            let credential = match self.verifier.verify_cached(&token) {
                 Ok(v) => Credential::Token(v),
                 Err(e) => Credential::Refused(e),
             };
+            return (credential, token_in_query);
         }
-        match key {
+        let credential = match key {
             Some(k) => self.write_key_credential(&k),
             None => Credential::Missing,
-        }
+        };
+        (credential, false)
     }
 
     fn write_key_credential(&self, key: &str) -> Credential {
@@ -260,6 +263,8 @@ pub struct Caller {
     /// The request's `Origin` header.
     pub origin: Option<String>,
     credential: Credential,
+    /// The token came as `?access_token=`.
+    token_in_query: bool,
     security: Arc<Security>,
 }
 
@@ -274,14 +279,14 @@ impl Caller {
     /// several, like a Segment batch). A write key takes one request from its rate
     /// limit, however many topics the request writes to.
     pub fn require_each(&self, action: Action, topics: &[String]) -> Result<(), ApiError> {
-        let Some((last, rest)) = topics.split_last() else {
+        if topics.is_empty() {
             // Nothing to write still needs credentials that are good.
             return self.require_authenticated();
-        };
-        for topic in rest {
+        }
+        for topic in topics {
             self.check_access(action, Some(topic)).map_err(|e| self.refuse(e))?;
         }
-        self.require(action, last)
+        self.take_request().map_err(|e| self.refuse(e))
     }
 
     /// Allowed to do `action` on every topic (pattern `*`), e.g. admin for `/metrics`.
@@ -367,9 +372,14 @@ impl Caller {
             .is_some_and(|k| k.spec.topics.iter().any(|p| grants::pattern_matches(p, topic)))
     }
 
-    /// [`Caller::check_access`], then one request from a write key's rate limit.
+    /// [`Caller::check_access`], then [`Caller::take_request`].
     fn check(&self, action: Action, topic: Option<&str>) -> Result<(), AuthError> {
         self.check_access(action, topic)?;
+        self.take_request()
+    }
+
+    /// Takes one request from a write key's rate limit (nothing for other callers).
+    fn take_request(&self) -> Result<(), AuthError> {
         match &self.credential {
             Credential::WriteKey(k) => self
                 .security
@@ -459,6 +469,11 @@ pub const PRODUCE_ROUTES: &[&str] = &[
     "/v1/{call}",
 ];
 
+/// Route templates that take a token as `?access_token=`: WebSocket and EventSource,
+/// which cannot set headers. Elsewhere a token in the URL is refused, so it is not
+/// left in access logs.
+pub const QUERY_TOKEN_ROUTES: &[&str] = &["/v1/topics/{topic}/subscribe", "/v1/topics/{topic}/stream"];
+
 /// Route middleware: see the module documentation.
 pub async fn gate(req: Request, next: Next) -> Response {
     let route = req.extensions().get::<axum::extract::MatchedPath>().map(|p| p.as_str().to_owned());
@@ -470,6 +485,14 @@ pub async fn gate(req: Request, next: Next) -> Response {
         return ApiError::Storage(tidegate_storage::StorageError::Internal("authentication middleware missing".into()))
             .into_response();
     };
+    if caller.token_in_query && !QUERY_TOKEN_ROUTES.contains(&route) {
+        // Refused rather than ignored, so the caller learns to send the header.
+        let e = AuthError::InvalidToken(
+            "access_token in the URL is taken only on /subscribe and /stream; send Authorization: Bearer <token>"
+                .into(),
+        );
+        return caller.refuse(e).into_response();
+    }
     let produce = PRODUCE_ROUTES.contains(&route) || crate::routes::segment::CALL_PATHS.contains(&route);
     let refusal = match &caller.credential {
         Credential::Open | Credential::Token(_) => None,
@@ -483,17 +506,6 @@ pub async fn gate(req: Request, next: Next) -> Response {
         Some(e) => caller.refuse(e).into_response(),
         None => next.run(req).await,
     }
-}
-
-/// Whether `path` is a subscription (`/v1/topics/{topic}/subscribe` or `/stream`),
-/// the only routes that take `?access_token=`. Decided on the raw path, since this
-/// runs before routing: exactly five segments, so a topic named `stream` is no match.
-fn takes_query_token(path: &str) -> bool {
-    let mut s = path.split('/');
-    matches!(
-        (s.next(), s.next(), s.next(), s.next(), s.next(), s.next()),
-        (Some(""), Some("v1"), Some("topics"), Some(topic), Some("subscribe" | "stream"), None) if !topic.is_empty()
-    )
 }
 
 /// Middleware: resolves the [`Caller`] and applies the per-IP rate limit.
@@ -512,26 +524,15 @@ pub async fn authenticate(
         record_refusal(&e, ip);
         return ApiError::Auth(e).into_response();
     }
-    let credential = security.credential(req.headers(), req.uri().query(), takes_query_token(req.uri().path()));
+    let (credential, token_in_query) = security.credential(req.headers(), req.uri().query());
     let origin = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    req.extensions_mut().insert(Caller { ip, origin, credential, security });
+    req.extensions_mut().insert(Caller { ip, origin, credential, token_in_query, security });
     next.run(req).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_subscriptions_take_query_tokens() {
-        assert!(takes_query_token("/v1/topics/web.clicks/subscribe"));
-        assert!(takes_query_token("/v1/topics/a%2Fb/stream"));
-        for path in
-            ["/v1/topics/stream", "/v1/topics/subscribe", "/v1/topics//stream", "/v1/topics/t/events", "/metrics"]
-        {
-            assert!(!takes_query_token(path), "{path}");
-        }
-    }
 
     #[test]
     fn retry_after_rounds_up_to_whole_seconds() {

@@ -65,6 +65,24 @@ impl std::fmt::Display for ClientIpMode {
     }
 }
 
+impl ClientIpMode {
+    /// The mode a request is under: the `client_ip` setting, or `None` for a request
+    /// marked anonymous.
+    pub fn for_request(config: &Config, anonymous: bool) -> ClientIpMode {
+        if anonymous { ClientIpMode::None } else { config.client_ip }
+    }
+
+    /// What is stored of `ip` under this mode: the client address the gateway sees, or
+    /// the one a Segment library reports in `context.ip`.
+    pub fn apply(self, ip: IpAddr) -> Option<IpAddr> {
+        match self {
+            ClientIpMode::Full => Some(ip),
+            ClientIpMode::Truncated => Some(truncate_ip(ip)),
+            ClientIpMode::None => None,
+        }
+    }
+}
+
 /// The address with its host part zeroed: IPv4 to /24, IPv6 to /48 (an IPv4-mapped
 /// IPv6 address is truncated as IPv4).
 pub fn truncate_ip(ip: IpAddr) -> IpAddr {
@@ -98,12 +116,7 @@ pub fn gateway_headers(
 ) -> Vec<(&'static str, Vec<u8>)> {
     let mut shared = vec![(headers::RECEIVED_AT, received_ms.to_string().into_bytes())];
     let anonymous = is_anonymous(request);
-    let ip = match (anonymous, config.client_ip) {
-        (true, _) | (false, ClientIpMode::None) => None,
-        (false, ClientIpMode::Full) => Some(peer),
-        (false, ClientIpMode::Truncated) => Some(truncate_ip(peer)),
-    };
-    if let Some(ip) = ip {
+    if let Some(ip) = ClientIpMode::for_request(config, anonymous).apply(peer) {
         shared.push((headers::CLIENT_IP, ip.to_string().into_bytes()));
     }
     if config.record_user_agent

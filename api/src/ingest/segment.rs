@@ -18,6 +18,7 @@ use std::borrow::Cow;
 use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
+use super::privacy::ClientIpMode;
 use super::rawjson::{RawObject, as_str, quote, scalar_text};
 
 use super::time::{format_rfc3339_ms, parse_rfc3339_ms};
@@ -99,41 +100,25 @@ pub struct SegmentOptions {
     pub max_batch_bytes: usize,
     /// Most events in a batch.
     pub max_events: usize,
-    /// The `context.ip` a library reported (server-side ones do).
-    pub context_ip: ContextIp,
+    /// What is kept of the `context.ip` a library reported (server-side ones do): the
+    /// request's [`ClientIpMode::for_request`], the rule of the `client-ip` header.
+    pub context_ip: ClientIpMode,
 }
 
-/// What is stored of an event's `context.ip`: the gateway's `client_ip` privacy rule
-/// applies to the address a library reports as much as to the one it sees.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ContextIp {
-    /// As sent (`client_ip = "full"`).
-    Keep,
-    /// Its host part zeroed like the `client-ip` header (`client_ip = "truncated"`);
-    /// a value that is not an address is dropped.
-    Truncate,
-    /// Removed (`client_ip = "none"`, or the request is anonymous).
-    Drop,
-}
-
-/// Applies `rule` to `item`'s `context.ip`.
-fn apply_context_ip(item: &mut RawObject<'_>, rule: ContextIp) {
-    if rule == ContextIp::Keep {
+/// Applies `mode` to `item`'s `context.ip`: kept, truncated, or dropped (also when it
+/// is not an address and cannot be truncated).
+fn apply_context_ip(item: &mut RawObject<'_>, mode: ClientIpMode) {
+    if mode == ClientIpMode::Full {
         return;
     }
     let Some(context) = item.get("context").filter(|c| c.starts_with('{')) else { return };
     let Ok(mut context) = RawObject::parse(context) else { return };
-    let truncated = match rule {
-        ContextIp::Truncate => context
-            .get_str("ip")
-            .and_then(|ip| ip.trim().parse::<std::net::IpAddr>().ok())
-            .map(crate::ingest::privacy::truncate_ip),
-        _ => None,
-    };
+    let kept =
+        context.get_str("ip").and_then(|ip| ip.trim().parse::<std::net::IpAddr>().ok()).and_then(|a| mode.apply(a));
     if context.remove("ip").is_none() {
         return;
     }
-    if let Some(addr) = truncated {
+    if let Some(addr) = kept {
         context.set("ip", Cow::Owned(quote(&addr.to_string())));
     }
     let edited = context.to_json();
@@ -455,7 +440,7 @@ mod tests {
         max_event_bytes: 32 * 1024,
         max_batch_bytes: 500 * 1024,
         max_events: 2500,
-        context_ip: ContextIp::Keep,
+        context_ip: ClientIpMode::Full,
     };
     /// 2012-12-02T00:30:20.000Z
     const RECEIVED: i64 = 1_354_408_220_000;
@@ -472,11 +457,11 @@ mod tests {
             let r = normalize(Call::Single("track"), body.to_string().as_bytes(), RECEIVED, options).unwrap();
             stored(&r.events[0])["context"].clone()
         };
-        assert_eq!(ip(ContextIp::Keep), json!({"ip": " 24.5.68.47", "locale": "en"}));
-        assert_eq!(ip(ContextIp::Truncate), json!({"ip": "24.5.68.0", "locale": "en"}));
-        assert_eq!(ip(ContextIp::Drop), json!({"locale": "en"}));
+        assert_eq!(ip(ClientIpMode::Full), json!({"ip": " 24.5.68.47", "locale": "en"}));
+        assert_eq!(ip(ClientIpMode::Truncated), json!({"ip": "24.5.68.0", "locale": "en"}));
+        assert_eq!(ip(ClientIpMode::None), json!({"locale": "en"}));
         let odd = json!({"userId": "u", "event": "E", "context": {"ip": "unknown"}});
-        let options = SegmentOptions { context_ip: ContextIp::Truncate, ..LIMITS };
+        let options = SegmentOptions { context_ip: ClientIpMode::Truncated, ..LIMITS };
         let r = normalize(Call::Single("track"), odd.to_string().as_bytes(), RECEIVED, options).unwrap();
         assert_eq!(stored(&r.events[0])["context"], json!({}), "what is not an address cannot be truncated");
     }

@@ -32,18 +32,9 @@ pub async fn healthz() -> Json<Status> {
     (status = 503, description = "Starting, shutting down, or the last write to storage failed", body = Problem, content_type = "application/problem+json"),
 ))]
 pub async fn readyz(State(state): State<SharedState>) -> axum::response::Response {
-    if !state.is_ready() {
-        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the node is starting or shutting down")
-            .into_response()
-    } else if state.store.write_failure().is_some() {
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "storage_failing",
-            "the last write to storage failed; appends fail until one succeeds (after some failures, until a restart)",
-        )
-        .into_response()
-    } else {
-        Json(Status { status: "ok" }).into_response()
+    match state.not_ready() {
+        None => Json(Status { status: "ok" }).into_response(),
+        Some((code, detail)) => Problem::new(StatusCode::SERVICE_UNAVAILABLE, code, detail).into_response(),
     }
 }
 

@@ -31,7 +31,7 @@ use crate::ingest::ids::event_id;
 use crate::ingest::pipeline::{Create, Outgoing, TopicSet, commit, screen};
 use crate::ingest::privacy::gateway_headers;
 use crate::ingest::privacy::{ClientIpMode, is_anonymous};
-use crate::ingest::segment::{Call, ContextIp, SegmentOptions, normalize};
+use crate::ingest::segment::{Call, SegmentOptions, normalize};
 use crate::routes::events::now_ms;
 use crate::state::SharedState;
 
@@ -106,12 +106,7 @@ pub async fn segment_call(
         max_event_bytes: config.segment_max_event_bytes as usize,
         max_batch_bytes: config.segment_max_batch_bytes as usize,
         max_events: config.max_events_per_request as usize,
-        context_ip: match config.client_ip {
-            _ if is_anonymous(&request_headers) => ContextIp::Drop,
-            ClientIpMode::Full => ContextIp::Keep,
-            ClientIpMode::Truncated => ContextIp::Truncate,
-            ClientIpMode::None => ContextIp::Drop,
-        },
+        context_ip: ClientIpMode::for_request(config, is_anonymous(&request_headers)),
     };
     let received = now_ms();
     let max_body = config.max_body_bytes as usize;
@@ -204,7 +199,7 @@ pub async fn segment_settings(
     if state.security.enabled() && !state.security.is_write_key(&write_key) {
         return Err(ApiError::NotFound { detail: "unknown write key".into() });
     }
-    let from_proxy = state.config.trusted_proxies.contains(crate::auth::settings::canonical_ip(peer.ip()));
+    let from_proxy = crate::auth::client_ip::is_trusted_proxy(peer.ip(), &state.config.trusted_proxies);
     let header_str = |name: &str| request_headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
     let forwarded = |name: &str| if from_proxy { header_str(name) } else { None };
     let host = forwarded("x-forwarded-host")

@@ -85,7 +85,7 @@ pub async fn status(State(state): State<SharedState>, caller: Caller) -> Result<
     Ok(Json(NodeStatus {
         version: env!("CARGO_PKG_VERSION"),
         addr: state.local_addr.to_string(),
-        ready: state.is_ready() && storage_error.is_none(),
+        ready: state.not_ready().is_none(),
         storage_error,
         started_ms: state.started_ms,
         uptime_ms: state.started.elapsed().as_millis() as u64,
