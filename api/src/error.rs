@@ -88,9 +88,10 @@ pub enum ApiError {
     /// The body's media type or encoding is not accepted.
     #[error("{detail}")]
     UnsupportedMediaType { detail: String },
-    /// No route or resource at this path.
+    /// No route or resource at this path; `code` names what is missing (`not_found` for
+    /// a route, `group_not_found`, `write_key_not_found`).
     #[error("{detail}")]
-    NotFound { detail: String },
+    NotFound { code: &'static str, detail: String },
     /// The server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
@@ -135,7 +136,7 @@ impl ApiError {
             ApiError::InvalidRequest { code, .. } => (StatusCode::BAD_REQUEST, *code),
             ApiError::TooLarge { code, .. } => (StatusCode::PAYLOAD_TOO_LARGE, *code),
             ApiError::UnsupportedMediaType { .. } => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
-            ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::NotFound { code, .. } => (StatusCode::NOT_FOUND, *code),
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::TooManySubscriptions { .. } => (StatusCode::SERVICE_UNAVAILABLE, "too_many_subscriptions"),
             ApiError::Group(e) => match e {

@@ -38,10 +38,52 @@ pub fn handle() -> PrometheusHandle {
             let handle = recorder.handle();
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed; /metrics shows only scrape-time gauges");
+            } else {
+                describe_and_start_at_zero();
             }
             handle
         })
         .clone()
+}
+
+/// Gives every facade metric its help text, and makes each series whose labels are
+/// known in advance exist from the start at 0: an alert on `increase()` or on a series
+/// being above 0 then works from the first scrape, not only after the first event.
+fn describe_and_start_at_zero() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!("tidegate_http_requests_total", "HTTP requests answered, by route template, method and status.");
+    describe_histogram!(
+        "tidegate_http_request_duration_seconds",
+        "Time to answer an HTTP request (to the response head), by route template, method and status."
+    );
+    describe_counter!("tidegate_events_appended_total", "Events acknowledged as written, per topic.");
+    describe_counter!("tidegate_bytes_appended_total", "Bytes of event values acknowledged as written, per topic.");
+    describe_histogram!("tidegate_storage_write_seconds", "Time of one group commit: the RocksDB write and its fsync.");
+    describe_histogram!("tidegate_storage_group_commit_requests", "Append requests gathered into one group commit.");
+    describe_histogram!("tidegate_storage_fsync_seconds", "Time of one WAL sync of fsync=interval.");
+    describe_gauge!("tidegate_subscriptions", "Open WebSocket and SSE subscriptions.");
+    describe_counter!("tidegate_records_delivered_total", "Records sent to subscribers, per topic.");
+    describe_gauge!("tidegate_rate_limit_tracked_ips", "Client addresses the per-IP rate limit currently tracks.");
+    let counters = [
+        ("tidegate_storage_records_written_total", "Records written to storage by group commits."),
+        ("tidegate_storage_write_errors_total", "Group commits that failed (nothing of them was acknowledged)."),
+        ("tidegate_retention_deleted_records_total", "Records deleted by retention."),
+        ("tidegate_group_rebalances_total", "Consumer-group rebalances."),
+        ("tidegate_events_deduplicated_total", "Events answered as duplicates of an id seen within the window."),
+    ];
+    for (name, help) in counters {
+        describe_counter!(name, help);
+        metrics::counter!(name).increment(0);
+    }
+    metrics::gauge!("tidegate_subscriptions").increment(0.0);
+    describe_counter!("tidegate_auth_refused_total", "Requests refused by authentication or permissions, by reason.");
+    for reason in crate::auth::REFUSAL_REASONS {
+        metrics::counter!("tidegate_auth_refused_total", "reason" => reason).increment(0);
+    }
+    describe_counter!("tidegate_rate_limited_total", "Requests refused by a rate limit, by scope (ip or key).");
+    for scope in [crate::auth::limits::LimitScope::Ip, crate::auth::limits::LimitScope::Key] {
+        metrics::counter!("tidegate_rate_limited_total", "scope" => scope.as_str()).increment(0);
+    }
 }
 
 /// The request counter and latency histogram of one (route, method, status).

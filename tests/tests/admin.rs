@@ -265,6 +265,21 @@ async fn metrics_expose_http_storage_and_process_series() {
     assert!(writes.is_some_and(|n| n >= 1.0), "no storage write histogram:\n{text}");
     assert!(sample(&text, "tidegate_storage_disk_bytes ").is_some(), "no disk gauge:\n{text}");
     assert_eq!(sample(&text, "tidegate_storage_failing "), Some(0.0), "writes work:\n{text}");
+    // Series with labels known in advance exist from the start, at 0, with help text.
+    for series in [
+        "tidegate_storage_write_errors_total ",
+        "tidegate_retention_deleted_records_total ",
+        "tidegate_group_rebalances_total ",
+        "tidegate_events_deduplicated_total ",
+        "tidegate_subscriptions ",
+        "tidegate_auth_refused_total{reason=\"token_expired\"} ",
+        "tidegate_rate_limited_total{scope=\"ip\"} ",
+    ] {
+        assert_eq!(sample(&text, series), Some(0.0), "{series}\n{text}");
+    }
+    assert!(text.contains("# TYPE tidegate_events_deduplicated_total counter\n"), "\n{text}");
+    assert!(text.contains("# HELP tidegate_storage_write_errors_total Group commits that failed"), "\n{text}");
+    assert!(sample(&text, "tidegate_storage_records_written_total ").is_some_and(|n| n >= CONCURRENT as f64 + 3.0));
     let rss = sample(&text, "process_resident_memory_bytes ");
     assert!(rss.is_some_and(|b| b > 1_000_000.0), "no resident memory gauge:\n{text}");
     // The standard process series, as Prometheus client libraries name them.

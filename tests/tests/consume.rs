@@ -844,8 +844,13 @@ async fn group_admin_lists_describes_resets_and_deletes() {
 
     let resp = delete("/v1/groups/ops").await.expect("delete");
     assert_eq!(resp.status(), 204);
-    assert_problem(server.get("/v1/groups/ops").send().await.expect("get"), 404, "not_found").await;
-    assert_problem(delete("/v1/groups/ops").await.expect("delete"), 404, "not_found").await;
+    assert_problem(server.get("/v1/groups/ops").send().await.expect("get"), 404, "group_not_found").await;
+    assert_problem(delete("/v1/groups/ops").await.expect("delete"), 404, "group_not_found").await;
+    for bad in ["bad%20name", "%C3%A9t%C3%A9"] {
+        let path = format!("/v1/groups/{bad}");
+        assert_problem(server.get(&path).send().await.expect("get"), 400, "invalid_group_name").await;
+        assert_problem(delete(&path).await.expect("delete"), 400, "invalid_group_name").await;
+    }
     assert_eq!(server.get_json("/v1/groups").await["groups"], json!([]));
 }
 

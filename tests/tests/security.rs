@@ -432,10 +432,14 @@ async fn write_keys_produce_only_to_their_topics_from_their_origins() {
             "forbidden",
         ),
         (server.get("/v1/topics?key=pk_shop"), 403, "forbidden"),
+        // analytics.js settings exist only for configured keys while authentication is on.
+        (server.get("/v1/projects/pk_nope/settings"), 404, "write_key_not_found"),
     ];
     for (req, status, code) in refused {
         assert_problem(req.send().await.unwrap(), status, code).await;
     }
+    let settings = server.get("/v1/projects/pk_shop/settings").send().await.unwrap();
+    assert_eq!(settings.status(), 200);
     // A key without origins works from servers (no Origin header).
     let resp = post("/v1/topics/server.events/events?key=pk_server", None).send().await.unwrap();
     assert_eq!(resp.status(), 200);

@@ -88,8 +88,22 @@ pub fn retry_after_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0).max(u64::from(d.is_zero()))
 }
 
+/// Every `reason` label of `tidegate_auth_refused_total` ([`AuthError::reason`] of all
+/// refusals but rate limits, which have their own counter).
+pub const REFUSAL_REASONS: [&str; 9] = [
+    "missing_credentials",
+    "invalid_token",
+    "token_expired",
+    "token_not_yet_valid",
+    "invalid_audience",
+    "invalid_issuer",
+    "invalid_write_key",
+    "forbidden",
+    "origin_not_allowed",
+];
+
 impl AuthError {
-    /// Label for `tidegate_auth_refused_total{reason}`.
+    /// Label for `tidegate_auth_refused_total{reason}` (one of [`REFUSAL_REASONS`]).
     pub fn reason(&self) -> &'static str {
         match self {
             AuthError::MissingCredentials => "missing_credentials",
@@ -540,5 +554,22 @@ mod tests {
         assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
         assert_eq!(retry_after_secs(Duration::from_secs(1)), 1);
         assert_eq!(retry_after_secs(Duration::from_millis(1500)), 2);
+    }
+
+    #[test]
+    fn every_refusal_reason_is_listed_for_the_metrics() {
+        let refusals = [
+            AuthError::MissingCredentials,
+            AuthError::InvalidToken(String::new()),
+            AuthError::TokenExpired,
+            AuthError::TokenNotYetValid,
+            AuthError::InvalidAudience,
+            AuthError::InvalidIssuer,
+            AuthError::UnknownWriteKey,
+            AuthError::Forbidden(String::new()),
+            AuthError::OriginNotAllowed(String::new()),
+        ];
+        let reasons: Vec<&str> = refusals.iter().map(AuthError::reason).collect();
+        assert_eq!(reasons, REFUSAL_REASONS);
     }
 }

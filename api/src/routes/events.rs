@@ -170,7 +170,12 @@ pub async fn produce(
         None => None,
         Some(v) => Some(
             v.to_str()
-                .map_err(|_| ApiError::invalid("invalid_idempotency_key", "Idempotency-Key must be visible ASCII"))?
+                .map_err(|_| {
+                    ApiError::invalid(
+                        "invalid_idempotency_key",
+                        "Idempotency-Key must be printable ASCII (space and tab allowed)",
+                    )
+                })?
                 .to_owned(),
         ),
     };

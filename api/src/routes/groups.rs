@@ -149,7 +149,10 @@ pub async fn describe(state: &SharedState, group: &str) -> Result<GroupDescripti
     let info = state.coordinator.describe(group);
     let committed = state.store.committed_offsets(group).await?;
     if info.is_none() && committed.is_empty() {
-        return Err(ApiError::NotFound { detail: format!("group {group:?} has no members and no committed offsets") });
+        return Err(ApiError::NotFound {
+            code: "group_not_found",
+            detail: format!("group {group:?} has no members and no committed offsets"),
+        });
     }
     let mut owners: BTreeMap<(String, u32), String> = BTreeMap::new();
     let mut topics: BTreeSet<String> = committed.iter().map(|c| c.topic.clone()).collect();
@@ -216,7 +219,8 @@ pub async fn describe(state: &SharedState, group: &str) -> Result<GroupDescripti
     params(("group" = String, Path, description = "Group name")),
     responses(
         (status = 200, description = "The group", body = GroupDescription),
-        (status = 404, description = "No such group", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A name no group can have (`invalid_group_name`)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such group (`group_not_found`)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn describe_group(
     State(state): State<SharedState>,
@@ -224,6 +228,7 @@ pub async fn describe_group(
     Path(group): Path<String>,
 ) -> Result<Json<GroupDescription>, ApiError> {
     caller.require_authenticated()?;
+    tidegate_storage::validate_group_name(&group)?;
     let desc = describe(&state, &group).await?;
     require_group(&caller, &desc)?;
     Ok(Json(desc))
@@ -243,7 +248,8 @@ pub struct ForceParams {
     params(("group" = String, Path, description = "Group name"), ForceParams),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 404, description = "No such group", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A name no group can have (`invalid_group_name`)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such group (`group_not_found`)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The group has members (use force=true)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn delete_group(
@@ -253,6 +259,7 @@ pub async fn delete_group(
     Query(q): Query<ForceParams>,
 ) -> Result<StatusCode, ApiError> {
     caller.require_authenticated()?;
+    tidegate_storage::validate_group_name(&group)?;
     if let Ok(desc) = describe(&state, &group).await {
         require_group(&caller, &desc)?;
     }
@@ -260,7 +267,7 @@ pub async fn delete_group(
         state.coordinator.ensure_empty(&group)?;
     }
     if state.store.committed_offsets(&group).await?.is_empty() && state.coordinator.describe(&group).is_none() {
-        return Err(ApiError::NotFound { detail: format!("group {group:?} does not exist") });
+        return Err(ApiError::NotFound { code: "group_not_found", detail: format!("group {group:?} does not exist") });
     }
     state.store.delete_group_offsets(&group).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -97,7 +97,7 @@ pub async fn segment_call(
     // Routed only for the call paths (see [`CALL_PATHS`]), so the last segment names one.
     let name = uri.path().rsplit('/').next().unwrap_or_default();
     let Some(call) = Call::from_path(name) else {
-        return Err(ApiError::NotFound { detail: format!("no Segment call {name:?}") });
+        return Err(ApiError::NotFound { code: "not_found", detail: format!("no Segment call {name:?}") });
     };
     let body = body.map_err(|rejection| ApiError::invalid("invalid_body", rejection.body_text()))?;
     let encoding = request_headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -197,7 +197,7 @@ pub async fn segment_settings(
     request_headers: HeaderMap,
 ) -> Result<(StatusCode, HeaderMap, Json<Value>), ApiError> {
     if state.security.enabled() && !state.security.is_write_key(&write_key) {
-        return Err(ApiError::NotFound { detail: "unknown write key".into() });
+        return Err(ApiError::NotFound { code: "write_key_not_found", detail: "unknown write key".into() });
     }
     let from_proxy = crate::auth::client_ip::is_trusted_proxy(peer.ip(), &state.config.trusted_proxies);
     let header_str = |name: &str| request_headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
