@@ -1022,6 +1022,12 @@ async fn commit_of_a_partition_not_owned_is_refused() {
     let stale = json!({"type": "commit", "offsets": [{"partition": mine, "offset": 5}], "generation": generation + 7});
     a.request("the refusal", &stale, |c| c.errors.len() == 3).await;
     assert_eq!(a.errors[2]["code"], "commit_refused", "a stale generation: {a:?}");
+    // Past the high watermark (5 records in each partition): the group would skip records.
+    for (n, offset) in [(4, 6), (5, u64::MAX)] {
+        a.request("the refusal", &commit_frame(&[(mine, offset)]), |c| c.errors.len() == n).await;
+        assert_eq!(a.errors[n - 1]["code"], "commit_refused", "{a:?}");
+        assert!(a.errors[n - 1]["detail"].as_str().unwrap().contains("past the end"), "{a:?}");
+    }
     assert!(a.committed.is_empty(), "{a:?}");
     let current = json!({"type": "commit", "offsets": [{"topic": "owned", "partition": mine, "offset": 5}], "generation": generation});
     a.request("the commit", &current, |c| c.committed.get(&mine) == Some(&5)).await;
@@ -1044,6 +1050,10 @@ async fn invalid_subscriptions_are_refused_before_the_upgrade() {
     server.subscribe_refused("present", "from=soon", 400, "invalid_parameter").await;
     server.subscribe_refused("present", "member=m1", 400, "invalid_parameter").await;
     server.subscribe_refused("present", "offsets=zero", 400, "invalid_parameter").await;
+    server.subscribe_refused("present", "offsets=7:0", 404, "partition_not_found").await;
+    server.subscribe_refused("present", "offsets=elsewhere:0:0", 400, "invalid_parameter").await;
+    server.subscribe_refused("present", "group=g&member=bad%20id", 400, "invalid_parameter").await;
+    server.subscribe_refused("present", &format!("group=g&member={}", "m".repeat(250)), 400, "invalid_parameter").await;
     server.subscribe_refused("present", "group=bad%20name", 400, "invalid_group_name").await;
     server.subscribe_refused("present", "colour=blue", 400, "invalid_request").await;
     // The same path without the WebSocket handshake is a client error too.

@@ -85,6 +85,19 @@ async fn sse_streams_records_and_resumes_from_last_event_id() {
     let live = read_events(resp, |ev| !values(ev).is_empty()).await;
     assert_eq!(values(&live), vec![json!({"n": 4})]);
     producer.await.unwrap();
+
+    // A position past the end (the topic re-created, say) starts from `from` instead of
+    // waiting for offsets the log has not reached.
+    let resp =
+        server.get("/v1/topics/s/stream?from=earliest").header("last-event-id", "s:0:1000").send().await.unwrap();
+    let reset = read_events(resp, |ev| values(ev).len() >= 4).await;
+    assert_eq!(reset[0].data["partitions"][0]["offset"], 0, "{:?}", reset[0]);
+    assert_eq!(values(&reset), vec![json!({"n": 1}), json!({"n": 2}), json!({"n": 3}), json!({"n": 4})]);
+    // A resume position must name a partition the subscription reads.
+    let resp = server.get("/v1/topics/s/stream").header("last-event-id", "s:7:0").send().await.unwrap();
+    tidegate_tests::assert_problem(resp, 404, "partition_not_found").await;
+    let resp = server.get("/v1/topics/s/stream").header("last-event-id", "other:0:0").send().await.unwrap();
+    tidegate_tests::assert_problem(resp, 400, "invalid_parameter").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

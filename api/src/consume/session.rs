@@ -388,8 +388,18 @@ impl Session {
         };
         for tp in parts {
             let Ok(log) = self.state.store.partition(&tp.0, tp.1) else { continue };
+            // A position past the end (a topic deleted and re-created under the same
+            // name, or a stale resume position) is out of range: start from `from`, as
+            // Kafka's auto.offset.reset does, instead of waiting for offsets that the
+            // log may take a long time to reach.
             let next = match committed.get(&tp).or(self.params.resume.get(&tp)) {
-                Some(o) => *o,
+                Some(&o) if o <= log.high_watermark() => o,
+                Some(&o) => {
+                    let next = self.start_offset(&log, self.params.from).await;
+                    tracing::info!(topic = %tp.0, partition = tp.1, position = o, next,
+                        "stored position is past the end of the partition; starting from `from`");
+                    next
+                }
                 None => self.start_offset(&log, self.params.from).await,
             };
             if let Some(c) = committed.get(&tp) {
@@ -709,6 +719,15 @@ impl Session {
                 let parts: Vec<TopicPartition> = offsets.iter().map(|(tp, _)| tp.clone()).collect();
                 if let Err(e) = self.state.coordinator.check_commit(&group, &self.member, generation, &parts) {
                     return self.send("error", protocol::error("commit_refused", &e.to_string())).await;
+                }
+                // The next offset to read can be at most the high watermark: a commit
+                // past it would make the group skip records not written yet.
+                for ((t, p), o) in &offsets {
+                    let end = self.positions.get(&(t.clone(), *p)).map(|pos| pos.log.high_watermark());
+                    if let Some(end) = end.filter(|end| o > end) {
+                        let detail = format!("offset {o} is past the end of {t}/{p} (high watermark {end})");
+                        return self.send("error", protocol::error("commit_refused", &detail)).await;
+                    }
                 }
                 self.store_commit(&group, offsets).await
             }

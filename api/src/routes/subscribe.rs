@@ -97,9 +97,23 @@ pub fn prepare(
     if params.group.is_none() && params.member.is_some() {
         return Err(ApiError::invalid("invalid_parameter", "member needs a group"));
     }
+    if let Some(m) = &params.member
+        && tidegate_storage::validate_topic_name(m).is_err()
+    {
+        return Err(ApiError::invalid("invalid_parameter", "member must be 1 to 249 of A-Z a-z 0-9 . _ -"));
+    }
     let from = StartFrom::parse(params.from.as_deref().unwrap_or("latest"))
         .map_err(|e| ApiError::invalid("invalid_parameter", e))?;
     let resume = parse_resume(topic, last_event_id.or(params.offsets.as_deref()).unwrap_or(""))?;
+    for (t, p) in resume.keys() {
+        if !topics.contains(t) {
+            return Err(ApiError::invalid(
+                "invalid_parameter",
+                format!("offsets names {t:?}, which is not subscribed"),
+            ));
+        }
+        state.store.partition(t, *p)?;
+    }
     let permit = state
         .subscriptions
         .clone()
