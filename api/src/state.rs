@@ -113,20 +113,35 @@ impl AppState {
     /// A topic for ingest: created with the defaults when it is unknown and
     /// `auto_create_topics` is on, or `always_create` (Segment and dead-letter topics).
     pub async fn topic_for_ingest(&self, name: &str, always_create: bool) -> Result<Arc<Topic>, ApiError> {
+        match self.existing_for_ingest(name, always_create)? {
+            Some(t) => Ok(t),
+            None => self.create_for_ingest(name).await,
+        }
+    }
+
+    /// A topic for ingest if it exists; `None` when it does not but may be created (as
+    /// [`AppState::topic_for_ingest`] would); an error when it may not (404) or the name
+    /// is invalid.
+    pub fn existing_for_ingest(&self, name: &str, always_create: bool) -> Result<Option<Arc<Topic>>, ApiError> {
         match self.store.topic(name) {
-            Ok(t) => Ok(t),
-            Err(StorageError::TopicNotFound(_)) if always_create || self.config.auto_create_topics => {
-                let (retention_ms, retention_bytes) = self.config.default_retention();
-                let config = TopicConfig {
-                    retention_ms,
-                    retention_bytes,
-                    ..TopicConfig::with_partitions(self.config.default_partitions)
-                };
-                match self.store.create_topic(name, config).await {
-                    Ok(_) | Err(StorageError::TopicExists(_)) => Ok(self.store.topic(name)?),
-                    Err(e) => Err(e.into()),
-                }
-            }
+            Ok(t) => Ok(Some(t)),
+            Err(StorageError::TopicNotFound(_)) if always_create || self.config.auto_create_topics => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The settings a topic created by ingest gets: `default_partitions` and the
+    /// default retention, nothing else.
+    pub fn ingest_topic_config(&self) -> TopicConfig {
+        let (retention_ms, retention_bytes) = self.config.default_retention();
+        TopicConfig { retention_ms, retention_bytes, ..TopicConfig::with_partitions(self.config.default_partitions) }
+    }
+
+    /// Creates a topic for ingest with [`AppState::ingest_topic_config`] (or takes the one
+    /// created meanwhile by another request).
+    pub async fn create_for_ingest(&self, name: &str) -> Result<Arc<Topic>, ApiError> {
+        match self.store.create_topic(name, self.ingest_topic_config()).await {
+            Ok(_) | Err(StorageError::TopicExists(_)) => Ok(self.store.topic(name)?),
             Err(e) => Err(e.into()),
         }
     }

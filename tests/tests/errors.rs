@@ -179,6 +179,38 @@ async fn unknown_topic_is_created_on_ingest_when_auto_create_is_on() {
     // Auto-creation still validates the name.
     let resp = server.post_events("bad%20name", "", "application/json", "{\"a\":1}").await;
     assert_problem(resp, 400, "invalid_topic_name").await;
+
+    // A refused request creates no topic: topics are made only when the write goes ahead.
+    let many = serde_json::to_string(&vec![json!(1); 10_001]).unwrap();
+    let partition_3 = json!({"records": [{"value": 1, "partition": 3}]}).to_string();
+    for (body, status, code) in [
+        ("{oops".to_string(), 400, "invalid_events"),
+        (String::new(), 400, "no_events"),
+        (many, 413, "too_many_events"),
+        (partition_3, 400, "invalid_events"),
+    ] {
+        let resp = server.post_events("never-made", "", "application/json", body).await;
+        assert_problem(resp, status, code).await;
+        let resp = server.get("/v1/topics/never-made").send().await.expect("describe");
+        assert_problem(resp, 404, "topic_not_found").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_header_names_can_not_be_sent_by_producers() {
+    let server = limited().await;
+    for name in
+        ["client-ip", "Received-At", "user-agent", "anonymous", "dlq-reason", "dlq-path", "dlq-source-topic", ""]
+    {
+        let body = json!({"records": [{"value": 1}, {"value": 2, "headers": {name: "forged"}}]});
+        let problem =
+            rejects(&server, ingest(&server, "application/json", body.to_string()), 400, "invalid_events").await;
+        assert_eq!(indexes(&problem), vec![1], "{name:?}: {problem}");
+    }
+    // Other names are the producer's.
+    let body = json!({"records": [{"value": 1, "headers": {"client-ip-hint": "x", "trace": "t"}}]});
+    let resp = ingest(&server, "application/json", body.to_string()).send().await.expect("post");
+    assert_eq!(resp.status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

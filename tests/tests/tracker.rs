@@ -183,9 +183,19 @@ async fn malformed_segment_calls_are_400_and_nothing_is_stored() {
         ("/v1/batch", r#"{"batch":[{"type":"view","userId":"u"}]}"#, "invalid_events"),
         ("/v1/batch", r#"{"events":[]}"#, "invalid_segment_payload"),
         ("/v1/b", "[1,2]", "invalid_segment_payload"),
+        // Refused after the events were read and their topics chosen: still no topic.
+        ("/v1/track", &format!(r#"{{"userId":"u","event":"E","messageId":"{}"}}"#, "m".repeat(600)), "invalid_events"),
+        (
+            "/v1/batch",
+            &format!(
+                r#"{{"batch":[{{"type":"screen","userId":"u","name":"S"}},{{"type":"group","userId":"u","groupId":"g","messageId":"{}"}}]}}"#,
+                "m".repeat(600)
+            ),
+            "invalid_events",
+        ),
     ];
     for (path, body, code) in cases {
-        let resp = server.post(path).header("content-type", "text/plain").body(body).send().await.unwrap();
+        let resp = server.post(path).header("content-type", "text/plain").body(body.to_string()).send().await.unwrap();
         assert_problem(resp, 400, code).await;
     }
     let big = json!({"userId": "u", "event": "Big", "properties": {"blob": "x".repeat(33 * 1024)}});

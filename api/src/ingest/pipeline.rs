@@ -37,18 +37,51 @@ pub mod dead_letter_headers {
     pub const SOURCE_TOPIC: &str = "dlq-source-topic";
 }
 
+/// Whether a record header name is the gateway's to set: its own headers (see
+/// [`super::privacy::headers`]) and the dead-letter ones, compared without case. A
+/// producer may not set them, so readers can trust them (a forged `client-ip` would
+/// defeat the `client_ip` privacy setting, a forged `dlq-reason` fake a dead letter).
+pub fn is_reserved_header(name: &str) -> bool {
+    use super::privacy::headers::{ANONYMOUS, CLIENT_IP, RECEIVED_AT, USER_AGENT};
+    use dead_letter_headers::{PATH, REASON, SOURCE_TOPIC};
+    [RECEIVED_AT, CLIENT_IP, USER_AGENT, ANONYMOUS, REASON, PATH, SOURCE_TOPIC]
+        .iter()
+        .any(|reserved| reserved.eq_ignore_ascii_case(name))
+}
+
 /// A topic a request writes to, with its rules.
 #[derive(Debug, Clone)]
 pub struct Destination {
-    /// The topic.
-    pub topic: Arc<Topic>,
-    /// Its compiled rules.
+    /// The topic's name.
+    pub name: String,
+    /// The topic; `None` while it does not exist yet and is to be created by
+    /// [`commit`], once every event of the request passed validation.
+    topic: Option<Arc<Topic>>,
+    /// Its compiled rules (a topic to be created has the defaults' rules).
     pub rules: Arc<TopicRules>,
     /// Index of its dead-letter topic in the [`TopicSet`].
     pub dead_letter: Option<usize>,
 }
 
+impl Destination {
+    /// The topic, once it exists (always, inside [`commit`] after the creation step).
+    fn topic(&self) -> Result<&Arc<Topic>, ApiError> {
+        self.topic.as_ref().ok_or_else(|| {
+            ApiError::Storage(StorageError::Internal(format!("topic {:?} used before it was created", self.name)))
+        })
+    }
+
+    /// Its partition count (for a topic to be created, the count it will get).
+    fn partition_count(&self, state: &SharedState) -> u32 {
+        self.topic.as_ref().map_or(state.config.default_partitions, |t| t.partition_count())
+    }
+}
+
 /// The topics of one request (the addressed ones and their dead-letter topics).
+///
+/// Topics that do not exist yet (auto-created ones, Segment's, dead-letter topics) are
+/// created only when the request is about to be written: a request refused for its
+/// body, its events or their ids leaves no topic behind.
 #[derive(Debug, Clone, Default)]
 pub struct TopicSet {
     /// Topics in the order they were added.
@@ -65,34 +98,49 @@ pub enum Create {
 }
 
 impl TopicSet {
-    /// Index of `name`, adding it (and its dead-letter topic) when it is new.
-    pub async fn add(&mut self, state: &SharedState, name: &str, create: Create) -> Result<usize, ApiError> {
+    /// Index of `name`, adding it (and its dead-letter topic) when it is new. Refuses
+    /// (404) a topic that does not exist and may not be created; creates nothing.
+    pub fn add(&mut self, state: &SharedState, name: &str, create: Create) -> Result<usize, ApiError> {
         if let Some(i) = self.index_of(name) {
             return Ok(i);
         }
-        let topic = state.topic_for_ingest(name, create == Create::Always).await?;
-        let rules = state.rules.rules(&topic).map_err(|e| ApiError::Storage(StorageError::Internal(e)))?;
-        let dlq_name = rules.dead_letter_topic.clone();
-        self.list.push(Destination { topic, rules, dead_letter: None });
-        let index = self.list.len() - 1;
-        if let Some(dlq) = dlq_name {
-            let topic = state.topic_for_ingest(&dlq, true).await?;
-            let rules = state.rules.rules(&topic).map_err(|e| ApiError::Storage(StorageError::Internal(e)))?;
+        let index = self.push(state, name, create == Create::Always)?;
+        if let Some(dlq) = self.list[index].rules.dead_letter_topic.clone() {
             let dlq_index = match self.index_of(&dlq) {
                 Some(i) => i,
-                None => {
-                    self.list.push(Destination { topic, rules, dead_letter: None });
-                    self.list.len() - 1
-                }
+                None => self.push(state, &dlq, true)?,
             };
             self.list[index].dead_letter = Some(dlq_index);
         }
         Ok(index)
     }
 
+    fn push(&mut self, state: &SharedState, name: &str, always_create: bool) -> Result<usize, ApiError> {
+        let internal = |e| ApiError::Storage(StorageError::Internal(e));
+        let topic = state.existing_for_ingest(name, always_create)?;
+        let rules = match &topic {
+            Some(t) => state.rules.rules(t).map_err(internal)?,
+            None => Arc::new(TopicRules::from_config(&state.ingest_topic_config()).map_err(internal)?),
+        };
+        self.list.push(Destination { name: name.to_string(), topic, rules, dead_letter: None });
+        Ok(self.list.len() - 1)
+    }
+
     /// Index of an already added topic.
     pub fn index_of(&self, name: &str) -> Option<usize> {
-        self.list.iter().position(|d| d.topic.name == name)
+        self.list.iter().position(|d| d.name == name)
+    }
+
+    /// Creates the topics that do not exist yet. Rules were taken from the settings such
+    /// a topic is created with; a topic created meanwhile by someone else is taken as it
+    /// is, as when its settings change while a request is under way.
+    async fn create_missing(&mut self, state: &SharedState) -> Result<(), ApiError> {
+        for d in &mut self.list {
+            if d.topic.is_none() {
+                d.topic = Some(state.create_for_ingest(&d.name).await?);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -158,7 +206,7 @@ pub fn screen(set: &TopicSet, index: usize, mut event: Outgoing, errors: &mut Ve
         Some(dlq) => {
             event.headers.push((dead_letter_headers::REASON.into(), failure.reason.clone().into_bytes()));
             event.headers.push((dead_letter_headers::PATH.into(), failure.path.clone().into_bytes()));
-            event.headers.push((dead_letter_headers::SOURCE_TOPIC.into(), dest.topic.name.clone().into_bytes()));
+            event.headers.push((dead_letter_headers::SOURCE_TOPIC.into(), dest.name.clone().into_bytes()));
             event.topic = dlq;
             // The dead-letter topic has its own partitions: the key decides, if any.
             event.partition = None;
@@ -172,7 +220,7 @@ pub fn screen(set: &TopicSet, index: usize, mut event: Outgoing, errors: &mut Ve
                 path: Some(failure.path.clone()),
                 detail: format!(
                     "does not match the schema of topic {:?} at {:?}: {}",
-                    dest.topic.name, failure.path, failure.reason
+                    dest.name, failure.path, failure.reason
                 ),
             });
             None
@@ -221,7 +269,7 @@ fn encode(
     let mut payload: Vec<u64> = Vec::new();
     let per_batch = events.iter().map(|(_, e)| e.value.len() + 32).sum::<usize>().min(4 << 20);
     // Read once per request: every event of a topic sees the same partition count.
-    let counts: Vec<u32> = set.list.iter().map(|d| d.topic.partition_count()).collect();
+    let counts: Vec<u32> = set.list.iter().map(|d| d.topic().map(|t| t.partition_count())).collect::<Result<_, _>>()?;
     let mut own: Vec<(&str, &[u8])> = Vec::new();
     for &(index, event) in events {
         let partitions = counts[event.topic];
@@ -235,13 +283,6 @@ fn encode(
             Some(p) => p,
             None => key.map_or(sticky[event.topic] % partitions, |k| partition_for_key(k, partitions)),
         };
-        if event.headers.len() > MAX_RECORD_HEADERS || event.headers.iter().any(|(n, _)| n.len() > MAX_HEADER_NAME) {
-            errors.push(EventError::new(
-                index,
-                format!("at most {MAX_RECORD_HEADERS} headers per record, names at most {MAX_HEADER_NAME} bytes"),
-            ));
-            continue;
-        }
         let b = match builders.iter().position(|(at, _)| *at == (event.topic, partition)) {
             Some(b) => b,
             None => {
@@ -263,7 +304,7 @@ fn encode(
     }
     let mut batches = Vec::with_capacity(builders.len());
     for ((topic, partition), builder) in builders {
-        let part = set.list[topic].topic.partition(partition)?;
+        let part = set.list[topic].topic()?.partition(partition)?;
         batches.push((part, builder.finish(0)));
     }
     Ok(Encoded { batches, slots, payload })
@@ -280,16 +321,45 @@ enum Fate {
     Repeat(usize),
 }
 
+/// Checks what can be checked before any topic is created: explicit partitions (of a
+/// topic to be created, against the count it will get) and the records' headers.
+fn check_events(state: &SharedState, set: &TopicSet, events: &[Outgoing]) -> Result<(), ApiError> {
+    let counts: Vec<u32> = set.list.iter().map(|d| d.partition_count(state)).collect();
+    let mut errors = Vec::new();
+    for (index, event) in events.iter().enumerate() {
+        let partitions = counts[event.topic];
+        if let Some(p) = event.partition.filter(|p| *p >= partitions) {
+            errors.push(EventError::new(index, format!("partition {p} does not exist (the topic has {partitions})")));
+        } else if event.headers.len() > MAX_RECORD_HEADERS
+            || event.headers.iter().any(|(n, _)| n.len() > MAX_HEADER_NAME)
+        {
+            errors.push(EventError::new(
+                index,
+                format!("at most {MAX_RECORD_HEADERS} headers per record, names at most {MAX_HEADER_NAME} bytes"),
+            ));
+        }
+        if errors.len() == super::parse::MAX_LISTED_ERRORS {
+            break;
+        }
+    }
+    if errors.is_empty() { Ok(()) } else { Err(ApiError::InvalidEvents { errors }) }
+}
+
 /// Writes the events of one request atomically and says where each one is, in
-/// request order (`None` with `acks_none`: the append is only queued).
+/// request order (`None` with `acks_none`: the append is only queued). Topics of `set`
+/// that do not exist yet are created here, after the events passed every check that
+/// does not need them.
 pub async fn commit(
     state: &SharedState,
-    set: &TopicSet,
+    set: &mut TopicSet,
     events: Vec<Outgoing>,
     shared: Vec<(&'static str, Vec<u8>)>,
     received: i64,
     acks_none: bool,
 ) -> Result<Option<Vec<Placement>>, ApiError> {
+    check_events(state, set, &events)?;
+    set.create_missing(state).await?;
+    let set = &*set;
     // Ids: one claim per distinct (scope topic, id); repeats follow their first.
     let mut fates = Vec::with_capacity(events.len());
     let mut claims_wanted: Vec<(Arc<Topic>, Vec<u8>)> = Vec::new();
@@ -301,7 +371,7 @@ pub async fn commit(
                 Some(&earlier) => fates.push(Fate::Repeat(earlier)),
                 None => {
                     first.insert((e.scope, id.as_slice()), i);
-                    claims_wanted.push((set.list[e.scope].topic.clone(), id.clone()));
+                    claims_wanted.push((set.list[e.scope].topic()?.clone(), id.clone()));
                     fates.push(Fate::Write { claim: Some(claims_wanted.len() - 1) });
                 }
             },
@@ -322,7 +392,7 @@ pub async fn commit(
         Some(claims)
     };
 
-    let sticky: Vec<u32> = set.list.iter().map(|d| state.spreader.next(d.topic.partition_count().max(1))).collect();
+    let sticky: Vec<u32> = set.list.iter().map(|d| state.spreader.next(d.partition_count(state).max(1))).collect();
     let payload: u64 = events.iter().map(|e| e.value.len() as u64).sum();
     let events = Arc::new(events);
     let fates = Arc::new(fates);
@@ -383,7 +453,7 @@ pub async fn commit(
         Some(state.store.append_to(encoded.batches, ids).await?)
     };
     for (topic, count, bytes) in appended {
-        let (events_appended, bytes_appended) = crate::metrics::appended(&set.list[topic].topic.name);
+        let (events_appended, bytes_appended) = crate::metrics::appended(&set.list[topic].name);
         events_appended.increment(count);
         bytes_appended.increment(bytes);
     }

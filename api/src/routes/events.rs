@@ -22,7 +22,7 @@ use crate::error::{ApiError, EventError, Problem};
 use crate::ingest::decode::{body_format, body_too_large, decode_body};
 use crate::ingest::ids::{IDEMPOTENCY_KEY, event_id, header_id, id_at};
 use crate::ingest::parse::{ParseLimits, ParsedEvent, parse_body};
-use crate::ingest::pipeline::{Create, Outgoing, Placement, TopicSet, commit, screen};
+use crate::ingest::pipeline::{Create, Outgoing, Placement, TopicSet, commit, is_reserved_header, screen};
 use crate::ingest::privacy::gateway_headers;
 use crate::state::SharedState;
 
@@ -195,7 +195,7 @@ pub async fn produce(
         caller.clone().with_body_write_key(key.as_deref()).require(Action::Produce, &topic)?;
     }
     let mut set = TopicSet::default();
-    set.add(&state, &topic, Create::IfConfigured).await?;
+    set.add(&state, &topic, Create::IfConfigured)?;
 
     let received = now_ms();
     let shared = gateway_headers(&state.config, caller.ip, &request_headers, received);
@@ -220,7 +220,7 @@ pub async fn produce(
             .map_err(|e| ApiError::Storage(tidegate_storage::StorageError::Internal(e.to_string())))??
     };
     let count = events.len();
-    let placements = commit(&state, &set, events, shared, received, acks == Acks::None).await?;
+    let placements = commit(&state, &mut set, events, shared, received, acks == Acks::None).await?;
     let response = match placements {
         None => (StatusCode::ACCEPTED, Json(Accepted { accepted: count })).into_response(),
         Some(placements) => {
@@ -238,7 +238,7 @@ pub(crate) fn event_offset(set: &TopicSet, p: Placement) -> EventOffset {
         offset: p.offset,
         duplicate: p.duplicate,
         dead_letter: p.dead_letter.map(|note| DeadLettered {
-            topic: set.list[p.topic].topic.name.clone(),
+            topic: set.list[p.topic].name.clone(),
             reason: note.reason,
             path: note.path,
         }),
@@ -274,6 +274,17 @@ fn outgoing(
                 continue;
             }
         };
+        if let Some((name, _)) = event.headers.iter().find(|(n, _)| n.is_empty() || is_reserved_header(n)) {
+            errors.push(EventError::new(
+                index,
+                if name.is_empty() {
+                    "a header name is empty".to_string()
+                } else {
+                    format!("header {name:?} is set by the gateway and may not be sent")
+                },
+            ));
+            continue;
+        }
         let key = match &event.key {
             Some(std::borrow::Cow::Borrowed(k)) => Some(body.slice_ref(k)),
             Some(std::borrow::Cow::Owned(k)) => Some(Bytes::copy_from_slice(k)),

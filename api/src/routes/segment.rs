@@ -149,7 +149,7 @@ pub async fn segment_call(
     let mut set = TopicSet::default();
     let mut in_set = Vec::with_capacity(distinct.len());
     for topic in &distinct {
-        in_set.push(set.add(&state, topic, Create::Always).await?);
+        in_set.push(set.add(&state, topic, Create::Always)?);
     }
     let routed: Vec<usize> = picks.iter().map(|&p| in_set[p]).collect();
 
@@ -172,7 +172,7 @@ pub async fn segment_call(
         return Err(ApiError::InvalidEvents { errors });
     }
     let shared = gateway_headers(config, caller.ip, &request_headers, received);
-    commit(&state, &set, events, shared, received, false).await?;
+    commit(&state, &mut set, events, shared, received, false).await?;
     Ok(Json(SegmentAccepted { success: true }))
 }
 
