@@ -60,11 +60,17 @@ impl Store {
         self.inner.db.cf_handle(GROUPS_CF).ok_or_else(|| StorageError::Internal("groups column family missing".into()))
     }
 
-    /// Stores committed offsets for a group atomically and durably (synced).
+    /// Stores committed offsets for a group atomically and durably (synced). Refused
+    /// (`TopicNotFound`) when a topic does not exist: checked under the admin lock, so
+    /// no commit lands after its topic's deletion removed the topic's offsets.
     pub async fn commit_offsets(&self, group: &str, offsets: Vec<(String, u32, u64)>) -> Result<()> {
         validate_group_name(group)?;
         let group = group.to_string();
         self.blocking(move |s| {
+            let _admin = s.inner.admin.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (topic, _, _) in &offsets {
+                s.topic(topic)?;
+            }
             let cf = s.groups_cf()?;
             let now = now_ms();
             let mut wb = rocksdb::WriteBatch::default();
@@ -119,6 +125,19 @@ impl Store {
             Ok(names)
         })
         .await
+    }
+
+    /// Adds to `wb` the deletion of every group's committed offsets for `topic` (for the
+    /// topic's deletion: a topic re-created under the same name starts with none).
+    pub(crate) fn forget_topic_offsets(&self, wb: &mut rocksdb::WriteBatch, topic: &str) -> Result<()> {
+        let cf = self.groups_cf()?;
+        for item in self.inner.db.iterator_cf(&cf, rocksdb::IteratorMode::Start) {
+            let (k, v) = item?;
+            if decode(&k, &v).is_some_and(|(_, c)| c.topic == topic) {
+                wb.delete_cf(&cf, k);
+            }
+        }
+        Ok(())
     }
 
     /// Deletes every committed offset of a group (durably).

@@ -93,7 +93,7 @@ pub(crate) struct Inner {
     pub(crate) config: StoreConfig,
     pub(crate) topics: RwLock<HashMap<String, Arc<Topic>>>,
     /// Serialises admin operations (create, delete, grow, alter).
-    admin: Mutex<()>,
+    pub(crate) admin: Mutex<()>,
     writer: mpsc::Sender<WriterCmd>,
     /// Flipped on shutdown: wakes long-polls.
     pub(crate) closing: watch::Sender<bool>,
@@ -342,8 +342,8 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes a topic: its metadata first, then its column families and remembered
-    /// event ids. Appends still queued for it fail with `TopicDeleted`; nothing is
+    /// Deletes a topic: its metadata and every group's committed offsets for it (one
+    /// synced write), then its column families and remembered event ids. Appends still queued for it fail with `TopicDeleted`; nothing is
     /// half-written.
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         let name = name.to_string();
@@ -357,6 +357,7 @@ impl Store {
                 for p in topic.partitions() {
                     wb.delete_cf(&meta, state_key(&p.cf));
                 }
+                s.forget_topic_offsets(&mut wb, &name)?;
                 s.write_meta(wb)?;
                 s.inner.topics.write().expect("topics lock").remove(&name);
                 tracing::info!(topic = %name, "topic deleted");

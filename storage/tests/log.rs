@@ -217,10 +217,17 @@ fn delete_recreate_and_grow_topics() {
         assert_eq!(grown.partitions.len(), 3);
         assert!(matches!(store.add_partitions("t", 2).await, Err(StorageError::PartitionCountNotIncreased { .. })));
         store.append("t", vec![(2, batch(&[vec![3]], 1))]).await.unwrap();
+        store.create_topic("other", topic(1)).await.unwrap();
+        store.commit_offsets("g", vec![("t".into(), 0, 2), ("t".into(), 2, 1), ("other".into(), 0, 0)]).await.unwrap();
         store.delete_topic("t").await.unwrap();
         assert!(matches!(store.topic("t"), Err(StorageError::TopicNotFound(_))));
+        let left: Vec<String> = store.committed_offsets("g").await.unwrap().into_iter().map(|c| c.topic).collect();
+        assert_eq!(left, ["other"], "the deleted topic's committed offsets went with it");
+        let late = store.commit_offsets("g", vec![("t".into(), 0, 2)]).await;
+        assert!(matches!(late, Err(StorageError::TopicNotFound(_))), "{late:?}");
         store.create_topic("t", topic(1)).await.unwrap();
         assert_eq!(store.partition("t", 0).unwrap().end_offset(), 0, "a re-created topic starts empty");
+        store.delete_topic("other").await.unwrap();
         store.close().await.unwrap();
     });
     drop(store);

@@ -1070,13 +1070,43 @@ async fn deleting_a_subscribed_topic_closes_the_socket_with_4001() {
     let mut eph = Consumer::join(&server, "ephemeral", "doomed", "from=earliest").await;
     let mut member = Consumer::join(&server, "member", "doomed", "group=mourners&from=earliest").await;
     until("both to read the backlog", &mut [&mut eph, &mut member], |m| m.iter().all(|c| c.received() == 4)).await;
+    // Two more members: with two partitions, one of the three holds none.
+    let mut second = Consumer::join(&server, "second", "doomed", "group=mourners&from=earliest").await;
+    let mut third = Consumer::join(&server, "third", "doomed", "group=mourners&from=earliest").await;
+    until("the partitions to be shared out", &mut [&mut member, &mut second, &mut third], |m| {
+        split_evenly(m, 2, &[0, 1, 1])
+    })
+    .await;
     let resp = server.http.delete(server.url("/v1/topics/doomed")).send().await.expect("delete");
     assert_eq!(resp.status(), 204);
-    for c in [&mut eph, &mut member] {
+    for c in [&mut eph, &mut member, &mut second, &mut third] {
         assert_eq!(c.wait_closed().await, Some(4001), "{c:?}");
         let reason = &c.closed.as_ref().unwrap().1;
         assert!(reason.contains("doomed"), "the close reason names the topic: {reason:?}");
     }
+    // The group's committed offsets went with the topic: a topic re-created under the
+    // same name is read from its start, not from where the old one was.
+    server.create_topic("doomed", 2).await;
+    produce_ids(&server, "doomed", 10..16, 2).await;
+    let mut again = Consumer::join(&server, "again", "doomed", "group=mourners&from=earliest").await;
+    until("the new topic's records", &mut [&mut again], |m| m[0].received() == 6).await;
+    assert_eq!(again.ids().into_iter().collect::<BTreeSet<u64>>(), (10..16).collect(), "{again:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ephemeral_subscription_reads_partitions_added_while_it_runs() {
+    let server = quick_server().await;
+    server.create_topic("growing", 1).await;
+    produce_ids(&server, "growing", 0..2, 1).await;
+    let mut eph = Consumer::join(&server, "ephemeral", "growing", "from=earliest").await;
+    until("the backlog", &mut [&mut eph], |m| m[0].received() == 2).await;
+    let resp = server.post("/v1/topics/growing/partitions").json(&json!({"count": 3})).send().await.expect("grow");
+    assert_eq!(resp.status(), 200);
+    // Events in the new partitions, posted before the session noticed them, arrive too.
+    produce_ids(&server, "growing", 2..8, 3).await;
+    until("every event", &mut [&mut eph], |m| m[0].received() == 8).await;
+    assert_eq!(eph.ids().into_iter().collect::<BTreeSet<u64>>(), (0..8).collect(), "{eph:?}");
+    assert!(eph.records.contains_key(&2), "partition 2 was read: {eph:?}");
 }
 
 /// Completes a WebSocket handshake on a plain TCP connection and hands the

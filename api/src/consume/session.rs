@@ -19,7 +19,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use axum::response::sse::Event;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use tidegate_storage::{PartitionLog, ReadLimits, StorageError};
+use tidegate_storage::{PartitionLog, ReadLimits, StorageError, Topic};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -224,6 +224,10 @@ struct Session {
     round_robin: usize,
     /// One append signal per subscribed topic (a partition of it stands for the topic).
     signals: Vec<(Arc<PartitionLog>, watch::Receiver<u64>)>,
+    /// Every subscribed topic, with the partition count an ephemeral session reads:
+    /// checked on each wake-up, so a session holding no partition of a deleted topic
+    /// is closed too, and an ephemeral one starts reading partitions added to a topic.
+    watched: Vec<(Arc<Topic>, u32)>,
 }
 
 /// A subscription's group membership, taken by the route before it answers (so the
@@ -312,10 +316,12 @@ async fn run_on(
         last_seen: Instant::now(),
         round_robin: 0,
         signals: Vec::new(),
+        watched: Vec::new(),
     };
-    let end = match control.as_mut() {
-        Some(c) => s.run(&mut rx, Some(c)).await,
-        None => match s.start_ephemeral().await {
+    let end = match (s.watch_topics(), control.as_mut()) {
+        (Err(end), _) => end,
+        (Ok(()), Some(c)) => s.run(&mut rx, Some(c)).await,
+        (Ok(()), None) => match s.start_ephemeral().await {
             Ok(()) => s.run(&mut rx, None).await,
             Err(end) => end,
         },
@@ -358,20 +364,43 @@ impl Session {
         Duration::from_millis(self.cfg().session_timeout_ms)
     }
 
+    /// Takes a handle on every subscribed topic (closing with 4001 when one is gone).
+    fn watch_topics(&mut self) -> Result<(), End> {
+        for topic in &self.params.topics {
+            let handle = self.state.store.topic(topic).map_err(|e| End::Close(close::TOPIC_DELETED, e.to_string()))?;
+            let count = handle.partition_count();
+            self.watched.push((handle, count));
+        }
+        Ok(())
+    }
+
     /// Ephemeral subscription: every partition of every topic.
     async fn start_ephemeral(&mut self) -> Result<(), End> {
-        let mut parts = Vec::new();
-        for topic in self.params.topics.clone() {
-            let handle = self.state.store.topic(&topic).map_err(|e| End::Close(close::TOPIC_DELETED, e.to_string()))?;
-            for p in 0..handle.partition_count() {
-                parts.push((topic.clone(), p));
+        let parts: Vec<TopicPartition> =
+            self.watched.iter().flat_map(|(t, count)| (0..*count).map(|p| (t.name.clone(), p))).collect();
+        self.add_partitions(parts, self.params.from).await
+    }
+
+    /// Closes the session (4001) when a subscribed topic was deleted; for an ephemeral
+    /// session, starts reading partitions added to a topic since, from their start
+    /// (everything in them is new to the subscriber).
+    async fn check_topics(&mut self) -> Result<(), End> {
+        let mut grown = Vec::new();
+        for (topic, known) in &mut self.watched {
+            if topic.partition(0).is_ok_and(|p| p.is_deleted()) {
+                return Err(End::Close(close::TOPIC_DELETED, format!("topic {} was deleted", topic.name)));
+            }
+            let count = topic.partition_count();
+            if self.params.group.is_none() && count > *known {
+                grown.extend((*known..count).map(|p| (topic.name.clone(), p)));
+                *known = count;
             }
         }
-        self.add_partitions(parts).await
+        if grown.is_empty() { Ok(()) } else { self.add_partitions(grown, StartFrom::Earliest).await }
     }
 
     /// Starts reading partitions: committed offset, else resume position, else `from`.
-    async fn add_partitions(&mut self, parts: Vec<TopicPartition>) -> Result<(), End> {
+    async fn add_partitions(&mut self, parts: Vec<TopicPartition>, from: StartFrom) -> Result<(), End> {
         // Only new partitions need their committed offsets (an empty assignment just
         // announces a new generation).
         let committed: BTreeMap<TopicPartition, u64> = match &self.params.group {
@@ -395,12 +424,12 @@ impl Session {
             let next = match committed.get(&tp).or(self.params.resume.get(&tp)) {
                 Some(&o) if o <= log.high_watermark() => o,
                 Some(&o) => {
-                    let next = self.start_offset(&log, self.params.from).await;
+                    let next = self.start_offset(&log, from).await;
                     tracing::info!(topic = %tp.0, partition = tp.1, position = o, next,
                         "stored position is past the end of the partition; starting from `from`");
                     next
                 }
-                None => self.start_offset(&log, self.params.from).await,
+                None => self.start_offset(&log, from).await,
             };
             if let Some(c) = committed.get(&tp) {
                 self.committed.insert(tp.clone(), *c);
@@ -478,6 +507,9 @@ impl Session {
             }
             if *closing.borrow() {
                 return End::Close(close::GOING_AWAY, "server shutting down".into());
+            }
+            if let Err(end) = self.check_topics().await {
+                return end;
             }
             let now = Instant::now();
             if expires.is_some_and(|at| now >= at) {
@@ -664,7 +696,7 @@ impl Session {
                 self.generation = generation;
                 let new: Vec<TopicPartition> =
                     partitions.into_iter().filter(|tp| !self.positions.contains_key(tp)).collect();
-                self.add_partitions(new).await
+                self.add_partitions(new, self.params.from).await
             }
             Control::Revoke { generation, partitions } => {
                 self.generation = generation;
