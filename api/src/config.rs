@@ -148,7 +148,8 @@ settings! {
     session_timeout_ms: u64 = 10_000;
     /// How often the server pings WebSocket subscribers.
     heartbeat_interval_ms: u64 = 3_000;
-    /// With `auto_commit`, how often delivered positions are committed.
+    /// With `auto_commit`, how often delivered positions are committed (over WebSocket,
+    /// those the client confirmed by answering a ping; see docs/websocket.md).
     auto_commit_interval_ms: u64 = 1_000;
     /// Most bytes of records in one subscription frame, and of the frames one delivery
     /// round queues before writing them: the per-subscriber memory bound.

@@ -440,6 +440,27 @@ async fn static_member_reconnects_and_keeps_its_partitions() {
     produce_ids(&server, "sticky", 0..40, 4).await;
     until("every event to arrive", &mut [&mut m1, &mut m2], |m| m.iter().map(|c| c.received()).sum::<usize>() == 40)
         .await;
+    // Auto-commit commits what the client confirmed (by answering a ping): once the
+    // group shows m1's partitions committed at 10, m1 dies without closing.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        // Reading answers the server's pings.
+        m1.drain().await;
+        let d = server.get_json("/v1/groups/statics").await;
+        let mine = |p: &&Value| p["partition"].as_u64().is_some_and(|n| p1.contains(&(n as u32)));
+        let committed: Vec<Value> = d["partitions"]
+            .as_array()
+            .expect("partitions")
+            .iter()
+            .filter(mine)
+            .map(|p| p["committed"].clone())
+            .collect();
+        if committed == [json!(10), json!(10)] {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "m1 never committed what it received: {d}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let m2_frames = m2.kinds.len();
     m1.sub.kill().await;
     eventually("the group to show m1 disconnected", WAIT, || async {
@@ -463,7 +484,7 @@ async fn static_member_reconnects_and_keeps_its_partitions() {
     assert_eq!(back.owned, p1, "the same partitions: {back:?}");
     assert_eq!(back.generation, Some(generation), "no rebalance: {back:?}");
     for p in &p1 {
-        // Auto-commit committed what m1 had been sent: it resumes after it.
+        // It resumes after what it confirmed.
         assert_eq!(back.acquired_at.get(p), Some(&10), "m1 resumes {p} at its committed position: {back:?}");
     }
     m2.round_trip().await;
@@ -1177,6 +1198,34 @@ async fn silent_member_is_closed_with_4000_and_its_partitions_move() {
     until("the live member to read everything", &mut [&mut live], |m| m[0].received() == 10).await;
     let d = server.get_json("/v1/groups/hush").await;
     assert_eq!(d["members"].as_array().map(Vec::len), Some(1), "{d}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_a_dead_client_never_confirmed_are_not_committed() {
+    let server = quick_server().await;
+    server.create_topic("fragile", 1).await;
+    produce_ids(&server, "fragile", 0..100, 1).await;
+    // A member whose client takes the records into its socket buffer but never reads
+    // them (nor answers a ping), then vanishes without a close frame.
+    let silent = raw_upgrade(server.addr, "/v1/topics/fragile/subscribe?group=careful&from=earliest").await;
+    eventually("the server to write the records", WAIT, || async {
+        let text = server.get("/metrics").send().await.ok()?.text().await.ok()?;
+        let line = text.lines().find(|l| l.starts_with("tidegate_records_delivered_total{topic=\"fragile\"}"))?;
+        (line.rsplit(' ').next()? == "100").then_some(())
+    })
+    .await;
+    drop(silent);
+    eventually("the member to leave", WAIT, || async {
+        let d = server.get_json("/v1/groups/careful").await;
+        d["members"].as_array()?.is_empty().then_some(())
+    })
+    .await;
+    let d = server.get_json("/v1/groups/careful").await;
+    assert!(d["partitions"][0]["committed"].as_u64().unwrap_or(0) == 0, "nothing it confirmed: {d}");
+    // The next member gets every record.
+    let mut next = Consumer::join(&server, "next", "fragile", "group=careful&from=latest").await;
+    until("every record again", &mut [&mut next], |m| m[0].received() == 100).await;
+    assert_eq!(next.ids(), (0..100).collect::<Vec<u64>>(), "{next:?}");
 }
 
 /// Reads a connection (answering pings) until told to stop, then hands it back

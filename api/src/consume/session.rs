@@ -119,9 +119,12 @@ impl Outbound {
         }
     }
 
-    async fn ping(&mut self, stall: Duration) -> Result<(), End> {
+    /// Sends a WebSocket ping carrying `probe` (its pong confirms every frame written
+    /// before it reached the client).
+    async fn ping(&mut self, probe: u64, stall: Duration) -> Result<(), End> {
+        let payload = bytes::Bytes::copy_from_slice(&probe.to_be_bytes());
         match self {
-            Outbound::Ws(tx) => match within(stall, tx.send(Message::Ping(Default::default()))).await {
+            Outbound::Ws(tx) => match within(stall, tx.send(Message::Ping(payload))).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(_)) => Err(End::Gone),
                 Err(_) => Err(stalled()),
@@ -142,6 +145,9 @@ impl Outbound {
         matches!(self, Outbound::Sse(_))
     }
 }
+
+/// Most pings awaiting their pong that a session remembers.
+const MAX_PROBES: usize = 8;
 
 /// The end of a session whose client stopped taking frames.
 fn stalled() -> End {
@@ -224,6 +230,15 @@ struct Session {
     round_robin: usize,
     /// One append signal per subscribed topic (a partition of it stands for the topic).
     signals: Vec<(Arc<PartitionLog>, watch::Receiver<u64>)>,
+    /// Positions sent with pings not answered yet, oldest first (WebSocket only; at most
+    /// [`MAX_PROBES`]): a pong proves the client received every frame written before
+    /// its ping.
+    probes: std::collections::VecDeque<(u64, Vec<(TopicPartition, u64)>)>,
+    /// Number of the last probe sent.
+    probe_seq: u64,
+    /// Positions the client confirmed receiving (by a pong); what auto-commit commits
+    /// for a WebSocket session. SSE cannot confirm: it commits what was written.
+    confirmed: BTreeMap<TopicPartition, u64>,
     /// Every subscribed topic, with the partition count an ephemeral session reads:
     /// checked on each wake-up, so a session holding no partition of a deleted topic
     /// is closed too, and an ephemeral one starts reading partitions added to a topic.
@@ -317,6 +332,9 @@ async fn run_on(
         round_robin: 0,
         signals: Vec::new(),
         watched: Vec::new(),
+        probes: std::collections::VecDeque::new(),
+        probe_seq: 0,
+        confirmed: BTreeMap::new(),
     };
     let end = match (s.watch_topics(), control.as_mut()) {
         (Err(end), _) => end,
@@ -434,6 +452,8 @@ impl Session {
             if let Some(c) = committed.get(&tp) {
                 self.committed.insert(tp.clone(), *c);
             }
+            // Nothing of the partition was sent yet: its start is confirmed.
+            self.confirmed.insert(tp.clone(), next);
             let delivered = metrics::counter!("tidegate_records_delivered_total", "topic" => tp.0.clone());
             self.positions.insert(tp, Position { log, next, paused: false, delivered });
         }
@@ -519,14 +539,20 @@ impl Session {
                 if now.duration_since(self.last_seen) > session_timeout {
                     return End::Close(close::SESSION_TIMEOUT, "no frame or pong within the session timeout".into());
                 }
-                let stall = self.stall();
-                if let Err(end) = self.tx.ping(stall).await {
+                if let Err(end) = self.probe().await {
                     return end;
                 }
                 next_ping = now + heartbeat;
             }
             if self.params.auto_commit && now >= next_commit {
-                self.commit_positions(None).await;
+                if self.tx.is_sse() {
+                    self.commit_positions(None, false).await;
+                } else if self.probes.back().is_none_or(|(_, at)| !self.at_positions(at))
+                    && let Err(end) = self.probe().await
+                {
+                    // The pong commits what the client confirmed.
+                    return end;
+                }
                 next_commit = now + auto_commit_every;
             }
             // Appends from here on wake the wait below; the round reads what came before.
@@ -701,11 +727,15 @@ impl Session {
             Control::Revoke { generation, partitions } => {
                 self.generation = generation;
                 if self.params.auto_commit {
-                    self.commit_positions(Some(&partitions)).await;
+                    self.commit_positions(Some(&partitions), false).await;
                 }
                 for tp in &partitions {
                     self.positions.remove(tp);
                     self.committed.remove(tp);
+                    self.confirmed.remove(tp);
+                }
+                for (_, at) in &mut self.probes {
+                    at.retain(|(tp, _)| !partitions.contains(tp));
                 }
                 self.positions_changed();
                 // Stopped: only now may another member read them.
@@ -729,7 +759,8 @@ impl Session {
         let text = match msg {
             Message::Text(t) => t,
             Message::Close(_) => return Err(End::Close(close::NORMAL, "client closed".into())),
-            Message::Ping(_) | Message::Pong(_) => return Ok(()),
+            Message::Ping(_) => return Ok(()),
+            Message::Pong(payload) => return self.on_pong(&payload).await,
             Message::Binary(_) => {
                 return self.send("error", protocol::error("invalid_frame", "frames are JSON text")).await;
             }
@@ -838,14 +869,23 @@ impl Session {
 
     /// Commits the delivered position of owned partitions that moved since the
     /// last commit (only records already sent count as delivered).
-    async fn commit_positions(&mut self, only: Option<&[TopicPartition]>) {
+    ///
+    /// With `confirmed_only` (a WebSocket client that may be gone), a partition's
+    /// position is the one the client confirmed by a pong, never more than what was
+    /// written: records still in the socket's buffers when a client dies are not
+    /// committed, so the next member gets them (at-least-once).
+    async fn commit_positions(&mut self, only: Option<&[TopicPartition]>, confirmed_only: bool) {
         let Some(group) = self.params.group.clone() else { return };
         let changed: Vec<(TopicPartition, u64)> = self
             .positions
             .iter()
             .filter(|(tp, _)| only.is_none_or(|o| o.contains(tp)))
-            .filter(|(tp, p)| self.committed.get(*tp) != Some(&p.next))
-            .map(|(tp, p)| (tp.clone(), p.next))
+            .filter_map(|(tp, p)| match confirmed_only {
+                false => Some((tp, p.next)),
+                true => self.confirmed.get(tp).map(|c| (tp, (*c).min(p.next))),
+            })
+            .filter(|(tp, next)| self.committed.get(*tp) != Some(next))
+            .map(|(tp, next)| (tp.clone(), next))
             .collect();
         if changed.is_empty() {
             return;
@@ -861,10 +901,51 @@ impl Session {
         }
     }
 
-    /// Final commit (auto-commit) and close frame.
+    /// Sends a ping carrying the current positions (see [`Session::probes`]).
+    async fn probe(&mut self) -> Result<(), End> {
+        self.probe_seq += 1;
+        if !self.tx.is_sse() {
+            let at = self.positions.iter().map(|(tp, p)| (tp.clone(), p.next)).collect();
+            if self.probes.len() == MAX_PROBES {
+                self.probes.pop_front();
+            }
+            self.probes.push_back((self.probe_seq, at));
+        }
+        let stall = self.stall();
+        self.tx.ping(self.probe_seq, stall).await
+    }
+
+    /// Whether `at` lists exactly the current positions.
+    fn at_positions(&self, at: &[(TopicPartition, u64)]) -> bool {
+        at.len() == self.positions.len()
+            && at.iter().all(|(tp, o)| self.positions.get(tp).is_some_and(|p| p.next == *o))
+    }
+
+    /// A pong: the positions of its ping (and of every earlier one) reached the client;
+    /// with auto-commit, they are committed.
+    async fn on_pong(&mut self, payload: &[u8]) -> Result<(), End> {
+        let Some(seq) = payload.try_into().ok().map(u64::from_be_bytes) else { return Ok(()) };
+        let Some(i) = self.probes.iter().position(|(s, _)| *s == seq) else { return Ok(()) };
+        let (_, at) = self.probes.drain(..=i).next_back().expect("drained up to a found index");
+        // The latest confirmed positions win (a seek may have moved one back).
+        self.confirmed.extend(at);
+        if self.params.auto_commit {
+            self.commit_positions(None, true).await;
+        }
+        Ok(())
+    }
+
+    /// Final commit (auto-commit) and close frame. A session that ended because its
+    /// client went away or stopped answering commits only what the client confirmed;
+    /// one the client closed, or the server ended with a close frame, commits what
+    /// was written.
     async fn finish(&mut self, end: End) {
         if self.params.auto_commit {
-            self.commit_positions(None).await;
+            let client_lost = match &end {
+                End::Gone => true,
+                End::Close(code, _) => *code == close::SESSION_TIMEOUT,
+            };
+            self.commit_positions(None, client_lost && !self.tx.is_sse()).await;
         }
         if let End::Close(code, reason) = end {
             if code != close::NORMAL {
