@@ -827,6 +827,16 @@ async fn group_admin_lists_describes_resets_and_deletes() {
     let d = server.get_json("/v1/groups/ops").await;
     assert!(d["partitions"].as_array().unwrap().iter().all(|p| p["committed"] == 0), "{d}");
     assert_eq!(d["lag"], 26, "{d}");
+    // The members move with a forced reset (else their next commit would undo it): each
+    // gets an assignment at the new offsets and reads its partitions again.
+    until("a and b to read everything again", &mut [&mut a, &mut b], |m| {
+        m.iter().map(|c| c.received()).sum::<usize>() == 52
+    })
+    .await;
+    for c in [&a, &b] {
+        let last = c.assignments.last().expect("assignments");
+        assert!(last["partitions"].as_array().unwrap().iter().all(|p| p["offset"] == 0), "{c:?}: {last}");
+    }
 
     // After the members leave, resets need no force.
     assert_eq!(a.close().await, Some(1000));

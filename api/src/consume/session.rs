@@ -254,7 +254,7 @@ pub struct Joined {
     group: String,
     member: String,
     /// Present until the session takes the membership.
-    control: Option<mpsc::Receiver<Control>>,
+    control: Option<mpsc::UnboundedReceiver<Control>>,
 }
 
 /// What a route hands its session: `None` for an ephemeral subscription, else the
@@ -272,7 +272,7 @@ impl Joined {
 
     /// The member id and its control channel, for the session (which from then on
     /// leaves or disconnects itself).
-    fn into_parts(mut self) -> (String, Option<mpsc::Receiver<Control>>) {
+    fn into_parts(mut self) -> (String, Option<mpsc::UnboundedReceiver<Control>>) {
         (std::mem::take(&mut self.member), self.control.take())
     }
 }
@@ -490,7 +490,7 @@ impl Session {
     async fn run(
         &mut self,
         rx: &mut Option<SplitStream<WebSocket>>,
-        mut control: Option<&mut mpsc::Receiver<Control>>,
+        mut control: Option<&mut mpsc::UnboundedReceiver<Control>>,
     ) -> End {
         let heartbeat = Duration::from_millis(self.cfg().heartbeat_interval_ms);
         let session_timeout = Duration::from_millis(self.cfg().session_timeout_ms);
@@ -723,6 +723,21 @@ impl Session {
                 let new: Vec<TopicPartition> =
                     partitions.into_iter().filter(|tp| !self.positions.contains_key(tp)).collect();
                 self.add_partitions(new, self.params.from).await
+            }
+            Control::Reset { offsets } => {
+                for (tp, offset) in offsets {
+                    if let Some(p) = self.positions.get_mut(&tp) {
+                        p.next = offset;
+                        self.committed.insert(tp.clone(), offset);
+                        self.confirmed.insert(tp.clone(), offset);
+                        for (_, at) in &mut self.probes {
+                            at.retain(|(t, _)| *t != tp);
+                        }
+                    }
+                }
+                let list: Vec<(TopicPartition, u64)> =
+                    self.positions.iter().map(|(tp, p)| (tp.clone(), p.next)).collect();
+                self.send("assignment", protocol::assignment(self.generation, self.group_member(), &list)).await
             }
             Control::Revoke { generation, partitions } => {
                 self.generation = generation;

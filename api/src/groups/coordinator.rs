@@ -25,10 +25,6 @@ use tokio::sync::mpsc;
 
 use super::assign::{TopicPartition, assign};
 
-/// Capacity of a member's control channel; a member whose channel is full is
-/// considered dead (it stopped reading its control messages).
-const CONTROL_CAPACITY: usize = 64;
-
 /// A message from the coordinator to a member's session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Control {
@@ -36,6 +32,9 @@ pub enum Control {
     Assign { generation: u64, partitions: Vec<TopicPartition> },
     /// Stop reading these partitions, then call [`Coordinator::revoked`].
     Revoke { generation: u64, partitions: Vec<TopicPartition> },
+    /// The group's offsets of these partitions were reset (a forced reset): read on
+    /// from there.
+    Reset { offsets: Vec<(TopicPartition, u64)> },
 }
 
 /// Why the coordinator refused something.
@@ -60,7 +59,11 @@ struct Member {
     topics: BTreeSet<String>,
     client: String,
     is_static: bool,
-    control: Option<mpsc::Sender<Control>>,
+    /// Unbounded, so no assignment or revocation is ever dropped (a lost one would leave
+    /// a partition owned but unread). What it may hold is bounded by the rebalances
+    /// during one stalled send: a session reads its control messages between frames,
+    /// and one whose client takes no frame for the session timeout ends.
+    control: Option<mpsc::UnboundedSender<Control>>,
     /// Set while disconnected (static members only).
     disconnected_at: Option<Instant>,
     owned: BTreeSet<TopicPartition>,
@@ -123,8 +126,8 @@ impl Coordinator {
         member: Option<&str>,
         topics: BTreeSet<String>,
         client: String,
-    ) -> Result<(String, mpsc::Receiver<Control>), GroupError> {
-        let (tx, rx) = mpsc::channel(CONTROL_CAPACITY);
+    ) -> Result<(String, mpsc::UnboundedReceiver<Control>), GroupError> {
+        let (tx, rx) = mpsc::unbounded_channel();
         let mut groups = self.groups.lock().expect("groups lock");
         let g = groups.entry(group.to_string()).or_default();
         let id = match member {
@@ -146,7 +149,7 @@ impl Coordinator {
                 let partitions: Vec<_> = existing.owned.iter().cloned().collect();
                 let generation = g.generation;
                 if let Some(c) = &existing.control {
-                    let _ = c.try_send(Control::Assign { generation, partitions });
+                    let _ = c.send(Control::Assign { generation, partitions });
                 }
                 self.hand_out_free(g);
                 tracing::info!(group, member = %id, "static member re-joined");
@@ -266,7 +269,7 @@ impl Coordinator {
             }
             match &m.control {
                 Some(c) => {
-                    let _ = c.try_send(Control::Revoke { generation, partitions: revoke });
+                    let _ = c.send(Control::Revoke { generation, partitions: revoke });
                 }
                 None => {
                     // A disconnected static member reads nothing; free its partitions now.
@@ -280,7 +283,7 @@ impl Coordinator {
         // also those whose partitions did not change.
         for m in g.members.values() {
             if let Some(c) = &m.control {
-                let _ = c.try_send(Control::Assign { generation, partitions: Vec::new() });
+                let _ = c.send(Control::Assign { generation, partitions: Vec::new() });
             }
         }
         tracing::debug!(group, generation, members = g.members.len(), "rebalanced");
@@ -302,8 +305,22 @@ impl Coordinator {
             if let Some(m) = g.members.get_mut(&id) {
                 m.owned.extend(parts.iter().cloned());
                 if let Some(c) = &m.control {
-                    let _ = c.try_send(Control::Assign { generation: g.generation, partitions: parts });
+                    let _ = c.send(Control::Assign { generation: g.generation, partitions: parts });
                 }
+            }
+        }
+    }
+
+    /// Tells the members owning the partitions of `offsets` to read on from them (after
+    /// a forced reset stored them as the group's committed offsets).
+    pub fn reset(&self, group: &str, offsets: &[(TopicPartition, u64)]) {
+        let groups = self.groups.lock().expect("groups lock");
+        let Some(g) = groups.get(group) else { return };
+        for m in g.members.values() {
+            let mine: Vec<(TopicPartition, u64)> =
+                offsets.iter().filter(|(tp, _)| m.owned.contains(tp)).cloned().collect();
+            if let (false, Some(c)) = (mine.is_empty(), &m.control) {
+                let _ = c.send(Control::Reset { offsets: mine });
             }
         }
     }

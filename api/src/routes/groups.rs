@@ -239,7 +239,8 @@ pub async fn describe_group(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ForceParams {
-    /// Act even while the group has members (they keep reading from their positions).
+    /// Delete even while the group has members: they keep reading from their positions,
+    /// and their next commits store offsets for the group again.
     pub force: Option<bool>,
 }
 
@@ -287,7 +288,8 @@ pub struct ResetOffsets {
     pub offset: Option<u64>,
     /// Only these partitions (default: all).
     pub partitions: Option<Vec<u32>>,
-    /// Reset even while the group has members.
+    /// Reset even while the group has members: those reading the reset partitions read
+    /// on from the new offsets (an `assignment` frame tells them).
     #[serde(default)]
     pub force: bool,
 }
@@ -348,6 +350,10 @@ pub async fn reset_group(
             owner: None,
         });
     }
-    state.store.commit_offsets(&group, rows).await?;
+    state.store.commit_offsets(&group, rows.clone()).await?;
+    // With force, members reading these partitions move too (their next commit would
+    // otherwise write their old positions back over the reset).
+    let moved: Vec<((String, u32), u64)> = rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect();
+    state.coordinator.reset(&group, &moved);
     Ok(Json(ResetResult { group, offsets: out }))
 }
