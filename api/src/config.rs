@@ -112,6 +112,16 @@ settings! {
     max_event_bytes: u64 = MIB;
     /// Most events in one request (413 above it).
     max_events_per_request: u64 = 10_000;
+    /// Longest a client may take to send a request's head (request line and headers),
+    /// counted from its first byte or, on a kept-alive connection, from the end of the
+    /// previous answer; the connection is closed after it (slow-header attacks).
+    http_header_timeout_ms: u64 = 10_000;
+    /// Longest a request body may go without a byte arriving (408 `request_timeout`).
+    http_body_timeout_ms: u64 = 30_000;
+    /// Most HTTP connections served at once (WebSocket and SSE subscriptions count until
+    /// upgraded, then `max_subscriptions` bounds them); further clients wait to be
+    /// accepted.
+    max_connections: u64 = 10_000;
     /// The client IP in the `client-ip` header of ingested records: `full`, `truncated`
     /// (IPv4 to its /24, IPv6 to its /48: the last bytes zeroed) or `none`. A request with
     /// an `SP-Anonymous` or `Tidegate-Anonymous` header stores no IP whatever this says.
@@ -362,6 +372,15 @@ impl Config {
         }
         if self.jwks_reload_interval_ms == 0 || self.tls_handshake_timeout_ms == 0 {
             return invalid("jwks_reload_interval_ms", "intervals must be greater than 0".into());
+        }
+        for (name, value) in [
+            ("http_header_timeout_ms", self.http_header_timeout_ms),
+            ("http_body_timeout_ms", self.http_body_timeout_ms),
+            ("max_connections", self.max_connections),
+        ] {
+            if value == 0 {
+                return invalid(name, "must be greater than 0".into());
+            }
         }
         if self.jwt_permissions_claim.is_empty() {
             return invalid("jwt_permissions_claim", "must not be empty".into());

@@ -92,6 +92,9 @@ pub enum ApiError {
     /// a route, `group_not_found`, `write_key_not_found`).
     #[error("{detail}")]
     NotFound { code: &'static str, detail: String },
+    /// The request body stalled for `http_body_timeout_ms`.
+    #[error("the request body stalled: no byte for {timeout_ms} ms (setting http_body_timeout_ms)")]
+    RequestTimeout { timeout_ms: u64 },
     /// The server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
@@ -138,6 +141,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType { .. } => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             ApiError::NotFound { code, .. } => (StatusCode::NOT_FOUND, *code),
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            ApiError::RequestTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::TooManySubscriptions { .. } => (StatusCode::SERVICE_UNAVAILABLE, "too_many_subscriptions"),
             ApiError::Group(e) => match e {
                 GroupError::GroupActive(_) => (StatusCode::CONFLICT, "group_active"),
@@ -256,6 +260,27 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// What a request body read fails with when it stalls for `http_body_timeout_ms`
+/// (tower-http's `TimeoutBody` error, as extractors report it).
+pub const BODY_TIMEOUT_TEXT: &str = "data was not received within the designated timeout";
+
+/// The problem for a request body that could not be read: over `max_body_bytes`
+/// (413), stalled (408), or broken off (400 `invalid_body`).
+pub fn body_rejection(
+    rejection: &axum::extract::rejection::BytesRejection,
+    max_body: usize,
+    timeout_ms: u64,
+) -> ApiError {
+    let text = rejection.body_text();
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        crate::ingest::decode::body_too_large(max_body)
+    } else if text.contains(BODY_TIMEOUT_TEXT) {
+        ApiError::RequestTimeout { timeout_ms }
+    } else {
+        ApiError::invalid("invalid_body", text)
+    }
+}
+
 /// Largest body of a non-problem error response that is carried into `detail`.
 const MAX_REWRITTEN_DETAIL: usize = 16 * 1024;
 
@@ -277,7 +302,10 @@ pub async fn problem_layer(resp: Response) -> Response {
     let (parts, body) = resp.into_parts();
     let text = axum::body::to_bytes(body, MAX_REWRITTEN_DETAIL).await.unwrap_or_default();
     let text = String::from_utf8_lossy(&text).trim().to_string();
+    // A body that stalled (tower-http's body timeout) fails extractors with a 400.
+    let status = if text.contains(BODY_TIMEOUT_TEXT) { StatusCode::REQUEST_TIMEOUT } else { status };
     let (code, detail) = match status {
+        StatusCode::REQUEST_TIMEOUT => ("request_timeout", text),
         StatusCode::NOT_FOUND => ("not_found", if text.is_empty() { "no such route".to_string() } else { text }),
         StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "method not allowed on this path".to_string()),
         StatusCode::PAYLOAD_TOO_LARGE => ("body_too_large", text),

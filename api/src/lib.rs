@@ -22,6 +22,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod connections;
 pub mod consume;
 pub mod delivery;
 pub mod docs;

@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tidegate_storage::Store;
 use tokio::net::TcpListener;
 
@@ -113,19 +112,20 @@ pub async fn serve(
 
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let signal_state = state.clone();
-    // `tap_io` gives the listener axum's `ConnectInfo<SocketAddr>` support.
-    let listener = listener.tap_io(|_| {});
-    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(
-        async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new connections, finishing in-flight requests");
-            signal_state.ready.store(false, Ordering::Release);
-            signal_state.store.begin_shutdown();
-            let _ = stopping_tx.send(());
-        },
-    );
-    let served = tokio::select! {
-        r = server => r,
+    let limits = crate::connections::ConnectionLimits {
+        header_timeout: Duration::from_millis(state.config.http_header_timeout_ms),
+        body_timeout: Duration::from_millis(state.config.http_body_timeout_ms),
+        max_connections: usize::try_from(state.config.max_connections).unwrap_or(usize::MAX),
+    };
+    let server = crate::connections::serve_connections(listener, app, limits, async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new connections, finishing in-flight requests");
+        signal_state.ready.store(false, Ordering::Release);
+        signal_state.store.begin_shutdown();
+        let _ = stopping_tx.send(());
+    });
+    let served: Result<(), ServeError> = tokio::select! {
+        () = server => Ok(()),
         () = async {
             if stopping_rx.await.is_ok() {
                 tokio::time::sleep(grace).await;

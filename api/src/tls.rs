@@ -3,7 +3,7 @@
 //!
 //! TLS handshakes run on their own tasks, each bounded by `tls_handshake_timeout_ms`
 //! and at most [`MAX_PENDING_HANDSHAKES`] at once, so a slow or silent client never
-//! holds up other connections. ALPN offers HTTP/2 and HTTP/1.1.
+//! holds up other connections. ALPN offers HTTP/1.1.
 
 use std::io;
 use std::net::SocketAddr;
@@ -55,7 +55,9 @@ pub fn server_config(config: &Config) -> Result<ServerConfig, String> {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| format!("TLS certificate and key do not fit together: {e}"))?;
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // HTTP/1.1 only: the server speaks no HTTP/2 (a client that negotiated h2 would
+    // get answers it cannot read).
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(tls)
 }
 

@@ -785,3 +785,71 @@ async fn tokens_signed_by_the_cli_are_accepted() {
     let out = std::process::Command::new(ProcessServer::binary()).args(["token", "-p", "admin"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "an HMAC token without a secret is refused");
 }
+
+/// Reads a raw connection until the server closes it (or `within` passes); returns
+/// what it sent and whether it closed.
+async fn read_until_closed(tcp: &mut tokio::net::TcpStream, within: Duration) -> (String, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(within, tcp.read_to_end(&mut got)).await.is_ok();
+    (String::from_utf8_lossy(&got).to_string(), closed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_and_connections_are_bounded() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start(|c| {
+        c.http_header_timeout_ms = 300;
+        c.http_body_timeout_ms = 300;
+    })
+    .await;
+    server.create_topic("t", 1).await;
+
+    // A request head that never ends: the connection is closed, with nothing answered.
+    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let (answer, closed) = read_until_closed(&mut slow, Duration::from_secs(10)).await;
+    assert!(closed, "a slow request head holds its connection open");
+    assert!(!answer.contains("200 OK"), "{answer}");
+
+    // A body that stalls: 408 request_timeout, and nothing is written.
+    let mut stalled = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stalled
+        .write_all(b"POST /v1/topics/t/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n[1,2")
+        .await
+        .unwrap();
+    let (answer, _) = read_until_closed(&mut stalled, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("application/problem+json") && answer.contains("\"request_timeout\""), "{answer}");
+    assert_eq!(server.end_offsets("t").await, vec![0], "a stalled request wrote nothing");
+
+    // At most max_connections are served: the next client waits until one closes.
+    // (The test client's own pooled connection may hold a slot too.)
+    let limited = TestServer::start(|c| c.max_connections = 3).await;
+    let mut served = Vec::new();
+    let mut waiting = None;
+    for _ in 0..4 {
+        let mut tcp = tokio::net::TcpStream::connect(limited.addr).await.unwrap();
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 512];
+        use tokio::io::AsyncReadExt;
+        match tokio::time::timeout(Duration::from_millis(700), tcp.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => served.push(tcp),
+            Ok(other) => panic!("a connection was closed unanswered: {other:?}"),
+            Err(_) => {
+                waiting = Some(tcp);
+                break;
+            }
+        }
+    }
+    let mut waiting = waiting.expect("every one of 4 connections was served with max_connections = 3");
+    assert!((2..=3).contains(&served.len()), "{} served before one had to wait", served.len());
+    drop(served.pop());
+    let (answer, _) = {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(10), waiting.read(&mut buf)).await.expect("served").unwrap();
+        (String::from_utf8_lossy(&buf[..n]).to_string(), ())
+    };
+    assert!(answer.starts_with("HTTP/1.1 200"), "served once a connection closed: {answer}");
+}

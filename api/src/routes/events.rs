@@ -19,7 +19,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::{Action, Caller};
 use crate::error::{ApiError, EventError, Problem};
-use crate::ingest::decode::{body_format, body_too_large, decode_body};
+use crate::ingest::decode::{body_format, decode_body};
 use crate::ingest::ids::{IDEMPOTENCY_KEY, event_id, header_id, id_at};
 use crate::ingest::parse::{ParseLimits, ParsedEvent, parse_body};
 use crate::ingest::pipeline::{Create, Outgoing, Placement, TopicSet, commit, is_reserved_header, screen};
@@ -159,10 +159,7 @@ pub async fn produce(
         caller.require(Action::Produce, &topic)?;
     }
     let max_body = state.config.max_body_bytes as usize;
-    let mut body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => body_too_large(max_body),
-        _ => ApiError::invalid("invalid_body", rejection.body_text()),
-    })?;
+    let mut body = body.map_err(|r| crate::error::body_rejection(&r, max_body, state.config.http_body_timeout_ms))?;
     let header_str = |name| request_headers.get(name).and_then(|v: &axum::http::HeaderValue| v.to_str().ok());
     let format = body_format(header_str(header::CONTENT_TYPE))?;
     let mut encoding = header_str(header::CONTENT_ENCODING).map(str::to_owned);

@@ -99,9 +99,17 @@ pub async fn segment_call(
     let Some(call) = Call::from_path(name) else {
         return Err(ApiError::NotFound { code: "not_found", detail: format!("no Segment call {name:?}") });
     };
-    let body = body.map_err(|rejection| ApiError::invalid("invalid_body", rejection.body_text()))?;
-    let encoding = request_headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let config = &state.config;
+    let body = body.map_err(|r| {
+        match crate::error::body_rejection(&r, config.max_body_bytes as usize, config.http_body_timeout_ms) {
+            // Segment answers 400 for payloads over its limits (its trackers do not retry those).
+            ApiError::TooLarge { detail, .. } => {
+                ApiError::invalid("payload_too_large", format!("{detail} (setting max_body_bytes)"))
+            }
+            other => other,
+        }
+    })?;
+    let encoding = request_headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let limits = SegmentOptions {
         max_event_bytes: config.segment_max_event_bytes as usize,
         max_batch_bytes: config.segment_max_batch_bytes as usize,

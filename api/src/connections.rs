@@ -1,0 +1,100 @@
+//! The HTTP/1.1 connection loop: accepts connections from the node's listener and
+//! serves each with hyper, bounded in time and number, and drains them on shutdown.
+//!
+//! Guarantees:
+//! - A client gets `http_header_timeout_ms` to send a request's head; after it the
+//!   connection is closed (a slow-header client cannot hold a connection open).
+//! - A request body that goes `http_body_timeout_ms` without a byte fails the request
+//!   with 408 `request_timeout` (see [`crate::error::BODY_TIMEOUT_TEXT`]).
+//! - At most `max_connections` connections are served at once; further clients wait in
+//!   the listen backlog. An upgraded connection (WebSocket) leaves the count when it is
+//!   handed to its session (`max_subscriptions` bounds those).
+//! - On shutdown no connection is accepted any more; connections finish the request in
+//!   flight and close (idle kept-alive ones at once); [`serve_connections`] returns when
+//!   all are closed.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::serve::Listener;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::{Semaphore, watch};
+use tower::ServiceExt;
+use tower_http::timeout::TimeoutBody;
+
+use crate::tls::GatewayListener;
+
+/// Limits of the connection loop (from the configuration).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// `http_header_timeout_ms`.
+    pub header_timeout: Duration,
+    /// `http_body_timeout_ms`.
+    pub body_timeout: Duration,
+    /// `max_connections`.
+    pub max_connections: usize,
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then waits for the open
+/// connections to finish (the caller bounds that wait).
+pub async fn serve_connections(
+    mut listener: GatewayListener,
+    app: Router,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()>,
+) {
+    // Set on shutdown: every connection then finishes its request in flight and closes.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            () = &mut shutdown => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
+        let (io, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        // The router, with the peer's address as axum's `ConnectInfo` and every request
+        // body bounded by the body timeout between bytes.
+        let (app, body_timeout) = (app.clone(), limits.body_timeout);
+        let service = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            let req = req.map(|body| Body::new(TimeoutBody::new(body_timeout, body)));
+            app.clone().oneshot(req)
+        });
+        let service = hyper_util::service::TowerToHyperService::new(service);
+        let conn = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            tokio::pin!(conn);
+            let ended = tokio::select! {
+                ended = conn.as_mut() => ended,
+                () = async { drop(stop.wait_for(|stop| *stop).await) } => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
+                tracing::trace!(client = %peer, error = %e, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    // Every connection holds a slot until it is closed.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let _ = slots.acquire_many(all).await;
+}
