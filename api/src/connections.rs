@@ -5,7 +5,7 @@
 //! - A client gets `http_header_timeout_ms` to send a request's head; after it the
 //!   connection is closed (a slow-header client cannot hold a connection open).
 //! - A request body that goes `http_body_timeout_ms` without a byte fails the request
-//!   with 408 `request_timeout` (see [`crate::error::BODY_TIMEOUT_TEXT`]).
+//!   with 408 `request_timeout` (see [`StallTimeout`]).
 //! - At most `max_connections` connections are served at once; further clients wait in
 //!   the listen backlog. An upgraded connection (WebSocket) leaves the count when it is
 //!   handed to its session (`max_subscriptions` bounds those).
@@ -14,7 +14,9 @@
 //!   all are closed.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -25,7 +27,6 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::{Semaphore, watch};
 use tower::ServiceExt;
-use tower_http::timeout::TimeoutBody;
 
 use crate::tls::GatewayListener;
 
@@ -71,7 +72,7 @@ pub async fn serve_connections(
         let (app, body_timeout) = (app.clone(), limits.body_timeout);
         let service = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
-            let req = req.map(|body| Body::new(TimeoutBody::new(body_timeout, body)));
+            let req = req.map(|body| Body::new(StallTimeout { body, timeout: body_timeout, sleep: None }));
             app.clone().oneshot(req)
         });
         let service = hyper_util::service::TowerToHyperService::new(service);
@@ -97,4 +98,59 @@ pub async fn serve_connections(
     // Every connection holds a slot until it is closed.
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let _ = slots.acquire_many(all).await;
+}
+
+/// A request body that fails when no frame arrives for `timeout`. The timer is armed
+/// only while the body is waiting for the client: a body already read with its request
+/// head (nearly every small request) costs no timer at all.
+struct StallTimeout {
+    body: Incoming,
+    timeout: Duration,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// The error of a stalled body; its text is [`crate::error::BODY_TIMEOUT_TEXT`].
+#[derive(Debug)]
+struct BodyStalled;
+
+impl std::fmt::Display for BodyStalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(crate::error::BODY_TIMEOUT_TEXT)
+    }
+}
+
+impl std::error::Error for BodyStalled {}
+
+impl hyper::body::Body for StallTimeout {
+    type Data = bytes::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.sleep = None;
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let timeout = this.timeout;
+                let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyStalled)))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }

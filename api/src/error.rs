@@ -261,8 +261,8 @@ impl IntoResponse for ApiError {
 }
 
 /// What a request body read fails with when it stalls for `http_body_timeout_ms`
-/// (tower-http's `TimeoutBody` error, as extractors report it).
-pub const BODY_TIMEOUT_TEXT: &str = "data was not received within the designated timeout";
+/// (the error of the connection loop's body wrapper, as extractors report it).
+pub const BODY_TIMEOUT_TEXT: &str = "no byte of the request body arrived within http_body_timeout_ms";
 
 /// The problem for a request body that could not be read: over `max_body_bytes`
 /// (413), stalled (408), or broken off (400 `invalid_body`).
