@@ -82,6 +82,19 @@ async fn unsupported_content_encoding_is_415() {
     let server = limited().await;
     let request = ingest(&server, "application/json", "[1,2]").header("content-encoding", "zstd");
     rejects(&server, request, 415, "unsupported_media_type").await;
+    // Unreadable or repeated type and encoding headers are refused, not guessed at.
+    let unreadable = reqwest::header::HeaderValue::from_bytes(b"gzip\xff").unwrap();
+    let request = ingest(&server, "application/json", "[1,2]").header("content-encoding", unreadable);
+    rejects(&server, request, 415, "unsupported_media_type").await;
+    let request = ingest(&server, "application/json", "[1,2]")
+        .header("content-encoding", "identity")
+        .header("content-encoding", "gzip");
+    rejects(&server, request, 415, "unsupported_media_type").await;
+    let unreadable = reqwest::header::HeaderValue::from_bytes(b"application/xml\xff").unwrap();
+    let request = server.post("/v1/topics/t/events").header("content-type", unreadable).body("[1,2]");
+    rejects(&server, request, 415, "unsupported_media_type").await;
+    let request = ingest(&server, "application/octet-stream", "[1,2]").header("content-type", "application/json");
+    rejects(&server, request, 415, "unsupported_media_type").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,6 +32,24 @@ pub fn body_format(content_type: Option<&str>) -> Result<BodyFormat, ApiError> {
     }
 }
 
+/// The value of a header that must appear at most once and be readable text
+/// (`Content-Type`, `Content-Encoding`): 415 when it is sent twice (two encodings
+/// would mean the body was encoded twice) or holds bytes other than visible ASCII.
+pub fn single_header<'a>(
+    headers: &'a axum::http::HeaderMap,
+    name: axum::http::HeaderName,
+) -> Result<Option<&'a str>, ApiError> {
+    let mut values = headers.get_all(&name).iter();
+    let Some(value) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err(ApiError::UnsupportedMediaType { detail: format!("send one {name} header, not several") });
+    }
+    value
+        .to_str()
+        .map(Some)
+        .map_err(|_| ApiError::UnsupportedMediaType { detail: format!("the {name} header is not readable text") })
+}
+
 /// Undoes `Content-Encoding` (gzip, deflate, br, identity), refusing output larger
 /// than `max_bytes`.
 pub fn decode_body(encoding: Option<&str>, body: Bytes, max_bytes: usize) -> Result<Bytes, ApiError> {

@@ -19,7 +19,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::{Action, Caller};
 use crate::error::{ApiError, EventError, Problem};
-use crate::ingest::decode::{body_format, decode_body};
+use crate::ingest::decode::{body_format, decode_body, single_header};
 use crate::ingest::ids::{IDEMPOTENCY_KEY, event_id, header_id, id_at};
 use crate::ingest::parse::{ParseLimits, ParsedEvent, parse_body};
 use crate::ingest::pipeline::{Create, Outgoing, Placement, TopicSet, commit, is_reserved_header, screen};
@@ -160,9 +160,8 @@ pub async fn produce(
     }
     let max_body = state.config.max_body_bytes as usize;
     let mut body = body.map_err(|r| crate::error::body_rejection(&r, max_body, state.config.http_body_timeout_ms))?;
-    let header_str = |name| request_headers.get(name).and_then(|v: &axum::http::HeaderValue| v.to_str().ok());
-    let format = body_format(header_str(header::CONTENT_TYPE))?;
-    let mut encoding = header_str(header::CONTENT_ENCODING).map(str::to_owned);
+    let format = body_format(single_header(&request_headers, header::CONTENT_TYPE)?)?;
+    let mut encoding = single_header(&request_headers, header::CONTENT_ENCODING)?.map(str::to_owned);
     let idempotency_key = match request_headers.get(IDEMPOTENCY_KEY) {
         None => None,
         Some(v) => Some(
