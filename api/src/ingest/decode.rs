@@ -35,10 +35,7 @@ pub fn body_format(content_type: Option<&str>) -> Result<BodyFormat, ApiError> {
 /// The value of a header that must appear at most once and be readable text
 /// (`Content-Type`, `Content-Encoding`): 415 when it is sent twice (two encodings
 /// would mean the body was encoded twice) or holds bytes other than visible ASCII.
-pub fn single_header<'a>(
-    headers: &'a axum::http::HeaderMap,
-    name: axum::http::HeaderName,
-) -> Result<Option<&'a str>, ApiError> {
+pub fn single_header(headers: &axum::http::HeaderMap, name: axum::http::HeaderName) -> Result<Option<&str>, ApiError> {
     let mut values = headers.get_all(&name).iter();
     let Some(value) = values.next() else { return Ok(None) };
     if values.next().is_some() {
