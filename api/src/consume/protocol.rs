@@ -13,8 +13,8 @@ pub mod close {
     pub const NORMAL: u16 = 1000;
     /// The server is shutting down.
     pub const GOING_AWAY: u16 = 1001;
-    /// The client sent a frame that is not valid protocol.
-    pub const PROTOCOL: u16 = 1008;
+    /// The client sent a frame over the largest the server reads (64 KiB).
+    pub const TOO_BIG: u16 = 1009;
     /// No frame or pong from the client within the session timeout.
     pub const SESSION_TIMEOUT: u16 = 4000;
     /// A subscribed topic was deleted.

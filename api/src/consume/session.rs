@@ -767,6 +767,11 @@ impl Session {
 
     async fn on_frame(&mut self, frame: Option<Result<Message, axum::Error>>) -> Result<(), End> {
         let msg = match frame {
+            // tungstenite's refusal of an oversized frame ("Space limit exceeded: Message
+            // too long"): the socket is still writable, so the client learns why.
+            Some(Err(e)) if e.to_string().contains("Space limit exceeded") => {
+                return Err(End::Close(close::TOO_BIG, "frames from the client are at most 64 KiB".into()));
+            }
             None | Some(Err(_)) => return Err(End::Gone),
             Some(Ok(m)) => m,
         };
