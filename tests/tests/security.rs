@@ -713,11 +713,14 @@ async fn https_readyz(addr: std::net::SocketAddr, cert: rustls_pki_types::Certif
     let mut roots = tokio_rustls::rustls::RootCertStore::empty();
     roots.add(cert).unwrap();
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let client = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+    let mut client = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
+    // Offered as curl and browsers do: the server, which speaks only HTTP/1.1, must
+    // not pick h2.
+    client.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
     let https_get = || {
         let connector = connector.clone();
@@ -726,6 +729,7 @@ async fn https_readyz(addr: std::net::SocketAddr, cert: rustls_pki_types::Certif
             let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
             let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
             let mut tls = connector.connect(name, tcp).await.ok()?;
+            assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]), "ALPN picked HTTP/1.1");
             tls.write_all(b"GET /readyz HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").await.ok()?;
             let mut out = String::new();
             tls.read_to_string(&mut out).await.ok()?;
