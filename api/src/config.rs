@@ -112,6 +112,9 @@ settings! {
     max_event_bytes: u64 = MIB;
     /// Most events in one request (413 above it).
     max_events_per_request: u64 = 10_000;
+    /// Deepest nesting of arrays and objects in a JSON event (400 `invalid_events` above
+    /// it): consumers' JSON parsers often refuse or overflow past a few hundred levels.
+    max_event_depth: u64 = 128;
     /// Longest a client may take to send a request's head (request line and headers),
     /// counted from its first byte or, on a kept-alive connection, from the end of the
     /// previous answer; the connection is closed after it (slow-header attacks).
@@ -377,6 +380,7 @@ impl Config {
             ("http_header_timeout_ms", self.http_header_timeout_ms),
             ("http_body_timeout_ms", self.http_body_timeout_ms),
             ("max_connections", self.max_connections),
+            ("max_event_depth", self.max_event_depth),
         ] {
             if value == 0 {
                 return invalid(name, "must be greater than 0".into());

@@ -210,6 +210,24 @@ async fn unknown_topic_is_created_on_ingest_when_auto_create_is_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_nested_deeper_than_max_event_depth_are_400() {
+    let server = limited().await;
+    let nested = |levels: usize| format!("{}1{}", "[".repeat(levels), "]".repeat(levels));
+    let deep = format!("[{{\"ok\":1}},{}]", nested(129));
+    let problem = rejects(&server, ingest(&server, "application/json", deep), 400, "invalid_events").await;
+    assert_eq!(indexes(&problem), vec![1], "{problem}");
+    assert!(problem.to_string().contains("max_event_depth"), "{problem}");
+    // NDJSON and the envelope too; brackets inside strings do not count.
+    let ndjson = format!("{{\"a\":1}}\n{{\"deep\":{}}}\n", nested(200));
+    rejects(&server, ingest(&server, "application/x-ndjson", ndjson), 400, "invalid_events").await;
+    let envelope = format!("{{\"records\":[{{\"value\":{}}}]}}", nested(129));
+    rejects(&server, ingest(&server, "application/json", envelope), 400, "invalid_events").await;
+    let in_a_string = json!({"text": "[".repeat(300), "v": serde_json::from_str::<Value>(&nested(127)).unwrap()});
+    let resp = ingest(&server, "application/json", in_a_string.to_string()).send().await.expect("post");
+    assert_eq!(resp.status(), 200, "128 levels and brackets in a string are fine: {}", resp.text().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_header_names_can_not_be_sent_by_producers() {
     let server = limited().await;
     for name in

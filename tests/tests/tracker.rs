@@ -183,6 +183,11 @@ async fn malformed_segment_calls_are_400_and_nothing_is_stored() {
         ("/v1/batch", r#"{"batch":[{"type":"view","userId":"u"}]}"#, "invalid_events"),
         ("/v1/batch", r#"{"events":[]}"#, "invalid_segment_payload"),
         ("/v1/b", "[1,2]", "invalid_segment_payload"),
+        (
+            "/v1/track",
+            &format!(r#"{{"userId":"u","event":"E","properties":{{"p":{}1{}}}}}"#, "[".repeat(200), "]".repeat(200)),
+            "invalid_events",
+        ),
         // Refused after the events were read and their topics chosen: still no topic.
         ("/v1/track", &format!(r#"{{"userId":"u","event":"E","messageId":"{}"}}"#, "m".repeat(600)), "invalid_events"),
         (

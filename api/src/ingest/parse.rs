@@ -37,6 +37,46 @@ pub struct ParseLimits {
     pub max_event_bytes: usize,
     /// Most events per request.
     pub max_events: usize,
+    /// Deepest nesting of arrays and objects in a JSON event.
+    pub max_depth: usize,
+}
+
+/// Whether JSON text nests arrays and objects deeper than `max` levels. Text with fewer
+/// than `max` brackets in all cannot (one vectorised count, nearly every event); only
+/// the rest is walked, skipping strings.
+pub fn nests_deeper_than(text: &[u8], max: usize) -> bool {
+    if memchr::memchr2_iter(b'[', b'{', text).count() <= max {
+        return false;
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in text {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// The error of an event nested too deeply.
+pub fn too_deep(max: usize) -> String {
+    format!("the event nests arrays and objects deeper than {max} levels (setting max_event_depth)")
 }
 
 /// One event of a request, borrowing from the body.
@@ -125,6 +165,16 @@ fn check_limits(events: &[ParsedEvent<'_>], limits: ParseLimits) -> Result<(), A
             setting: "max_event_bytes",
             index: Some(index),
         });
+    }
+    let deep: Vec<EventError> = events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.json && nests_deeper_than(e.value, limits.max_depth))
+        .take(MAX_LISTED_ERRORS)
+        .map(|(index, _)| EventError::new(index, too_deep(limits.max_depth)))
+        .collect();
+    if !deep.is_empty() {
+        return Err(ApiError::InvalidEvents { errors: deep });
     }
     Ok(())
 }
@@ -330,7 +380,17 @@ fn as_envelope<'a>(body: &'a [u8], value: &'a RawValue) -> Result<Option<Vec<Par
 mod tests {
     use super::*;
 
-    const LIMITS: ParseLimits = ParseLimits { max_event_bytes: 1000, max_events: 10 };
+    const LIMITS: ParseLimits = ParseLimits { max_event_bytes: 1000, max_events: 10, max_depth: 128 };
+
+    #[test]
+    fn nesting_depth_is_counted_outside_strings() {
+        assert!(!nests_deeper_than(b"[[1]]", 2));
+        assert!(nests_deeper_than(b"[[[1]]]", 2));
+        assert!(!nests_deeper_than(br#"{"a":"[[[[{{{{","b":[1]}"#, 2), "brackets in strings do not count");
+        assert!(!nests_deeper_than(br#"{"a":"\"[[[[","b":[1]}"#, 2), "nor after an escaped quote");
+        assert!(nests_deeper_than(br#"{"a":"\\","b":[[1]]}"#, 2), "an escaped backslash ends the escape");
+        assert!(!nests_deeper_than(b"[1],[2],[3],[4]", 1), "siblings are not nesting");
+    }
 
     fn values(events: &[ParsedEvent<'_>]) -> Vec<String> {
         events.iter().map(|e| String::from_utf8_lossy(e.value).into_owned()).collect()

@@ -100,6 +100,8 @@ pub struct SegmentOptions {
     pub max_batch_bytes: usize,
     /// Most events in a batch.
     pub max_events: usize,
+    /// Deepest nesting of arrays and objects in an event.
+    pub max_depth: usize,
     /// What is kept of the `context.ip` a library reported (server-side ones do): the
     /// request's [`ClientIpMode::for_request`], the rule of the `client-ip` header.
     pub context_ip: ClientIpMode,
@@ -264,6 +266,9 @@ fn normalize_event<'a>(
     item.write(&mut value);
     if value.len() > max_event_bytes {
         return Err(format!("the event is {} bytes; Segment's limit is {max_event_bytes}", value.len()));
+    }
+    if super::parse::nests_deeper_than(&value, options.max_depth) {
+        return Err(super::parse::too_deep(options.max_depth));
     }
     Ok(SegmentEvent { kind, name, key, message_id, value })
 }
@@ -439,6 +444,7 @@ mod tests {
     const LIMITS: SegmentOptions = SegmentOptions {
         max_event_bytes: 32 * 1024,
         max_batch_bytes: 500 * 1024,
+        max_depth: 128,
         max_events: 2500,
         context_ip: ClientIpMode::Full,
     };

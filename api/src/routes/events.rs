@@ -197,6 +197,7 @@ pub async fn produce(
     let shared = gateway_headers(&state.config, caller.ip, &request_headers, received);
     let limits = ParseLimits {
         max_event_bytes: state.config.max_event_bytes as usize,
+        max_depth: state.config.max_event_depth as usize,
         max_events: state.config.max_events_per_request as usize,
     };
     let acks = params.acks.unwrap_or_default();

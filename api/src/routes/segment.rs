@@ -114,6 +114,7 @@ pub async fn segment_call(
         max_event_bytes: config.segment_max_event_bytes as usize,
         max_batch_bytes: config.segment_max_batch_bytes as usize,
         max_events: config.max_events_per_request as usize,
+        max_depth: config.max_event_depth as usize,
         context_ip: ClientIpMode::for_request(config, is_anonymous(&request_headers)),
     };
     let received = now_ms();
