@@ -112,6 +112,13 @@ settings! {
     max_event_bytes: u64 = MIB;
     /// Most events in one request (413 above it).
     max_events_per_request: u64 = 10_000;
+    /// Most headers one record may carry (the envelope's `headers`; 400 above it).
+    max_record_headers: u64 = 256;
+    /// Longest record header name, in bytes (400 above it; at most 65535).
+    max_header_name_bytes: u64 = 256;
+    /// Largest frame a WebSocket subscriber may send (commits, seeks: small control
+    /// messages); a larger one closes the session with 1009.
+    max_client_frame_bytes: u64 = 64 * KIB;
     /// Deepest nesting of arrays and objects in a JSON event (400 `invalid_events` above
     /// it): consumers' JSON parsers often refuse or overflow past a few hundred levels.
     max_event_depth: u64 = 128;
@@ -376,11 +383,17 @@ impl Config {
         if self.jwks_reload_interval_ms == 0 || self.tls_handshake_timeout_ms == 0 {
             return invalid("jwks_reload_interval_ms", "intervals must be greater than 0".into());
         }
+        if self.max_header_name_bytes > tidegate_storage::MAX_HEADER_NAME as u64 {
+            return invalid("max_header_name_bytes", format!("at most {}", tidegate_storage::MAX_HEADER_NAME));
+        }
         for (name, value) in [
             ("http_header_timeout_ms", self.http_header_timeout_ms),
             ("http_body_timeout_ms", self.http_body_timeout_ms),
             ("max_connections", self.max_connections),
             ("max_event_depth", self.max_event_depth),
+            ("max_record_headers", self.max_record_headers),
+            ("max_header_name_bytes", self.max_header_name_bytes),
+            ("max_client_frame_bytes", self.max_client_frame_bytes),
         ] {
             if value == 0 {
                 return invalid(name, "must be greater than 0".into());

@@ -25,7 +25,7 @@ pub mod store;
 pub mod topic;
 mod writer;
 
-pub use batch::{BatchBuilder, EncodedBatch, Headers, Record};
+pub use batch::{BatchBuilder, EncodedBatch, Headers, MAX_HEADER_NAME, Record};
 pub use config::{FsyncPolicy, StoreConfig};
 pub use dedup::{Claims, DedupStats, IdState, IdWrite, IdWrites, MAX_EVENT_ID, Remembered};
 pub use error::{Result, StorageError};

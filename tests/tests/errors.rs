@@ -238,8 +238,21 @@ async fn gateway_header_names_can_not_be_sent_by_producers() {
             rejects(&server, ingest(&server, "application/json", body.to_string()), 400, "invalid_events").await;
         assert_eq!(indexes(&problem), vec![1], "{name:?}: {problem}");
     }
+    // Header count and name length are bounded by settings the error names.
+    let server = TestServer::start(|c| {
+        c.max_record_headers = 2;
+        c.max_header_name_bytes = 8;
+    })
+    .await;
+    server.create_topic("t", 1).await;
+    for headers in [json!({"a": "1", "b": "2", "c": "3"}), json!({"ninebytes": "1"})] {
+        let body = json!({"records": [{"value": 1, "headers": headers}]});
+        let problem =
+            rejects(&server, ingest(&server, "application/json", body.to_string()), 400, "invalid_events").await;
+        assert!(problem.to_string().contains("max_record_headers"), "{problem}");
+    }
     // Other names are the producer's.
-    let body = json!({"records": [{"value": 1, "headers": {"client-ip-hint": "x", "trace": "t"}}]});
+    let body = json!({"records": [{"value": 1, "headers": {"hint": "x", "trace": "t"}}]});
     let resp = ingest(&server, "application/json", body.to_string()).send().await.expect("post");
     assert_eq!(resp.status(), 200);
 }

@@ -13,7 +13,7 @@ pub mod close {
     pub const NORMAL: u16 = 1000;
     /// The server is shutting down.
     pub const GOING_AWAY: u16 = 1001;
-    /// The client sent a frame over the largest the server reads (64 KiB).
+    /// The client sent a frame over `max_client_frame_bytes`.
     pub const TOO_BIG: u16 = 1009;
     /// No frame or pong from the client within the session timeout.
     pub const SESSION_TIMEOUT: u16 = 4000;

@@ -770,7 +770,11 @@ impl Session {
             // tungstenite's refusal of an oversized frame ("Space limit exceeded: Message
             // too long"): the socket is still writable, so the client learns why.
             Some(Err(e)) if e.to_string().contains("Space limit exceeded") => {
-                return Err(End::Close(close::TOO_BIG, "frames from the client are at most 64 KiB".into()));
+                let max = self.cfg().max_client_frame_bytes;
+                return Err(End::Close(
+                    close::TOO_BIG,
+                    format!("frames from the client are at most {max} bytes (setting max_client_frame_bytes)"),
+                ));
             }
             None | Some(Err(_)) => return Err(End::Gone),
             Some(Ok(m)) => m,

@@ -20,10 +20,6 @@ use super::rules::TopicRules;
 use crate::error::{ApiError, EventError};
 use crate::state::SharedState;
 
-/// Most headers one record may carry.
-pub const MAX_RECORD_HEADERS: usize = 256;
-/// Longest header name.
-pub const MAX_HEADER_NAME: usize = 256;
 /// Requests whose payload is at least this large are encoded on a blocking thread.
 const INLINE_ENCODE_BYTES: u64 = 64 * 1024;
 
@@ -325,17 +321,20 @@ enum Fate {
 /// topic to be created, against the count it will get) and the records' headers.
 fn check_events(state: &SharedState, set: &TopicSet, events: &[Outgoing]) -> Result<(), ApiError> {
     let counts: Vec<u32> = set.list.iter().map(|d| d.partition_count(state)).collect();
+    let max_headers = state.config.max_record_headers as usize;
+    let max_name = state.config.max_header_name_bytes as usize;
     let mut errors = Vec::new();
     for (index, event) in events.iter().enumerate() {
         let partitions = counts[event.topic];
         if let Some(p) = event.partition.filter(|p| *p >= partitions) {
             errors.push(EventError::new(index, format!("partition {p} does not exist (the topic has {partitions})")));
-        } else if event.headers.len() > MAX_RECORD_HEADERS
-            || event.headers.iter().any(|(n, _)| n.len() > MAX_HEADER_NAME)
-        {
+        } else if event.headers.len() > max_headers || event.headers.iter().any(|(n, _)| n.len() > max_name) {
             errors.push(EventError::new(
                 index,
-                format!("at most {MAX_RECORD_HEADERS} headers per record, names at most {MAX_HEADER_NAME} bytes"),
+                format!(
+                    "at most {max_headers} headers per record (setting max_record_headers), names at most \
+                     {max_name} bytes (setting max_header_name_bytes)"
+                ),
             ));
         }
         if errors.len() == super::parse::MAX_LISTED_ERRORS {

@@ -102,7 +102,6 @@ pub struct Accepted {
     pub accepted: usize,
 }
 
-pub use crate::ingest::pipeline::{MAX_HEADER_NAME, MAX_RECORD_HEADERS};
 pub use crate::ingest::privacy::headers;
 
 pub(crate) fn now_ms() -> i64 {

@@ -18,8 +18,6 @@ use crate::error::{ApiError, Problem};
 use crate::groups::assign::TopicPartition;
 use crate::state::SharedState;
 
-/// Largest client frame accepted (commits, seeks): clients send small control frames.
-const MAX_CLIENT_FRAME: usize = 64 * 1024;
 /// Bytes read from a subscriber's socket per attempt. Clients send small frames
 /// (commits, seeks, pongs); tungstenite zero-fills this much before every read attempt,
 /// and a session makes one per wake-up, so a small buffer saves CPU and idle memory.
@@ -159,8 +157,8 @@ pub async fn subscribe(
     let joined = session::Joined::join(&state, &session_params);
     let frame_bytes = state.config.subscription_frame_bytes as usize;
     Ok(ws
-        .max_message_size(MAX_CLIENT_FRAME)
-        .max_frame_size(MAX_CLIENT_FRAME)
+        .max_message_size(state.config.max_client_frame_bytes as usize)
+        .max_frame_size(state.config.max_client_frame_bytes as usize)
         .read_buffer_size(CLIENT_READ_BUFFER)
         .write_buffer_size(frame_bytes)
         .max_write_buffer_size(frame_bytes * 2 + 64 * 1024)
