@@ -146,6 +146,15 @@ impl Outbound {
     }
 }
 
+/// A subscribed topic as a session watches it.
+struct Watched {
+    topic: Arc<Topic>,
+    /// Its partition 0: marked deleted with the topic.
+    first: Arc<PartitionLog>,
+    /// Partitions an ephemeral session reads.
+    known: u32,
+}
+
 /// Most pings awaiting their pong that a session remembers.
 const MAX_PROBES: usize = 8;
 
@@ -242,7 +251,7 @@ struct Session {
     /// Every subscribed topic, with the partition count an ephemeral session reads:
     /// checked on each wake-up, so a session holding no partition of a deleted topic
     /// is closed too, and an ephemeral one starts reading partitions added to a topic.
-    watched: Vec<(Arc<Topic>, u32)>,
+    watched: Vec<Watched>,
 }
 
 /// A subscription's group membership, taken by the route before it answers (so the
@@ -382,12 +391,33 @@ impl Session {
         Duration::from_millis(self.cfg().session_timeout_ms)
     }
 
+    /// Every position, in partition order.
+    fn position_list(&self) -> Vec<(TopicPartition, u64)> {
+        self.positions.iter().map(|(tp, p)| (tp.clone(), p.next)).collect()
+    }
+
+    /// The `assignment` frame: the current generation and positions.
+    async fn send_assignment(&mut self) -> Result<(), End> {
+        let list = self.position_list();
+        self.send("assignment", protocol::assignment(self.generation, self.group_member(), &list)).await
+    }
+
+    /// Drops the partitions `gone` selects from the unanswered pings' positions (their
+    /// positions moved or they were revoked: an old pong must not confirm them).
+    fn forget_probed(&mut self, gone: impl Fn(&TopicPartition) -> bool) {
+        for (_, at) in &mut self.probes {
+            at.retain(|(tp, _)| !gone(tp));
+        }
+    }
+
     /// Takes a handle on every subscribed topic (closing with 4001 when one is gone).
     fn watch_topics(&mut self) -> Result<(), End> {
         for topic in &self.params.topics {
-            let handle = self.state.store.topic(topic).map_err(|e| End::Close(close::TOPIC_DELETED, e.to_string()))?;
-            let count = handle.partition_count();
-            self.watched.push((handle, count));
+            let gone = |e: StorageError| End::Close(close::TOPIC_DELETED, e.to_string());
+            let handle = self.state.store.topic(topic).map_err(gone)?;
+            let first = handle.partition(0).map_err(gone)?;
+            let known = handle.partition_count();
+            self.watched.push(Watched { topic: handle, first, known });
         }
         Ok(())
     }
@@ -395,7 +425,7 @@ impl Session {
     /// Ephemeral subscription: every partition of every topic.
     async fn start_ephemeral(&mut self) -> Result<(), End> {
         let parts: Vec<TopicPartition> =
-            self.watched.iter().flat_map(|(t, count)| (0..*count).map(|p| (t.name.clone(), p))).collect();
+            self.watched.iter().flat_map(|w| (0..w.known).map(|p| (w.topic.name.clone(), p))).collect();
         self.add_partitions(parts, self.params.from).await
     }
 
@@ -403,15 +433,17 @@ impl Session {
     /// session, starts reading partitions added to a topic since, from their start
     /// (everything in them is new to the subscriber).
     async fn check_topics(&mut self) -> Result<(), End> {
+        let ephemeral = self.params.group.is_none();
         let mut grown = Vec::new();
-        for (topic, known) in &mut self.watched {
-            if topic.partition(0).is_ok_and(|p| p.is_deleted()) {
-                return Err(End::Close(close::TOPIC_DELETED, format!("topic {} was deleted", topic.name)));
+        for w in &mut self.watched {
+            // One atomic load per topic: deletion marks every partition.
+            if w.first.is_deleted() {
+                return Err(End::Close(close::TOPIC_DELETED, format!("topic {} was deleted", w.topic.name)));
             }
-            let count = topic.partition_count();
-            if self.params.group.is_none() && count > *known {
-                grown.extend((*known..count).map(|p| (topic.name.clone(), p)));
-                *known = count;
+            let count = if ephemeral { w.topic.partition_count() } else { continue };
+            if count > w.known {
+                grown.extend((w.known..count).map(|p| (w.topic.name.clone(), p)));
+                w.known = count;
             }
         }
         if grown.is_empty() { Ok(()) } else { self.add_partitions(grown, StartFrom::Earliest).await }
@@ -458,8 +490,7 @@ impl Session {
             self.positions.insert(tp, Position { log, next, paused: false, delivered });
         }
         self.positions_changed();
-        let list: Vec<(TopicPartition, u64)> = self.positions.iter().map(|(tp, p)| (tp.clone(), p.next)).collect();
-        self.send("assignment", protocol::assignment(self.generation, self.group_member(), &list)).await
+        self.send_assignment().await
     }
 
     /// Recomputes the topics' append signals after partitions were added or removed. A
@@ -730,14 +761,10 @@ impl Session {
                         p.next = offset;
                         self.committed.insert(tp.clone(), offset);
                         self.confirmed.insert(tp.clone(), offset);
-                        for (_, at) in &mut self.probes {
-                            at.retain(|(t, _)| *t != tp);
-                        }
+                        self.forget_probed(|t| *t == tp);
                     }
                 }
-                let list: Vec<(TopicPartition, u64)> =
-                    self.positions.iter().map(|(tp, p)| (tp.clone(), p.next)).collect();
-                self.send("assignment", protocol::assignment(self.generation, self.group_member(), &list)).await
+                self.send_assignment().await
             }
             Control::Revoke { generation, partitions } => {
                 self.generation = generation;
@@ -749,18 +776,14 @@ impl Session {
                     self.committed.remove(tp);
                     self.confirmed.remove(tp);
                 }
-                for (_, at) in &mut self.probes {
-                    at.retain(|(tp, _)| !partitions.contains(tp));
-                }
+                self.forget_probed(|tp| partitions.contains(tp));
                 self.positions_changed();
                 // Stopped: only now may another member read them.
                 if let Some(group) = &self.params.group {
                     self.state.coordinator.revoked(group, &self.member, &partitions);
                 }
                 self.send("revoked", protocol::revoked(generation, &partitions)).await?;
-                let list: Vec<(TopicPartition, u64)> =
-                    self.positions.iter().map(|(tp, p)| (tp.clone(), p.next)).collect();
-                self.send("assignment", protocol::assignment(self.generation, self.group_member(), &list)).await
+                self.send_assignment().await
             }
         }
     }
@@ -846,9 +869,7 @@ impl Session {
                 if let Some(p) = self.positions.get_mut(&tp) {
                     p.next = next;
                 }
-                let list: Vec<(TopicPartition, u64)> =
-                    self.positions.iter().map(|(tp, p)| (tp.clone(), p.next)).collect();
-                self.send("assignment", protocol::assignment(self.generation, self.group_member(), &list)).await
+                self.send_assignment().await
             }
             ClientFrame::Pause { partitions } => {
                 self.set_paused(partitions, true, &default_topic);
@@ -929,7 +950,7 @@ impl Session {
     async fn probe(&mut self) -> Result<(), End> {
         self.probe_seq += 1;
         if !self.tx.is_sse() {
-            let at = self.positions.iter().map(|(tp, p)| (tp.clone(), p.next)).collect();
+            let at = self.position_list();
             if self.probes.len() == MAX_PROBES {
                 self.probes.pop_front();
             }
