@@ -20,6 +20,10 @@ pub use crate::ingest::segment::SegmentTopics;
 const MAX_DELIVERY_THREADS: u32 = 1024;
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * 1024;
+/// Bounds of `max_request_head_bytes`: below 1 KiB ordinary browser requests fail; above
+/// 256 KiB hyper's read buffer (~408 KiB) could refuse first, with a different reason.
+const MIN_REQUEST_HEAD_BYTES: u64 = KIB;
+const MAX_REQUEST_HEAD_BYTES: u64 = 256 * KIB;
 
 /// One row of the configuration reference.
 #[derive(Debug, Clone, Serialize)]
@@ -126,6 +130,11 @@ settings! {
     /// counted from its first byte or, on a kept-alive connection, from the end of the
     /// previous answer; the connection is closed after it (slow-header attacks).
     http_header_timeout_ms: u64 = 10_000;
+    /// Largest request head (request line and headers) in bytes; a larger one is answered
+    /// 431 `request_head_too_large` and its connection closed.
+    max_request_head_bytes: u64 = 64 * KIB;
+    /// Most headers one request may carry (431 `request_head_too_large` above it).
+    max_request_headers: u64 = 100;
     /// Longest a request body may go without a byte arriving (408 `request_timeout`).
     http_body_timeout_ms: u64 = 30_000;
     /// Most HTTP connections served at once (WebSocket and SSE subscriptions count until
@@ -390,6 +399,7 @@ impl Config {
             ("http_header_timeout_ms", self.http_header_timeout_ms),
             ("http_body_timeout_ms", self.http_body_timeout_ms),
             ("max_connections", self.max_connections),
+            ("max_request_headers", self.max_request_headers),
             ("max_event_depth", self.max_event_depth),
             ("max_record_headers", self.max_record_headers),
             ("max_header_name_bytes", self.max_header_name_bytes),
@@ -398,6 +408,12 @@ impl Config {
             if value == 0 {
                 return invalid(name, "must be greater than 0".into());
             }
+        }
+        if !(MIN_REQUEST_HEAD_BYTES..=MAX_REQUEST_HEAD_BYTES).contains(&self.max_request_head_bytes) {
+            return invalid(
+                "max_request_head_bytes",
+                format!("must be from {MIN_REQUEST_HEAD_BYTES} to {MAX_REQUEST_HEAD_BYTES}"),
+            );
         }
         if self.jwt_permissions_claim.is_empty() {
             return invalid("jwt_permissions_claim", "must not be empty".into());
@@ -465,6 +481,13 @@ mod tests {
         let c = Config { delivery_threads: 1025, ..Config::default() };
         assert!(matches!(c.validate(), Err(ConfigError::Invalid { name: "delivery_threads", .. })));
         Config { delivery_threads: 1024, ..Config::default() }.validate().unwrap();
+        for head in [KIB - 1, 256 * KIB + 1] {
+            let c = Config { max_request_head_bytes: head, ..Config::default() };
+            assert!(matches!(c.validate(), Err(ConfigError::Invalid { name: "max_request_head_bytes", .. })));
+        }
+        Config { max_request_head_bytes: 256 * KIB, ..Config::default() }.validate().unwrap();
+        let c = Config { max_request_headers: 0, ..Config::default() };
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { name: "max_request_headers", .. })));
         let keys = |origins: &str| -> WriteKeys {
             format!(r#"[{{"key":"pk_k","topics":["web.*"],"origins":{origins}}}]"#).parse().unwrap()
         };

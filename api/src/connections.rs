@@ -6,6 +6,9 @@
 //!   connection is closed (a slow-header client cannot hold a connection open).
 //! - A request body that goes `http_body_timeout_ms` without a byte fails the request
 //!   with 408 `request_timeout` (see [`StallTimeout`]).
+//! - A request head over `max_request_head_bytes` or with more than
+//!   `max_request_headers` headers is answered 431, and hyper's other answers to heads
+//!   it cannot parse (400, 414) are problem documents too (see [`crate::head_problems`]).
 //! - At most `max_connections` connections are served at once; further clients wait in
 //!   the listen backlog. An upgraded connection (WebSocket) leaves the count when it is
 //!   handed to its session (`max_subscriptions` bounds those).
@@ -28,6 +31,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::{Semaphore, watch};
 use tower::ServiceExt;
 
+use crate::head_problems::{HeadLimits, HeadsOwed, ProblemIo};
 use crate::tls::GatewayListener;
 
 /// Limits of the connection loop (from the configuration).
@@ -39,6 +43,8 @@ pub struct ConnectionLimits {
     pub body_timeout: Duration,
     /// `max_connections`.
     pub max_connections: usize,
+    /// `max_request_head_bytes` and `max_request_headers`.
+    pub head: HeadLimits,
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then waits for the open
@@ -53,7 +59,11 @@ pub async fn serve_connections(
     let (stop_tx, stop_rx) = watch::channel(false);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_header_size(limits.head.max_head_bytes)
+        .max_headers(limits.head.max_headers);
     tokio::pin!(shutdown);
     loop {
         let slot = tokio::select! {
@@ -70,7 +80,10 @@ pub async fn serve_connections(
         // The router, with the peer's address as axum's `ConnectInfo` and every request
         // body bounded by the body timeout between bytes.
         let (app, body_timeout) = (app.clone(), limits.body_timeout);
+        let owed = HeadsOwed::default();
+        let io = ProblemIo::new(io, owed.clone(), limits.head);
         let service = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
+            owed.dispatched();
             req.extensions_mut().insert(ConnectInfo(peer));
             let req = req.map(|body| Body::new(StallTimeout { body, timeout: body_timeout, sleep: None }));
             app.clone().oneshot(req)

@@ -28,6 +28,7 @@ pub mod delivery;
 pub mod docs;
 pub mod error;
 pub mod groups;
+pub mod head_problems;
 pub mod ingest;
 pub mod metrics;
 pub mod render;

@@ -80,6 +80,13 @@ fn describe_and_start_at_zero() {
     for reason in crate::auth::REFUSAL_REASONS {
         metrics::counter!("tidegate_auth_refused_total", "reason" => reason).increment(0);
     }
+    describe_counter!(
+        "tidegate_http_unparsed_requests_total",
+        "Requests refused before routing because their head could not be parsed or was too large, by status."
+    );
+    for status in [StatusCode::BAD_REQUEST, StatusCode::URI_TOO_LONG, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE] {
+        unparsed_request_counter(status).increment(0);
+    }
     describe_counter!("tidegate_rate_limited_total", "Requests refused by a rate limit, by scope (ip or key).");
     for scope in [crate::auth::limits::LimitScope::Ip, crate::auth::limits::LimitScope::Key] {
         metrics::counter!("tidegate_rate_limited_total", "scope" => scope.as_str()).increment(0);
@@ -169,6 +176,16 @@ pub async fn track(req: Request, next: Next) -> Response {
     requests.increment(1);
     latency.record(began.elapsed().as_secs_f64());
     resp
+}
+
+/// Counts a request refused before routing (its head could not be parsed or was too
+/// large; see `crate::head_problems`).
+pub(crate) fn unparsed_request(status: StatusCode) {
+    unparsed_request_counter(status).increment(1);
+}
+
+fn unparsed_request_counter(status: StatusCode) -> metrics::Counter {
+    metrics::counter!("tidegate_http_unparsed_requests_total", "status" => status.as_u16().to_string())
 }
 
 /// Resident memory of this process (`None` where the platform does not tell).

@@ -116,6 +116,10 @@ pub async fn serve(
         header_timeout: Duration::from_millis(state.config.http_header_timeout_ms),
         body_timeout: Duration::from_millis(state.config.http_body_timeout_ms),
         max_connections: usize::try_from(state.config.max_connections).unwrap_or(usize::MAX),
+        head: crate::head_problems::HeadLimits {
+            max_head_bytes: usize::try_from(state.config.max_request_head_bytes).unwrap_or(usize::MAX),
+            max_headers: usize::try_from(state.config.max_request_headers).unwrap_or(usize::MAX),
+        },
     };
     let server = crate::connections::serve_connections(listener, app, limits, async move {
         shutdown.await;

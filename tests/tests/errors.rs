@@ -479,3 +479,75 @@ async fn invalid_topic_names_are_400_and_missing_topics_404() {
         assert_eq!(server.get_json("/v1/topics").await["topics"], json!([]), "nothing was created");
     }
 }
+
+/// Sends raw bytes on a new connection and reads until the server closes it.
+async fn raw_exchange(server: &TestServer, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(request).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), tcp.read_to_end(&mut got))
+        .await
+        .expect("the server closes the connection after refusing a request head")
+        .unwrap();
+    String::from_utf8(got).unwrap()
+}
+
+/// The problem document of the last answer in `raw` (a raw HTTP/1.1 exchange), after
+/// checking that answer's status line and content type.
+fn last_problem(raw: &str, status: u16, code: &str) -> Value {
+    let start = raw.rfind("HTTP/1.1 ").expect("an answer");
+    let (head, body) = raw[start..].split_once("\r\n\r\n").expect("a complete answer");
+    assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{raw}");
+    assert!(head.to_ascii_lowercase().contains("content-type: application/problem+json"), "{raw}");
+    let problem: Value = serde_json::from_str(body).expect("a JSON problem document");
+    assert_eq!(problem["status"], status, "{problem}");
+    assert_eq!(problem["code"], code, "{problem}");
+    assert_eq!(problem["type"], format!("urn:tidegate:problem:{code}"), "{problem}");
+    problem
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_heads_hyper_refuses_are_problem_documents_too() {
+    let server = TestServer::start(|c| {
+        c.max_request_head_bytes = 2048;
+        c.max_request_headers = 10;
+    })
+    .await;
+    server.create_topic("t", 1).await;
+    let refused = |status: &str| format!("tidegate_http_unparsed_requests_total{{status=\"{status}\"}}");
+    let before_400 = server.metric(&refused("400")).await.unwrap_or(0.0);
+    let before_431 = server.metric(&refused("431")).await.unwrap_or(0.0);
+
+    // A malformed request line.
+    let raw = raw_exchange(&server, b"NOT AN HTTP REQUEST\r\n\r\n").await;
+    last_problem(&raw, 400, "malformed_request");
+
+    // A head over max_request_head_bytes, through an ordinary client: the detail names the setting.
+    let resp = server.get("/healthz").header("cookie", "c".repeat(4096)).send().await.unwrap();
+    let problem = assert_problem(resp, 431, "request_head_too_large").await;
+    assert!(problem["detail"].as_str().unwrap().contains("max_request_head_bytes (2048)"), "{problem}");
+
+    // More headers than max_request_headers, after an answered request on the same
+    // connection: the first is answered by the router, the second refused as a problem.
+    let mut request =
+        b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\nPOST /v1/topics/t/events HTTP/1.1\r\nhost: x\r\n".to_vec();
+    for i in 0..20 {
+        request.extend_from_slice(format!("x-h{i}: v\r\n").as_bytes());
+    }
+    request.extend_from_slice(b"content-type: application/json\r\ncontent-length: 2\r\n\r\n{}");
+    let raw = raw_exchange(&server, &request).await;
+    assert!(raw.starts_with("HTTP/1.1 200 OK"), "{raw}");
+    assert_eq!(raw.matches("HTTP/1.1 ").count(), 2, "{raw}");
+    last_problem(&raw, 431, "request_head_too_large");
+    assert_eq!(server.end_offsets("t").await, vec![0], "the refused request wrote nothing");
+
+    assert_eq!(server.metric(&refused("400")).await, Some(before_400 + 1.0));
+    assert_eq!(server.metric(&refused("431")).await, Some(before_431 + 2.0));
+
+    // A request target over hyper's 65,534 bytes, with a head limit that lets it through.
+    let roomy = TestServer::start(|c| c.max_request_head_bytes = 256 * 1024).await;
+    let long = format!("GET /{} HTTP/1.1\r\nhost: x\r\n\r\n", "a".repeat(70_000));
+    let raw = raw_exchange(&roomy, long.as_bytes()).await;
+    last_problem(&raw, 414, "uri_too_long");
+}
