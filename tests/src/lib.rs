@@ -103,6 +103,14 @@ pub const STARTUP_DEADLINE: Duration = Duration::from_secs(60);
 /// Records asked for per read while reading a partition to its end.
 const READ_PAGE: u64 = 1000;
 
+/// `data` gzip-compressed (best compression: a bomb test relies on the ratio).
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    e.write_all(data).expect("gzip");
+    e.finish().expect("gzip")
+}
+
 /// Calls `check` until it returns `Some`, backing off from 10 ms to 200 ms between
 /// tries; panics naming `what` once `deadline` has passed.
 pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T

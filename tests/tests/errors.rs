@@ -1,11 +1,9 @@
 //! Every bad input gets its documented status, `application/problem+json`, a stable
 //! `code`, and writes nothing.
 
-use std::io::Write;
-
 use reqwest::RequestBuilder;
 use serde_json::{Value, json};
-use tidegate_tests::{TestServer, assert_any_problem, assert_problem};
+use tidegate_tests::{TestServer, assert_any_problem, assert_problem, gzip};
 
 const MAX_BODY: usize = 4096;
 const MAX_EVENT: usize = 1024;
@@ -37,12 +35,6 @@ async fn rejects(server: &TestServer, request: RequestBuilder, status: u16, code
 
 fn ingest(server: &TestServer, content_type: &str, body: impl Into<reqwest::Body>) -> RequestBuilder {
     server.post("/v1/topics/t/events").header("content-type", content_type).body(body)
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    e.write_all(data).expect("gzip");
-    e.finish().expect("gzip")
 }
 
 fn indexes(problem: &Value) -> Vec<u64> {

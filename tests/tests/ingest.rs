@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use serde_json::{Value, json};
-use tidegate_tests::{TestServer, eventually, offsets_of};
+use tidegate_tests::{TestServer, eventually, gzip, offsets_of};
 
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_millis() as i64
@@ -20,12 +20,6 @@ fn values(records: &[Value]) -> Vec<Value> {
 
 /// A body compressor.
 type Encoder = fn(&[u8]) -> Vec<u8>;
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    e.write_all(data).expect("gzip");
-    e.finish().expect("gzip")
-}
 
 fn zlib(data: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());

@@ -5,7 +5,7 @@
 use base64::Engine;
 use serde_json::{Value, json};
 use tidegate::config::ClientIpMode;
-use tidegate_tests::{Api, TestServer, assert_problem};
+use tidegate_tests::{Api, TestServer, assert_problem, gzip};
 
 /// Every record of every partition of `topic`.
 async fn all_records(api: &Api, topic: &str) -> Vec<Value> {
@@ -210,6 +210,18 @@ async fn malformed_segment_calls_are_400_and_nothing_is_stored() {
         .collect();
     let resp = post_segment(&server, "/v1/batch", "application/json", &json!({"batch": events})).await;
     assert_problem(resp, 400, "payload_too_large").await;
+    // An encoding the gateway does not read, or two of them: 400 as well (the events
+    // route answers 415), so that trackers do not retry them for ever.
+    let track = r#"{"userId":"u","event":"E"}"#;
+    let resp = server.post("/v1/track").header("content-encoding", "zstd").body(track).send().await.unwrap();
+    let problem = assert_problem(resp, 400, "unsupported_encoding").await;
+    assert!(problem["detail"].as_str().unwrap().contains("zstd"), "{problem}");
+    let twice = server
+        .post("/v1/t")
+        .header("content-encoding", "gzip")
+        .header("content-encoding", "gzip")
+        .body(gzip(&gzip(track.as_bytes())));
+    assert_problem(twice.send().await.unwrap(), 400, "unsupported_encoding").await;
     let resp = server.post("/v1/nope").body("{}").send().await.unwrap();
     assert_problem(resp, 404, "not_found").await;
     let topics = server.get_json("/v1/topics").await;

@@ -74,6 +74,19 @@ pub fn authorize_write_key(caller: &Caller, body_key: Option<&str>, topics: &[St
 /// The write key comes from HTTP Basic auth (user name) or the body's `writeKey`.
 /// Limits: 32 KB per event and single call, 500 KB per batch (settings
 /// `segment_max_event_bytes`, `segment_max_batch_bytes`), answered with 400 like Segment.
+/// A refusal of the Segment API: what the events route answers 413 or 415 is 400 here,
+/// since Segment's trackers retry every other status and resending cannot fix a body
+/// that is too large or encoded in a way the gateway does not read.
+fn as_segment_refusal(e: ApiError) -> ApiError {
+    match e {
+        ApiError::TooLarge { detail, setting, .. } => {
+            ApiError::invalid("payload_too_large", format!("{detail} (setting {setting})"))
+        }
+        ApiError::UnsupportedMediaType { detail } => ApiError::invalid("unsupported_encoding", detail),
+        other => other,
+    }
+}
+
 #[utoipa::path(post, path = "/v1/{call}", tag = "segment",
     params(("call" = String, Path, description = "track, page, screen, identify, group, alias, batch, or t, p, s, i, g, a, b")),
     request_body(description = "A Segment call: one event, or `{\"batch\": [...], \"context\"?, \"integrations\"?, \"sentAt\"?, \"writeKey\"?}`", content(
@@ -82,7 +95,7 @@ pub fn authorize_write_key(caller: &Caller, body_key: Option<&str>, topics: &[St
     )),
     responses(
         (status = 200, description = "Stored durably", body = SegmentAccepted),
-        (status = 400, description = "Malformed: not JSON, no userId/anonymousId, a track without event, unknown type, over a size limit", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed: not JSON, no userId/anonymousId, a track without event, unknown type, over a size limit, an unknown or repeated Content-Encoding", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such call", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "Storage failure; nothing was acknowledged", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Shutting down", body = Problem, content_type = "application/problem+json"),
@@ -101,15 +114,15 @@ pub async fn segment_call(
     };
     let config = &state.config;
     let body = body.map_err(|r| {
-        match crate::error::body_rejection(&r, config.max_body_bytes as usize, config.http_body_timeout_ms) {
-            // Segment answers 400 for payloads over its limits (its trackers do not retry those).
-            ApiError::TooLarge { detail, .. } => {
-                ApiError::invalid("payload_too_large", format!("{detail} (setting max_body_bytes)"))
-            }
-            other => other,
-        }
+        as_segment_refusal(crate::error::body_rejection(
+            &r,
+            config.max_body_bytes as usize,
+            config.http_body_timeout_ms,
+        ))
     })?;
-    let encoding = request_headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let encoding = crate::ingest::decode::single_header(&request_headers, header::CONTENT_ENCODING)
+        .map_err(as_segment_refusal)?
+        .map(str::to_owned);
     let limits = SegmentOptions {
         max_event_bytes: config.segment_max_event_bytes as usize,
         max_batch_bytes: config.segment_max_batch_bytes as usize,
@@ -122,7 +135,7 @@ pub async fn segment_call(
     // A compressed body may grow to `max_body` when decoded: always off the workers.
     let inline = encoding.is_none() && body.len() < super::events::INLINE_PARSE_BYTES;
     let job = move || {
-        let body = decode_body(encoding.as_deref(), body, max_body)?;
+        let body = decode_body(encoding.as_deref(), body, max_body).map_err(as_segment_refusal)?;
         normalize(call, &body, received, limits)
     };
     let request = if inline {
