@@ -220,6 +220,35 @@ async fn events_nested_deeper_than_max_event_depth_are_400() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpaired_surrogate_escapes_are_400_and_pairs_round_trip() {
+    let server = limited().await;
+    let body = r#"[{"ok":"\u00e9"},{"name":"x\ud800"}]"#;
+    let problem = rejects(&server, ingest(&server, "application/json", body), 400, "invalid_events").await;
+    assert_eq!(indexes(&problem), vec![1], "{problem}");
+    assert!(problem.to_string().contains("unpaired UTF-16 surrogate"), "{problem}");
+    // NDJSON, the envelope and sendBeacon's text/plain; a low surrogate alone, in a key.
+    rejects(&server, ingest(&server, "application/x-ndjson", "{\"a\":1}\n{\"\\udc00\":1}\n"), 400, "invalid_events")
+        .await;
+    let envelope = r#"{"records":[{"value":{"v":"\uDBFF"}}]}"#;
+    rejects(&server, ingest(&server, "application/json", envelope), 400, "invalid_events").await;
+    rejects(&server, ingest(&server, "text/plain", r#""\ud83d\u0041""#), 400, "invalid_events").await;
+    // A pair is one character; an escaped backslash before "ud800" is just text.
+    let fine = r#"[{"emoji":"\ud83d\ude00"},{"path":"C:\\ud800"}]"#;
+    let resp = ingest(&server, "application/json", fine).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let offsets = tidegate_tests::offsets_of(&resp.json().await.unwrap());
+    let first = server.record_at("t", offsets[0].0, offsets[0].1).await;
+    assert_eq!(first["value"], json!({"emoji": "😀"}), "{first}");
+    let second = server.record_at("t", offsets[1].0, offsets[1].1).await;
+    assert_eq!(second["value"], json!({"path": "C:\\ud800"}), "{second}");
+    // The Segment API too.
+    let track = r#"{"userId":"u","event":"E","properties":{"q":"\ud800"}}"#;
+    let resp = server.post("/v1/track").header("content-type", "text/plain").body(track).send().await.unwrap();
+    let problem = assert_problem(resp, 400, "invalid_events").await;
+    assert!(problem.to_string().contains("unpaired UTF-16 surrogate"), "{problem}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_header_names_can_not_be_sent_by_producers() {
     let server = limited().await;
     for name in

@@ -75,8 +75,56 @@ pub fn nests_deeper_than(text: &[u8], max: usize) -> bool {
 }
 
 /// The error of an event nested too deeply.
-pub fn too_deep(max: usize) -> String {
+fn too_deep(max: usize) -> String {
     format!("the event nests arrays and objects deeper than {max} levels (setting max_event_depth)")
+}
+
+/// Byte offset in JSON text (already parsed: escapes occur only inside strings) of a
+/// `\u` escape that leaves a UTF-16 surrogate unpaired. Such a string is not Unicode
+/// (RFC 8259 §8.2) and strict parsers, serde_json's among them, refuse to decode it.
+/// Text without a backslash (nearly every event) costs one vectorised search.
+pub fn lone_surrogate(text: &[u8]) -> Option<usize> {
+    let unit = |at: usize| -> Option<u16> {
+        let hex = std::str::from_utf8(text.get(at..at + 4)?).ok()?;
+        u16::from_str_radix(hex, 16).ok()
+    };
+    let mut paired_until = 0;
+    for i in memchr::memchr_iter(b'\\', text) {
+        if i < paired_until || text.get(i + 1) != Some(&b'u') {
+            continue;
+        }
+        // A backslash starts an escape only after an even run of backslashes.
+        if text[..i].iter().rev().take_while(|&&b| b == b'\\').count() % 2 == 1 {
+            continue;
+        }
+        match unit(i + 2) {
+            Some(0xD800..=0xDBFF) => {
+                if text.get(i + 6..i + 8) == Some(&b"\\u"[..]) && matches!(unit(i + 8), Some(0xDC00..=0xDFFF)) {
+                    paired_until = i + 12;
+                } else {
+                    return Some(i);
+                }
+            }
+            Some(0xDC00..=0xDFFF) => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Why a JSON event is refused although it parses: nesting deeper than `max_depth`, or
+/// an unpaired surrogate escape (both break consumers' parsers).
+pub fn json_refusal(text: &[u8], max_depth: usize) -> Option<String> {
+    if nests_deeper_than(text, max_depth) {
+        return Some(too_deep(max_depth));
+    }
+    lone_surrogate(text).map(|at| {
+        format!(
+            "the escape {} at byte {at} of the event is an unpaired UTF-16 surrogate: not Unicode text, and \
+             strict JSON parsers refuse it",
+            String::from_utf8_lossy(&text[at..(at + 6).min(text.len())])
+        )
+    })
 }
 
 /// One event of a request, borrowing from the body.
@@ -166,15 +214,15 @@ fn check_limits(events: &[ParsedEvent<'_>], limits: ParseLimits) -> Result<(), A
             index: Some(index),
         });
     }
-    let deep: Vec<EventError> = events
+    let refused: Vec<EventError> = events
         .iter()
         .enumerate()
-        .filter(|(_, e)| e.json && nests_deeper_than(e.value, limits.max_depth))
+        .filter(|(_, e)| e.json)
+        .filter_map(|(index, e)| json_refusal(e.value, limits.max_depth).map(|detail| EventError::new(index, detail)))
         .take(MAX_LISTED_ERRORS)
-        .map(|(index, _)| EventError::new(index, too_deep(limits.max_depth)))
         .collect();
-    if !deep.is_empty() {
-        return Err(ApiError::InvalidEvents { errors: deep });
+    if !refused.is_empty() {
+        return Err(ApiError::InvalidEvents { errors: refused });
     }
     Ok(())
 }
@@ -390,6 +438,19 @@ mod tests {
         assert!(!nests_deeper_than(br#"{"a":"\"[[[[","b":[1]}"#, 2), "nor after an escaped quote");
         assert!(nests_deeper_than(br#"{"a":"\\","b":[[1]]}"#, 2), "an escaped backslash ends the escape");
         assert!(!nests_deeper_than(b"[1],[2],[3],[4]", 1), "siblings are not nesting");
+    }
+
+    #[test]
+    fn unpaired_surrogate_escapes_are_found() {
+        assert_eq!(lone_surrogate(br#""\ud83d\ude00 ok""#), None, "a pair is one character");
+        assert_eq!(lone_surrogate(br#""\u00e9\n\\""#), None);
+        assert_eq!(lone_surrogate(br#"{"a":"x\ud800"}"#), Some(7), "a high surrogate at the end");
+        assert_eq!(lone_surrogate(br#""\uD800\u0041""#), Some(1), "a high surrogate before a non-surrogate");
+        assert_eq!(lone_surrogate(br#""\udc00""#), Some(1), "a low surrogate alone");
+        assert_eq!(lone_surrogate(br#""\ud83d\ude00\ude00""#), Some(13), "a second low surrogate");
+        assert_eq!(lone_surrogate(br#""\\ud800""#), None, "an escaped backslash, then text");
+        assert_eq!(lone_surrogate(br#""\\\ud800""#), Some(3), "an escaped backslash, then the escape");
+        assert!(json_refusal(br#"["\udfff"]"#, 128).unwrap().contains("\\udfff at byte 2"));
     }
 
     fn values(events: &[ParsedEvent<'_>]) -> Vec<String> {

@@ -267,8 +267,8 @@ fn normalize_event<'a>(
     if value.len() > max_event_bytes {
         return Err(format!("the event is {} bytes; Segment's limit is {max_event_bytes}", value.len()));
     }
-    if super::parse::nests_deeper_than(&value, options.max_depth) {
-        return Err(super::parse::too_deep(options.max_depth));
+    if let Some(refusal) = super::parse::json_refusal(&value, options.max_depth) {
+        return Err(refusal);
     }
     Ok(SegmentEvent { kind, name, key, message_id, value })
 }
