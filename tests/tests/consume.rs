@@ -877,7 +877,7 @@ async fn group_admin_lists_describes_resets_and_deletes() {
     assert_eq!(resp.status(), 204);
     assert_problem(server.get("/v1/groups/ops").send().await.expect("get"), 404, "group_not_found").await;
     assert_problem(delete("/v1/groups/ops").await.expect("delete"), 404, "group_not_found").await;
-    for bad in ["bad%20name", "%C3%A9t%C3%A9"] {
+    for bad in ["bad%20name", "%C3%A9t%C3%A9", "%FF"] {
         let path = format!("/v1/groups/{bad}");
         assert_problem(server.get(&path).send().await.expect("get"), 400, "invalid_group_name").await;
         assert_problem(delete(&path).await.expect("delete"), 400, "invalid_group_name").await;

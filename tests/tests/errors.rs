@@ -481,20 +481,22 @@ async fn wrong_media_types_and_oversized_bodies_get_documented_problems() {
 async fn invalid_topic_names_are_400_and_missing_topics_404() {
     for auto_create in [false, true] {
         let server = TestServer::start(|c| c.auto_create_topics = auto_create).await;
-        let bad = "page%20views";
-        let requests = [
-            server.post(&format!("/v1/topics/{bad}/events")).json(&json!({"a": 1})),
-            server.get(&format!("/v1/topics/{bad}")),
-            server.get(&format!("/v1/topics/{bad}/partitions/0/records")),
-            server.get(&format!("/v1/topics/{bad}/offsets")),
-            server.get(&format!("/v1/topics/{bad}/stream")),
-            server.http.delete(server.url(&format!("/v1/topics/{bad}"))),
-        ];
-        for request in requests {
-            let problem = assert_problem(request.send().await.unwrap(), 400, "invalid_topic_name").await;
-            assert!(problem["detail"].as_str().unwrap().contains("page views"), "{problem}");
+        // A space; bytes that are not UTF-8 once percent-decoded.
+        for (bad, named) in [("page%20views", "page views"), ("%FF%FE", "not UTF-8")] {
+            let requests = [
+                server.post(&format!("/v1/topics/{bad}/events")).json(&json!({"a": 1})),
+                server.get(&format!("/v1/topics/{bad}")),
+                server.get(&format!("/v1/topics/{bad}/partitions/0/records")),
+                server.get(&format!("/v1/topics/{bad}/offsets")),
+                server.get(&format!("/v1/topics/{bad}/stream")),
+                server.http.delete(server.url(&format!("/v1/topics/{bad}"))),
+            ];
+            for request in requests {
+                let problem = assert_problem(request.send().await.unwrap(), 400, "invalid_topic_name").await;
+                assert!(problem["detail"].as_str().unwrap().contains(named), "{problem}");
+            }
+            server.subscribe_refused(bad, "", 400, "invalid_topic_name").await;
         }
-        server.subscribe_refused("page%20views", "", 400, "invalid_topic_name").await;
         let resp = server.get("/v1/topics/page_views").send().await.unwrap();
         assert_problem(resp, 404, "topic_not_found").await;
         assert_eq!(server.get_json("/v1/topics").await["topics"], json!([]), "nothing was created");

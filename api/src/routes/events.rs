@@ -8,9 +8,10 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::routes::names::NamePath;
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -148,7 +149,7 @@ pub(crate) fn now_ms() -> i64 {
 pub async fn produce(
     State(state): State<SharedState>,
     caller: Caller,
-    Path(topic): Path<String>,
+    NamePath(topic): NamePath<String>,
     Query(params): Query<ProduceParams>,
     request_headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,

@@ -3,8 +3,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::routes::names::NamePath;
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -225,7 +226,7 @@ pub async fn describe(state: &SharedState, group: &str) -> Result<GroupDescripti
 pub async fn describe_group(
     State(state): State<SharedState>,
     caller: Caller,
-    Path(group): Path<String>,
+    NamePath(group): NamePath<String>,
 ) -> Result<Json<GroupDescription>, ApiError> {
     caller.require_authenticated()?;
     tidegate_storage::validate_group_name(&group)?;
@@ -256,7 +257,7 @@ pub struct ForceParams {
 pub async fn delete_group(
     State(state): State<SharedState>,
     caller: Caller,
-    Path(group): Path<String>,
+    NamePath(group): NamePath<String>,
     Query(q): Query<ForceParams>,
 ) -> Result<StatusCode, ApiError> {
     caller.require_authenticated()?;
@@ -313,7 +314,7 @@ pub struct ResetResult {
 pub async fn reset_group(
     State(state): State<SharedState>,
     caller: Caller,
-    Path(group): Path<String>,
+    NamePath(group): NamePath<String>,
     Json(body): Json<ResetOffsets>,
 ) -> Result<Json<ResetResult>, ApiError> {
     caller.require(Action::Consume, &body.topic)?;

@@ -3,6 +3,7 @@
 
 pub mod events;
 pub mod groups;
+pub mod names;
 pub mod ops;
 pub mod records;
 pub mod segment;

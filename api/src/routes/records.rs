@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
+use crate::routes::names::NamePath;
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderValue, header};
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
@@ -101,7 +102,7 @@ fn check_max(name: &'static str, value: usize, limit: u64, setting: &str) -> Res
 pub async fn fetch(
     State(state): State<SharedState>,
     caller: Caller,
-    Path((topic, partition)): Path<(String, u32)>,
+    NamePath((topic, partition)): NamePath<(String, u32)>,
     Query(params): Query<FetchParams>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Action::Consume, &topic)?;
@@ -188,7 +189,7 @@ pub struct OffsetsResponse {
 pub async fn offsets(
     State(state): State<SharedState>,
     caller: Caller,
-    Path(topic): Path<String>,
+    NamePath(topic): NamePath<String>,
     Query(params): Query<OffsetsParams>,
 ) -> Result<Json<OffsetsResponse>, ApiError> {
     caller.require(Action::Consume, &topic)?;

@@ -9,7 +9,8 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Path, Query, State};
+use crate::routes::names::NamePath;
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -39,7 +40,7 @@ use crate::state::SharedState;
 pub async fn stream(
     State(state): State<SharedState>,
     caller: Caller,
-    Path(topic): Path<String>,
+    NamePath(topic): NamePath<String>,
     Query(mut params): Query<SubscribeParams>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,

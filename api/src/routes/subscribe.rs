@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use crate::routes::names::NamePath;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::response::Response;
 use serde::Deserialize;
 use tokio::sync::OwnedSemaphorePermit;
@@ -148,7 +149,7 @@ pub fn prepare(
 pub async fn subscribe(
     State(state): State<SharedState>,
     caller: Caller,
-    Path(topic): Path<String>,
+    NamePath(topic): NamePath<String>,
     Query(params): Query<SubscribeParams>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ws: WebSocketUpgrade,

@@ -1,8 +1,9 @@
 //! Topic admin: create, list, describe, alter settings (retention, event-id pointer,
 //! JSON Schema, dead-letter topic), add partitions, delete.
 
+use crate::routes::names::NamePath;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -268,7 +269,7 @@ pub async fn list_topics(State(state): State<SharedState>, caller: Caller) -> Re
 pub async fn describe_topic(
     State(state): State<SharedState>,
     caller: Caller,
-    Path(topic): Path<String>,
+    NamePath(topic): NamePath<String>,
 ) -> Result<Json<TopicDescription>, ApiError> {
     caller.require_visible(&topic)?;
     let info = state.store.topic(&topic)?.info();
@@ -287,7 +288,7 @@ pub async fn describe_topic(
 pub async fn alter_topic(
     State(state): State<SharedState>,
     caller: Caller,
-    Path(topic): Path<String>,
+    NamePath(topic): NamePath<String>,
     Json(body): Json<AlterTopic>,
 ) -> Result<Json<TopicDescription>, ApiError> {
     caller.require(Action::Admin, &topic)?;
@@ -315,7 +316,7 @@ pub async fn alter_topic(
 pub async fn add_partitions(
     State(state): State<SharedState>,
     caller: Caller,
-    Path(topic): Path<String>,
+    NamePath(topic): NamePath<String>,
     Json(body): Json<AddPartitions>,
 ) -> Result<Json<TopicDescription>, ApiError> {
     caller.require(Action::Admin, &topic)?;
@@ -333,7 +334,7 @@ pub async fn add_partitions(
 pub async fn delete_topic(
     State(state): State<SharedState>,
     caller: Caller,
-    Path(topic): Path<String>,
+    NamePath(topic): NamePath<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Action::Admin, &topic)?;
     state.store.delete_topic(&topic).await?;
