@@ -396,6 +396,37 @@ async fn schema_rejects_with_the_path_or_dead_letters_with_the_reason() {
     assert_eq!(problem["errors"][0]["path"], "");
 }
 
+/// An id stands for an accepted event: a dead-lettered event's id is not remembered,
+/// so a corrected copy sent again with the same id is accepted (once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrected_retry_of_a_dead_lettered_event_is_accepted() {
+    let server = TestServer::with_defaults().await;
+    let schema = json!({"required": ["revenue"], "properties": {"revenue": {"type": "number"}}});
+    server
+        .create_topic_with(json!({"name": "orders", "partitions": 1, "event_id": "/eid", "schema": schema,
+            "dead_letter_topic": "orders.dlq"}))
+        .await;
+    let post = |body: Value| {
+        let request = server.post_events("orders", "", "application/json", body.to_string());
+        async move {
+            let resp = request.await;
+            assert_eq!(resp.status(), 200);
+            resp.json::<Value>().await.unwrap()["offsets"][0].clone()
+        }
+    };
+    let first = post(json!({"eid": "o1", "revenue": "5"})).await;
+    assert_eq!(first["dead_letter"]["topic"], "orders.dlq", "{first}");
+    let again = post(json!({"eid": "o1", "revenue": "5"})).await;
+    assert_eq!((again["dead_letter"]["topic"].clone(), again.get("duplicate")), (json!("orders.dlq"), None), "{again}");
+    let fixed = post(json!({"eid": "o1", "revenue": 5})).await;
+    assert_eq!((fixed["partition"].clone(), fixed["offset"].clone()), (json!(0), json!(0)), "{fixed}");
+    assert!(fixed.get("dead_letter").is_none() && fixed.get("duplicate").is_none(), "{fixed}");
+    let retried = post(json!({"eid": "o1", "revenue": 5})).await;
+    assert_eq!(retried, json!({"partition": 0, "offset": 0, "duplicate": true}));
+    assert_eq!(server.end_offsets("orders").await, vec![1]);
+    assert_eq!(all_records(&server, "orders.dlq").await.len(), 2, "both uncorrected copies are dead letters");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_ip_is_stored_full_truncated_or_not_and_never_for_anonymous_requests() {
     for (mode, expected) in [

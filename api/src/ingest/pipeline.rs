@@ -420,13 +420,16 @@ pub async fn commit(
             written += 1;
         }
     }
+    // A dead-lettered event's id is not remembered (its claim is released): the id
+    // stands for an accepted event, so a corrected copy sent again with it is accepted,
+    // and an uncorrected one is dead-lettered again.
     let ids = claims.map(|claims| {
         let entries = fates
             .iter()
             .enumerate()
             .filter_map(|(i, fate)| match (fate, slot_of[i]) {
-                (Fate::Write { claim: Some(c) }, Some((batch, position))) => {
-                    Some(IdWrite { claim: *c, batch, position, dead_lettered: events[i].dead_letter.is_some() })
+                (Fate::Write { claim: Some(c) }, Some((batch, position))) if events[i].dead_letter.is_none() => {
+                    Some(IdWrite { claim: *c, batch, position, dead_lettered: false })
                 }
                 _ => None,
             })
@@ -478,6 +481,7 @@ pub async fn commit(
             }
             Fate::Seen(place) => {
                 let scope = events[i].scope;
+                // Only entries written by versions before 2026-11-27 are dead-lettered.
                 let (topic, dead_letter) = if place.dead_lettered {
                     let note = DeadLetterNote { reason: None, path: None };
                     (set.list[scope].dead_letter.unwrap_or(scope), Some(note))
