@@ -246,7 +246,8 @@ settings! {
     trusted_proxies: IpNets = IpNets::default();
     /// Serve `/metrics` without a token even when authentication is on.
     public_metrics: bool = false;
-    /// Allow serving on a non-loopback address with authentication off.
+    /// Allow serving on a non-loopback address with authentication off, and turn off the
+    /// checks of `Host` and `Origin` an unauthenticated gateway makes otherwise.
     insecure: bool = false;
     /// TLS certificate chain (PEM). With `tls_key_file` the server speaks only HTTPS/WSS.
     tls_cert_file: PathBuf = PathBuf::new();

@@ -811,7 +811,7 @@ async fn slow_clients_are_cut_off_and_connections_are_bounded() {
 
     // A request head that never ends: the connection is closed, with nothing answered.
     let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n").await.unwrap();
     let (answer, closed) = read_until_closed(&mut slow, Duration::from_secs(10)).await;
     assert!(closed, "a slow request head holds its connection open");
     assert!(!answer.contains("200 OK"), "{answer}");
@@ -819,7 +819,7 @@ async fn slow_clients_are_cut_off_and_connections_are_bounded() {
     // A body that stalls: 408 request_timeout, and nothing is written.
     let mut stalled = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     stalled
-        .write_all(b"POST /v1/topics/t/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n[1,2")
+        .write_all(b"POST /v1/topics/t/events HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n[1,2")
         .await
         .unwrap();
     let (answer, _) = read_until_closed(&mut stalled, Duration::from_secs(10)).await;
@@ -834,7 +834,7 @@ async fn slow_clients_are_cut_off_and_connections_are_bounded() {
     let mut waiting = None;
     for _ in 0..4 {
         let mut tcp = tokio::net::TcpStream::connect(limited.addr).await.unwrap();
-        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
         let mut buf = [0u8; 512];
         use tokio::io::AsyncReadExt;
         match tokio::time::timeout(Duration::from_millis(700), tcp.read(&mut buf)).await {
@@ -856,4 +856,48 @@ async fn slow_clients_are_cut_off_and_connections_are_bounded() {
         (String::from_utf8_lossy(&buf[..n]).to_string(), ())
     };
     assert!(answer.starts_with("HTTP/1.1 200"), "served once a connection closed: {answer}");
+}
+
+/// Without authentication (loopback only), web pages of other sites and DNS-rebound host
+/// names are refused: WebSocket upgrades are not subject to CORS and a text/plain POST
+/// needs no preflight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_gateway_refuses_foreign_pages_and_host_names() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let server = TestServer::start(|c| c.cors_origins = "https://shop.example".parse().unwrap()).await;
+    server.create_topic("t", 1).await;
+    let post = |origin: &str| {
+        server
+            .post("/v1/topics/t/events")
+            .header("content-type", "text/plain")
+            .header("origin", origin)
+            .body(r#"{"a":1}"#)
+            .send()
+    };
+    for origin in ["https://evil.example", "null", "http://localhost.evil.example"] {
+        assert_problem(post(origin).await.unwrap(), 403, "origin_not_allowed").await;
+    }
+    assert_eq!(server.end_offsets("t").await, vec![0], "a refused page wrote nothing");
+    for origin in ["https://shop.example", "http://localhost:3000", &format!("http://{}", server.addr)] {
+        assert_eq!(post(origin).await.unwrap().status(), 200, "{origin}");
+    }
+    let rebound = server.get("/v1/topics").header("host", "attacker.example:8080").send().await.unwrap();
+    assert_problem(rebound, 403, "host_not_allowed").await;
+    let local = server.get("/v1/topics").header("host", "localhost:8080").send().await.unwrap();
+    assert_eq!(local.status(), 200);
+
+    // A WebSocket subscription opened by a foreign page.
+    let mut request =
+        format!("ws://{}/v1/topics/t/subscribe?from=earliest", server.addr).into_client_request().unwrap();
+    request.headers_mut().insert("origin", "https://evil.example".parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
+        other => panic!("a foreign page's subscription must be refused: {:?}", other.map(|(_, r)| r.status())),
+    }
+    assert!(server.metric("tidegate_auth_refused_total{reason=\"host_not_allowed\"}").await >= Some(1.0));
+
+    // --insecure turns the guard off (a proxy forwarding a public host name).
+    let insecure = TestServer::start(|c| c.insecure = true).await;
+    let proxied = insecure.get("/v1/topics").header("host", "events.example.com").send().await.unwrap();
+    assert_eq!(proxied.status(), 200);
 }

@@ -23,6 +23,7 @@ pub mod grants;
 pub mod jwt;
 pub mod limits;
 pub mod mint;
+pub mod open;
 pub mod origins;
 pub mod settings;
 
@@ -78,6 +79,21 @@ pub enum AuthError {
     /// The write key may not be used from this origin.
     #[error("write key not allowed from origin {0:?}")]
     OriginNotAllowed(String),
+    /// Authentication is off and the request's `Host` does not name this machine (see
+    /// [`open`]).
+    #[error(
+        "Host {0:?} does not name this machine: without authentication the gateway answers only requests \
+         addressed to localhost or a loopback address (a guard against DNS rebinding); configure \
+         authentication, or pass --insecure behind a proxy"
+    )]
+    HostNotAllowed(String),
+    /// Authentication is off and the request comes from a web page of another origin
+    /// (see [`open`]).
+    #[error(
+        "requests from pages of origin {0:?} are refused: without authentication only pages served from this \
+         machine or from an origin in cors_origins may call the gateway"
+    )]
+    PageNotAllowed(String),
     /// Over a rate limit; retry after the given time.
     #[error("rate limit ({}) exceeded; retry in {}s", scope.as_str(), retry_after_secs(*retry_after))]
     RateLimited { scope: LimitScope, retry_after: Duration },
@@ -90,7 +106,7 @@ pub fn retry_after_secs(d: Duration) -> u64 {
 
 /// Every `reason` label of `tidegate_auth_refused_total` ([`AuthError::reason`] of all
 /// refusals but rate limits, which have their own counter).
-pub const REFUSAL_REASONS: [&str; 9] = [
+pub const REFUSAL_REASONS: [&str; 10] = [
     "missing_credentials",
     "invalid_token",
     "token_expired",
@@ -100,6 +116,7 @@ pub const REFUSAL_REASONS: [&str; 9] = [
     "invalid_write_key",
     "forbidden",
     "origin_not_allowed",
+    "host_not_allowed",
 ];
 
 impl AuthError {
@@ -114,7 +131,8 @@ impl AuthError {
             AuthError::InvalidIssuer => "invalid_issuer",
             AuthError::UnknownWriteKey => "invalid_write_key",
             AuthError::Forbidden(_) => "forbidden",
-            AuthError::OriginNotAllowed(_) => "origin_not_allowed",
+            AuthError::OriginNotAllowed(_) | AuthError::PageNotAllowed(_) => "origin_not_allowed",
+            AuthError::HostNotAllowed(_) => "host_not_allowed",
             AuthError::RateLimited { .. } => "rate_limited",
         }
     }
@@ -136,6 +154,8 @@ pub struct Security {
     trusted_proxies: IpNets,
     enabled: bool,
     public_metrics: bool,
+    /// Set while authentication is off (and `insecure` is not).
+    open_guard: Option<open::OpenGuard>,
 }
 
 impl Security {
@@ -148,7 +168,10 @@ impl Security {
             write_keys.insert(spec.key.clone(), WriteKey { spec: spec.clone(), origins });
         }
         let enabled = verifier.has_keys() || !write_keys.is_empty();
+        let open_guard =
+            if enabled || config.insecure { None } else { Some(open::OpenGuard::new(cors::allowed_origins(config)?)) };
         Ok(Security {
+            open_guard,
             limits: RateLimits::new(config, &config.write_keys),
             verifier,
             write_keys,
@@ -509,7 +532,8 @@ pub async fn gate(req: Request, next: Next) -> Response {
     }
     let produce = PRODUCE_ROUTES.contains(&route) || crate::routes::segment::CALL_PATHS.contains(&route);
     let refusal = match &caller.credential {
-        Credential::Open | Credential::Token(_) => None,
+        Credential::Open => caller.security.open_guard.as_ref().and_then(|guard| guard.check(req.headers()).err()),
+        Credential::Token(_) => None,
         Credential::Missing if produce => None,
         Credential::Missing => Some(AuthError::MissingCredentials),
         Credential::Refused(e) => Some(e.clone()),
@@ -568,8 +592,10 @@ mod tests {
             AuthError::UnknownWriteKey,
             AuthError::Forbidden(String::new()),
             AuthError::OriginNotAllowed(String::new()),
+            AuthError::HostNotAllowed(String::new()),
         ];
         let reasons: Vec<&str> = refusals.iter().map(AuthError::reason).collect();
         assert_eq!(reasons, REFUSAL_REASONS);
+        assert_eq!(AuthError::PageNotAllowed(String::new()).reason(), "origin_not_allowed");
     }
 }
