@@ -4,7 +4,8 @@
 //!
 //! Retention deletes whole batches from the start of a partition: a batch goes when
 //! its newest record is older than `retention_ms`, or while the partition is larger
-//! than `retention_bytes`. It never deletes at or above the high watermark. The cut
+//! than `retention_bytes` and the batch is not the newest one (as Kafka keeps the
+//! active segment). It never deletes at or above the high watermark. The cut
 //! itself (range delete plus the new start offset) is made by the writer thread, so
 //! it is atomic and ordered with appends.
 
@@ -119,7 +120,9 @@ impl Store {
                 break;
             }
             let expired = cutoff.is_some_and(|c| header.max_ts < c);
-            let oversize = retention_bytes.is_some_and(|limit| remaining > limit);
+            // Size retention keeps the newest batch, however large (as Kafka keeps the
+            // active segment): a request larger than the limit stays readable.
+            let oversize = retention_bytes.is_some_and(|limit| remaining > limit) && next < hw;
             if !expired && !oversize {
                 break;
             }

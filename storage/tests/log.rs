@@ -165,6 +165,27 @@ fn an_append_is_atomic_across_partitions() {
 }
 
 #[test]
+fn size_retention_keeps_the_newest_batch_however_large() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let store = open(dir.path());
+    rt.block_on(async {
+        store
+            .create_topic("t", TopicConfig { retention_bytes: Some(1000), ..TopicConfig::with_partitions(1) })
+            .await
+            .unwrap();
+        let big: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 200]).collect();
+        store.append("t", vec![(0, batch(&big, 1))]).await.unwrap();
+        assert_eq!(store.apply_retention_now().await.unwrap(), 0, "the only batch is the newest: kept");
+        assert_eq!(read_all(&store, "t", 0).len(), 20);
+        store.append("t", vec![(0, batch(&[vec![7; 10]], 1))]).await.unwrap();
+        assert_eq!(store.apply_retention_now().await.unwrap(), 20, "an older batch goes once a newer one exists");
+        assert_eq!(read_all(&store, "t", 0).len(), 1);
+        store.close().await.unwrap();
+    });
+}
+
+#[test]
 fn retention_by_size_and_time_keeps_offsets_and_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let rt = rt();
