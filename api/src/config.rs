@@ -166,6 +166,12 @@ settings! {
     segment_max_event_bytes: u64 = 32 * KIB;
     /// Largest body of a Segment `batch` call (Segment's 500 KB; `max_body_bytes` applies first).
     segment_max_batch_bytes: u64 = 500 * KIB;
+    /// Topic receiving the events of a Segment batch that cannot be accepted (no `userId`
+    /// or `anonymousId`, an unknown `type`, over 32 KB, failing their topic's schema with
+    /// no dead-letter topic…), with the reason in `dlq-reason`; the batch's other events
+    /// are stored and the call answered 200 (trackers drop a whole batch answered 400).
+    /// Empty: such events are dropped, counted and listed in the answer.
+    segment_invalid_topic: String = "segment.invalid".to_string();
     /// Largest `max_records` a read may ask for.
     max_fetch_records: u64 = 10_000;
     /// Largest `max_bytes` a read may ask for.
@@ -338,6 +344,11 @@ impl Config {
                 name: "heartbeat_interval_ms",
                 reason: "must be shorter than session_timeout_ms".into(),
             });
+        }
+        if !self.segment_invalid_topic.is_empty()
+            && let Err(e) = tidegate_storage::validate_topic_name(&self.segment_invalid_topic)
+        {
+            return Err(ConfigError::Invalid { name: "segment_invalid_topic", reason: e.to_string() });
         }
         if let Err(reason) = self.segment_topics.validate() {
             return Err(ConfigError::Invalid { name: "segment_topics", reason });

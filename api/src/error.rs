@@ -18,7 +18,7 @@ use crate::groups::coordinator::GroupError;
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
 /// One bad event of an ingest request.
-#[derive(Debug, Clone, Serialize, ToSchema, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema, PartialEq, Eq)]
 pub struct EventError {
     /// Index of the event in the request (0-based; line order for NDJSON).
     pub index: usize,

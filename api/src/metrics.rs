@@ -70,6 +70,10 @@ fn describe_and_start_at_zero() {
         ("tidegate_retention_deleted_records_total", "Records deleted by retention."),
         ("tidegate_group_rebalances_total", "Consumer-group rebalances."),
         ("tidegate_events_deduplicated_total", "Events answered as duplicates of an id seen within the window."),
+        (
+            "tidegate_segment_invalid_events_total",
+            "Events of Segment batches set aside (written to segment_invalid_topic, or dropped) instead of failing their batch.",
+        ),
     ];
     for (name, help) in counters {
         describe_counter!(name, help);

@@ -180,7 +180,7 @@ async fn malformed_segment_calls_are_400_and_nothing_is_stored() {
         ("/v1/track", "{\"userId\":", "invalid_events"),
         ("/v1/track", r#"{"userId":"u"}"#, "invalid_events"), // no event name
         ("/v1/page", r#"{"name":"Home"}"#, "invalid_events"), // no userId or anonymousId
-        ("/v1/batch", r#"{"batch":[{"type":"view","userId":"u"}]}"#, "invalid_events"),
+        ("/v1/batch", "{\"batch\":[", "invalid_events"),
         ("/v1/batch", r#"{"events":[]}"#, "invalid_segment_payload"),
         ("/v1/b", "[1,2]", "invalid_segment_payload"),
         (
@@ -190,14 +190,6 @@ async fn malformed_segment_calls_are_400_and_nothing_is_stored() {
         ),
         // Refused after the events were read and their topics chosen: still no topic.
         ("/v1/track", &format!(r#"{{"userId":"u","event":"E","messageId":"{}"}}"#, "m".repeat(600)), "invalid_events"),
-        (
-            "/v1/batch",
-            &format!(
-                r#"{{"batch":[{{"type":"screen","userId":"u","name":"S"}},{{"type":"group","userId":"u","groupId":"g","messageId":"{}"}}]}}"#,
-                "m".repeat(600)
-            ),
-            "invalid_events",
-        ),
     ];
     for (path, body, code) in cases {
         let resp = server.post(path).header("content-type", "text/plain").body(body.to_string()).send().await.unwrap();
@@ -226,6 +218,62 @@ async fn malformed_segment_calls_are_400_and_nothing_is_stored() {
     assert_problem(resp, 404, "not_found").await;
     let topics = server.get_json("/v1/topics").await;
     assert_eq!(topics["topics"], json!([]), "a refused request creates and stores nothing");
+}
+
+/// One bad event must not cost its batch (trackers drop a batch answered 400): the
+/// batch's other events are stored and the bad ones go to `segment_invalid_topic`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_sets_its_invalid_events_aside_and_stores_the_rest() {
+    let server = TestServer::with_defaults().await;
+    server.create_topic_with(json!({"name": "segment.page", "partitions": 1, "schema": {"required": ["name"]}})).await;
+    let batch = json!({"batch": [
+        {"type": "track", "userId": "u1", "event": "Good", "messageId": "g1"},
+        {"type": "track", "userId": "u1"},
+        5,
+        {"type": "group", "userId": "u1", "groupId": "g", "messageId": "m".repeat(600)},
+        {"type": "page", "userId": "u1", "messageId": "p1"},
+        {"type": "track", "userId": "u1", "event": "Big", "properties": {"blob": "x".repeat(33 * 1024)}},
+        {"type": "identify", "anonymousId": "a1", "messageId": "i1"}
+    ], "writeKey": "k"});
+    for path in ["/v1/batch", "/v1/b"] {
+        let resp = server.post(path).header("content-type", "text/plain").body(batch.to_string()).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let answer: Value = resp.json().await.unwrap();
+        assert_eq!(answer["success"], true);
+        assert_eq!(answer["invalid_topic"], "segment.invalid");
+        let invalid = answer["invalid"].as_array().unwrap();
+        assert_eq!(invalid.iter().map(|e| e["index"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+        assert_eq!(invalid[3]["path"], "", "the schema failure names its path: {answer}");
+    }
+    // The good events once each (the second post is deduplicated by messageId).
+    let tracks = all_records(&server, "segment.track").await;
+    assert_eq!(tracks.iter().map(|r| r["value"]["event"].clone()).collect::<Vec<_>>(), vec![json!("Good")]);
+    assert_eq!(all_records(&server, "segment.identify").await.len(), 1);
+    assert!(all_records(&server, "segment.page").await.is_empty());
+    // The bad ones twice (not deduplicated: their ids are not remembered), in batch order.
+    // (Keyless: each request's go to one partition, in order.)
+    let aside = all_records(&server, "segment.invalid").await;
+    assert_eq!(aside.len(), 10);
+    let reasons: Vec<&str> = aside[..5].iter().map(|r| r["headers"]["dlq-reason"].as_str().unwrap()).collect();
+    assert!(reasons[0].contains("\"event\" name"), "{reasons:?}");
+    assert!(reasons[1].contains("JSON object"), "{reasons:?}");
+    assert!(reasons[2].contains("messageId"), "{reasons:?}");
+    assert!(reasons[3].contains("schema"), "{reasons:?}");
+    assert!(reasons[4].contains("Segment's limit is 32768"), "{reasons:?}");
+    assert_eq!(aside[0]["value"], json!({"type": "track", "userId": "u1"}), "as sent, without the write key");
+    assert_eq!(aside[1]["value"], Value::Null);
+    assert_eq!(aside[3]["headers"]["dlq-source-topic"], "segment.page");
+    assert_eq!(server.metric("tidegate_segment_invalid_events_total").await, Some(10.0));
+
+    // With segment_invalid_topic empty they are dropped, and still listed (the page event
+    // is fine there: no schema on that server).
+    let dropping = TestServer::start(|c| c.segment_invalid_topic = String::new()).await;
+    let resp = dropping.post("/v1/b").body(batch.to_string()).send().await.unwrap();
+    let answer: Value = resp.json().await.unwrap();
+    assert_eq!((answer["invalid"].as_array().map(Vec::len), answer.get("invalid_topic")), (Some(4), None));
+    let topics = dropping.get_json("/v1/topics").await;
+    let names: Vec<&str> = topics["topics"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert!(!names.contains(&"segment.invalid"), "{names:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

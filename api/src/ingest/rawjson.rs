@@ -172,6 +172,13 @@ impl<'a> RawObject<'a> {
         out.push(b'}');
     }
 
+    /// Length of [`RawObject::write`]'s output, keys counted unescaped (exact for keys
+    /// without characters JSON escapes).
+    pub fn compact_len(&self) -> usize {
+        2 + self.members.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>()
+            - usize::from(!self.members.is_empty())
+    }
+
     /// The object as compact JSON text.
     pub fn to_json(&self) -> String {
         let mut out = Vec::with_capacity(self.members.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>() + 2);

@@ -102,6 +102,12 @@ pub struct SegmentOptions {
     pub max_events: usize,
     /// Deepest nesting of arrays and objects in an event.
     pub max_depth: usize,
+    /// Largest event once completed by the gateway (batch context merged, fields added):
+    /// `max_event_bytes` of the events route.
+    pub max_stored_bytes: usize,
+    /// Most bytes all events of one request may come to once completed
+    /// (`max_body_bytes`): a batch context merged into every event is bounded.
+    pub max_request_bytes: usize,
     /// What is kept of the `context.ip` a library reported (server-side ones do): the
     /// request's [`ClientIpMode::for_request`], the rule of the `client-ip` header.
     pub context_ip: ClientIpMode,
@@ -142,13 +148,38 @@ pub struct SegmentEvent {
     pub value: Vec<u8>,
 }
 
+/// An event of a batch that cannot be accepted: it is set aside instead of failing its
+/// batch (trackers drop a batch answered 400).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InvalidItem {
+    /// Its index in the batch.
+    pub index: usize,
+    /// Why it was refused.
+    pub detail: String,
+    /// The item as read (without `writeKey`); `null` for an item that is not an object.
+    pub value: Vec<u8>,
+    /// Whether `value` may be stored as JSON (not when nested too deeply or holding an
+    /// unpaired surrogate escape: it is then stored as bytes).
+    pub json: bool,
+}
+
+impl InvalidItem {
+    fn new(index: usize, detail: String, value: Vec<u8>, max_depth: usize) -> InvalidItem {
+        let json = super::parse::json_refusal(&value, max_depth).is_none();
+        InvalidItem { index, detail, value, json }
+    }
+}
+
 /// A request's events and the write key it carried in its body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SegmentRequest {
     /// `writeKey` of the body (top level, else of the first batch item).
     pub write_key: Option<String>,
-    /// The events, in order.
-    pub events: Vec<SegmentEvent>,
+    /// The events, in order (with their index in the request).
+    pub events: Vec<(usize, SegmentEvent)>,
+    /// The batch items that cannot be accepted (always empty for single calls, which
+    /// fail instead).
+    pub invalid: Vec<InvalidItem>,
 }
 
 fn too_large(what: &str, limit: usize) -> ApiError {
@@ -197,9 +228,10 @@ impl<'a> BatchTop<'a> {
     }
 }
 
-/// Checks and completes one event; `Err` is the reason it is malformed.
+/// Checks and completes one event; `Err` is the reason it is malformed (`item` then
+/// holds the event as far as it was completed).
 fn normalize_event<'a>(
-    mut item: RawObject<'a>,
+    item: &mut RawObject<'a>,
     call_type: Option<&'static str>,
     batch: Option<&BatchTop<'a>>,
     received_ms: i64,
@@ -208,6 +240,11 @@ fn normalize_event<'a>(
 ) -> Result<SegmentEvent, String> {
     let max_event_bytes = options.max_event_bytes;
     item.remove("writeKey");
+    // Segment's limit applies to the event as its library sent it.
+    let sent_len = item.compact_len();
+    if sent_len > max_event_bytes {
+        return Err(format!("the event is {sent_len} bytes; Segment's limit is {max_event_bytes}"));
+    }
     let kind = match call_type {
         Some(kind) => {
             item.set("type", Cow::Owned(quote(kind)));
@@ -231,15 +268,15 @@ fn normalize_event<'a>(
         _ => None,
     };
     if let Some(top) = batch {
-        merge_object(&mut item, "context", top.context.as_ref());
-        merge_object(&mut item, "integrations", top.integrations.as_ref());
+        merge_object(item, "context", top.context.as_ref());
+        merge_object(item, "integrations", top.integrations.as_ref());
         if !item.contains("sentAt")
             && let Some(sent) = top.sent_at
         {
             item.set("sentAt", Cow::Borrowed(sent));
         }
     }
-    apply_context_ip(&mut item, options.context_ip);
+    apply_context_ip(item, options.context_ip);
     let message_id = match id_text(item.get("messageId")) {
         Some(id) => id,
         None => {
@@ -264,8 +301,13 @@ fn normalize_event<'a>(
     item.set("receivedAt", Cow::Owned(received.to_owned()));
     let mut value = Vec::new();
     item.write(&mut value);
-    if value.len() > max_event_bytes {
-        return Err(format!("the event is {} bytes; Segment's limit is {max_event_bytes}", value.len()));
+    if value.len() > options.max_stored_bytes {
+        return Err(format!(
+            "the event is {} bytes once completed with the batch's context; the limit is {} (setting \
+             max_event_bytes)",
+            value.len(),
+            options.max_stored_bytes
+        ));
     }
     if let Some(refusal) = super::parse::json_refusal(&value, options.max_depth) {
         return Err(refusal);
@@ -383,9 +425,10 @@ pub fn normalize(
         },
     };
     let mut write_key = top.remove("writeKey").and_then(|k| as_str(&k).map(Cow::into_owned)).filter(|k| !k.is_empty());
-    let items: Vec<(RawObject<'_>, Option<&'static str>)> = match call {
+    // (index, the item if it is an object, the type of a single call)
+    let items: Vec<(usize, Option<RawObject<'_>>, Option<&'static str>)> = match call {
         // The event is the body itself (`top` is read again only for batches).
-        Call::Single(kind) => vec![(std::mem::take(&mut top), Some(kind))],
+        Call::Single(kind) => vec![(0, Some(std::mem::take(&mut top)), Some(kind))],
         Call::Batch => {
             let Some(Shallow::Array(batch)) = batch else {
                 return Err(ApiError::invalid("invalid_segment_payload", "a batch call needs a \"batch\" array"));
@@ -397,21 +440,16 @@ pub fn normalize(
                 ));
             }
             let mut items = Vec::with_capacity(batch.len());
-            let mut errors = Vec::new();
             for (index, item) in batch.into_iter().enumerate() {
                 match item {
                     Shallow::Object(item) => {
                         if write_key.is_none() {
                             write_key = item.get_str("writeKey").filter(|k| !k.is_empty()).map(Cow::into_owned);
                         }
-                        items.push((item, None));
+                        items.push((index, Some(item), None));
                     }
-                    _ => errors.push(EventError::new(index, "a batch item must be a JSON object")),
+                    _ => items.push((index, None, None)),
                 }
-            }
-            if !errors.is_empty() {
-                errors.truncate(super::parse::MAX_LISTED_ERRORS);
-                return Err(ApiError::InvalidEvents { errors });
             }
             items
         }
@@ -423,17 +461,41 @@ pub fn normalize(
     // The receive time, quoted: the same for every event of the request.
     let received = quote(&format_rfc3339_ms(received_ms));
     let mut events = Vec::with_capacity(items.len());
-    let mut errors = Vec::new();
-    for (index, (item, kind)) in items.into_iter().enumerate() {
-        match normalize_event(item, kind, batch_top.as_ref(), received_ms, &received, &limits) {
-            Ok(e) => events.push(e),
-            Err(detail) if errors.len() < super::parse::MAX_LISTED_ERRORS => {
-                errors.push(EventError::new(index, detail));
+    let mut invalid = Vec::new();
+    let mut stored = 0usize;
+    for (index, item, kind) in items {
+        let Some(mut item) = item else {
+            invalid.push(InvalidItem::new(index, "a batch item must be a JSON object".into(), b"null".to_vec(), 0));
+            continue;
+        };
+        match normalize_event(&mut item, kind, batch_top.as_ref(), received_ms, &received, &limits) {
+            Ok(e) => {
+                stored += e.value.len();
+                events.push((index, e));
             }
-            Err(_) => {}
+            // A single call's one event fails the call.
+            Err(detail) if kind.is_some() => {
+                return Err(ApiError::InvalidEvents { errors: vec![EventError::new(index, detail)] });
+            }
+            Err(detail) => {
+                let mut value = Vec::new();
+                item.write(&mut value);
+                stored += value.len();
+                invalid.push(InvalidItem::new(index, detail, value, limits.max_depth));
+            }
         }
     }
-    if errors.is_empty() { Ok(SegmentRequest { write_key, events }) } else { Err(ApiError::InvalidEvents { errors }) }
+    if stored > limits.max_request_bytes {
+        return Err(ApiError::invalid(
+            "payload_too_large",
+            format!(
+                "the batch's events come to {stored} bytes once completed with its context; the limit is {} \
+                 (setting max_body_bytes)",
+                limits.max_request_bytes
+            ),
+        ));
+    }
+    Ok(SegmentRequest { write_key, events, invalid })
 }
 
 #[cfg(test)]
@@ -447,6 +509,8 @@ mod tests {
         max_depth: 128,
         max_events: 2500,
         context_ip: ClientIpMode::Full,
+        max_stored_bytes: 1024 * 1024,
+        max_request_bytes: 8 * 1024 * 1024,
     };
     /// 2012-12-02T00:30:20.000Z
     const RECEIVED: i64 = 1_354_408_220_000;
@@ -461,7 +525,7 @@ mod tests {
         let ip = |rule| {
             let options = SegmentOptions { context_ip: rule, ..LIMITS };
             let r = normalize(Call::Single("track"), body.to_string().as_bytes(), RECEIVED, options).unwrap();
-            stored(&r.events[0])["context"].clone()
+            stored(&r.events[0].1)["context"].clone()
         };
         assert_eq!(ip(ClientIpMode::Full), json!({"ip": " 24.5.68.47", "locale": "en"}));
         assert_eq!(ip(ClientIpMode::Truncated), json!({"ip": "24.5.68.0", "locale": "en"}));
@@ -469,7 +533,7 @@ mod tests {
         let odd = json!({"userId": "u", "event": "E", "context": {"ip": "unknown"}});
         let options = SegmentOptions { context_ip: ClientIpMode::Truncated, ..LIMITS };
         let r = normalize(Call::Single("track"), odd.to_string().as_bytes(), RECEIVED, options).unwrap();
-        assert_eq!(stored(&r.events[0])["context"], json!({}), "what is not an address cannot be truncated");
+        assert_eq!(stored(&r.events[0].1)["context"], json!({}), "what is not an address cannot be truncated");
     }
 
     #[test]
@@ -485,7 +549,7 @@ mod tests {
         });
         let r = normalize(Call::Single("track"), body.to_string().as_bytes(), RECEIVED, LIMITS).unwrap();
         assert_eq!(r.write_key.as_deref(), Some("YOUR_WRITE_KEY"));
-        let e = &r.events[0];
+        let e = &r.events[0].1;
         assert_eq!((e.kind, e.name.as_deref(), e.key.as_str()), ("track", Some("Item Purchased"), "019mr8mf4r"));
         let v = stored(e);
         assert_eq!(v["type"], "track");
@@ -501,10 +565,10 @@ mod tests {
         let body = json!({"anonymousId": "a1", "timestamp": "2012-12-02T00:30:25.000Z",
                           "sentAt": "2012-12-02T00:30:30.000Z", "messageId": "m-1"});
         let r = normalize(Call::Single("page"), body.to_string().as_bytes(), RECEIVED, LIMITS).unwrap();
-        let v = stored(&r.events[0]);
+        let v = stored(&r.events[0].1);
         assert_eq!(v["originalTimestamp"], "2012-12-02T00:30:25.000Z");
         assert_eq!(v["timestamp"], "2012-12-02T00:30:15.000Z");
-        assert_eq!((r.events[0].key.as_str(), r.events[0].message_id.as_str()), ("a1", "m-1"));
+        assert_eq!((r.events[0].1.key.as_str(), r.events[0].1.message_id.as_str()), ("a1", "m-1"));
     }
 
     #[test]
@@ -523,30 +587,45 @@ mod tests {
         });
         let r = normalize(Call::Batch, body.to_string().as_bytes(), RECEIVED, LIMITS).unwrap();
         assert_eq!(r.events.len(), 2);
-        let (a, b) = (stored(&r.events[0]), stored(&r.events[1]));
+        let (a, b) = (stored(&r.events[0].1), stored(&r.events[1].1));
         assert_eq!(a["context"]["device"]["name"], "Apple iPhone 6");
         assert_eq!(b["context"], json!({"ip": "1.2.3.4", "device": {"type": "phone", "name": "Apple iPhone 6"}}));
         assert_eq!(b["timestamp"], "2015-2-02T00:30:12.984Z", "unparseable timestamps are kept as sent");
-        assert_eq!((r.events[1].kind, r.events[1].key.as_str()), ("track", "971mj8mk7p"));
+        assert_eq!((r.events[1].1.kind, r.events[1].1.key.as_str()), ("track", "971mj8mk7p"));
     }
 
     #[test]
     fn malformed_events_are_named() {
         let body = json!({"batch": [{"type": "track", "userId": "u"}, {"type": "nope", "userId": "u"},
                                     {"type": "page"}, 5]});
-        match normalize(Call::Batch, body.to_string().as_bytes(), RECEIVED, LIMITS) {
-            Err(ApiError::InvalidEvents { errors }) => assert_eq!(errors[0].index, 3),
+        // A batch sets its malformed events aside, each with its reason and as it was read.
+        let r = normalize(Call::Batch, body.to_string().as_bytes(), RECEIVED, LIMITS).unwrap();
+        assert!(r.events.is_empty());
+        assert_eq!(r.invalid.iter().map(|e| e.index).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+        assert!(r.invalid[0].detail.contains("\"event\" name"), "{}", r.invalid[0].detail);
+        assert!(r.invalid[2].detail.contains("no_user_anon_id"), "{}", r.invalid[2].detail);
+        let first: Value = serde_json::from_slice(&r.invalid[0].value).unwrap();
+        assert_eq!(first, json!({"type": "track", "userId": "u"}));
+        assert_eq!((r.invalid[3].value.as_slice(), r.invalid[3].json), (&b"null"[..], true));
+        // A single call's malformed event fails the call.
+        match normalize(Call::Single("page"), br#"{"name":"Home"}"#, RECEIVED, LIMITS) {
+            Err(ApiError::InvalidEvents { errors }) => assert!(errors[0].detail.contains("no_user_anon_id")),
             other => panic!("{other:?}"),
         }
-        let body =
-            json!({"batch": [{"type": "track", "userId": "u"}, {"type": "nope", "userId": "u"}, {"type": "page"}]});
-        match normalize(Call::Batch, body.to_string().as_bytes(), RECEIVED, LIMITS) {
-            Err(ApiError::InvalidEvents { errors }) => {
-                assert_eq!(errors.iter().map(|e| e.index).collect::<Vec<_>>(), vec![0, 1, 2]);
-                assert!(errors[2].detail.contains("no_user_anon_id"), "{}", errors[2].detail);
-            }
-            other => panic!("{other:?}"),
-        }
+        // Segment's 32 KB counts the event as sent; what the gateway adds does not count.
+        let near = |n: usize| json!({"type": "track", "userId": "u", "event": "E", "properties": {"p": "x".repeat(n)}});
+        let exact = 32 * 1024 - near(0).to_string().len();
+        let body = json!({"batch": [near(exact), near(exact + 1)], "context": {"pad": "c".repeat(2000)}});
+        let r = normalize(Call::Batch, body.to_string().as_bytes(), RECEIVED, LIMITS).unwrap();
+        assert_eq!((r.events.len(), r.invalid.len(), r.invalid[0].index), (1, 1, 1), "{:?}", r.invalid);
+        assert!(r.events[0].1.value.len() > 32 * 1024);
+        // A batch context merged into every event is bounded by the request's limit.
+        let tight = SegmentOptions { max_request_bytes: 64 * 1024, ..LIMITS };
+        let many = json!({"batch": vec![near(0); 40], "context": {"pad": "c".repeat(2000)}});
+        assert!(matches!(
+            normalize(Call::Batch, many.to_string().as_bytes(), RECEIVED, tight),
+            Err(ApiError::InvalidRequest { code: "payload_too_large", .. })
+        ));
         let big = json!({"userId": "u", "properties": {"x": "y".repeat(40_000)}});
         assert!(matches!(
             normalize(Call::Single("identify"), big.to_string().as_bytes(), RECEIVED, LIMITS),
@@ -561,16 +640,13 @@ mod tests {
         let ok = |e: &Value| json!({"type": "track", "event": "E", "userId": e});
         let body =
             json!({"batch": [ok(&json!("u")), 5, [1, {"a": 1}], "x", null, true, {"type": "page", "userId": "v"}]});
-        match normalize(Call::Batch, body.to_string().as_bytes(), RECEIVED, LIMITS) {
-            Err(ApiError::InvalidEvents { errors }) => {
-                assert_eq!(errors.iter().map(|e| e.index).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
-            }
-            other => panic!("{other:?}"),
-        }
+        let r = normalize(Call::Batch, body.to_string().as_bytes(), RECEIVED, LIMITS).unwrap();
+        assert_eq!(r.invalid.iter().map(|e| e.index).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+        assert_eq!(r.events.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![0, 6]);
         let repeated = r#"{"batch":[{"type":"page","userId":"a"}],"writeKey":"k","batch":[{"type":"page","userId":"b"},{"type":"page","userId":"c"}]}"#;
         let r = normalize(Call::Batch, repeated.as_bytes(), RECEIVED, LIMITS).unwrap();
         assert_eq!(
-            r.events.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(),
+            r.events.iter().map(|(_, e)| e.key.as_str()).collect::<Vec<_>>(),
             vec!["b", "c"],
             "the last batch counts"
         );

@@ -9,9 +9,11 @@
 //!
 //! Each event goes to the topic `segment_topics` picks (created on first use), keyed by
 //! `userId`, else `anonymousId`, deduplicated by `messageId`, through the same write
-//! path as `/v1/topics/{t}/events` (schemas and dead letters included). A request is
-//! atomic. Accepted requests answer 200 `{"success": true}`; only malformed ones get
-//! 400 (Segment's trackers retry any other status).
+//! path as `/v1/topics/{t}/events` (schemas and dead letters included). A batch's
+//! events that cannot be accepted go to `segment_invalid_topic` instead of failing the
+//! batch (trackers drop a batch answered 400). A request is atomic: all it writes is
+//! stored in one write. Accepted requests answer 200 `{"success": true}`; only
+//! malformed ones get 400 (Segment's trackers retry any other status).
 
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
@@ -28,10 +30,11 @@ use crate::auth::{Action, Caller};
 use crate::error::{ApiError, Problem};
 use crate::ingest::decode::decode_body;
 use crate::ingest::ids::event_id;
-use crate::ingest::pipeline::{Create, Outgoing, TopicSet, commit, screen};
+use crate::ingest::parse::MAX_LISTED_ERRORS;
+use crate::ingest::pipeline::{Create, Outgoing, TopicSet, commit, dead_letter_headers, screen};
 use crate::ingest::privacy::gateway_headers;
 use crate::ingest::privacy::{ClientIpMode, is_anonymous};
-use crate::ingest::segment::{Call, SegmentOptions, normalize};
+use crate::ingest::segment::{Call, InvalidItem, SegmentOptions, normalize};
 use crate::routes::events::now_ms;
 use crate::state::SharedState;
 
@@ -58,6 +61,14 @@ pub const CALL_PATHS: [&str; 14] = [
 pub struct SegmentAccepted {
     /// Always `true`.
     pub success: bool,
+    /// The events of a batch that could not be accepted (by index; at most 100 listed):
+    /// written to `invalid_topic` instead, or dropped when `segment_invalid_topic` is
+    /// empty. The batch's other events are stored.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub invalid: Option<Vec<crate::error::EventError>>,
+    /// The topic that received them (`segment_invalid_topic`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub invalid_topic: Option<String>,
 }
 
 /// Checks that the caller may produce to every topic of `topics`: with a token, or a
@@ -129,6 +140,8 @@ pub async fn segment_call(
         max_events: config.max_events_per_request as usize,
         max_depth: config.max_event_depth as usize,
         context_ip: ClientIpMode::for_request(config, is_anonymous(&request_headers)),
+        max_stored_bytes: config.max_event_bytes as usize,
+        max_request_bytes: config.max_body_bytes as usize,
     };
     let received = now_ms();
     let max_body = config.max_body_bytes as usize;
@@ -150,7 +163,7 @@ pub async fn segment_call(
     let mut distinct: Vec<String> = Vec::new();
     let mut chosen: Vec<(&'static str, Option<&str>, usize)> = Vec::new();
     let mut picks = Vec::with_capacity(request.events.len());
-    for e in &request.events {
+    for (_, e) in &request.events {
         let pair = (e.kind, e.name.as_deref());
         let pick = match chosen.iter().find(|(k, n, _)| (*k, *n) == pair) {
             Some(&(_, _, pick)) => pick,
@@ -167,6 +180,7 @@ pub async fn segment_call(
         picks.push(pick);
     }
     // Authorise before anything is created: a refused caller leaves no topic behind.
+    // (The invalid-events topic is the gateway's choice, as dead-letter topics are.)
     authorize_write_key(&caller, request.write_key.as_deref(), &distinct)?;
     let mut set = TopicSet::default();
     let mut in_set = Vec::with_capacity(distinct.len());
@@ -175,27 +189,115 @@ pub async fn segment_call(
     }
     let routed: Vec<usize> = picks.iter().map(|&p| in_set[p]).collect();
 
+    let mut aside = SetAside::new(request.invalid);
     let mut errors = Vec::new();
     let mut events = Vec::with_capacity(routed.len());
-    for (index, (e, topic)) in request.events.into_iter().zip(routed).enumerate() {
-        let id = event_id(&e.message_id).map_err(|detail| ApiError::InvalidEvents {
-            errors: vec![crate::error::EventError::new(index, format!("messageId: {detail}"))],
-        })?;
+    for ((index, e), topic) in request.events.into_iter().zip(routed) {
+        let value = Bytes::from(e.value);
+        let id = match event_id(&e.message_id) {
+            Ok(id) => id,
+            Err(detail) => {
+                let detail = format!("messageId: {detail}");
+                if call == Call::Batch {
+                    aside.push(index, detail, value, true, None);
+                    continue;
+                }
+                errors.push(crate::error::EventError::new(index, detail));
+                continue;
+            }
+        };
         let event = Outgoing {
             key: Some(Bytes::from(e.key.into_bytes())),
             id: Some(id),
-            ..Outgoing::json(topic, Bytes::from(e.value))
+            ..Outgoing::json(topic, value.clone())
         };
+        let before = errors.len();
         if let Some(event) = screen(&set, index, event, &mut errors) {
             events.push(event);
+        } else if call == Call::Batch && errors.len() > before {
+            // Failed its topic's schema, and the topic has no dead-letter topic.
+            let failure = errors.pop().expect("screen reported the failure");
+            let source = Some((set.list[topic].name.clone(), failure.path.unwrap_or_default()));
+            aside.push(index, failure.detail, value, true, source);
         }
     }
     if !errors.is_empty() {
         return Err(ApiError::InvalidEvents { errors });
     }
+    aside.items.sort_by_key(|i| i.index);
+    let invalid_topic = match config.segment_invalid_topic.as_str() {
+        _ if aside.items.is_empty() => None,
+        "" => None,
+        name => {
+            let topic = set.add(&state, name, Create::Always)?;
+            events.extend(aside.outgoing(topic));
+            Some(name.to_string())
+        }
+    };
     let shared = gateway_headers(config, caller.ip, &request_headers, received);
     commit(&state, &mut set, events, shared, received, false).await?;
-    Ok(Json(SegmentAccepted { success: true }))
+    if !aside.items.is_empty() {
+        metrics::counter!("tidegate_segment_invalid_events_total").increment(aside.items.len() as u64);
+    }
+    let invalid: Vec<_> = aside.items.iter().take(MAX_LISTED_ERRORS).map(SetAsideItem::error).collect();
+    Ok(Json(SegmentAccepted { success: true, invalid: (!invalid.is_empty()).then_some(invalid), invalid_topic }))
+}
+
+/// An event of a batch set aside: written to `segment_invalid_topic` (or dropped when
+/// it is empty) instead of failing its batch.
+struct SetAsideItem {
+    index: usize,
+    detail: String,
+    value: Bytes,
+    json: bool,
+    /// The topic it was meant for and the schema path it failed, for schema failures.
+    source: Option<(String, String)>,
+}
+
+impl SetAsideItem {
+    fn error(&self) -> crate::error::EventError {
+        let path = self.source.as_ref().map(|(_, path)| path.clone());
+        crate::error::EventError { index: self.index, position: None, path, detail: self.detail.clone() }
+    }
+}
+
+/// The events of a batch set aside, in request order.
+struct SetAside {
+    items: Vec<SetAsideItem>,
+}
+
+impl SetAside {
+    fn new(invalid: Vec<InvalidItem>) -> SetAside {
+        let items = invalid
+            .into_iter()
+            .map(|i| SetAsideItem {
+                index: i.index,
+                detail: i.detail,
+                value: Bytes::from(i.value),
+                json: i.json,
+                source: None,
+            })
+            .collect();
+        SetAside { items }
+    }
+
+    fn push(&mut self, index: usize, detail: String, value: Bytes, json: bool, source: Option<(String, String)>) {
+        self.items.push(SetAsideItem { index, detail, value, json, source });
+    }
+
+    /// The records for the invalid-events topic (index `topic` of the request's set):
+    /// the event as read, the reason in `dlq-reason` (and, for schema failures, the path
+    /// and the topic it was meant for).
+    fn outgoing(&self, topic: usize) -> impl Iterator<Item = Outgoing> + '_ {
+        self.items.iter().map(move |item| {
+            let mut headers = vec![(dead_letter_headers::REASON.to_string(), item.detail.clone().into_bytes())];
+            if let Some((source, path)) = &item.source {
+                headers.push((dead_letter_headers::PATH.to_string(), path.clone().into_bytes()));
+                headers.push((dead_letter_headers::SOURCE_TOPIC.to_string(), source.clone().into_bytes()));
+            }
+            Outgoing { json: item.json, headers, ..Outgoing::json(topic, item.value.clone()) }
+        })
+    }
 }
 
 /// The settings analytics.js loads at start (`cdnURL` pointed at this gateway), telling
