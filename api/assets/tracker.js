@@ -18,8 +18,10 @@
  * that topic the event_id "/messageId" so retries are deduplicated); otherwise to the
  * Segment batch endpoint POST {host}/v1/b, routed by the gateway's segment_topics.
  * Bodies are text/plain (no CORS preflight). The queue lives in localStorage until the
- * gateway acknowledges it; sends use fetch with keepalive, and navigator.sendBeacon
- * when the page is hidden. Retries (with backoff, and never sooner than a 429's or
+ * gateway acknowledges it, shared by the site's open tabs (each save merges with what
+ * the others saved); sends use fetch with keepalive (bodies of up to 64 KiB, counted in
+ * UTF-8 bytes; a larger single event is sent without keepalive), and
+ * navigator.sendBeacon when the page is hidden. Retries (with backoff, and never sooner than a 429's or
  * 503's Retry-After) resend the same events with the same messageIds, so the gateway
  * stores each event once. The write key goes in the batch's
  * `writeKey` (Segment mode) or in `?key=` (topic mode). A 4xx answer other than 408 and
@@ -31,8 +33,9 @@
   var KEY_QUEUE = 'tidegate.queue';
   var KEY_ANON = 'tidegate.anonymousId';
   var KEY_USER = 'tidegate.userId';
-  // fetch keepalive and sendBeacon bodies are limited to 64 KiB in flight.
+  // fetch keepalive and sendBeacon bodies are limited to 64 KiB (in bytes) in flight.
   var MAX_BODY = 60000;
+  var encoder = typeof TextEncoder === 'function' ? new TextEncoder() : null;
 
   var existing = window.tidegate;
   if (existing && existing.loaded) return;
@@ -47,6 +50,8 @@
   // messageIds handed to a beacon by this page (visibilitychange and pagehide both
   // fire when the page is left: the second finds nothing new to send).
   var beaconed = {};
+  // messageIds the gateway acknowledged since the last save, left out of the shared queue.
+  var acked = {};
 
   function store(key, value) {
     try {
@@ -86,8 +91,39 @@
     return id;
   }
 
+  function loadQueue() {
+    try {
+      var q = JSON.parse(load(KEY_QUEUE) || '[]');
+      return Array.isArray(q) ? q : [];
+    } catch (e) {
+      return [];
+    }
+  }
+
+  // Saves this tab's queue merged with what other tabs of the site saved (one shared
+  // key: overwriting it would lose their events), without the acknowledged ones. An
+  // event another tab still holds may come back and be sent twice: the gateway stores
+  // it once (same messageId).
   function saveQueue() {
-    store(KEY_QUEUE, JSON.stringify(queue));
+    var seen = {};
+    var merged = [];
+    function add(e) {
+      if (e && e.messageId && !seen[e.messageId] && !acked[e.messageId]) {
+        seen[e.messageId] = true;
+        merged.push(e);
+      }
+    }
+    loadQueue().forEach(add);
+    queue.forEach(add);
+    if (merged.length > settings.maxQueue) merged.splice(0, merged.length - settings.maxQueue);
+    acked = {};
+    store(KEY_QUEUE, JSON.stringify(merged));
+  }
+
+  // Length of `text` in UTF-8 bytes (what the browser's 64 KiB limits count).
+  function bytes(text) {
+    if (encoder) return encoder.encode(text).length;
+    return unescape(encodeURIComponent(text)).length;
   }
 
   function scriptOrigin() {
@@ -140,12 +176,12 @@
     if (timer === null) timer = window.setTimeout(function () { timer = null; flush(); }, ms);
   }
 
-  // The first events of the queue whose body fits in MAX_BODY (at least one).
+  // The first events of the queue whose body fits in MAX_BODY bytes (at least one).
   function nextChunk(events) {
     var chunk = [];
-    var size = 64;
+    var size = 128;
     for (var i = 0; i < events.length; i++) {
-      var n = JSON.stringify(events[i]).length + 1;
+      var n = bytes(JSON.stringify(events[i])) + 1;
       if (chunk.length > 0 && size + n > MAX_BODY) break;
       chunk.push(events[i]);
       size += n;
@@ -164,9 +200,8 @@
   }
 
   function forget(events) {
-    var sent = {};
-    events.forEach(function (e) { sent[e.messageId] = true; });
-    queue = queue.filter(function (e) { return !sent[e.messageId]; });
+    events.forEach(function (e) { acked[e.messageId] = true; });
+    queue = queue.filter(function (e) { return !acked[e.messageId]; });
     saveQueue();
   }
 
@@ -177,13 +212,20 @@
       timer = null;
     }
     var chunk = nextChunk(queue);
+    var text = body(chunk);
     sending = true;
     return window.fetch(endpoint(), {
       method: 'POST',
-      body: body(chunk),
+      body: text,
       headers: { 'Content-Type': 'text/plain' },
-      keepalive: true,
+      // Browsers refuse keepalive bodies over 64 KiB: a single event that large goes
+      // without it (it cannot outlive the page; it stays queued until acknowledged).
+      keepalive: bytes(text) <= 65536,
       credentials: 'omit'
+    }).then(function (response) {
+      // Read the answer to its end: until then the browser counts the request against
+      // its 64 KiB of keepalive bodies in flight, and the next batch would be refused.
+      return response.text().then(function () { return response; }, function () { return response; });
     }).then(function (response) {
       sending = false;
       if (response.ok || done(response.status)) {
@@ -231,10 +273,12 @@
     var rest = queue.filter(function (e) { return !beaconed[e.messageId]; });
     while (rest.length > 0) {
       var chunk = nextChunk(rest);
+      rest = rest.slice(chunk.length);
       var blob = new Blob([body(chunk)], { type: 'text/plain' });
+      // A beacon over 64 KiB (one large event) is refused: it waits for a later fetch.
+      if (blob.size > 65536) continue;
       if (!window.navigator.sendBeacon(endpoint(), blob)) break;
       chunk.forEach(function (e) { beaconed[e.messageId] = true; });
-      rest = rest.slice(chunk.length);
     }
   }
 
@@ -281,12 +325,7 @@
     return call.apply(null, Array.prototype.slice.call(arguments, 1));
   }
 
-  try {
-    queue = JSON.parse(load(KEY_QUEUE) || '[]');
-    if (!Array.isArray(queue)) queue = [];
-  } catch (e) {
-    queue = [];
-  }
+  queue = loadQueue();
 
   var pending = existing && existing.q ? existing.q : [];
   tidegate.loaded = true;

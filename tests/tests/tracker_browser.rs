@@ -341,6 +341,34 @@ async fn tracker_sends_each_event_once_from_an_allowed_origin_and_is_refused_els
     assert_eq!(web.len(), 5, "{web:?}");
     assert!(web.values().all(|&n| n == 1), "each event is stored once: {web:?}");
 
+    // 4c. Events of multi-byte text: 10 × 5,000 CJK characters are ~150 KB in UTF-8
+    // though ~50,000 UTF-16 units; the tracker sizes batches in bytes, so every fetch
+    // stays within the browser's 64 KiB keepalive limit and all of them arrive.
+    browser
+        .execute(
+            "for (let i = 0; i < 10; i++) tidegate('track', 'Wide', { t: '漢'.repeat(5000) }); tidegate('flush');",
+            vec![],
+        )
+        .await;
+    browser
+        .wait_for(
+            "the wide events sent",
+            WAIT,
+            "const f = JSON.parse(localStorage.getItem('test.fetches') || '[]');
+             return JSON.parse(localStorage.getItem('tidegate.queue') || '[]').length === 0
+                 && f.length > 7 && f.every(e => e.status || e.error);",
+        )
+        .await;
+    let fetches = sends(&browser, "test.fetches").await;
+    for f in &fetches[7..] {
+        assert_eq!((f["status"].clone(), f["keepalive"].clone()), (json!(200), json!(true)), "{f}");
+    }
+    assert!(fetches.len() >= 7 + 3, "150 KB cannot go in fewer than three 64 KiB requests: {}", fetches.len());
+    let web = stored_ids(&admin, "web").await;
+    assert_eq!(web.len(), 15, "{web:?}");
+    assert!(web.values().all(|&n| n == 1), "each event is stored once: {web:?}");
+    let before = fetches.len();
+
     // 5. A write key the gateway does not know: 401 (readable: the origin is allowed
     // for CORS), and the tracker drops the events instead of retrying forever.
     browser
@@ -351,9 +379,9 @@ async fn tracker_sends_each_event_once_from_an_allowed_origin_and_is_refused_els
             vec![],
         )
         .await;
-    wait_sent(&browser, "the refused batch given up", 8).await;
+    wait_sent(&browser, "the refused batch given up", before + 1).await;
     let fetches = sends(&browser, "test.fetches").await;
-    assert_eq!(fetches[7]["status"], 401, "{:?}", fetches[7]);
+    assert_eq!(fetches[before]["status"], 401, "{:?}", fetches[before]);
     assert_eq!(refused(&admin, "invalid_write_key").await, 1);
     let errors = browser.console_errors().await;
     assert!(errors.len() == 1 && errors[0].contains("401"), "only the refused request is logged: {errors:?}");
