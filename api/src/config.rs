@@ -515,10 +515,14 @@ mod tests {
     fn structured_settings_parse_from_toml_and_flags() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.toml");
-        std::fs::write(&path, "client_ip = \"truncated\"\n[segment_topics]\n\"track:Order Completed\" = \"orders\"\n")
-            .unwrap();
+        std::fs::write(
+            &path,
+            "client_ip = \"truncated\"\ntrusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\"]\n[segment_topics]\n\"track:Order Completed\" = \"orders\"\n",
+        )
+        .unwrap();
         let c = Config::load(Some(&path), ConfigLayer::default()).unwrap();
         assert_eq!(c.client_ip, ClientIpMode::Truncated);
+        assert_eq!(c.trusted_proxies, "127.0.0.1/32,10.0.0.0/8".parse().unwrap(), "bare addresses, as the flag takes");
         assert_eq!(c.segment_topics.topic_for("track", Some("Order Completed")), "orders");
         let flags: SegmentTopics = r#"{"*":"events"}"#.parse().unwrap();
         assert_eq!(flags.topic_for("page", None), "events");

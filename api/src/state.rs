@@ -1,5 +1,6 @@
 //! Shared state of one gateway node: a cheap handle cloned into every request.
 
+use crate::ingest::pipeline::Create;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -110,10 +111,10 @@ impl AppState {
         }
     }
 
-    /// A topic for ingest: created with the defaults when it is unknown and
-    /// `auto_create_topics` is on, or `always_create` (Segment and dead-letter topics).
-    pub async fn topic_for_ingest(&self, name: &str, always_create: bool) -> Result<Arc<Topic>, ApiError> {
-        match self.existing_for_ingest(name, always_create)? {
+    /// A topic for ingest: created with the defaults when it is unknown and `create`
+    /// allows it ([`Create`]).
+    pub async fn topic_for_ingest(&self, name: &str, create: Create) -> Result<Arc<Topic>, ApiError> {
+        match self.existing_for_ingest(name, create)? {
             Some(t) => Ok(t),
             None => self.create_for_ingest(name).await,
         }
@@ -122,10 +123,15 @@ impl AppState {
     /// A topic for ingest if it exists; `None` when it does not but may be created (as
     /// [`AppState::topic_for_ingest`] would); an error when it may not (404) or the name
     /// is invalid.
-    pub fn existing_for_ingest(&self, name: &str, always_create: bool) -> Result<Option<Arc<Topic>>, ApiError> {
+    pub fn existing_for_ingest(&self, name: &str, create: Create) -> Result<Option<Arc<Topic>>, ApiError> {
+        let may_create = match create {
+            Create::Always => true,
+            Create::IfConfigured => self.config.auto_create_topics,
+            Create::Never => false,
+        };
         match self.store.topic(name) {
             Ok(t) => Ok(Some(t)),
-            Err(StorageError::TopicNotFound(_)) if always_create || self.config.auto_create_topics => Ok(None),
+            Err(StorageError::TopicNotFound(_)) if may_create => Ok(None),
             Err(e) => Err(e.into()),
         }
     }

@@ -580,6 +580,10 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
     assert_eq!(xff(&behind_proxy, "203.0.113.1").await.unwrap().status(), 200);
     assert_problem(xff(&behind_proxy, "203.0.113.1").await.unwrap(), 429, "rate_limited").await;
     assert_eq!(xff(&behind_proxy, "203.0.113.2").await.unwrap().status(), 200, "another client, another bucket");
+    // Proxies that add the client's port: still the client's own bucket.
+    assert_eq!(xff(&behind_proxy, "203.0.113.3:51234").await.unwrap().status(), 200);
+    assert_problem(xff(&behind_proxy, "203.0.113.3:40000").await.unwrap(), 429, "rate_limited").await;
+    assert_eq!(xff(&behind_proxy, "[2001:db8::1]:443").await.unwrap().status(), 200, "not the proxy's bucket");
     // The client address of ingested events follows too.
     let spoof = "198.51.100.7";
     let stored_ip = |server: TestServer| async move {
@@ -900,4 +904,45 @@ async fn an_open_gateway_refuses_foreign_pages_and_host_names() {
     let insecure = TestServer::start(|c| c.insecure = true).await;
     let proxied = insecure.get("/v1/topics").header("host", "events.example.com").send().await.unwrap();
     assert_eq!(proxied.status(), 200);
+}
+
+/// A public write key cannot create topics (anyone could make any number matching its
+/// patterns), even with auto_create_topics on; a token with produce can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_keys_never_create_topics() {
+    let server = secured(|c| {
+        c.write_keys = write_keys().parse().unwrap();
+        c.auto_create_topics = true;
+    })
+    .await;
+    let by_key = server
+        .post("/v1/topics/web.new/events?key=pk_shop")
+        .header("origin", "https://shop.example")
+        .header("content-type", "text/plain")
+        .body(r#"{"a":1}"#);
+    assert_problem(by_key.send().await.unwrap(), 404, "topic_not_found").await;
+    let in_body = server
+        .post("/v1/topics/web.other/events")
+        .header("origin", "https://shop.example")
+        .header("content-type", "application/json")
+        .body(r#"{"records":[{"value":1}],"writeKey":"pk_shop"}"#);
+    assert_problem(in_body.send().await.unwrap(), 404, "topic_not_found").await;
+    let producer = server.api().with_token(&hs(&claims(json!(["produce:web.*"]))));
+    assert_eq!(producer.post_events("web.new", "", "application/json", r#"{"a":1}"#).await.status(), 200);
+    let admin = server.api().with_token(&admin_token());
+    let topics = admin.get_json("/v1/topics").await;
+    assert_eq!(topics["topics"].as_array().unwrap().len(), 1, "{topics}");
+}
+
+/// A token in the URL is refused outside the subscription routes, also next to a
+/// header token and on public routes (URLs end up in logs and Referer headers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_in_urls_are_refused_outside_subscriptions() {
+    let server = secured(|_| {}).await;
+    let token = admin_token();
+    let both = server.get(&format!("/v1/topics?access_token={token}")).bearer_auth(&token).send().await.unwrap();
+    assert_problem(both, 401, "invalid_token").await;
+    let public = server.get(&format!("/healthz?access_token={token}")).send().await.unwrap();
+    assert_problem(public, 401, "invalid_token").await;
+    assert_eq!(server.get("/healthz").send().await.unwrap().status(), 200);
 }

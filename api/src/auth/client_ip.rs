@@ -27,7 +27,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &IpNets) -> IpAddr 
     for value in headers.get_all("x-forwarded-for").iter().rev() {
         let Ok(text) = value.to_str() else { return nearest };
         for item in text.rsplit(',') {
-            let Ok(ip) = item.trim().parse::<IpAddr>() else { return nearest };
+            let Some(ip) = forwarded_address(item.trim()) else { return nearest };
             let ip = canonical_ip(ip);
             if !trusted.contains(ip) {
                 return ip;
@@ -38,8 +38,35 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &IpNets) -> IpAddr 
     nearest
 }
 
+/// The address of one `X-Forwarded-For` item: `addr`, `addr:port` (some proxies add the
+/// port) or `[v6]:port`.
+fn forwarded_address(item: &str) -> Option<IpAddr> {
+    if let Ok(ip) = item.parse() {
+        return Some(ip);
+    }
+    if let Some(rest) = item.strip_prefix('[') {
+        let (v6, port) = rest.split_once(']')?;
+        return (port.is_empty() || port.strip_prefix(':').is_some_and(|p| p.parse::<u16>().is_ok()))
+            .then(|| v6.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6))
+            .flatten();
+    }
+    let (v4, port) = item.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    v4.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn forwarded_items_may_carry_a_port() {
+        assert_eq!(forwarded_address("198.51.100.2:1234"), Some("198.51.100.2".parse().unwrap()));
+        assert_eq!(forwarded_address("[2001:db8::1]:443"), Some("2001:db8::1".parse().unwrap()));
+        assert_eq!(forwarded_address("[2001:db8::1]"), Some("2001:db8::1".parse().unwrap()));
+        assert_eq!(forwarded_address("2001:db8::1"), Some("2001:db8::1".parse().unwrap()));
+        assert_eq!(forwarded_address("198.51.100.2:http"), None);
+        assert_eq!(forwarded_address("unknown"), None);
+    }
+
     use super::*;
 
     fn headers(xff: &[&str]) -> HeaderMap {

@@ -14,7 +14,7 @@ use super::origins::{self, OriginPattern};
 use crate::config::Config;
 
 /// Request headers browsers may send cross-origin.
-const ALLOWED_HEADERS: [&str; 8] = [
+const ALLOWED_HEADERS: [&str; 9] = [
     "authorization",
     "content-type",
     "content-encoding",
@@ -22,6 +22,7 @@ const ALLOWED_HEADERS: [&str; 8] = [
     "idempotency-key",
     "last-event-id",
     "sp-anonymous",
+    "tidegate-anonymous",
     "x-requested-with",
 ];
 

@@ -184,7 +184,15 @@ impl Verifier {
         let Some(jwks) = &self.jwks else { return false };
         let path = jwks.read().unwrap_or_else(|p| p.into_inner()).path.clone();
         let stamp = file_stamp(&path);
-        if stamp.is_none() || stamp == jwks.read().unwrap_or_else(|p| p.into_inner()).stamp {
+        if stamp.is_none() {
+            // Gone (or unreadable): the previous keys stay; said once, not every interval.
+            let mut w = jwks.write().unwrap_or_else(|p| p.into_inner());
+            if w.stamp.take().is_some() {
+                tracing::warn!(path = %path.display(), "JWKS file is gone or unreadable; keeping the previous keys");
+            }
+            return false;
+        }
+        if stamp == jwks.read().unwrap_or_else(|p| p.into_inner()).stamp {
             return false;
         }
         match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|t| parse_jwks(&path, &t)) {
@@ -281,7 +289,11 @@ impl Verifier {
             match jsonwebtoken::decode::<Value>(token, &key.key, &validation) {
                 Ok(data) => {
                     let claims = data.claims;
-                    let expires_at = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
+                    // `exp` is a NumericDate: a fraction of a second is allowed (and ignored).
+                    let expires_at = claims
+                        .get("exp")
+                        .and_then(|v| v.as_u64().or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)))
+                        .unwrap_or(0);
                     return Ok(Verified {
                         grants: Grants::from_claim(claims.get(&self.claim)),
                         expires_at,

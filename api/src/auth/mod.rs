@@ -240,17 +240,19 @@ impl Security {
         if key.is_none() {
             key = headers.get("x-write-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
         }
+        // Any `access_token` in the URL is noted, also beside a header token: the gate
+        // refuses it outside the subscription routes instead of ignoring it.
         let mut token_in_query = false;
-        if token.is_none() || key.is_none() {
-            for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-                match &*name {
-                    "access_token" if token.is_none() => {
+        for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match &*name {
+                "access_token" => {
+                    token_in_query = true;
+                    if token.is_none() {
                         token = Some(value.into_owned());
-                        token_in_query = true;
                     }
-                    "key" if key.is_none() => key = Some(value.into_owned()),
-                    _ => {}
                 }
+                "key" if key.is_none() => key = Some(value.into_owned()),
+                _ => {}
             }
         }
         if let Some(token) = token {
@@ -397,6 +399,11 @@ impl Caller {
         self
     }
 
+    /// Whether the request is authorised by a write key (not a token, not open).
+    pub fn uses_write_key(&self) -> bool {
+        matches!(self.credential, Credential::WriteKey(_))
+    }
+
     /// Whether the request still lacks credentials (a body write key may supply them).
     pub fn needs_credentials(&self) -> bool {
         matches!(self.credential, Credential::Missing)
@@ -515,13 +522,11 @@ pub const QUERY_TOKEN_ROUTES: &[&str] = &["/v1/topics/{topic}/subscribe", "/v1/t
 pub async fn gate(req: Request, next: Next) -> Response {
     let route = req.extensions().get::<axum::extract::MatchedPath>().map(|p| p.as_str().to_owned());
     let route = route.as_deref().unwrap_or("");
-    if PUBLIC_ROUTES.contains(&route) {
-        return next.run(req).await;
-    }
     let Some(caller) = req.extensions().get::<Caller>() else {
         return ApiError::Storage(tidegate_storage::StorageError::Internal("authentication middleware missing".into()))
             .into_response();
     };
+    // Public routes included: a token in a URL ends up in logs and Referer headers.
     if caller.token_in_query && !QUERY_TOKEN_ROUTES.contains(&route) {
         // Refused rather than ignored, so the caller learns to send the header.
         let e = AuthError::InvalidToken(
@@ -529,6 +534,9 @@ pub async fn gate(req: Request, next: Next) -> Response {
                 .into(),
         );
         return caller.refuse(e).into_response();
+    }
+    if PUBLIC_ROUTES.contains(&route) {
+        return next.run(req).await;
     }
     let produce = PRODUCE_ROUTES.contains(&route) || crate::routes::segment::CALL_PATHS.contains(&route);
     let refusal = match &caller.credential {

@@ -158,8 +158,21 @@ impl FromStr for WriteKeys {
 
 /// Networks (CIDR, or single addresses) whose `X-Forwarded-For` is believed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(try_from = "Vec<String>", into = "Vec<String>")]
 pub struct IpNets(pub Vec<ipnet::IpNet>);
+
+impl TryFrom<Vec<String>> for IpNets {
+    type Error = String;
+    fn try_from(items: Vec<String>) -> Result<Self, Self::Error> {
+        items.iter().map(|i| parse_net(i)).collect::<Result<Vec<_>, _>>().map(IpNets)
+    }
+}
+
+impl From<IpNets> for Vec<String> {
+    fn from(nets: IpNets) -> Vec<String> {
+        nets.0.iter().map(ToString::to_string).collect()
+    }
+}
 
 impl FromStr for IpNets {
     type Err = String;

@@ -91,6 +91,9 @@ pub enum Create {
     IfConfigured,
     /// Always create it (Segment topics, dead-letter topics).
     Always,
+    /// Never create it (requests authorised by a public write key: anyone could make
+    /// any number of topics matching its patterns).
+    Never,
 }
 
 impl TopicSet {
@@ -100,20 +103,20 @@ impl TopicSet {
         if let Some(i) = self.index_of(name) {
             return Ok(i);
         }
-        let index = self.push(state, name, create == Create::Always)?;
+        let index = self.push(state, name, create)?;
         if let Some(dlq) = self.list[index].rules.dead_letter_topic.clone() {
             let dlq_index = match self.index_of(&dlq) {
                 Some(i) => i,
-                None => self.push(state, &dlq, true)?,
+                None => self.push(state, &dlq, Create::Always)?,
             };
             self.list[index].dead_letter = Some(dlq_index);
         }
         Ok(index)
     }
 
-    fn push(&mut self, state: &SharedState, name: &str, always_create: bool) -> Result<usize, ApiError> {
+    fn push(&mut self, state: &SharedState, name: &str, create: Create) -> Result<usize, ApiError> {
         let internal = |e| ApiError::Storage(StorageError::Internal(e));
-        let topic = state.existing_for_ingest(name, always_create)?;
+        let topic = state.existing_for_ingest(name, create)?;
         let rules = match &topic {
             Some(t) => state.rules.rules(t).map_err(internal)?,
             None => Arc::new(TopicRules::from_config(&state.ingest_topic_config()).map_err(internal)?),

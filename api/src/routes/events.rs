@@ -191,7 +191,8 @@ pub async fn produce(
         caller.clone().with_body_write_key(key.as_deref()).require(Action::Produce, &topic)?;
     }
     let mut set = TopicSet::default();
-    set.add(&state, &topic, Create::IfConfigured)?;
+    let create = if body_key || caller.uses_write_key() { Create::Never } else { Create::IfConfigured };
+    set.add(&state, &topic, create)?;
 
     let received = now_ms();
     let shared = gateway_headers(&state.config, caller.ip, &request_headers, received);

@@ -330,7 +330,9 @@ pub async fn segment_settings(
         .or_else(|| header_str("host"))
         .map(|h| h.split(',').next().unwrap_or(h).trim().to_string())
         .unwrap_or_else(|| state.config.addr.to_string());
-    let protocol = match forwarded("x-forwarded-proto") {
+    // Proxies in a chain may each add theirs: the first is what the browser used, as
+    // for the host.
+    let protocol = match forwarded("x-forwarded-proto").map(|p| p.split(',').next().unwrap_or(p).trim()) {
         Some(p) if p.eq_ignore_ascii_case("https") => "https",
         _ => "http",
     };

@@ -201,7 +201,7 @@ async fn check_rules(state: &SharedState, caller: &Caller, topic: &str, config: 
         }
         // Naming (and maybe creating) the dead-letter topic is admin work on it too.
         caller.require(Action::Admin, dlq)?;
-        state.topic_for_ingest(dlq, true).await?;
+        state.topic_for_ingest(dlq, crate::ingest::pipeline::Create::Always).await?;
     }
     Ok(())
 }
