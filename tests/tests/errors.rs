@@ -422,7 +422,9 @@ async fn unknown_query_parameters_are_400() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_parameters_over_their_limits_are_400() {
     let server = limited().await;
-    for query in ["max_records=10001", "wait_ms=30001", "offset=soon", "max_bytes=999999999999"] {
+    for query in
+        ["max_records=10001", "wait_ms=30001", "offset=soon", "max_bytes=999999999999", "max_bytes=0", "max_records=0"]
+    {
         let resp = server.get(&format!("/v1/topics/t/partitions/0/records?{query}")).send().await.expect("get");
         assert_problem(resp, 400, "invalid_parameter").await;
     }

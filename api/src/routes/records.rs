@@ -29,9 +29,9 @@ pub const DEFAULT_FETCH_BYTES: usize = 1 << 20;
 pub struct FetchParams {
     /// First offset to read: a number, `earliest` (default) or `latest`.
     pub offset: Option<String>,
-    /// Most records to return (default 500, at most the `max_fetch_records` setting).
+    /// Most records to return (default 500, from 1 to the `max_fetch_records` setting).
     pub max_records: Option<usize>,
-    /// Stop after about this many key and value bytes (default 1 MiB, at most
+    /// Stop after about this many key and value bytes (default 1 MiB, from 1 to
     /// `max_fetch_bytes`); at least one record is returned if one is available.
     pub max_bytes: Option<usize>,
     /// Wait up to this long for records when none are available (long poll; default
@@ -77,6 +77,11 @@ impl FetchResponse {
 }
 
 fn check_max(name: &'static str, value: usize, limit: u64, setting: &str) -> Result<usize, ApiError> {
+    // A read of 0 records or bytes would answer nothing for ever: a client reading in a
+    // loop would spin. (A wait of 0 is fine: no waiting.)
+    if value == 0 && name != "wait_ms" {
+        return Err(ApiError::invalid("invalid_parameter", format!("{name} must be at least 1")));
+    }
     if value as u64 > limit {
         return Err(ApiError::invalid(
             "invalid_parameter",
