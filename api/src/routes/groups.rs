@@ -136,13 +136,43 @@ fn group_topics(desc: &GroupDescription) -> BTreeSet<String> {
     topics
 }
 
-/// Group operations need consume on every topic of the group.
+/// Group operations need consume on every topic of the group. A caller without it is
+/// told the group does not exist (404 `group_not_found`, as for a group that does not):
+/// a 403 would tell anyone with a token which group names are in use.
 fn require_group(caller: &Caller, desc: &GroupDescription) -> Result<(), ApiError> {
     caller.require_authenticated()?;
     for t in group_topics(desc) {
-        caller.require(Action::Consume, &t)?;
+        if let Err(e) = caller.require(Action::Consume, &t) {
+            return Err(match e {
+                ApiError::Auth(crate::auth::AuthError::Forbidden(_)) => group_not_found(&desc.group),
+                other => other,
+            });
+        }
     }
     Ok(())
+}
+
+fn group_not_found(group: &str) -> ApiError {
+    ApiError::NotFound {
+        code: "group_not_found",
+        detail: format!("group {group:?} has no members and no committed offsets"),
+    }
+}
+
+/// A subscription may join a group only with consume on every topic the group already
+/// holds (its members' subscriptions and committed offsets), as every other group
+/// operation needs: otherwise a client of one team could join another team's group, take
+/// its static member ids and change its assignment. A group that does not exist yet
+/// may be joined by anyone with consume on the subscribed topics.
+pub async fn require_join(state: &SharedState, caller: &Caller, group: &str) -> Result<(), ApiError> {
+    if !state.security.enabled() {
+        return Ok(());
+    }
+    match describe(state, group).await {
+        Ok(desc) => require_group(caller, &desc),
+        Err(ApiError::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Builds a group's description (shared with metrics).
@@ -150,10 +180,7 @@ pub async fn describe(state: &SharedState, group: &str) -> Result<GroupDescripti
     let info = state.coordinator.describe(group);
     let committed = state.store.committed_offsets(group).await?;
     if info.is_none() && committed.is_empty() {
-        return Err(ApiError::NotFound {
-            code: "group_not_found",
-            detail: format!("group {group:?} has no members and no committed offsets"),
-        });
+        return Err(group_not_found(group));
     }
     let mut owners: BTreeMap<(String, u32), String> = BTreeMap::new();
     let mut topics: BTreeSet<String> = committed.iter().map(|c| c.topic.clone()).collect();

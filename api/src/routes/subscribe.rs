@@ -155,6 +155,9 @@ pub async fn subscribe(
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let (session_params, permit) = prepare(&state, &topic, params, None, peer, &caller)?;
+    if let Some(group) = &session_params.group {
+        crate::routes::groups::require_join(&state, &caller, group).await?;
+    }
     let joined = session::Joined::join(&state, &session_params);
     let frame_bytes = state.config.subscription_frame_bytes as usize;
     Ok(ws
