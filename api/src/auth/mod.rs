@@ -6,8 +6,11 @@
 //!   write key) into a [`Caller`] placed in the request's extensions;
 //! - [`gate`] (on every matched route) refuses missing or bad credentials with 401
 //!   before anything else (body parsing included) runs, except on the routes listed in
-//!   [`PUBLIC_ROUTES`], refuses write keys (403) outside [`PRODUCE_ROUTES`], and
-//!   tokens sent in the URL (401) outside [`QUERY_TOKEN_ROUTES`].
+//!   [`PUBLIC_ROUTES`] and on the produce routes, where a write key may come in the body
+//!   (a request with no credentials is decoded, within `max_body_bytes`, and refused
+//!   401 after; a body that cannot be read gets its own 4xx first); it refuses write
+//!   keys (403) outside [`PRODUCE_ROUTES`], and tokens sent in the URL (401) outside
+//!   [`QUERY_TOKEN_ROUTES`].
 //!   Routes are protected unless listed, so a new route cannot be left open by mistake.
 //!
 //! Each handler then asks the caller for the permission its operation needs
