@@ -238,8 +238,8 @@ settings! {
     /// `{key, topics, origins?, rate_limit_per_s?, rate_limit_burst?}`. A write key may
     /// only produce, to topics matching `topics` (`*` wildcards), from `origins` (empty: any).
     write_keys: WriteKeys = WriteKeys::default();
-    /// Requests per second per client IP, on every route but `/healthz` and `/readyz`
-    /// (429 with `Retry-After` above it); 0: unlimited.
+    /// Requests per second per client IP (an IPv6 client per /64), on every route but
+    /// `/healthz` and `/readyz` (429 with `Retry-After` above it); 0: unlimited.
     rate_limit_ip_per_s: u64 = 0;
     /// Requests a client IP may send at once above its rate; 0: equal to the rate.
     rate_limit_ip_burst: u64 = 0;

@@ -76,7 +76,7 @@ impl RateLimits {
     /// Takes one request from `ip`'s bucket; the wait before a retry when it is empty.
     pub fn check_ip(&self, ip: IpAddr) -> Result<(), Duration> {
         match &self.per_ip {
-            Some(l) => l.check_key(&ip).map_err(|n| self.retry_after(&n)),
+            Some(l) => l.check_key(&limited_network(ip)).map_err(|n| self.retry_after(&n)),
             None => Ok(()),
         }
     }
@@ -103,9 +103,38 @@ impl RateLimits {
     }
 }
 
+/// The unit the per-IP limit counts: an IPv4 address, or an IPv6 address's /64 (one
+/// host usually gets a whole /64, so counting single IPv6 addresses would give it
+/// unlimited buckets).
+pub fn limited_network(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_clients_are_limited_per_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(limited_network(a), limited_network(b));
+        assert_ne!(limited_network(a), limited_network(other));
+        let v4: IpAddr = "203.0.113.7".parse().unwrap();
+        assert_eq!(limited_network(v4), v4);
+        let config = Config { rate_limit_ip_per_s: 1, rate_limit_ip_burst: 1, ..Config::default() };
+        let limits = RateLimits::new(&config, &config.write_keys);
+        assert!(limits.check_ip(a).is_ok());
+        assert!(limits.check_ip(b).is_err(), "the same /64 shares one bucket");
+        assert!(limits.check_ip(other).is_ok());
+    }
 
     #[test]
     fn a_burst_is_refused_with_a_wait_and_keys_are_independent() {
