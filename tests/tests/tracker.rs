@@ -390,6 +390,31 @@ async fn event_id_pointer_and_idempotency_key_deduplicate_with_original_offsets(
     }
     assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
     assert_eq!(total(server.end_offsets("plain").await), 4);
+
+    // An empty event id is no id: the Idempotency-Key names that event instead.
+    let with_empty = |key: &str| {
+        server
+            .post("/v1/topics/snow/events")
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(r#"[{"eid":""},{"eid":"e9"}]"#)
+            .send()
+    };
+    let first: Value = with_empty("req-3").await.unwrap().json().await.unwrap();
+    assert!(first["offsets"].as_array().unwrap().iter().all(|o| o.get("duplicate").is_none()), "{first}");
+    let retry: Value = with_empty("req-3").await.unwrap().json().await.unwrap();
+    assert!(retry["offsets"].as_array().unwrap().iter().all(|o| o["duplicate"] == true), "{retry}");
+    // Ids and keys: 1 to 496 bytes; an empty or longer key is refused for the request.
+    for key in ["", &"k".repeat(497)] {
+        let resp = with_empty(key).await.unwrap();
+        assert_problem(resp, 400, "invalid_idempotency_key").await;
+    }
+    let long_id = |n: usize| json!({"eid": "i".repeat(n)}).to_string();
+    assert_eq!(server.post_events("snow", "", "application/json", long_id(496)).await.status(), 200);
+    let problem =
+        assert_problem(server.post_events("snow", "", "application/json", long_id(497)).await, 400, "invalid_events")
+            .await;
+    assert!(problem.to_string().contains("at most 496"), "{problem}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -157,14 +157,18 @@ pub fn header_id(key: &str, index: usize) -> Result<Vec<u8>, String> {
     namespaced("k:", key, &format!(":{index}"))
 }
 
+/// Longest event id or `Idempotency-Key`: what the stored id may hold (`MAX_EVENT_ID`)
+/// less 16 bytes for the namespace and the `:<index>` of header ids.
+pub const MAX_ID_BYTES: usize = MAX_EVENT_ID - 16;
+
 fn namespaced(prefix: &str, id: &str, suffix: &str) -> Result<Vec<u8>, String> {
     if id.is_empty() {
         return Err("the event id is empty".into());
     }
-    let len = prefix.len() + id.len() + suffix.len();
-    if len > MAX_EVENT_ID {
-        return Err(format!("the event id is {} bytes long; at most {} are allowed", id.len(), MAX_EVENT_ID - 16));
+    if id.len() > MAX_ID_BYTES {
+        return Err(format!("the event id is {} bytes long; at most {MAX_ID_BYTES} are allowed", id.len()));
     }
+    let len = prefix.len() + id.len() + suffix.len();
     let mut out = Vec::with_capacity(len);
     out.extend_from_slice(prefix.as_bytes());
     out.extend_from_slice(id.as_bytes());

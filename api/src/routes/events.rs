@@ -21,7 +21,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::{Action, Caller};
 use crate::error::{ApiError, EventError, Problem};
 use crate::ingest::decode::{body_format, decode_body, single_header};
-use crate::ingest::ids::{IDEMPOTENCY_KEY, event_id, header_id, id_at};
+use crate::ingest::ids::{IDEMPOTENCY_KEY, MAX_ID_BYTES, event_id, header_id, id_at};
 use crate::ingest::parse::{ParseLimits, ParsedEvent, parse_body};
 use crate::ingest::pipeline::{Create, Outgoing, Placement, TopicSet, commit, is_reserved_header, screen};
 use crate::ingest::privacy::gateway_headers;
@@ -166,10 +166,15 @@ pub async fn produce(
         None => None,
         Some(v) => Some(
             v.to_str()
-                .map_err(|_| {
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= MAX_ID_BYTES)
+                .ok_or_else(|| {
                     ApiError::invalid(
                         "invalid_idempotency_key",
-                        "Idempotency-Key must be printable ASCII (space and tab allowed)",
+                        format!(
+                            "Idempotency-Key must be 1 to {MAX_ID_BYTES} bytes of printable ASCII (space and tab \
+                             allowed)"
+                        ),
                     )
                 })?
                 .to_owned(),
@@ -257,7 +262,11 @@ fn outgoing(
     let mut out = Vec::with_capacity(events.len());
     for (index, event) in events.iter().enumerate() {
         let own_id = match (&rules.event_id, event.json) {
-            (Some(pointer), true) => std::str::from_utf8(event.value).ok().and_then(|raw| id_at(raw, pointer)),
+            // An empty id counts as none (as Segment's empty messageId does): the
+            // Idempotency-Key, if any, names the event instead.
+            (Some(pointer), true) => {
+                std::str::from_utf8(event.value).ok().and_then(|raw| id_at(raw, pointer)).filter(|id| !id.is_empty())
+            }
             _ => None,
         };
         let id = match (own_id, idempotency_key) {
