@@ -295,7 +295,10 @@ fn normalize_event<'a>(
             let corrected = received_ms.saturating_sub(sent.saturating_sub(original));
             item.set("timestamp", Cow::Owned(quote(&format_rfc3339_ms(corrected))));
         }
-        _ if !item.contains("timestamp") => item.set("timestamp", Cow::Owned(received.to_owned())),
+        // Missing or null (some libraries send `"timestamp": null`): the receive time.
+        _ if item.get("timestamp").is_none_or(|t| t == "null") => {
+            item.set("timestamp", Cow::Owned(received.to_owned()))
+        }
         _ => {}
     }
     item.set("receivedAt", Cow::Owned(received.to_owned()));
@@ -566,6 +569,9 @@ mod tests {
                           "sentAt": "2012-12-02T00:30:30.000Z", "messageId": "m-1"});
         let r = normalize(Call::Single("page"), body.to_string().as_bytes(), RECEIVED, LIMITS).unwrap();
         let v = stored(&r.events[0].1);
+        let null = json!({"anonymousId": "a1", "timestamp": null});
+        let n = normalize(Call::Single("page"), null.to_string().as_bytes(), RECEIVED, LIMITS).unwrap();
+        assert_eq!(stored(&n.events[0].1)["timestamp"], "2012-12-02T00:30:20.000Z", "null is the receive time");
         assert_eq!(v["originalTimestamp"], "2012-12-02T00:30:25.000Z");
         assert_eq!(v["timestamp"], "2012-12-02T00:30:15.000Z");
         assert_eq!((r.events[0].1.key.as_str(), r.events[0].1.message_id.as_str()), ("a1", "m-1"));
