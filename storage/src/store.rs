@@ -198,6 +198,7 @@ impl Store {
             })
             .collect::<Vec<_>>();
         let db = Arc::new(Db::open_cf_descriptors(&db_opts, &path, descriptors)?);
+        remove_options_leftovers(&path);
         let topics = recover(&db, &names)?;
         tracing::info!(path = %path.display(), topics = topics.len(), "store opened");
 
@@ -674,5 +675,23 @@ impl Store {
         let (reply, rx) = oneshot::channel();
         self.send_blocking(WriterCmd::Truncate { part, new_start, removed_bytes, reply })?;
         rx.blocking_recv().map_err(|_| StorageError::ShuttingDown)?
+    }
+}
+
+/// Removes the temporary OPTIONS files a crash during a column-family create or drop
+/// leaves behind (RocksDB writes `OPTIONS-<n>.dbtmp`, then renames it; it never cleans
+/// up one it did not finish). Called right after the database is opened: this process
+/// holds RocksDB's lock and no create or drop runs yet.
+fn remove_options_leftovers(path: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(path) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("OPTIONS-") && name.ends_with(".dbtmp") {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => tracing::info!(file = %name, "removed a temporary OPTIONS file left by a crash"),
+                Err(e) => tracing::warn!(file = %name, error = %e, "could not remove a temporary OPTIONS file"),
+            }
+        }
     }
 }

@@ -165,6 +165,19 @@ fn an_append_is_atomic_across_partitions() {
 }
 
 #[test]
+fn temporary_options_files_left_by_a_crash_are_removed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    rt().block_on(store.close()).unwrap();
+    drop(store);
+    let leftover = dir.path().join("rocksdb").join("OPTIONS-000099.dbtmp");
+    std::fs::write(&leftover, vec![0u8; 4096]).unwrap();
+    let store = open(dir.path());
+    assert!(!leftover.exists(), "the leftover is removed once the store is open");
+    rt().block_on(store.close()).unwrap();
+}
+
+#[test]
 fn size_retention_keeps_the_newest_batch_however_large() {
     let dir = tempfile::tempdir().unwrap();
     let rt = rt();
