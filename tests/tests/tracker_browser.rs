@@ -411,6 +411,20 @@ async fn tracker_sends_each_event_once_from_an_allowed_origin_and_is_refused_els
         )
         .await;
     assert_eq!(sent_now, json!(0), "no request outside the backoff schedule");
+    // Another tab of the site saved an event to the shared queue meanwhile: this tab's
+    // next save keeps it (it used to overwrite the queue with its own copy).
+    let kept = browser
+        .execute(
+            "const q = JSON.parse(localStorage.getItem('tidegate.queue'));
+             q.push({ type: 'track', event: 'Other tab', properties: {}, messageId: 'other-tab-1' });
+             localStorage.setItem('tidegate.queue', JSON.stringify(q));
+             tidegate('track', 'Refused', { i: 99 });
+             const ids = JSON.parse(localStorage.getItem('tidegate.queue')).map(e => e.messageId);
+             return [ids.includes('other-tab-1'), ids.length];",
+            vec![],
+        )
+        .await;
+    assert_eq!(kept, json!([true, 30]), "28 + the other tab's + the new one");
     browser.screenshot("refused").await;
     browser.goto(&format!("{other_origin}/bye")).await;
     let fetches = sends(&browser, "test.fetches").await;
