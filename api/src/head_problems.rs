@@ -150,7 +150,6 @@ fn problem_answer(status: u16, limits: HeadLimits) -> Vec<u8> {
             "the request line or a header is not valid HTTP/1.1".to_string(),
         ),
     };
-    crate::metrics::unparsed_request(status);
     let body = serde_json::to_vec(&Problem::new(status, code, detail)).unwrap_or_default();
     let mut answer = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: {PROBLEM_JSON}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
@@ -189,7 +188,11 @@ impl<I: AsyncWrite + Unpin> ProblemIo<I> {
     ) -> Poll<io::Result<usize>> {
         let head = self.classify(first);
         if let Head::Hypers(status) = head {
-            self.state = State::Replacing { answer: problem_answer(status, self.limits), written: 0 };
+            let answer = problem_answer(status, self.limits);
+            if let Ok(status) = StatusCode::from_u16(status) {
+                crate::metrics::unparsed_request(status);
+            }
+            self.state = State::Replacing { answer, written: 0 };
         }
         if let State::Replacing { .. } = self.state {
             ready!(self.poll_answer(cx))?;

@@ -103,6 +103,15 @@ pub const STARTUP_DEADLINE: Duration = Duration::from_secs(60);
 /// Records asked for per read while reading a partition to its end.
 const READ_PAGE: u64 = 1000;
 
+/// Reads a raw connection until the server closes it (or `within` passes); returns
+/// what it sent and whether it closed.
+pub async fn read_until_closed(tcp: &mut tokio::net::TcpStream, within: Duration) -> (String, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(within, tcp.read_to_end(&mut got)).await.is_ok();
+    (String::from_utf8_lossy(&got).to_string(), closed)
+}
+
 /// `data` gzip-compressed (best compression: a bomb test relies on the ratio).
 pub fn gzip(data: &[u8]) -> Vec<u8> {
     use std::io::Write;

@@ -507,15 +507,12 @@ async fn invalid_topic_names_are_400_and_missing_topics_404() {
 
 /// Sends raw bytes on a new connection and reads until the server closes it.
 async fn raw_exchange(server: &TestServer, request: &[u8]) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     tcp.write_all(request).await.unwrap();
-    let mut got = Vec::new();
-    tokio::time::timeout(std::time::Duration::from_secs(10), tcp.read_to_end(&mut got))
-        .await
-        .expect("the server closes the connection after refusing a request head")
-        .unwrap();
-    String::from_utf8(got).unwrap()
+    let (answer, closed) = tidegate_tests::read_until_closed(&mut tcp, std::time::Duration::from_secs(10)).await;
+    assert!(closed, "the server closes the connection after refusing a request head: {answer}");
+    answer
 }
 
 /// The problem document of the last answer in `raw` (a raw HTTP/1.1 exchange), after

@@ -13,6 +13,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use tidegate_tests::{
     Api, ProcessServer, STARTUP_DEADLINE, SelfSigned, TestServer, TlsGateway, assert_problem, eventually,
+    read_until_closed,
 };
 
 const SECRET: &str = "test-hmac-secret-that-is-long-enough-32+";
@@ -801,15 +802,6 @@ async fn tokens_signed_by_the_cli_are_accepted() {
     assert_problem(resp, 403, "forbidden").await;
     let out = std::process::Command::new(ProcessServer::binary()).args(["token", "-p", "admin"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "an HMAC token without a secret is refused");
-}
-
-/// Reads a raw connection until the server closes it (or `within` passes); returns
-/// what it sent and whether it closed.
-async fn read_until_closed(tcp: &mut tokio::net::TcpStream, within: Duration) -> (String, bool) {
-    use tokio::io::AsyncReadExt;
-    let mut got = Vec::new();
-    let closed = tokio::time::timeout(within, tcp.read_to_end(&mut got)).await.is_ok();
-    (String::from_utf8_lossy(&got).to_string(), closed)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -44,15 +44,20 @@ fn forwarded_address(item: &str) -> Option<IpAddr> {
     if let Ok(ip) = item.parse() {
         return Some(ip);
     }
-    if let Some(rest) = item.strip_prefix('[') {
-        let (v6, port) = rest.split_once(']')?;
-        return (port.is_empty() || port.strip_prefix(':').is_some_and(|p| p.parse::<u16>().is_ok()))
-            .then(|| v6.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6))
-            .flatten();
+    let port_ok = |port: &str| port.is_empty() || port.strip_prefix(':').is_some_and(|p| p.parse::<u16>().is_ok());
+    match item.strip_prefix('[') {
+        // `[v6]` or `[v6]:port`
+        Some(rest) => {
+            let (v6, port) = rest.split_once(']')?;
+            port_ok(port).then(|| v6.parse().ok().map(IpAddr::V6))?
+        }
+        // `v4:port`
+        None => {
+            let (v4, port) = item.rsplit_once(':')?;
+            port.parse::<u16>().ok()?;
+            v4.parse().ok().map(IpAddr::V4)
+        }
     }
-    let (v4, port) = item.rsplit_once(':')?;
-    port.parse::<u16>().ok()?;
-    v4.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
 }
 
 #[cfg(test)]

@@ -161,12 +161,14 @@ pub struct InvalidItem {
     /// Whether `value` may be stored as JSON (not when nested too deeply or holding an
     /// unpaired surrogate escape: it is then stored as bytes).
     pub json: bool,
+    /// For an event that failed its topic's schema: that topic and the failing path.
+    pub source: Option<(String, String)>,
 }
 
 impl InvalidItem {
     fn new(index: usize, detail: String, value: Vec<u8>, max_depth: usize) -> InvalidItem {
         let json = super::parse::json_refusal(&value, max_depth).is_none();
-        InvalidItem { index, detail, value, json }
+        InvalidItem { index, detail, value, json, source: None }
     }
 }
 

@@ -189,7 +189,7 @@ pub async fn segment_call(
     }
     let routed: Vec<usize> = picks.iter().map(|&p| in_set[p]).collect();
 
-    let mut aside = SetAside::new(request.invalid);
+    let mut aside = SetAside { items: request.invalid };
     let mut errors = Vec::new();
     let mut events = Vec::with_capacity(routed.len());
     for ((index, e), topic) in request.events.into_iter().zip(routed) {
@@ -199,7 +199,7 @@ pub async fn segment_call(
             Err(detail) => {
                 let detail = format!("messageId: {detail}");
                 if call == Call::Batch {
-                    aside.push(index, detail, value, true, None);
+                    aside.push(index, detail, value, None);
                     continue;
                 }
                 errors.push(crate::error::EventError::new(index, detail));
@@ -218,7 +218,7 @@ pub async fn segment_call(
             // Failed its topic's schema, and the topic has no dead-letter topic.
             let failure = errors.pop().expect("screen reported the failure");
             let source = Some((set.list[topic].name.clone(), failure.path.unwrap_or_default()));
-            aside.push(index, failure.detail, value, true, source);
+            aside.push(index, failure.detail, value, source);
         }
     }
     if !errors.is_empty() {
@@ -239,50 +239,30 @@ pub async fn segment_call(
     if !aside.items.is_empty() {
         metrics::counter!("tidegate_segment_invalid_events_total").increment(aside.items.len() as u64);
     }
-    let invalid: Vec<_> = aside.items.iter().take(MAX_LISTED_ERRORS).map(SetAsideItem::error).collect();
+    let invalid = aside.errors();
     Ok(Json(SegmentAccepted { success: true, invalid: (!invalid.is_empty()).then_some(invalid), invalid_topic }))
 }
 
-/// An event of a batch set aside: written to `segment_invalid_topic` (or dropped when
-/// it is empty) instead of failing its batch.
-struct SetAsideItem {
-    index: usize,
-    detail: String,
-    value: Bytes,
-    json: bool,
-    /// The topic it was meant for and the schema path it failed, for schema failures.
-    source: Option<(String, String)>,
-}
-
-impl SetAsideItem {
-    fn error(&self) -> crate::error::EventError {
-        let path = self.source.as_ref().map(|(_, path)| path.clone());
-        crate::error::EventError { index: self.index, position: None, path, detail: self.detail.clone() }
-    }
-}
-
-/// The events of a batch set aside, in request order.
+/// The events of a batch set aside (see [`InvalidItem`]): written to
+/// `segment_invalid_topic`, or dropped when it is empty, instead of failing their batch.
 struct SetAside {
-    items: Vec<SetAsideItem>,
+    items: Vec<InvalidItem>,
 }
 
 impl SetAside {
-    fn new(invalid: Vec<InvalidItem>) -> SetAside {
-        let items = invalid
-            .into_iter()
-            .map(|i| SetAsideItem {
-                index: i.index,
-                detail: i.detail,
-                value: Bytes::from(i.value),
-                json: i.json,
-                source: None,
-            })
-            .collect();
-        SetAside { items }
+    fn push(&mut self, index: usize, detail: String, value: Bytes, source: Option<(String, String)>) {
+        self.items.push(InvalidItem { index, detail, value: value.to_vec(), json: true, source });
     }
 
-    fn push(&mut self, index: usize, detail: String, value: Bytes, json: bool, source: Option<(String, String)>) {
-        self.items.push(SetAsideItem { index, detail, value, json, source });
+    /// The answer's entry of each, in request order.
+    fn errors(&self) -> Vec<crate::error::EventError> {
+        let error = |i: &InvalidItem| crate::error::EventError {
+            index: i.index,
+            position: None,
+            path: i.source.as_ref().map(|(_, path)| path.clone()),
+            detail: i.detail.clone(),
+        };
+        self.items.iter().take(MAX_LISTED_ERRORS).map(error).collect()
     }
 
     /// The records for the invalid-events topic (index `topic` of the request's set):
@@ -295,7 +275,7 @@ impl SetAside {
                 headers.push((dead_letter_headers::PATH.to_string(), path.clone().into_bytes()));
                 headers.push((dead_letter_headers::SOURCE_TOPIC.to_string(), source.clone().into_bytes()));
             }
-            Outgoing { json: item.json, headers, ..Outgoing::json(topic, item.value.clone()) }
+            Outgoing { json: item.json, headers, ..Outgoing::json(topic, Bytes::from(item.value.clone())) }
         })
     }
 }
