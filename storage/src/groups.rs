@@ -80,9 +80,7 @@ impl Store {
                 v[8..].copy_from_slice(&now.to_be_bytes());
                 wb.put_cf(&cf, offset_key(&group, topic, *partition), v);
             }
-            let mut opts = rocksdb::WriteOptions::default();
-            opts.set_sync(true);
-            s.inner.db.write_opt(wb, &opts)?;
+            s.write_meta(wb)?;
             Ok(())
         })
         .await
@@ -150,9 +148,7 @@ impl Store {
             to.push(1);
             let mut wb = rocksdb::WriteBatch::default();
             wb.delete_range_cf(&cf, from, to);
-            let mut opts = rocksdb::WriteOptions::default();
-            opts.set_sync(true);
-            s.inner.db.write_opt(wb, &opts)?;
+            s.write_meta(wb)?;
             Ok(())
         })
         .await

@@ -169,9 +169,12 @@ impl PartitionLog {
     }
 }
 
+/// Prefix of the meta-CF keys that hold partitions' persisted state.
+pub(crate) const STATE_PREFIX: &str = "pstate/";
+
 /// Meta-CF key of a partition's persisted state.
 pub(crate) fn state_key(cf: &str) -> Vec<u8> {
-    format!("pstate/{cf}").into_bytes()
+    format!("{STATE_PREFIX}{cf}").into_bytes()
 }
 
 /// Column family name of a partition: `p/{topic}/{incarnation}/{partition}`.

@@ -18,7 +18,7 @@ use crate::batch::{EncodedBatch, key_offset, verify};
 use crate::config::StoreConfig;
 use crate::dedup::{DEDUP_CF, Dedup, IdWrites};
 use crate::error::{Result, StorageError};
-use crate::partition::{AppendSignal, Bounds, PartitionLog, PartitionStats, cf_name, state_key};
+use crate::partition::{AppendSignal, Bounds, PartitionLog, PartitionStats, STATE_PREFIX, cf_name, state_key};
 use crate::topic::{TopicConfig, TopicConfigPatch, TopicMeta, validate_topic_name};
 use crate::writer::{WriteHealth, Writer, WriterCmd};
 
@@ -243,8 +243,8 @@ impl Store {
         Arc::downgrade(&self.inner)
     }
 
-    /// The error of the last group commit (or interval WAL sync) when it failed and no
-    /// commit has succeeded since; `None` while writes work. RocksDB refuses every write
+    /// The error of the last failed write (group commit, interval WAL sync, retention,
+    /// topic or group metadata, column-family change) when no write has succeeded since; `None` while writes work. RocksDB refuses every write
     /// after some failures (a full disk, an I/O error) until the store is reopened.
     pub fn write_failure(&self) -> Option<String> {
         self.inner.health.failure()
@@ -299,20 +299,28 @@ impl Store {
             Some(raw) => u64::from_be_bytes(raw.as_slice().try_into().unwrap_or([0; 8])),
             None => 1,
         };
-        // Column families first, metadata last: a crash in between leaves orphan
-        // column families, which the next start-up drops.
-        let mut parts = Vec::with_capacity(config.partitions as usize);
-        let appends = AppendSignal::new();
-        for p in 0..config.partitions {
-            let cf = cf_name(name, id, p);
-            self.create_cf(&cf)?;
-            parts.push(Arc::new(PartitionLog::new(name, p, cf, Bounds::EMPTY, appends.clone())));
-        }
-        let topic_meta = TopicMeta { name: name.to_string(), id, created_ms: now_ms(), config: config.clone() };
+        // The incarnation id is used up before any column family is made, so a retry
+        // after a failure names its column families afresh.
         let mut wb = rocksdb::WriteBatch::default();
         wb.put_cf(&meta, NEXT_ID_KEY, (id + 1).to_be_bytes());
-        wb.put_cf(&meta, topic_key(name), serde_json::to_vec(&topic_meta).expect("topic meta serialises"));
         self.write_meta(wb)?;
+        // Column families first, metadata last: a crash in between leaves orphan
+        // column families, which the next start-up drops.
+        let names: Vec<String> = (0..config.partitions).map(|p| cf_name(name, id, p)).collect();
+        self.create_cfs(&names)?;
+        let appends = AppendSignal::new();
+        let parts = names
+            .into_iter()
+            .zip(0..)
+            .map(|(cf, p)| Arc::new(PartitionLog::new(name, p, cf, Bounds::EMPTY, appends.clone())))
+            .collect();
+        let topic_meta = TopicMeta { name: name.to_string(), id, created_ms: now_ms(), config: config.clone() };
+        let mut wb = rocksdb::WriteBatch::default();
+        wb.put_cf(&meta, topic_key(name), serde_json::to_vec(&topic_meta).expect("topic meta serialises"));
+        if let Err(e) = self.write_meta(wb) {
+            self.drop_cfs(&(0..config.partitions).map(|p| cf_name(name, id, p)).collect::<Vec<_>>());
+            return Err(e);
+        }
         let topic = Arc::new(Topic {
             name: name.to_string(),
             id,
@@ -330,16 +338,37 @@ impl Store {
         self.inner.db.cf_handle(META_CF).ok_or_else(|| StorageError::Internal("meta column family missing".into()))
     }
 
-    fn create_cf(&self, cf: &str) -> Result<()> {
+    /// Creates the column families `names`, all or none: on a failure the ones made so
+    /// far are dropped again. (When RocksDB made one but failed to persist its OPTIONS
+    /// file, that one is unknown to this handle and stays until the next start drops it
+    /// as an orphan.)
+    fn create_cfs(&self, names: &[String]) -> Result<()> {
         let opts = cf_options(&self.inner.cache, per_cf_buffer(&self.inner.config));
-        self.inner.db.create_cf(cf, &opts)?;
+        for (made, cf) in names.iter().enumerate() {
+            if let Err(e) = self.inner.health.observe("creating a column family", self.inner.db.create_cf(cf, &opts)) {
+                self.drop_cfs(&names[..made]);
+                return Err(e.into());
+            }
+        }
         Ok(())
     }
 
-    fn write_meta(&self, wb: rocksdb::WriteBatch) -> Result<()> {
+    /// Drops column families of an admin operation that failed (newest first); failures
+    /// are logged, and the next start drops what is left as orphans.
+    fn drop_cfs(&self, names: &[String]) {
+        for cf in names.iter().rev() {
+            if let Err(e) = self.inner.db.drop_cf(cf) {
+                tracing::warn!(cf = %cf, error = %e, "could not drop the column family of a failed admin operation");
+            }
+        }
+    }
+
+    /// Writes topic or group metadata, synced whatever the fsync policy; a failure marks
+    /// the store failing (see [`Store::write_failure`]).
+    pub(crate) fn write_meta(&self, wb: rocksdb::WriteBatch) -> Result<()> {
         let mut opts = rocksdb::WriteOptions::default();
         opts.set_sync(true);
-        self.inner.db.write_opt(wb, &opts)?;
+        self.inner.health.observe("metadata write", self.inner.db.write_opt(wb, &opts))?;
         Ok(())
     }
 
@@ -383,13 +412,17 @@ impl Store {
             }
             config.partitions = count;
             config.validate()?;
-            let mut added = Vec::new();
-            for p in current..count {
-                let cf = cf_name(&name, topic.id, p);
-                s.create_cf(&cf)?;
-                added.push(Arc::new(PartitionLog::new(&name, p, cf, Bounds::EMPTY, topic.appends.clone())));
+            let names: Vec<String> = (current..count).map(|p| cf_name(&name, topic.id, p)).collect();
+            s.create_cfs(&names)?;
+            if let Err(e) = s.persist_topic(&topic, &config) {
+                s.drop_cfs(&names);
+                return Err(e);
             }
-            s.persist_topic(&topic, &config)?;
+            let added = names
+                .into_iter()
+                .zip(current..)
+                .map(|(cf, p)| Arc::new(PartitionLog::new(&name, p, cf, Bounds::EMPTY, topic.appends.clone())))
+                .collect::<Vec<_>>();
             topic.partitions.write().expect("partitions lock").extend(added);
             *topic.config.write().expect("topic config lock") = Arc::new(config);
             Ok(topic.info())
@@ -641,6 +674,20 @@ fn recover(db: &Db, cf_names: &[String]) -> Result<HashMap<String, Arc<Topic>>> 
         db.write(wb)?;
     }
     drop(dedup);
+    // Persisted state of partitions that belong to no topic (a crash between a topic's
+    // deletion and the writer's clean-up, or a store written by an older version).
+    let mut stale = rocksdb::WriteBatch::default();
+    for item in db.prefix_iterator_cf(&meta, STATE_PREFIX.as_bytes()) {
+        let (key, _) = item?;
+        let Some(cf) = key.strip_prefix(STATE_PREFIX.as_bytes()) else { break };
+        if !wanted.contains(String::from_utf8_lossy(cf).as_ref()) {
+            stale.delete_cf(&meta, &key);
+        }
+    }
+    if !stale.is_empty() {
+        tracing::info!(keys = stale.len(), "removing the persisted state of partitions that no longer exist");
+        db.write(stale)?;
+    }
     for name in cf_names {
         if name.starts_with("p/") && !wanted.contains(name) {
             tracing::warn!(cf = %name, "dropping orphan column family");

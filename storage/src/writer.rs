@@ -91,6 +91,27 @@ impl WriteHealth {
         }
     }
 
+    /// Passes a write's (or column-family change's) outcome through: a success clears the
+    /// failure, an I/O error or corruption records it (as a failed group commit does) and
+    /// counts in `tidegate_storage_write_errors_total`. Other errors (an invalid argument)
+    /// say nothing about the disk and change nothing.
+    pub(crate) fn observe<T>(
+        &self,
+        what: &str,
+        result: std::result::Result<T, rocksdb::Error>,
+    ) -> std::result::Result<T, rocksdb::Error> {
+        match &result {
+            Ok(_) => self.succeeded(),
+            Err(e) if matches!(e.kind(), rocksdb::ErrorKind::IOError | rocksdb::ErrorKind::Corruption) => {
+                tracing::error!(error = %e, "{what} failed");
+                metrics::counter!("tidegate_storage_write_errors_total").increment(1);
+                self.failed(&format!("{what}: {e}"));
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
     /// The error of the last write when it failed and none has succeeded since.
     pub(crate) fn failure(&self) -> Option<String> {
         if !self.failing.load(Ordering::Acquire) {
@@ -153,12 +174,14 @@ impl Writer {
                 false
             }
             WriterCmd::Drop { topic_id, parts, reply } => {
-                let mut result = self.forget_ids(topic_id);
                 for part in &parts {
                     part.deleted.store(true, Ordering::Release);
+                }
+                let mut result = self.forget_topic(topic_id, &parts);
+                for part in &parts {
                     // Wake long-polls so they notice the deletion.
                     part.hw.send_modify(|_| {});
-                    if let Err(e) = self.db.drop_cf(&part.cf) {
+                    if let Err(e) = self.health.observe("dropping a column family", self.db.drop_cf(&part.cf)) {
                         result = Err(e.into());
                     }
                 }
@@ -184,15 +207,21 @@ impl Writer {
         Ok(())
     }
 
-    /// Deletes a topic incarnation's remembered ids from disk (after its partitions are
-    /// marked deleted, so no later append can add any). Cached ones age out: no later
-    /// lookup can match them.
-    fn forget_ids(&self, topic_id: u64) -> Result<()> {
+    /// Deletes a topic incarnation's remembered ids and its partitions' persisted state
+    /// from disk, in one write, after its partitions are marked deleted (so no later
+    /// append can add either again: an append queued between the topic's metadata
+    /// deletion and this command wrote a state key that goes here). Cached ids age out:
+    /// no later lookup can match them.
+    fn forget_topic(&self, topic_id: u64, parts: &[Arc<PartitionLog>]) -> Result<()> {
         let cf = dedup_cf(&self.db)?;
+        let meta = self.db.cf_handle(META_CF).ok_or_else(|| StorageError::Internal("meta cf missing".into()))?;
         let (from, to) = topic_range(topic_id);
         let mut wb = WriteBatch::default();
         wb.delete_range_cf(&cf, from, to);
-        self.db.write_opt(wb, &self.write_options())?;
+        for part in parts {
+            wb.delete_cf(&meta, state_key(&part.cf));
+        }
+        self.health.observe("forgetting a deleted topic", self.db.write_opt(wb, &self.write_options()))?;
         Ok(())
     }
 
@@ -211,7 +240,7 @@ impl Writer {
         let mut wb = WriteBatch::default();
         wb.delete_range_cf(&cf, offset_key(0), offset_key(new_start));
         wb.put_cf(&meta, state_key(&part.cf), PartitionLog::encode_state(new_start, bytes));
-        self.db.write_opt(wb, &self.write_options())?;
+        self.health.observe("retention", self.db.write_opt(wb, &self.write_options()))?;
         part.start.store(new_start, Ordering::Release);
         part.bytes.store(bytes, Ordering::Release);
         Ok(())

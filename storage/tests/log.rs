@@ -177,6 +177,66 @@ fn temporary_options_files_left_by_a_crash_are_removed_at_open() {
     rt().block_on(store.close()).unwrap();
 }
 
+/// The partition-state keys (`pstate/<column family>`) in the meta column family of the
+/// closed store in `dir`, read straight from RocksDB.
+fn state_keys_on_disk(dir: &std::path::Path) -> Vec<String> {
+    let path = dir.join("rocksdb");
+    let families = rocksdb::DB::list_cf(&rocksdb::Options::default(), &path).unwrap();
+    let db = rocksdb::DB::open_cf_for_read_only(&rocksdb::Options::default(), &path, &families, false).unwrap();
+    let meta = db.cf_handle("meta").unwrap();
+    db.iterator_cf(&meta, rocksdb::IteratorMode::Start)
+        .map(|item| String::from_utf8(item.unwrap().0.into_vec()).unwrap())
+        .filter(|k| k.starts_with("pstate/"))
+        .collect()
+}
+
+#[test]
+fn deleting_a_topic_under_appends_leaves_no_partition_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let store = open(dir.path());
+    rt.block_on(async {
+        store.create_topic("keep", topic(1)).await.unwrap();
+        store.append("keep", vec![(0, batch(&[vec![1]], 1))]).await.unwrap();
+        for round in 0..5 {
+            store.create_topic("t", topic(2)).await.unwrap();
+            // Appends still queued at the writer when the topic's metadata is deleted
+            // write their partitions' state again; the drop must remove it.
+            for i in 0..400u32 {
+                store.append_detached("t", vec![(i % 2, batch(&[vec![round]], 1))]).await.unwrap();
+            }
+            store.delete_topic("t").await.unwrap();
+        }
+        store.close().await.unwrap();
+    });
+    drop(store);
+    assert_eq!(state_keys_on_disk(dir.path()), ["pstate/p/keep/1/0"]);
+}
+
+#[test]
+fn partition_state_of_no_topic_is_removed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    rt().block_on(async {
+        store.create_topic("keep", topic(1)).await.unwrap();
+        store.append("keep", vec![(0, batch(&[vec![1]], 1))]).await.unwrap();
+        store.close().await.unwrap();
+    });
+    drop(store);
+    {
+        let path = dir.path().join("rocksdb");
+        let families = rocksdb::DB::list_cf(&rocksdb::Options::default(), &path).unwrap();
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &path, &families).unwrap();
+        db.put_cf(&db.cf_handle("meta").unwrap(), b"pstate/p/gone/7/0", [0u8; 16]).unwrap();
+    }
+    assert_eq!(state_keys_on_disk(dir.path()), ["pstate/p/gone/7/0", "pstate/p/keep/1/0"]);
+    let store = open(dir.path());
+    assert_eq!(store.partition("keep", 0).unwrap().end_offset(), 1);
+    rt().block_on(store.close()).unwrap();
+    drop(store);
+    assert_eq!(state_keys_on_disk(dir.path()), ["pstate/p/keep/1/0"]);
+}
+
 #[test]
 fn size_retention_keeps_the_newest_batch_however_large() {
     let dir = tempfile::tempdir().unwrap();
