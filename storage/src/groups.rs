@@ -5,7 +5,10 @@
 //! will read (Kafka's convention). Commits are synced to disk before they return, so
 //! an acknowledged commit survives a crash.
 
+use std::sync::Arc;
+
 use crate::error::{Result, StorageError};
+use crate::partition::PartitionLog;
 use crate::store::{Store, now_ms};
 
 pub(crate) const GROUPS_CF: &str = "groups";
@@ -60,25 +63,31 @@ impl Store {
         self.inner.db.cf_handle(GROUPS_CF).ok_or_else(|| StorageError::Internal("groups column family missing".into()))
     }
 
-    /// Stores committed offsets for a group atomically and durably (synced). Refused
-    /// (`TopicNotFound`) when a topic does not exist: checked under the admin lock, so
-    /// no commit lands after its topic's deletion removed the topic's offsets.
-    pub async fn commit_offsets(&self, group: &str, offsets: Vec<(String, u32, u64)>) -> Result<()> {
+    /// Stores committed offsets for a group atomically and durably (synced), each for the
+    /// partition log it was read from. Refused when a log's topic no longer exists
+    /// (`TopicNotFound`) or is another incarnation under the same name (`TopicDeleted`:
+    /// the topic was deleted and created again). Checked under the admin lock, so no
+    /// commit lands after its topic's deletion removed the topic's offsets, and a
+    /// position in a deleted topic never becomes one in its successor.
+    pub async fn commit_offsets(&self, group: &str, offsets: Vec<(Arc<PartitionLog>, u64)>) -> Result<()> {
         validate_group_name(group)?;
         let group = group.to_string();
         self.blocking(move |s| {
             let _admin = s.inner.admin.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            for (topic, _, _) in &offsets {
-                s.topic(topic)?;
+            for (log, _) in &offsets {
+                let live = s.topic(&log.topic)?.partition(log.index)?;
+                if !Arc::ptr_eq(&live, log) {
+                    return Err(StorageError::TopicDeleted(log.topic.clone()));
+                }
             }
             let cf = s.groups_cf()?;
             let now = now_ms();
             let mut wb = rocksdb::WriteBatch::default();
-            for (topic, partition, offset) in &offsets {
+            for (log, offset) in &offsets {
                 let mut v = [0u8; 16];
                 v[..8].copy_from_slice(&offset.to_be_bytes());
                 v[8..].copy_from_slice(&now.to_be_bytes());
-                wb.put_cf(&cf, offset_key(&group, topic, *partition), v);
+                wb.put_cf(&cf, offset_key(&group, &log.topic, log.index), v);
             }
             s.write_meta(wb)?;
             Ok(())

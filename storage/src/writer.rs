@@ -240,8 +240,14 @@ impl Writer {
         let mut wb = WriteBatch::default();
         wb.delete_range_cf(&cf, offset_key(0), offset_key(new_start));
         wb.put_cf(&meta, state_key(&part.cf), PartitionLog::encode_state(new_start, bytes));
-        self.health.observe("retention", self.db.write_opt(wb, &self.write_options()))?;
+        // The start moves before the records go: a read that finds them missing then also
+        // finds the new start and reports the gap (moved after, a read in between
+        // returned the records past the cut as if they came right at its offset).
         part.start.store(new_start, Ordering::Release);
+        if let Err(e) = self.health.observe("retention", self.db.write_opt(wb, &self.write_options())) {
+            part.start.store(start, Ordering::Release);
+            return Err(e.into());
+        }
         part.bytes.store(bytes, Ordering::Release);
         Ok(())
     }

@@ -312,14 +312,22 @@ fn delete_recreate_and_grow_topics() {
         assert!(matches!(store.add_partitions("t", 2).await, Err(StorageError::PartitionCountNotIncreased { .. })));
         store.append("t", vec![(2, batch(&[vec![3]], 1))]).await.unwrap();
         store.create_topic("other", topic(1)).await.unwrap();
-        store.commit_offsets("g", vec![("t".into(), 0, 2), ("t".into(), 2, 1), ("other".into(), 0, 0)]).await.unwrap();
+        let (t0, t2) = (store.partition("t", 0).unwrap(), store.partition("t", 2).unwrap());
+        store
+            .commit_offsets("g", vec![(t0.clone(), 2), (t2, 1), (store.partition("other", 0).unwrap(), 0)])
+            .await
+            .unwrap();
         store.delete_topic("t").await.unwrap();
         assert!(matches!(store.topic("t"), Err(StorageError::TopicNotFound(_))));
         let left: Vec<String> = store.committed_offsets("g").await.unwrap().into_iter().map(|c| c.topic).collect();
         assert_eq!(left, ["other"], "the deleted topic's committed offsets went with it");
-        let late = store.commit_offsets("g", vec![("t".into(), 0, 2)]).await;
+        let late = store.commit_offsets("g", vec![(t0.clone(), 2)]).await;
         assert!(matches!(late, Err(StorageError::TopicNotFound(_))), "{late:?}");
         store.create_topic("t", topic(1)).await.unwrap();
+        // A position read from the deleted topic is no position in the new one.
+        let stale = store.commit_offsets("g", vec![(t0, 2)]).await;
+        assert!(matches!(stale, Err(StorageError::TopicDeleted(_))), "{stale:?}");
+        assert!(store.committed_offsets("g").await.unwrap().iter().all(|c| c.topic != "t"));
         assert_eq!(store.partition("t", 0).unwrap().end_offset(), 0, "a re-created topic starts empty");
         store.delete_topic("other").await.unwrap();
         store.close().await.unwrap();

@@ -1382,3 +1382,134 @@ async fn static_member_that_drops_during_a_rebalance_gives_up_the_revoked_partit
     let d = server.get_json("/v1/groups/relay").await;
     assert_eq!(d["state"], "stable", "{d}");
 }
+
+/// A session of a deleted topic that ends only after the topic was created again under
+/// the same name (here a stalled SSE member, ended by its session timeout) must not
+/// store its old positions as the new topic's committed offsets: the group would skip
+/// the new topic's first records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn positions_in_a_deleted_topic_are_not_committed_to_its_successor() {
+    let server = TestServer::start(|c| {
+        quick(c);
+        c.session_timeout_ms = 6000;
+        c.heartbeat_interval_ms = 1000;
+    })
+    .await;
+    server.create_topic("reborn", 1).await;
+    // A group member over SSE that reads the response head, then nothing more.
+    let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
+    let request = "GET /v1/topics/reborn/stream?group=phoenix&from=earliest HTTP/1.1\r\n\
+                   host: 127.0.0.1\r\naccept: text/event-stream\r\n\r\n";
+    tcp.write_all(request.as_bytes()).await.expect("send");
+    let mut head = [0u8; 512];
+    let n = tcp.read(&mut head).await.expect("response head");
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head[..n]));
+    clog(&server, "reborn", 0).await;
+    let resp = server.http.delete(server.url("/v1/topics/reborn")).send().await.expect("delete");
+    assert_eq!(resp.status(), 204);
+    server.create_topic("reborn", 1).await;
+    produce_ids(&server, "reborn", 0..10, 1).await;
+    eventually("the stalled member to end", WAIT, || async {
+        let d = server.try_get_json("/v1/groups/phoenix").await;
+        d.is_none_or(|d| d["members"].as_array().is_some_and(Vec::is_empty)).then_some(())
+    })
+    .await;
+    let d = server.try_get_json("/v1/groups/phoenix").await;
+    let committed: Vec<&Value> = d
+        .as_ref()
+        .and_then(|d| d["partitions"].as_array())
+        .into_iter()
+        .flatten()
+        .filter(|r| !r["committed"].is_null())
+        .collect();
+    assert!(committed.is_empty(), "the old topic's position was committed to the new one: {d:?}");
+    drop(tcp);
+    let mut again = Consumer::join(&server, "again", "reborn", "group=phoenix&from=earliest").await;
+    until("the new topic's records", &mut [&mut again], |m| m[0].received() == 10).await;
+    assert_eq!(again.offsets(0), (0..10).collect::<Vec<u64>>(), "{again:?}");
+}
+
+/// Partitions added while a group reads its topic are read from their start, also by
+/// members with the default `from=latest`: events posted to them right after the grow
+/// (before any member was assigned them) are not skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_reads_partitions_added_while_it_runs_from_their_start() {
+    let server = quick_server().await;
+    server.create_topic("widening", 2).await;
+    let mut a = Consumer::join(&server, "a", "widening", "group=wide").await;
+    let mut b = Consumer::join(&server, "b", "widening", "group=wide").await;
+    until("a and b to split the partitions", &mut [&mut a, &mut b], |m| split_evenly(m, 2, &[1, 1])).await;
+    let resp = server.post("/v1/topics/widening/partitions").json(&json!({"count": 4})).send().await.expect("grow");
+    assert_eq!(resp.status(), 200);
+    produce_ids(&server, "widening", 0..40, 4).await;
+    until("every event", &mut [&mut a, &mut b], |m| m.iter().map(|c| c.received()).sum::<usize>() == 40).await;
+    let mut ids: Vec<u64> = a.ids().into_iter().chain(b.ids()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..40).collect::<Vec<u64>>(), "{a:?} {b:?}");
+    assert!(split_evenly(&[&mut a, &mut b], 4, &[2, 2]), "{a:?} {b:?}");
+}
+
+/// Frames cached for fast fan-out are not served below the log start: records that
+/// retention deleted are reported as a gap, also when an earlier reader cached them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_deleted_by_retention_are_a_gap_even_when_cached() {
+    let server = TestServer::start(|c| {
+        quick(c);
+        c.retention_check_interval_ms = 100;
+    })
+    .await;
+    server.create_topic("fading", 1).await;
+    for batch in 0..10 {
+        produce_ids(&server, "fading", batch * 10..batch * 10 + 10, 1).await;
+    }
+    let mut first = Consumer::join(&server, "first", "fading", "offsets=0:0").await;
+    until("the first reader to read everything", &mut [&mut first], |m| m[0].received() == 100).await;
+    let resp = server
+        .http
+        .patch(server.url("/v1/topics/fading"))
+        .json(&json!({"retention_bytes": 2000}))
+        .send()
+        .await
+        .expect("alter");
+    assert_eq!(resp.status(), 200);
+    let start = eventually("retention to move the log start", WAIT, || async {
+        let start = server.describe("fading").await["partitions"][0]["start_offset"].as_u64().expect("start");
+        (start > 0).then_some(start)
+    })
+    .await;
+    let mut late = Consumer::join(&server, "late", "fading", "offsets=0:0").await;
+    until("the records after the gap", &mut [&mut late], |m| m[0].offsets(0).last() == Some(&99)).await;
+    assert_eq!(late.kinds[..3], ["assignment", "gap", "records"], "a gap before any record: {late:?}");
+    let to = late.gaps[0]["to"].as_u64().expect("to");
+    assert!(to >= start, "{late:?}");
+    assert_eq!(late.offsets(0), (to..100).collect::<Vec<u64>>(), "{late:?}");
+}
+
+/// A forced delete of a group whose member is idle (caught up, nothing new to commit):
+/// the member's next auto-commit stores its position again, so the group does not
+/// vanish and a later member does not start over from `from`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_force_deleted_group_gets_its_idle_members_positions_back() {
+    let server = quick_server().await;
+    server.create_topic("kept", 2).await;
+    produce_ids(&server, "kept", 0..10, 2).await;
+    let mut idle = Consumer::join(&server, "idle", "kept", "group=keepers&from=earliest").await;
+    until("the backlog", &mut [&mut idle], |m| m[0].received() == 10).await;
+    let committed = || async {
+        let d = server.try_get_json("/v1/groups/keepers").await?;
+        let rows = d["partitions"].as_array()?.clone();
+        let offsets: Vec<u64> = rows.iter().filter_map(|r| r["committed"].as_u64()).collect();
+        (offsets == [5, 5]).then_some(())
+    };
+    eventually("the auto-commit of the backlog", WAIT, committed).await;
+    let resp = server.http.delete(server.url("/v1/groups/keepers?force=true")).send().await.expect("delete");
+    assert_eq!(resp.status(), 204);
+    eventually("the idle member's positions to be stored again", WAIT, committed).await;
+    assert_eq!(idle.close().await, Some(1000));
+    produce_ids(&server, "kept", 10..16, 2).await;
+    let mut next = Consumer::join(&server, "next", "kept", "group=keepers").await;
+    until("the new events", &mut [&mut next], |m| m[0].received() == 6).await;
+    let mut ids = next.ids();
+    ids.sort_unstable();
+    assert_eq!(ids, (10..16).collect::<Vec<u64>>(), "{next:?}");
+}

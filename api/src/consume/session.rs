@@ -663,7 +663,10 @@ impl Session {
             *round_robin = (first + i + 1) % n;
             let next = pos.next;
             let log = &pos.log;
-            let frame = match state.frames.get(log.storage_id(), next) {
+            // Below the log start (retention moved it), a cached frame holds records
+            // that are gone: the read reports the gap instead.
+            let cached = if next >= log.start_offset() { state.frames.get(log.storage_id(), next) } else { None };
+            let frame = match cached {
                 Some(frame) => Ok(frame),
                 None => {
                     let limits = ReadLimits { max_records: MAX_FRAME_RECORDS, max_bytes: budget };
@@ -749,11 +752,23 @@ impl Session {
 
     async fn on_control(&mut self, msg: Control) -> Result<(), End> {
         match msg {
-            Control::Assign { generation, partitions } => {
+            Control::Assign { generation, partitions, grown } => {
                 self.generation = generation;
-                let new: Vec<TopicPartition> =
-                    partitions.into_iter().filter(|tp| !self.positions.contains_key(tp)).collect();
-                self.add_partitions(new, self.params.from).await
+                let (grown, new): (Vec<TopicPartition>, Vec<TopicPartition>) = partitions
+                    .into_iter()
+                    .filter(|tp| !self.positions.contains_key(tp))
+                    .partition(|tp| grown.contains(tp));
+                if grown.is_empty() {
+                    return self.add_partitions(new, self.params.from).await;
+                }
+                if !new.is_empty() {
+                    self.add_partitions(new, self.params.from).await?;
+                }
+                self.add_partitions(grown, StartFrom::Earliest).await
+            }
+            Control::Forget => {
+                self.committed.clear();
+                Ok(())
             }
             Control::Reset { offsets } => {
                 for (tp, offset) in offsets {
@@ -832,14 +847,20 @@ impl Session {
                 }
                 // The next offset to read can be at most the high watermark: a commit
                 // past it would make the group skip records not written yet.
+                let mut rows = Vec::with_capacity(offsets.len());
                 for ((t, p), o) in &offsets {
-                    let end = self.positions.get(&(t.clone(), *p)).map(|pos| pos.log.high_watermark());
-                    if let Some(end) = end.filter(|end| o > end) {
+                    let Some(log) = self.positions.get(&(t.clone(), *p)).map(|pos| pos.log.clone()) else {
+                        let detail = format!("{t}/{p} is not being read by this member");
+                        return self.send("error", protocol::error("commit_refused", &detail)).await;
+                    };
+                    let end = log.high_watermark();
+                    if *o > end {
                         let detail = format!("offset {o} is past the end of {t}/{p} (high watermark {end})");
                         return self.send("error", protocol::error("commit_refused", &detail)).await;
                     }
+                    rows.push((log, *o));
                 }
-                self.store_commit(&group, offsets).await
+                self.store_commit(&group, offsets, rows).await
             }
             ClientFrame::Seek { topic, partition, offset, timestamp, to } => {
                 let tp = (topic.unwrap_or(default_topic), partition);
@@ -896,8 +917,14 @@ impl Session {
         }
     }
 
-    async fn store_commit(&mut self, group: &str, offsets: Vec<(TopicPartition, u64)>) -> Result<(), End> {
-        let rows = offsets.iter().map(|((t, p), o)| (t.clone(), *p, *o)).collect();
+    /// Stores a client's commit: `rows` are `offsets` with the partition logs they were
+    /// read from.
+    async fn store_commit(
+        &mut self,
+        group: &str,
+        offsets: Vec<(TopicPartition, u64)>,
+        rows: Vec<(Arc<PartitionLog>, u64)>,
+    ) -> Result<(), End> {
         match self.state.store.commit_offsets(group, rows).await {
             Ok(()) => {
                 for (tp, o) in &offsets {
@@ -921,21 +948,22 @@ impl Session {
     /// committed, so the next member gets them (at-least-once).
     async fn commit_positions(&mut self, only: Option<&[TopicPartition]>, confirmed_only: bool) {
         let Some(group) = self.params.group.clone() else { return };
-        let changed: Vec<(TopicPartition, u64)> = self
+        let changed: Vec<(TopicPartition, &Arc<PartitionLog>, u64)> = self
             .positions
             .iter()
             .filter(|(tp, _)| only.is_none_or(|o| o.contains(tp)))
             .filter_map(|(tp, p)| match confirmed_only {
-                false => Some((tp, p.next)),
-                true => self.confirmed.get(tp).map(|c| (tp, (*c).min(p.next))),
+                false => Some((tp, &p.log, p.next)),
+                true => self.confirmed.get(tp).map(|c| (tp, &p.log, (*c).min(p.next))),
             })
-            .filter(|(tp, next)| self.committed.get(*tp) != Some(next))
-            .map(|(tp, next)| (tp.clone(), next))
+            .filter(|(tp, _, next)| self.committed.get(*tp) != Some(next))
+            .map(|(tp, log, next)| (tp.clone(), log, next))
             .collect();
         if changed.is_empty() {
             return;
         }
-        let rows = changed.iter().map(|((t, p), o)| (t.clone(), *p, *o)).collect();
+        let rows = changed.iter().map(|(_, log, o)| (Arc::clone(log), *o)).collect();
+        let changed: Vec<(TopicPartition, u64)> = changed.into_iter().map(|(tp, _, o)| (tp, o)).collect();
         match self.state.store.commit_offsets(&group, rows).await {
             Ok(()) => {
                 for (tp, o) in changed {

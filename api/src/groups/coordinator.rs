@@ -28,13 +28,19 @@ use super::assign::{TopicPartition, assign};
 /// A message from the coordinator to a member's session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Control {
-    /// Start reading these partitions.
-    Assign { generation: u64, partitions: Vec<TopicPartition> },
+    /// Start reading these partitions. Those also in `grown` were added to their topic
+    /// while the group read it: without a committed offset they are read from their
+    /// start whatever the member's `from` (records written to them before the group
+    /// noticed the growth were written after the group began and are owed to it).
+    Assign { generation: u64, partitions: Vec<TopicPartition>, grown: Vec<TopicPartition> },
     /// Stop reading these partitions, then call [`Coordinator::revoked`].
     Revoke { generation: u64, partitions: Vec<TopicPartition> },
     /// The group's offsets of these partitions were reset (a forced reset): read on
     /// from there.
     Reset { offsets: Vec<(TopicPartition, u64)> },
+    /// The group's committed offsets were deleted (a forced delete): the next
+    /// auto-commit stores every position again, also those that did not move.
+    Forget,
 }
 
 /// Why the coordinator refused something.
@@ -76,6 +82,18 @@ struct Group {
     members: BTreeMap<String, Member>,
     /// Target owner of every partition, from the latest rebalance.
     target: BTreeMap<TopicPartition, String>,
+    /// Every partition a rebalance of this group has seen.
+    known: BTreeSet<TopicPartition>,
+    /// Partitions added to a topic the group was already reading (see
+    /// [`Control::Assign`]).
+    grown: BTreeSet<TopicPartition>,
+}
+
+impl Group {
+    /// Which of `partitions` grew their topic while the group read it.
+    fn grown_of(&self, partitions: &[TopicPartition]) -> Vec<TopicPartition> {
+        partitions.iter().filter(|tp| self.grown.contains(*tp)).cloned().collect()
+    }
 }
 
 /// A member as shown by the admin API.
@@ -148,8 +166,9 @@ impl Coordinator {
                 existing.client = client;
                 let partitions: Vec<_> = existing.owned.iter().cloned().collect();
                 let generation = g.generation;
-                if let Some(c) = &existing.control {
-                    let _ = c.send(Control::Assign { generation, partitions });
+                let grown = g.grown_of(&partitions);
+                if let Some(c) = &g.members[&id].control {
+                    let _ = c.send(Control::Assign { generation, partitions, grown });
                 }
                 self.hand_out_free(g);
                 tracing::info!(group, member = %id, "static member re-joined");
@@ -253,6 +272,10 @@ impl Coordinator {
             let members: BTreeSet<String> =
                 g.members.iter().filter(|(_, m)| m.topics.contains(&topic)).map(|(id, _)| id.clone()).collect();
             let parts = self.topic_partitions(&topic);
+            if g.known.iter().any(|tp| tp.0 == topic) {
+                g.grown.extend(parts.iter().filter(|tp| !g.known.contains(*tp)).cloned());
+            }
+            g.known.extend(parts.iter().cloned());
             let current: BTreeMap<TopicPartition, String> = g
                 .members
                 .iter()
@@ -283,7 +306,7 @@ impl Coordinator {
         // also those whose partitions did not change.
         for m in g.members.values() {
             if let Some(c) = &m.control {
-                let _ = c.send(Control::Assign { generation, partitions: Vec::new() });
+                let _ = c.send(Control::Assign { generation, partitions: Vec::new(), grown: Vec::new() });
             }
         }
         tracing::debug!(group, generation, members = g.members.len(), "rebalanced");
@@ -302,10 +325,11 @@ impl Coordinator {
             }
         }
         for (id, parts) in grants {
+            let grown = g.grown_of(&parts);
             if let Some(m) = g.members.get_mut(&id) {
                 m.owned.extend(parts.iter().cloned());
                 if let Some(c) = &m.control {
-                    let _ = c.send(Control::Assign { generation: g.generation, partitions: parts });
+                    let _ = c.send(Control::Assign { generation: g.generation, partitions: parts, grown });
                 }
             }
         }
@@ -322,6 +346,16 @@ impl Coordinator {
             if let (false, Some(c)) = (mine.is_empty(), &m.control) {
                 let _ = c.send(Control::Reset { offsets: mine });
             }
+        }
+    }
+
+    /// Tells every connected member of `group` that its committed offsets were deleted
+    /// (see [`Control::Forget`]).
+    pub fn forget_commits(&self, group: &str) {
+        let groups = self.groups.lock().expect("groups lock");
+        let Some(g) = groups.get(group) else { return };
+        for c in g.members.values().filter_map(|m| m.control.as_ref()) {
+            let _ = c.send(Control::Forget);
         }
     }
 

@@ -65,7 +65,9 @@ pub struct PartitionLag {
     pub committed: Option<u64>,
     /// The partition's high watermark.
     pub end_offset: u64,
-    /// `end_offset - committed` (from the log start when nothing is committed).
+    /// Records the group has yet to read: `end_offset - max(committed, log start)` (from
+    /// the log start when nothing is committed, or when retention deleted records the
+    /// group had not read).
     pub lag: u64,
     /// Member owning the partition, if any.
     pub owner: Option<String>,
@@ -299,6 +301,9 @@ pub async fn delete_group(
         return Err(ApiError::NotFound { code: "group_not_found", detail: format!("group {group:?} does not exist") });
     }
     state.store.delete_group_offsets(&group).await?;
+    // Members still attached (a forced delete) store their positions again at their
+    // next auto-commit, also those that did not move since their last one.
+    state.coordinator.forget_commits(&group);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -368,7 +373,7 @@ pub async fn reset_group(
                 ));
             }
         };
-        rows.push((body.topic.clone(), p, offset));
+        rows.push((log.clone(), offset));
         out.push(PartitionLag {
             topic: body.topic.clone(),
             partition: p,
@@ -381,7 +386,8 @@ pub async fn reset_group(
     state.store.commit_offsets(&group, rows.clone()).await?;
     // With force, members reading these partitions move too (their next commit would
     // otherwise write their old positions back over the reset).
-    let moved: Vec<((String, u32), u64)> = rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect();
+    let moved: Vec<((String, u32), u64)> =
+        rows.into_iter().map(|(log, o)| ((log.topic.clone(), log.index), o)).collect();
     state.coordinator.reset(&group, &moved);
     Ok(Json(ResetResult { group, offsets: out }))
 }

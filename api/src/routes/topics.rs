@@ -321,6 +321,8 @@ pub async fn add_partitions(
 ) -> Result<Json<TopicDescription>, ApiError> {
     caller.require(Action::Admin, &topic)?;
     let info = state.store.add_partitions(&topic, body.count).await?;
+    // Groups reading the topic rebalance now rather than at their next periodic check.
+    state.coordinator.expire();
     Ok(Json(describe_one(&state, info).await?))
 }
 
