@@ -36,6 +36,21 @@ pub struct SettingDoc {
     pub default: String,
 }
 
+/// How many values a setting's flag takes: booleans zero or one (`--insecure`,
+/// `--insecure false`), everything else exactly one.
+fn flag_arity<T: 'static>() -> clap::builder::ValueRange {
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<bool>() { (0..=1).into() } else { 1.into() }
+}
+
+/// Largest `max_partitions`.
+pub const MAX_NODE_PARTITIONS: u64 = 100_000;
+/// Longest duration setting: 10 years, in ms.
+pub const MAX_DURATION_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
+/// Largest size setting: 1 PiB.
+pub const MAX_SIZE_BYTES: u64 = 1 << 50;
+/// Largest count or rate setting (connections, queue depths, cache entries…).
+pub const MAX_COUNT: u64 = 1 << 32;
+
 macro_rules! settings {
     ($( $(#[doc = $doc:literal])+ $name:ident : $ty:ty = $default:expr; )+) => {
         /// Resolved configuration of a gateway node.
@@ -55,9 +70,12 @@ macro_rules! settings {
         #[derive(Debug, Clone, Default, Deserialize, clap::Args)]
         #[serde(deny_unknown_fields)]
         pub struct ConfigLayer {
-            // A flag given without a value means `true`, so boolean settings read as
-            // switches (`--insecure`); every other setting needs its value.
-            $( $(#[doc = $doc])+ #[arg(long, num_args = 0..=1, default_missing_value = "true")] pub $name: Option<$ty>, )+
+            // A boolean flag given without a value means `true`, so boolean settings read
+            // as switches (`--insecure`); every other setting needs its value (a flag
+            // without one is refused, never read as the string "true").
+            $( $(#[doc = $doc])+
+               #[arg(long, num_args = flag_arity::<$ty>(), default_missing_value = "true", allow_negative_numbers = true)]
+               pub $name: Option<$ty>, )+
         }
 
         impl Config {
@@ -106,6 +124,10 @@ settings! {
     auto_create_topics: bool = false;
     /// Partitions of a topic created without a count (and of auto-created topics).
     default_partitions: u32 = 6;
+    /// Most partitions of all topics on this node together (409 `partition_limit` for a
+    /// create or add beyond it). Each partition is a RocksDB column family, and creating
+    /// one takes longer the more exist, blocking writes meanwhile (see README "Storage").
+    max_partitions: u64 = 1000;
     /// Time retention of new topics that do not set one, in ms; 0 keeps records forever.
     default_retention_ms: u64 = 7 * 24 * 3600 * 1000;
     /// Size retention per partition of new topics that do not set one; 0 is unbounded.
@@ -269,9 +291,10 @@ pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read config file {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
-    /// The file is not valid TOML or names unknown settings.
-    #[error("invalid config file {path}: {source}")]
-    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    /// The file is not valid TOML or names unknown settings. Says where, not what the
+    /// line holds (it may hold a secret).
+    #[error("invalid config file {path}: {at}{message}")]
+    Parse { path: PathBuf, at: String, message: String },
     /// A setting is out of range.
     #[error("invalid setting {name}: {reason}")]
     Invalid { name: &'static str, reason: String },
@@ -284,8 +307,15 @@ impl Config {
         if let Some(path) = file {
             let text =
                 std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-            let layer: ConfigLayer = toml::from_str(&text)
-                .map_err(|source| ConfigError::Parse { path: path.into(), source: Box::new(source) })?;
+            let layer: ConfigLayer = toml::from_str(&text).map_err(|e| {
+                let at = e.span().map_or_else(String::new, |span| {
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                    format!("line {line}, column {column}: ")
+                });
+                ConfigError::Parse { path: path.into(), at, message: e.message().trim_end().to_string() }
+            })?;
             config.apply(layer);
         }
         config.apply(overrides);
@@ -320,6 +350,19 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError::Invalid { name, reason: "must be greater than 0".into() });
             }
+        }
+        self.validate_upper_bounds()?;
+        if !(1..=MAX_NODE_PARTITIONS).contains(&self.max_partitions) {
+            return Err(ConfigError::Invalid {
+                name: "max_partitions",
+                reason: format!("between 1 and {MAX_NODE_PARTITIONS}"),
+            });
+        }
+        if u64::from(self.default_partitions) > self.max_partitions {
+            return Err(ConfigError::Invalid {
+                name: "default_partitions",
+                reason: "larger than max_partitions".into(),
+            });
         }
         if self.default_partitions > tidegate_storage::MAX_PARTITIONS {
             return Err(ConfigError::Invalid {
@@ -362,6 +405,35 @@ impl Config {
         self.validate_security()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
             return Err(ConfigError::Invalid { name: "log", reason: format!("{:?} is not a log filter", self.log) });
+        }
+        Ok(())
+    }
+
+    /// Upper bounds of every numeric setting, by kind (its name's suffix): durations
+    /// (`_ms`, `_s`) at most [`MAX_DURATION_MS`], sizes (`_bytes`) at most
+    /// [`MAX_SIZE_BYTES`], counts and rates at most [`MAX_COUNT`]. Larger values would
+    /// overflow clocks, semaphores or queues at run time; none is useful.
+    fn validate_upper_bounds(&self) -> Result<(), ConfigError> {
+        let serde_json::Value::Object(fields) = serde_json::to_value(self).unwrap_or_default() else { return Ok(()) };
+        for doc in Config::reference() {
+            let Some(value) = fields.get(doc.name).and_then(serde_json::Value::as_u64) else { continue };
+            let (limit, unit) = if doc.name.ends_with("_ms") {
+                (MAX_DURATION_MS, "ms (10 years)")
+            } else if doc.name.ends_with("_per_s") {
+                (MAX_COUNT, "")
+            } else if doc.name.ends_with("_s") {
+                (MAX_DURATION_MS / 1000, "s (10 years)")
+            } else if doc.name.ends_with("_bytes") {
+                (MAX_SIZE_BYTES, "bytes (1 PiB)")
+            } else {
+                (MAX_COUNT, "")
+            };
+            if value > limit {
+                return Err(ConfigError::Invalid {
+                    name: doc.name,
+                    reason: format!("at most {limit} {unit}").trim_end().to_string(),
+                });
+            }
         }
         Ok(())
     }
@@ -456,6 +528,7 @@ impl Config {
         sc.dedup_window = Duration::from_millis(self.dedup_window_ms);
         sc.dedup_cache_bytes = usize::try_from(self.dedup_cache_bytes).unwrap_or(usize::MAX);
         sc.dedup_expiry_interval = Duration::from_millis(self.dedup_expiry_interval_ms);
+        sc.max_partitions = u32::try_from(self.max_partitions).unwrap_or(u32::MAX);
         sc
     }
 
@@ -509,6 +582,63 @@ mod tests {
         let listed = keys(r#"["https://shop.example"]"#);
         Config { cors_allow_credentials: true, write_keys: listed, ..Config::default() }.validate().unwrap();
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn refusals_never_quote_secrets() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            layer: ConfigLayer,
+        }
+        let bad = r#"[{"alg":"HS256","secret":"LEAKME-0123456789abcdef0123456789",}]"#;
+        let err = Cli::try_parse_from(["t", "--jwt-keys", bad]).err().expect("refused").to_string();
+        assert!(err.contains("--jwt-keys") && !err.contains("LEAKME"), "{err}");
+        let err = Cli::try_parse_from(["t", "--write-keys", r#"[{"key":"pk_LEAKME"}"#]).err().expect("refused");
+        assert!(!err.to_string().contains("LEAKME"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, "fsync = \"never\"\njwt_keys = [{alg = \"HS256\", secret = \"TOMLLEAK-0123\" ,, }]\n")
+            .unwrap();
+        let err = Config::load(Some(&path), ConfigLayer::default()).unwrap_err().to_string();
+        assert!(err.contains("line 2") && !err.contains("TOMLLEAK"), "{err}");
+    }
+
+    #[test]
+    fn huge_values_are_refused_by_kind() {
+        let d = Config::default;
+        let cases = [
+            (Config { max_connections: u64::MAX, ..d() }, "max_connections"),
+            (Config { write_queue_depth: 1 << 40, ..d() }, "write_queue_depth"),
+            (Config { max_subscriptions: MAX_COUNT + 1, ..d() }, "max_subscriptions"),
+            (Config { session_timeout_ms: u64::MAX, ..d() }, "session_timeout_ms"),
+            (Config { jwt_leeway_s: u64::MAX, ..d() }, "jwt_leeway_s"),
+            (Config { dedup_cache_bytes: u64::MAX, ..d() }, "dedup_cache_bytes"),
+        ];
+        for (c, setting) in cases {
+            assert!(matches!(c.validate(), Err(ConfigError::Invalid { name, .. }) if name == setting), "{setting}");
+        }
+        Config { max_connections: MAX_COUNT, dedup_window_ms: MAX_DURATION_MS, ..d() }.validate().unwrap();
+    }
+
+    #[test]
+    fn only_boolean_flags_may_go_without_a_value() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            layer: ConfigLayer,
+        }
+        let cli = Cli::try_parse_from(["t", "--auto-create-topics", "--fsync", "never"]).unwrap();
+        assert_eq!((cli.layer.auto_create_topics, cli.layer.fsync), (Some(true), Some(FsyncPolicy::Never)));
+        let cli = Cli::try_parse_from(["t", "--auto-create-topics", "false"]).unwrap();
+        assert_eq!(cli.layer.auto_create_topics, Some(false));
+        // Before, a value-less flag was the string "true": a data directory named `true`.
+        assert!(Cli::try_parse_from(["t", "--data-dir", "--fsync", "never"]).is_err());
+        assert!(Cli::try_parse_from(["t", "--log"]).is_err());
+        let err = Cli::try_parse_from(["t", "--max-body-bytes", "-1"]).err().expect("refused").to_string();
+        assert!(err.contains("invalid value '-1'"), "{err}");
     }
 
     #[test]

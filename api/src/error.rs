@@ -125,13 +125,14 @@ impl ApiError {
                 S::InvalidConfig(_) => (StatusCode::BAD_REQUEST, "invalid_topic_config"),
                 S::TopicNotFound(_) => (StatusCode::NOT_FOUND, "topic_not_found"),
                 S::TopicExists(_) => (StatusCode::CONFLICT, "topic_exists"),
+                S::PartitionLimit { .. } => (StatusCode::CONFLICT, "partition_limit"),
                 S::PartitionNotFound { .. } => (StatusCode::NOT_FOUND, "partition_not_found"),
                 S::PartitionCountNotIncreased { .. } => (StatusCode::BAD_REQUEST, "invalid_partition_count"),
                 S::OffsetOutOfRange { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "offset_out_of_range"),
                 S::TopicDeleted(_) => (StatusCode::NOT_FOUND, "topic_deleted"),
                 S::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
                 S::Corrupt { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "storage_corrupt"),
-                S::DataDir { .. } | S::Rocks(_) | S::Internal(_) => {
+                S::DataDir { .. } | S::DataDirInUse(_) | S::Rocks(_) | S::Internal(_) => {
                     (StatusCode::INTERNAL_SERVER_ERROR, "storage_error")
                 }
             },

@@ -11,10 +11,32 @@ use tidegate::config::Config;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Logs to stderr, in colour only when stderr is a terminal (a pipe, file or journal
+/// gets plain text). `RUST_LOG`, when set and valid, overrides `filter`.
 fn init_tracing(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    use std::io::IsTerminal;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.is_empty() => tracing_subscriber::EnvFilter::try_new(&v).unwrap_or_else(|e| {
+            eprintln!("warning: RUST_LOG is not a log filter ({e}); using {filter:?}");
+            tracing_subscriber::EnvFilter::new(filter)
+        }),
+        _ => tracing_subscriber::EnvFilter::new(filter),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Reports why the server stops: in the log, or on stderr when the log filter hides
+/// errors (`--log off`), so a failed start is never silent.
+fn fatal(message: &str, error: &dyn std::fmt::Display) {
+    if tracing::enabled!(tracing::Level::ERROR) {
+        tracing::error!(error = %error, "{message}");
+    } else {
+        eprintln!("error: {message}: {error}");
+    }
 }
 
 fn main() -> ExitCode {
@@ -44,14 +66,14 @@ fn main() -> ExitCode {
                 let listener = match tokio::net::TcpListener::bind(config.addr).await {
                     Ok(l) => l,
                     Err(e) => {
-                        tracing::error!(addr = %config.addr, error = %e, "cannot listen");
+                        fatal(&format!("cannot listen on {}", config.addr), &e);
                         return ExitCode::FAILURE;
                     }
                 };
                 match tidegate::serve(config, listener, tidegate::shutdown_signal()).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
-                        tracing::error!(error = %e, "stopped with an error");
+                        fatal("stopped with an error", &e);
                         ExitCode::FAILURE
                     }
                 }

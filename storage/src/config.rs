@@ -43,6 +43,11 @@ pub struct StoreConfig {
     pub dedup_cache_bytes: usize,
     /// How often the upkeep thread drops expired ids from disk.
     pub dedup_expiry_interval: Duration,
+    /// Most partitions (column families) of all topics together. Creating a column
+    /// family costs RocksDB time in proportion to how many exist (it rewrites its
+    /// OPTIONS file each time, blocking writes meanwhile), so this bounds every
+    /// topic create and partition add.
+    pub max_partitions: u32,
 }
 
 impl StoreConfig {
@@ -60,6 +65,7 @@ impl StoreConfig {
             dedup_window: Duration::from_secs(24 * 3600),
             dedup_cache_bytes: 64 << 20,
             dedup_expiry_interval: Duration::from_secs(3600),
+            max_partitions: 1000,
         }
     }
 }

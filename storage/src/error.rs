@@ -31,6 +31,11 @@ pub enum StorageError {
     #[error("offset {offset} is out of range for {topic}/{partition}: valid offsets are {start}..={end}")]
     OffsetOutOfRange { topic: String, partition: u32, offset: u64, start: u64, end: u64 },
     /// The topic was deleted while the operation was in flight; nothing was written.
+    #[error(
+        "this node holds {current} partitions and may hold at most {limit} (setting max_partitions); {requested} more asked for"
+    )]
+    PartitionLimit { limit: u32, current: u32, requested: u32 },
+
     #[error("topic {0:?} was deleted")]
     TopicDeleted(String),
     /// The store is shutting down and takes no more writes.
@@ -43,6 +48,11 @@ pub enum StorageError {
     #[error("data directory {path}: {source}")]
     DataDir { path: PathBuf, source: std::io::Error },
     /// RocksDB reported an error (I/O, corruption, lock held by another process...).
+    #[error(
+        "data directory {0} is in use by another process (another tidegate node?); RocksDB holds one lock per directory"
+    )]
+    DataDirInUse(PathBuf),
+
     #[error("rocksdb: {0}")]
     Rocks(#[from] rocksdb::Error),
     /// A background task panicked or was cancelled.

@@ -66,14 +66,14 @@ impl Store {
     /// Stores committed offsets for a group atomically and durably (synced), each for the
     /// partition log it was read from. Refused when a log's topic no longer exists
     /// (`TopicNotFound`) or is another incarnation under the same name (`TopicDeleted`:
-    /// the topic was deleted and created again). Checked under the admin lock, so no
+    /// the topic was deleted and created again). Checked under the offsets guard, so no
     /// commit lands after its topic's deletion removed the topic's offsets, and a
     /// position in a deleted topic never becomes one in its successor.
     pub async fn commit_offsets(&self, group: &str, offsets: Vec<(Arc<PartitionLog>, u64)>) -> Result<()> {
         validate_group_name(group)?;
         let group = group.to_string();
         self.blocking(move |s| {
-            let _admin = s.inner.admin.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let _offsets = s.inner.offsets_guard.read().unwrap_or_else(std::sync::PoisonError::into_inner);
             for (log, _) in &offsets {
                 let live = s.topic(&log.topic)?.partition(log.index)?;
                 if !Arc::ptr_eq(&live, log) {

@@ -94,6 +94,10 @@ pub(crate) struct Inner {
     pub(crate) topics: RwLock<HashMap<String, Arc<Topic>>>,
     /// Serialises admin operations (create, delete, grow, alter).
     pub(crate) admin: Mutex<()>,
+    /// Held for reading by offset commits and for writing by a topic's deletion (while
+    /// it deletes the topic's committed offsets), so no commit lands after that: commits
+    /// need not wait behind a long topic create holding `admin`.
+    pub(crate) offsets_guard: RwLock<()>,
     writer: mpsc::Sender<WriterCmd>,
     /// Flipped on shutdown: wakes long-polls.
     pub(crate) closing: watch::Sender<bool>,
@@ -197,7 +201,14 @@ impl Store {
                 _ => ColumnFamilyDescriptor::new(n, cf_options(&cache, per_cf_buffer(&config))),
             })
             .collect::<Vec<_>>();
-        let db = Arc::new(Db::open_cf_descriptors(&db_opts, &path, descriptors)?);
+        let db = Arc::new(Db::open_cf_descriptors(&db_opts, &path, descriptors).map_err(|e| {
+            // RocksDB's "IO error: While lock file: …/LOCK: Resource temporarily unavailable".
+            if e.kind() == rocksdb::ErrorKind::IOError && e.as_ref().contains("lock file") {
+                StorageError::DataDirInUse(config.data_dir.clone())
+            } else {
+                e.into()
+            }
+        })?);
         remove_options_leftovers(&path);
         let topics = recover(&db, &names)?;
         tracing::info!(path = %path.display(), topics = topics.len(), "store opened");
@@ -225,6 +236,7 @@ impl Store {
                 config: config.clone(),
                 topics: RwLock::new(topics),
                 admin: Mutex::new(()),
+                offsets_guard: RwLock::new(()),
                 writer: tx,
                 closing: watch::Sender::new(false),
                 threads: Mutex::new(Vec::new()),
@@ -299,6 +311,7 @@ impl Store {
             Some(raw) => u64::from_be_bytes(raw.as_slice().try_into().unwrap_or([0; 8])),
             None => 1,
         };
+        self.check_partition_budget(config.partitions)?;
         // The incarnation id is used up before any column family is made, so a retry
         // after a failure names its column families afresh.
         let mut wb = rocksdb::WriteBatch::default();
@@ -338,6 +351,17 @@ impl Store {
         self.inner.db.cf_handle(META_CF).ok_or_else(|| StorageError::Internal("meta column family missing".into()))
     }
 
+    /// Refuses (`PartitionLimit`) when `more` partitions would take the node past
+    /// `max_partitions`. Called under the admin lock.
+    fn check_partition_budget(&self, more: u32) -> Result<()> {
+        let current: u32 = self.inner.topics.read().expect("topics lock").values().map(|t| t.partition_count()).sum();
+        let limit = self.inner.config.max_partitions;
+        if current.saturating_add(more) > limit {
+            return Err(StorageError::PartitionLimit { limit, current, requested: more });
+        }
+        Ok(())
+    }
+
     /// Creates the column families `names`, all or none: on a failure the ones made so
     /// far are dropped again. (When RocksDB made one but failed to persist its OPTIONS
     /// file, that one is unknown to this handle and stays until the next start drops it
@@ -345,6 +369,12 @@ impl Store {
     fn create_cfs(&self, names: &[String]) -> Result<()> {
         let opts = cf_options(&self.inner.cache, per_cf_buffer(&self.inner.config));
         for (made, cf) in names.iter().enumerate() {
+            if self.is_closing() {
+                // Each create takes longer the more column families exist: a long one
+                // must not hold up shutdown. The next start drops these as orphans.
+                tracing::warn!(made, of = names.len(), "shutdown: abandoning a partition create part-way");
+                return Err(StorageError::ShuttingDown);
+            }
             if let Err(e) = self.inner.health.observe("creating a column family", self.inner.db.create_cf(cf, &opts)) {
                 self.drop_cfs(&names[..made]);
                 return Err(e.into());
@@ -380,6 +410,7 @@ impl Store {
         let (topic_id, parts) = self
             .blocking(move |s| {
                 let _admin = s.inner.admin.lock().expect("admin lock");
+                let _offsets = s.inner.offsets_guard.write().unwrap_or_else(std::sync::PoisonError::into_inner);
                 let topic = s.topic(&name)?;
                 let meta = s.meta_cf()?;
                 let mut wb = rocksdb::WriteBatch::default();
@@ -412,6 +443,7 @@ impl Store {
             }
             config.partitions = count;
             config.validate()?;
+            s.check_partition_budget(count - current)?;
             let names: Vec<String> = (current..count).map(|p| cf_name(&name, topic.id, p)).collect();
             s.create_cfs(&names)?;
             if let Err(e) = s.persist_topic(&topic, &config) {

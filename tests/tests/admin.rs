@@ -309,3 +309,25 @@ async fn openapi_document_describes_the_ingest_path() {
         assert!(paths[path].is_object(), "{path} is missing from the document");
     }
 }
+
+/// `max_partitions` bounds the partitions of all topics together: a create or add past
+/// it is refused with 409 `partition_limit` naming the setting, and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_and_adds_past_max_partitions_are_refused() {
+    let server = TestServer::start(|c| c.max_partitions = 10).await;
+    server.create_topic("eight", 8).await;
+    let resp = server.post("/v1/topics").json(&json!({"name": "three", "partitions": 3})).send().await.unwrap();
+    let problem = assert_problem(resp, 409, "partition_limit").await;
+    assert!(problem["detail"].as_str().is_some_and(|d| d.contains("max_partitions")), "{problem}");
+    assert_problem(server.get("/v1/topics/three").send().await.unwrap(), 404, "topic_not_found").await;
+    let resp = server.post("/v1/topics/eight/partitions").json(&json!({"count": 11})).send().await.unwrap();
+    assert_problem(resp, 409, "partition_limit").await;
+    assert_eq!(server.describe("eight").await["partition_count"], 8);
+    server.create_topic("two", 2).await;
+    let resp = server.post("/v1/topics").json(&json!({"name": "one", "partitions": 1})).send().await.unwrap();
+    assert_problem(resp, 409, "partition_limit").await;
+    let resp = server.http.delete(server.url("/v1/topics/two")).send().await.unwrap();
+    assert_eq!(resp.status(), 204);
+    let resp = server.post("/v1/topics/eight/partitions").json(&json!({"count": 10})).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "a deleted topic's partitions count no more");
+}

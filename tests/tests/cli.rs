@@ -830,3 +830,21 @@ async fn serve_layers_file_environment_and_flags_and_refuses_bad_settings_with_e
         assert!(help.stdout.contains(flag), "serve --help lacks {flag}:\n{}", help.stdout);
     }
 }
+
+/// A second node on a data directory another one holds refuses to start, saying so on
+/// stderr even with logging off; its log lines carry no colour codes when stderr is not
+/// a terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_data_directory_is_refused_clearly_also_with_logging_off() {
+    let server = TestServer::with_defaults().await;
+    let dir = server.data_dir().to_str().expect("UTF-8 path").to_string();
+    let quiet = ["serve", "--data-dir", &dir, "--addr", "127.0.0.1:0", "--log", "off"];
+    let run = run_with(&quiet, b"", &[]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("in use by another process"), "{run:?}");
+    let logged = ["serve", "--data-dir", &dir, "--addr", "127.0.0.1:0"];
+    let run = run_with(&logged, b"", &[]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("in use by another process"), "{run:?}");
+    assert!(!run.stderr.contains('\u{1b}'), "no ANSI escapes in a piped log: {run:?}");
+}

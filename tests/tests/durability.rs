@@ -358,3 +358,30 @@ async fn admin_operations_that_storage_fails_part_way_leave_nothing_behind() {
     let orphans = server.log().matches("dropping orphan column family").count();
     assert!(orphans <= 2, "{orphans} orphan column families at the restart:\n{}", server.log());
 }
+
+/// SIGTERM during a topic create with many partitions (each column family takes longer
+/// the more exist) stops the create at once instead of holding the process for minutes:
+/// exit 0, the topic does not exist after a restart, and what the create had made is
+/// dropped at that start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_long_topic_create() {
+    let dir = tempfile::Builder::new().prefix("tidegate-long-create-").tempdir().expect("temporary directory");
+    let mut server = ProcessServer::start(dir.path(), &["--max-partitions", "5000"]).await;
+    let create = server.post("/v1/topics").json(&json!({"name": "many", "partitions": 5000})).send();
+    let create = tokio::spawn(create);
+    // Let the create get under way (its first column families), then stop.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!create.is_finished(), "5000 partitions take far longer than 1.5 s to create");
+    server.signal("TERM");
+    let status = server.wait_exit(Duration::from_secs(20)).await;
+    assert!(status.success(), "{status:?}\n{}", server.log());
+    assert!(server.log().contains("abandoning a partition create"), "{}", server.log());
+    if let Ok(Ok(resp)) = create.await {
+        assert_eq!(resp.status(), 503, "the create is answered as cut short by the shutdown");
+    }
+    server.restart().await;
+    let resp = server.get("/v1/topics/many").send().await.unwrap();
+    tidegate_tests::assert_problem(resp, 404, "topic_not_found").await;
+    assert!(server.log().contains("dropping orphan column family"), "{}", server.log());
+    server.create_topic("after", 2).await;
+}

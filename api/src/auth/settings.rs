@@ -123,6 +123,43 @@ impl FromStr for JwtKeys {
     }
 }
 
+/// Parses a setting whose value holds secrets (JWT keys, write keys) from a flag or an
+/// environment variable: a refusal names the setting and the reason, never the value
+/// (clap's own message quotes it, and start-up errors end up in logs).
+#[derive(Debug)]
+pub struct SecretParser<T>(std::marker::PhantomData<fn() -> T>);
+
+impl<T> Clone for SecretParser<T> {
+    fn clone(&self) -> Self {
+        SecretParser(std::marker::PhantomData)
+    }
+}
+
+impl<T: FromStr<Err = String> + Clone + Send + Sync + 'static> clap::builder::TypedValueParser for SecretParser<T> {
+    type Value = T;
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<T, clap::Error> {
+        let name =
+            arg.and_then(clap::Arg::get_long).map_or_else(|| "a secret setting".to_string(), |l| format!("--{l}"));
+        let refuse = |reason: String| {
+            let msg = format!("invalid value for '{name}' (not shown: it may hold secrets): {reason}\n");
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, msg).with_cmd(cmd)
+        };
+        value.to_str().ok_or_else(|| refuse("not UTF-8".into()))?.parse().map_err(refuse)
+    }
+}
+
+impl clap::builder::ValueParserFactory for JwtKeys {
+    type Parser = SecretParser<JwtKeys>;
+    fn value_parser() -> Self::Parser {
+        SecretParser(std::marker::PhantomData)
+    }
+}
+
 /// One browser write key: public, may only produce, to the listed topics, from the
 /// listed origins.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,6 +190,13 @@ impl FromStr for WriteKeys {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         json_list(s, "write keys").map(WriteKeys)
+    }
+}
+
+impl clap::builder::ValueParserFactory for WriteKeys {
+    type Parser = SecretParser<WriteKeys>;
+    fn value_parser() -> Self::Parser {
+        SecretParser(std::marker::PhantomData)
     }
 }
 

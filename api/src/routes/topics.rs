@@ -211,7 +211,7 @@ async fn check_rules(state: &SharedState, caller: &Caller, topic: &str, config: 
     responses(
         (status = 201, description = "Created", body = TopicDescription),
         (status = 400, description = "Invalid name or settings (`invalid_schema`: the JSON Schema does not compile)", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "A topic by that name exists", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A topic by that name exists (`topic_exists`), or the node would hold more than `max_partitions` partitions (`partition_limit`)", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Body has unknown or mistyped fields", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -311,6 +311,7 @@ pub async fn alter_topic(
     responses(
         (status = 200, description = "The grown topic", body = TopicDescription),
         (status = 400, description = "Count not larger than the current one, or too large", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The node would hold more than `max_partitions` partitions (`partition_limit`)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such topic", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn add_partitions(
