@@ -331,3 +331,44 @@ async fn creates_and_adds_past_max_partitions_are_refused() {
     let resp = server.post("/v1/topics/eight/partitions").json(&json!({"count": 10})).send().await.unwrap();
     assert_eq!(resp.status(), 200, "a deleted topic's partitions count no more");
 }
+
+/// Admin bodies are JSON objects without a content coding: serde would fill a struct
+/// from an array by position (`[null, null]` cleared a topic's retention), and a gzip
+/// body was read as JSON (400) while an unknown coding on plain JSON was obeyed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_bodies_must_be_plain_json_objects() {
+    let server = TestServer::with_defaults().await;
+    server.create_topic_with(json!({"name": "strict", "partitions": 1, "retention_ms": 60_000})).await;
+    let patch = |body: &'static str| {
+        server.http.patch(server.url("/v1/topics/strict")).header("content-type", "application/json").body(body).send()
+    };
+    assert_problem(patch("[null,null]").await.unwrap(), 422, "invalid_body").await;
+    assert_problem(patch(" [5000, 7777]").await.unwrap(), 422, "invalid_body").await;
+    assert_eq!(server.describe("strict").await["retention_ms"], 60_000, "nothing changed");
+    let grow = server.post("/v1/topics/strict/partitions").header("content-type", "application/json").body("[4]");
+    assert_problem(grow.send().await.unwrap(), 422, "invalid_body").await;
+    let reset = server.post("/v1/groups/g/reset").header("content-type", "application/json");
+    assert_problem(reset.body(r#"["strict","earliest"]"#).send().await.unwrap(), 422, "invalid_body").await;
+    for coding in ["gzip", "zstd"] {
+        let body = if coding == "gzip" {
+            tidegate_tests::gzip(br#"{"name":"zipped"}"#)
+        } else {
+            br#"{"name":"zipped"}"#.to_vec()
+        };
+        let resp = server
+            .post("/v1/topics")
+            .header("content-type", "application/json")
+            .header("content-encoding", coding)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_problem(resp, 415, "unsupported_media_type").await;
+    }
+    assert_problem(server.get("/v1/topics/zipped").send().await.unwrap(), 404, "topic_not_found").await;
+    let resp =
+        server.post("/v1/topics").header("content-type", "text/plain").body(r#"{"name":"x"}"#).send().await.unwrap();
+    assert_problem(resp, 415, "unsupported_media_type").await;
+    let resp = server.post("/v1/topics").json(&json!({"name": "fine", "partitions": 1})).send().await.unwrap();
+    assert_eq!(resp.status(), 201);
+}

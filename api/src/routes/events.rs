@@ -55,6 +55,7 @@ pub struct ProduceParams {
     /// Partition for every event (an envelope record's own partition wins).
     pub partition: Option<u32>,
     /// `all` (default) or `none`.
+    #[param(inline)]
     pub acks: Option<Acks>,
 }
 

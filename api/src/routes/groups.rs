@@ -12,6 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::{Action, Caller};
 use crate::error::{ApiError, Problem};
+use crate::routes::admin_json::AdminJson;
 use crate::state::SharedState;
 
 /// One group in the list.
@@ -342,12 +343,14 @@ pub struct ResetResult {
         (status = 400, description = "Give exactly one of to, timestamp, offset", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such topic or partition", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The group has members (set force)", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON (`Content-Type: application/json`), or has a `Content-Encoding`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Body is not a JSON object, or has unknown or mistyped fields", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn reset_group(
     State(state): State<SharedState>,
     caller: Caller,
     NamePath(group): NamePath<String>,
-    Json(body): Json<ResetOffsets>,
+    AdminJson(body): AdminJson<ResetOffsets>,
 ) -> Result<Json<ResetResult>, ApiError> {
     caller.require(Action::Consume, &body.topic)?;
     tidegate_storage::validate_group_name(&group)?;

@@ -1,6 +1,7 @@
 //! The HTTP surface: every route, its middleware, and the OpenAPI document built
 //! from the same route list (so the document cannot miss an endpoint).
 
+pub mod admin_json;
 pub mod events;
 pub mod groups;
 pub mod names;

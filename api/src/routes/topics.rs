@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 
 use crate::auth::{Action, Caller};
 use crate::error::{ApiError, Problem};
+use crate::routes::admin_json::AdminJson;
 use crate::state::SharedState;
 
 /// Body of `POST /v1/topics`.
@@ -35,7 +36,7 @@ pub struct CreateTopic {
     /// JSON pointer (RFC 6901) to each event's id, for deduplication (`/messageId`, `/eid`).
     pub event_id: Option<String>,
     /// JSON Schema every event must match (compiled when set; remote `$ref`s are not fetched).
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub schema: Option<serde_json::Value>,
     /// Topic receiving the events that fail `schema` (created if missing); without it
     /// such events fail their request with 400.
@@ -60,7 +61,7 @@ pub struct AlterTopic {
     pub event_id: Option<Option<String>>,
     /// New JSON Schema, or `null` for none.
     #[serde(default, deserialize_with = "some")]
-    #[schema(value_type = Option<Object>, nullable)]
+    #[schema(value_type = Option<serde_json::Value>, nullable)]
     pub schema: Option<Option<serde_json::Value>>,
     /// New dead-letter topic (created if missing), or `null` for none.
     #[serde(default, deserialize_with = "some")]
@@ -118,7 +119,7 @@ pub struct TopicDescription {
     pub event_id: Option<String>,
     /// The JSON Schema events must match, if set.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub schema: Option<serde_json::Value>,
     /// Where events failing the schema go, if set.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -212,13 +213,13 @@ async fn check_rules(state: &SharedState, caller: &Caller, topic: &str, config: 
         (status = 201, description = "Created", body = TopicDescription),
         (status = 400, description = "Invalid name or settings (`invalid_schema`: the JSON Schema does not compile)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A topic by that name exists (`topic_exists`), or the node would hold more than `max_partitions` partitions (`partition_limit`)", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Body has unknown or mistyped fields", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON (`Content-Type: application/json`), or has a `Content-Encoding`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Body is not a JSON object, or has unknown or mistyped fields", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create_topic(
     State(state): State<SharedState>,
     caller: Caller,
-    Json(body): Json<CreateTopic>,
+    AdminJson(body): AdminJson<CreateTopic>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Action::Admin, &body.name)?;
     if let Some(rf) = body.replication_factor.filter(|rf| *rf != 1) {
@@ -283,13 +284,14 @@ pub async fn describe_topic(
         (status = 200, description = "The updated topic", body = TopicDescription),
         (status = 400, description = "Invalid settings (`invalid_topic_config`, `invalid_schema`)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such topic", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Body has unknown or mistyped fields", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON (`Content-Type: application/json`), or has a `Content-Encoding`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Body is not a JSON object, or has unknown or mistyped fields", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn alter_topic(
     State(state): State<SharedState>,
     caller: Caller,
     NamePath(topic): NamePath<String>,
-    Json(body): Json<AlterTopic>,
+    AdminJson(body): AdminJson<AlterTopic>,
 ) -> Result<Json<TopicDescription>, ApiError> {
     caller.require(Action::Admin, &topic)?;
     let patch = TopicConfigPatch {
@@ -313,12 +315,14 @@ pub async fn alter_topic(
         (status = 400, description = "Count not larger than the current one, or too large", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The node would hold more than `max_partitions` partitions (`partition_limit`)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such topic", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON (`Content-Type: application/json`), or has a `Content-Encoding`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Body is not a JSON object, or has unknown or mistyped fields", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn add_partitions(
     State(state): State<SharedState>,
     caller: Caller,
     NamePath(topic): NamePath<String>,
-    Json(body): Json<AddPartitions>,
+    AdminJson(body): AdminJson<AddPartitions>,
 ) -> Result<Json<TopicDescription>, ApiError> {
     caller.require(Action::Admin, &topic)?;
     let info = state.store.add_partitions(&topic, body.count).await?;
