@@ -170,13 +170,31 @@ pub(crate) fn appended(topic: &str) -> Appended {
     APPENDED.write().unwrap_or_else(PoisonError::into_inner).entry(topic.to_string()).or_insert(made).clone()
 }
 
-/// Middleware: counts requests and records latency by route template, method and status.
-pub async fn track(req: Request, next: Next) -> Response {
+/// The route template a request was routed to, carried on its response from
+/// [`stash_route`] (inside the router) to [`track`] (outside every other layer).
+#[derive(Clone)]
+struct RouteLabel(MatchedPath);
+
+/// Route middleware (inside the router): marks the response with the matched route.
+pub async fn stash_route(req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().cloned();
+    let mut resp = next.run(req).await;
+    if let Some(route) = route {
+        resp.extensions_mut().insert(RouteLabel(route));
+    }
+    resp
+}
+
+/// Middleware (the outermost but CORS): counts every request and records its latency
+/// by route template, method and final status. Requests answered without routing (an
+/// unknown path, or refused by authentication or a rate limit before routing) count
+/// as route `unmatched`.
+pub async fn track(req: Request, next: Next) -> Response {
     let method = method_label(req.method());
     let began = Instant::now();
     let resp = next.run(req).await;
-    let (requests, latency) = series(route.as_ref().map_or("unmatched", MatchedPath::as_str), method, resp.status());
+    let route = resp.extensions().get::<RouteLabel>().map_or("unmatched", |r| r.0.as_str());
+    let (requests, latency) = series(route, method, resp.status());
     requests.increment(1);
     latency.record(began.elapsed().as_secs_f64());
     resp

@@ -110,7 +110,7 @@ pub fn retry_after_secs(d: Duration) -> u64 {
 /// Every `reason` label of `tidegate_auth_refused_total` ([`AuthError::reason`] of all
 /// refusals but rate limits, which have their own counter).
 pub const REFUSAL_REASONS: [&str; 10] = [
-    "missing_credentials",
+    "unauthorized",
     "invalid_token",
     "token_expired",
     "token_not_yet_valid",
@@ -126,7 +126,7 @@ impl AuthError {
     /// Label for `tidegate_auth_refused_total{reason}` (one of [`REFUSAL_REASONS`]).
     pub fn reason(&self) -> &'static str {
         match self {
-            AuthError::MissingCredentials => "missing_credentials",
+            AuthError::MissingCredentials => "unauthorized",
             AuthError::InvalidToken(_) => "invalid_token",
             AuthError::TokenExpired => "token_expired",
             AuthError::TokenNotYetValid => "token_not_yet_valid",
