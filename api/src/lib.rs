@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod render;
 pub mod routes;
 pub mod server;
+pub mod starting;
 pub mod state;
 pub mod tls;
 pub mod web;

@@ -62,9 +62,11 @@ pub async fn serve(
         GatewayListener::plain(listener)
     };
     let store_config = config.store_config();
-    let store = tokio::task::spawn_blocking(move || Store::open(store_config))
-        .await
-        .map_err(|e| tidegate_storage::StorageError::Internal(e.to_string()))??;
+    // Probes get an answer while the store opens (a long WAL replay): alive, not ready.
+    let opening = tokio::task::spawn_blocking(move || Store::open(store_config));
+    let header_timeout = Duration::from_millis(config.http_header_timeout_ms);
+    let (opened, listener) = crate::starting::answer_while(listener, opening, header_timeout).await;
+    let store = opened.map_err(|e| tidegate_storage::StorageError::Internal(e.to_string()))??;
     let grace = Duration::from_millis(config.shutdown_timeout_ms);
     let delivery = crate::delivery::Delivery::start(config.delivery_threads)?;
     let state = AppState::new(config, store.clone(), security, local_addr, delivery);

@@ -593,6 +593,8 @@ pub struct ProcessServer {
     launches: u32,
     /// Largest file the process may write (`ulimit -f`), to make storage fail.
     file_size_limit: Option<u64>,
+    /// See [`ProcessServer::startup_answers`].
+    startup_answers: Vec<(String, u16, String)>,
 }
 
 impl std::fmt::Debug for ProcessServer {
@@ -671,6 +673,7 @@ impl ProcessServer {
             log_path: PathBuf::new(),
             launches: 0,
             file_size_limit: limit,
+            startup_answers: Vec::new(),
         };
         server.launch().await;
         server
@@ -678,6 +681,7 @@ impl ProcessServer {
 
     async fn launch(&mut self) {
         assert!(self.child.is_none(), "the previous process has not exited");
+        self.startup_answers.clear();
         let bin = Self::binary();
         for attempt in 1..=BIND_ATTEMPTS {
             let port = {
@@ -741,10 +745,17 @@ impl ProcessServer {
             if let Some(status) = child.try_wait().expect("poll the child") {
                 return Err(status);
             }
-            if let Ok(resp) = self.api.get("/readyz").timeout(Duration::from_secs(5)).send().await
-                && resp.status() == StatusCode::OK
-            {
-                return Ok(());
+            if let Ok(resp) = self.api.get("/readyz").timeout(Duration::from_secs(5)).send().await {
+                if resp.status() == StatusCode::OK {
+                    return Ok(());
+                }
+                // Not ready yet but answering: note what the probes say meanwhile.
+                let status = resp.status().as_u16();
+                self.startup_answers.push(("/readyz".into(), status, resp.text().await.unwrap_or_default()));
+                if let Ok(resp) = self.api.get("/healthz").timeout(Duration::from_secs(5)).send().await {
+                    let status = resp.status().as_u16();
+                    self.startup_answers.push(("/healthz".into(), status, resp.text().await.unwrap_or_default()));
+                }
             }
             if Instant::now() >= until {
                 panic!("tidegate was not ready within {STARTUP_DEADLINE:?}; its log:\n{}", self.log());
@@ -761,6 +772,12 @@ impl ProcessServer {
     /// The process id of the running child.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().and_then(tokio::process::Child::id).expect("child is running")
+    }
+
+    /// What `/readyz` (and `/healthz` right after it) answered while the latest start
+    /// was not ready yet: (path, status, body), in order.
+    pub fn startup_answers(&self) -> &[(String, u16, String)] {
+        &self.startup_answers
     }
 
     /// What the current (or last) process wrote to stdout and stderr.

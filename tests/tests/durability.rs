@@ -370,8 +370,8 @@ async fn sigterm_stops_a_long_topic_create() {
     let create = server.post("/v1/topics").json(&json!({"name": "many", "partitions": 5000})).send();
     let create = tokio::spawn(create);
     // Let the create get under way (its first column families), then stop.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(!create.is_finished(), "5000 partitions take far longer than 1.5 s to create");
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert!(!create.is_finished(), "5000 partitions take far longer than 3 s to create");
     server.signal("TERM");
     let status = server.wait_exit(Duration::from_secs(20)).await;
     assert!(status.success(), "{status:?}\n{}", server.log());
@@ -383,5 +383,13 @@ async fn sigterm_stops_a_long_topic_create() {
     let resp = server.get("/v1/topics/many").send().await.unwrap();
     tidegate_tests::assert_problem(resp, 404, "topic_not_found").await;
     assert!(server.log().contains("dropping orphan column family"), "{}", server.log());
+    // Dropping the orphans took a while, and the probes were answered meanwhile: alive,
+    // not ready.
+    let answers = server.startup_answers();
+    let starting = |path: &str, status: u16, text: &str| {
+        answers.iter().any(|(p, s, body)| p == path && *s == status && body.contains(text))
+    };
+    assert!(starting("/readyz", 503, "not_ready"), "{answers:?}");
+    assert!(starting("/healthz", 200, "starting"), "{answers:?}");
     server.create_topic("after", 2).await;
 }
