@@ -573,3 +573,16 @@ async fn request_heads_hyper_refuses_are_problem_documents_too() {
     let raw = raw_exchange(&roomy, long.as_bytes()).await;
     last_problem(&raw, 414, "uri_too_long");
 }
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without `Host` is answered 400 (before, it was
+/// served, and the open-mode guard, which judges the Host, did not run); HTTP/1.0 needs
+/// none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_1_1_request_without_host_is_refused() {
+    let server = TestServer::with_defaults().await;
+    let raw = raw_exchange(&server, b"GET /v1/topics HTTP/1.1\r\nconnection: close\r\n\r\n").await;
+    let problem = last_problem(&raw, 400, "missing_host");
+    assert!(problem["detail"].as_str().is_some_and(|d| d.contains("Host")), "{problem}");
+    let raw = raw_exchange(&server, b"GET /v1/topics HTTP/1.0\r\n\r\n").await;
+    assert!(raw.starts_with("HTTP/1.0 200") || raw.starts_with("HTTP/1.1 200"), "{raw}");
+}

@@ -93,11 +93,19 @@ async fn sse_streams_records_and_resumes_from_last_event_id() {
     let reset = read_events(resp, |ev| values(ev).len() >= 4).await;
     assert_eq!(reset[0].data["partitions"][0]["offset"], 0, "{:?}", reset[0]);
     assert_eq!(values(&reset), vec![json!({"n": 1}), json!({"n": 2}), json!({"n": 3}), json!({"n": 4})]);
-    // A resume position must name a partition the subscription reads.
-    let resp = server.get("/v1/topics/s/stream").header("last-event-id", "s:7:0").send().await.unwrap();
+    // An explicit position must name a partition the subscription reads.
+    let resp = server.get("/v1/topics/s/stream?offsets=7:0").send().await.unwrap();
     tidegate_tests::assert_problem(resp, 404, "partition_not_found").await;
-    let resp = server.get("/v1/topics/s/stream").header("last-event-id", "other:0:0").send().await.unwrap();
+    let resp = server.get("/v1/topics/s/stream?offsets=other:0:0").send().await.unwrap();
     tidegate_tests::assert_problem(resp, 400, "invalid_parameter").await;
+    // A Last-Event-ID that no longer fits (a partition gone with a re-created topic,
+    // another topic, garbage) is dropped, not refused: EventSource gives up after a 4xx.
+    for stale in ["s:7:0", "other:0:0", "not an id"] {
+        let resp = server.get("/v1/topics/s/stream?from=earliest").header("last-event-id", stale).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{stale}");
+        let fresh = read_events(resp, |ev| values(ev).len() >= 4).await;
+        assert_eq!(values(&fresh).len(), 4, "{stale}: read from `from`");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

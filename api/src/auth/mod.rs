@@ -564,6 +564,11 @@ pub async fn authenticate(
     mut req: Request,
     next: Next,
 ) -> Response {
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host is answered 400 (and the open-mode
+    // guard, which judges the Host, must not be skipped by leaving it out).
+    if req.version() == axum::http::Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
+        return ApiError::invalid("missing_host", "a Host header is required (RFC 9112, section 3.2)").into_response();
+    }
     let security = state.security.clone();
     let ip = client_ip::client_ip(peer.ip(), req.headers(), &security.trusted_proxies);
     if !PROBES.contains(&req.uri().path())

@@ -103,16 +103,30 @@ pub fn prepare(
     }
     let from = StartFrom::parse(params.from.as_deref().unwrap_or("latest"))
         .map_err(|e| ApiError::invalid("invalid_parameter", e))?;
-    let resume = parse_resume(topic, last_event_id.or(params.offsets.as_deref()).unwrap_or(""))?;
-    for (t, p) in resume.keys() {
-        if !topics.contains(t) {
-            return Err(ApiError::invalid(
-                "invalid_parameter",
-                format!("offsets names {t:?}, which is not subscribed"),
-            ));
+    let resume = match last_event_id {
+        // A reconnecting EventSource resends the id of the last event it got, and stops
+        // reconnecting for good after a 4xx: positions that no longer fit (the topic was
+        // re-created with fewer partitions) or an id it cannot read are dropped, and
+        // the subscription starts as without them.
+        Some(id) => {
+            let mut resume = parse_resume(topic, id).unwrap_or_default();
+            resume.retain(|(t, p), _| topics.contains(t) && state.store.partition(t, *p).is_ok());
+            resume
         }
-        state.store.partition(t, *p)?;
-    }
+        None => {
+            let resume = parse_resume(topic, params.offsets.as_deref().unwrap_or(""))?;
+            for (t, p) in resume.keys() {
+                if !topics.contains(t) {
+                    return Err(ApiError::invalid(
+                        "invalid_parameter",
+                        format!("offsets names {t:?}, which is not subscribed"),
+                    ));
+                }
+                state.store.partition(t, *p)?;
+            }
+            resume
+        }
+    };
     let permit = state
         .subscriptions
         .clone()
