@@ -30,9 +30,11 @@ pub struct FetchParams {
     /// First offset to read: a number, `earliest` (default) or `latest`.
     pub offset: Option<String>,
     /// Most records to return (default 500, from 1 to the `max_fetch_records` setting).
+    #[param(minimum = 1)]
     pub max_records: Option<usize>,
     /// Stop after about this many key and value bytes (default 1 MiB, from 1 to
     /// `max_fetch_bytes`); at least one record is returned if one is available.
+    #[param(minimum = 1)]
     pub max_bytes: Option<usize>,
     /// Wait up to this long for records when none are available (long poll; default
     /// 0, at most `max_wait_ms`).

@@ -20,18 +20,22 @@ use crate::state::SharedState;
 #[serde(deny_unknown_fields)]
 pub struct CreateTopic {
     /// Topic name: `[A-Za-z0-9._-]{1,249}`.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,249}$")]
     pub name: String,
-    /// Number of partitions (default: the `default_partitions` setting).
+    /// Number of partitions (default: the `default_partitions` setting; all topics together
+    /// at most `max_partitions`).
+    #[schema(minimum = 1, maximum = 10000)]
     pub partitions: Option<u32>,
     /// Time retention in ms; `null` keeps records forever (default: `default_retention_ms`).
     #[serde(default, deserialize_with = "some")]
-    #[schema(value_type = Option<u64>, nullable)]
+    #[schema(value_type = Option<u64>, nullable, minimum = 1)]
     pub retention_ms: Option<Option<u64>>,
     /// Size retention per partition in bytes; `null` is unbounded (default: `default_retention_bytes`).
     #[serde(default, deserialize_with = "some")]
-    #[schema(value_type = Option<u64>, nullable)]
+    #[schema(value_type = Option<u64>, nullable, minimum = 1)]
     pub retention_bytes: Option<Option<u64>>,
     /// Copies of each partition. A single node holds one.
+    #[schema(minimum = 1, maximum = 1)]
     pub replication_factor: Option<u16>,
     /// JSON pointer (RFC 6901) to each event's id, for deduplication (`/messageId`, `/eid`).
     pub event_id: Option<String>,
@@ -49,11 +53,11 @@ pub struct CreateTopic {
 pub struct AlterTopic {
     /// New time retention in ms, or `null` for none.
     #[serde(default, deserialize_with = "some")]
-    #[schema(value_type = Option<u64>, nullable)]
+    #[schema(value_type = Option<u64>, nullable, minimum = 1)]
     pub retention_ms: Option<Option<u64>>,
     /// New size retention per partition in bytes, or `null` for none.
     #[serde(default, deserialize_with = "some")]
-    #[schema(value_type = Option<u64>, nullable)]
+    #[schema(value_type = Option<u64>, nullable, minimum = 1)]
     pub retention_bytes: Option<Option<u64>>,
     /// New event-id pointer, or `null` for none.
     #[serde(default, deserialize_with = "some")]
@@ -74,6 +78,7 @@ pub struct AlterTopic {
 #[serde(deny_unknown_fields)]
 pub struct AddPartitions {
     /// The new total number of partitions (must be larger than the current one).
+    #[schema(minimum = 2, maximum = 10000)]
     pub count: u32,
 }
 
