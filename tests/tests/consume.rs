@@ -824,6 +824,10 @@ async fn group_admin_lists_describes_resets_and_deletes() {
         .map(|o| (o["partition"].as_u64().unwrap(), o["committed"].as_u64().unwrap(), o["lag"].as_u64().unwrap()))
         .collect();
     assert_eq!(reset_to, (0..4).map(|p| (u64::from(p), 0, end(p))).collect::<Vec<_>>(), "{answer}");
+    for o in answer["offsets"].as_array().expect("offsets") {
+        let p = o["partition"].as_u64().unwrap() as u32;
+        assert_eq!(o["owner"], owner_of[&p].as_str(), "the answer names each partition's reader: {answer}");
+    }
     let d = server.get_json("/v1/groups/ops").await;
     assert!(d["partitions"].as_array().unwrap().iter().all(|p| p["committed"] == 0), "{d}");
     assert_eq!(d["lag"], 26, "{d}");

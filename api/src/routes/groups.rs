@@ -358,6 +358,13 @@ pub async fn reset_group(
         state.coordinator.ensure_empty(&group)?;
     }
     let topic = state.store.topic(&body.topic)?;
+    let owners: BTreeMap<(String, u32), String> = state
+        .coordinator
+        .describe(&group)
+        .map(|info| {
+            info.members.iter().flat_map(|m| m.partitions.iter().map(|tp| (tp.clone(), m.member.clone()))).collect()
+        })
+        .unwrap_or_default();
     let targets: Vec<u32> = body.partitions.clone().unwrap_or_else(|| (0..topic.partition_count()).collect());
     let mut rows = Vec::new();
     let mut out = Vec::new();
@@ -383,7 +390,7 @@ pub async fn reset_group(
             committed: Some(offset),
             end_offset: end,
             lag: end - offset,
-            owner: None,
+            owner: owners.get(&(body.topic.clone(), p)).cloned(),
         });
     }
     state.store.commit_offsets(&group, rows.clone()).await?;
