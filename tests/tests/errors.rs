@@ -67,6 +67,8 @@ async fn unsupported_media_type_is_415() {
     let server = limited().await;
     rejects(&server, ingest(&server, "application/xml", "<event/>"), 415, "unsupported_media_type").await;
     rejects(&server, ingest(&server, "multipart/form-data; boundary=x", "--x--"), 415, "unsupported_media_type").await;
+    // Text in another charset is refused, not misread as UTF-8.
+    rejects(&server, ingest(&server, "text/plain; charset=utf-16", "{}"), 415, "unsupported_media_type").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,12 +8,23 @@ use bytes::Bytes;
 use super::parse::BodyFormat;
 use crate::error::ApiError;
 
-/// Picks the body format from the media type (parameters such as `charset` ignored).
-/// No media type is treated as JSON, since `navigator.sendBeacon` with a string body
-/// sends `text/plain` and some trackers send nothing.
+/// Picks the body format from the media type. No media type is treated as JSON, since
+/// `navigator.sendBeacon` with a string body sends `text/plain` and some trackers send
+/// nothing. Text is read as UTF-8: a `charset` parameter naming anything else (UTF-16,
+/// Latin-1) is refused rather than misread.
 pub fn body_format(content_type: Option<&str>) -> Result<BodyFormat, ApiError> {
     let Some(ct) = content_type else { return Ok(BodyFormat::Json) };
-    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let mut params = ct.split(';');
+    let essence = params.next().unwrap_or("").trim().to_ascii_lowercase();
+    for param in params {
+        let Some((name, value)) = param.split_once('=') else { continue };
+        let value = value.trim().trim_matches('"').to_ascii_lowercase();
+        if name.trim().eq_ignore_ascii_case("charset") && !matches!(value.as_str(), "utf-8" | "utf8" | "us-ascii") {
+            return Err(ApiError::UnsupportedMediaType {
+                detail: format!("charset {value:?} is not accepted; send the body as UTF-8"),
+            });
+        }
+    }
     match essence.as_str() {
         "" | "application/json" | "text/plain" | "text/json" => Ok(BodyFormat::Json),
         "application/x-ndjson"
@@ -99,6 +110,21 @@ mod tests {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         e.write_all(data).unwrap();
         e.finish().unwrap()
+    }
+
+    #[test]
+    fn text_is_utf_8_whatever_the_media_type() {
+        for ok in [
+            "text/plain",
+            "text/plain;charset=UTF-8",
+            "application/json; charset=\"utf-8\"",
+            "text/plain; charset=us-ascii",
+        ] {
+            assert!(matches!(body_format(Some(ok)), Ok(BodyFormat::Json)), "{ok}");
+        }
+        for refused in ["text/plain; charset=utf-16", "application/json;charset=ISO-8859-1"] {
+            assert!(matches!(body_format(Some(refused)), Err(ApiError::UnsupportedMediaType { .. })), "{refused}");
+        }
     }
 
     #[test]
