@@ -170,34 +170,28 @@ pub(crate) fn appended(topic: &str) -> Appended {
     APPENDED.write().unwrap_or_else(PoisonError::into_inner).entry(topic.to_string()).or_insert(made).clone()
 }
 
-/// The route template a request was routed to, carried on its response from
-/// [`stash_route`] (inside the router) to [`track`] (outside every other layer).
-#[derive(Clone)]
-struct RouteLabel(MatchedPath);
-
-/// Route middleware (inside the router): marks the response with the matched route.
-pub async fn stash_route(req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let mut resp = next.run(req).await;
-    if let Some(route) = route {
-        resp.extensions_mut().insert(RouteLabel(route));
-    }
-    resp
-}
-
-/// Middleware (the outermost but CORS): counts every request and records its latency
-/// by route template, method and final status. Requests answered without routing (an
-/// unknown path, or refused by authentication or a rate limit before routing) count
-/// as route `unmatched`.
+/// Middleware: counts requests and records latency by route template, method and
+/// status. On the routes and on the fallback (an unknown path counts as route
+/// `unmatched`); requests the outer layers answer before routing count themselves
+/// through [`unrouted`]. (One layer on the routes: a second, outermost one cost 3–6% of
+/// one-event ingest throughput.)
 pub async fn track(req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let method = method_label(req.method());
     let began = Instant::now();
     let resp = next.run(req).await;
-    let route = resp.extensions().get::<RouteLabel>().map_or("unmatched", |r| r.0.as_str());
-    let (requests, latency) = series(route, method, resp.status());
+    let (requests, latency) = series(route.as_ref().map_or("unmatched", MatchedPath::as_str), method, resp.status());
     requests.increment(1);
     latency.record(began.elapsed().as_secs_f64());
     resp
+}
+
+/// Counts a request answered before routing (route `unmatched`): a rate limit, a
+/// missing `Host`.
+pub(crate) fn unrouted(method: &axum::http::Method, status: StatusCode, began: Instant) {
+    let (requests, latency) = series("unmatched", method_label(method), status);
+    requests.increment(1);
+    latency.record(began.elapsed().as_secs_f64());
 }
 
 /// Counts a request refused before routing (its head could not be parsed or was too

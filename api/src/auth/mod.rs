@@ -566,8 +566,12 @@ pub async fn authenticate(
 ) -> Response {
     // RFC 9112 §3.2: an HTTP/1.1 request without Host is answered 400 (and the open-mode
     // guard, which judges the Host, must not be skipped by leaving it out).
+    let began = std::time::Instant::now();
     if req.version() == axum::http::Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
-        return ApiError::invalid("missing_host", "a Host header is required (RFC 9112, section 3.2)").into_response();
+        let resp =
+            ApiError::invalid("missing_host", "a Host header is required (RFC 9112, section 3.2)").into_response();
+        crate::metrics::unrouted(req.method(), resp.status(), began);
+        return resp;
     }
     let security = state.security.clone();
     let ip = client_ip::client_ip(peer.ip(), req.headers(), &security.trusted_proxies);
@@ -576,7 +580,9 @@ pub async fn authenticate(
     {
         let e = AuthError::RateLimited { scope: LimitScope::Ip, retry_after };
         record_refusal(&e, ip);
-        return ApiError::Auth(e).into_response();
+        let resp = ApiError::Auth(e).into_response();
+        crate::metrics::unrouted(req.method(), resp.status(), began);
+        return resp;
     }
     let (credential, token_in_query) = security.credential(req.headers(), req.uri().query());
     let origin = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_owned);

@@ -230,12 +230,11 @@ pub fn router(state: SharedState, cors: Option<tower_http::cors::CorsLayer>) -> 
         .route_layer(axum::middleware::from_fn(crate::auth::gate))
         .merge(crate::docs::router())
         .merge(crate::web::router())
-        .route_layer(axum::middleware::from_fn(crate::metrics::stash_route))
-        .fallback(not_found)
+        .route_layer(axum::middleware::from_fn(crate::metrics::track))
+        .fallback_service(axum::routing::any(not_found).layer(axum::middleware::from_fn(crate::metrics::track)))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::authenticate))
         .layer(axum::middleware::map_response(problem_layer))
-        .layer(axum::middleware::from_fn(crate::metrics::track))
         .with_state(state);
     match cors {
         Some(cors) => app.layer(cors),
