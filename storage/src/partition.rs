@@ -105,6 +105,14 @@ impl PartitionLog {
         &self.cf
     }
 
+    /// The incarnation of the partition's topic: different for a topic deleted and
+    /// created again under the same name, so a position saved in one can be told from a
+    /// position in the other.
+    pub fn incarnation(&self) -> u64 {
+        // `p/{topic}/{incarnation}/{partition}`; topic names hold no '/'.
+        self.cf.rsplit('/').nth(1).and_then(|id| id.parse().ok()).unwrap_or(0)
+    }
+
     /// First stored offset.
     pub fn start_offset(&self) -> u64 {
         self.start.load(Ordering::Acquire)

@@ -179,9 +179,12 @@ struct Position {
     delivered: metrics::Counter,
 }
 
-/// SSE event id: every position, so `Last-Event-ID` resumes exactly.
-fn resume_id<'a>(positions: impl Iterator<Item = (&'a TopicPartition, u64)>) -> String {
-    positions.map(|((t, p), next)| format!("{t}:{p}:{next}")).collect::<Vec<_>>().join(",")
+/// SSE event id: every position with its topic's incarnation
+/// (`topic:partition:offset:incarnation`), so `Last-Event-ID` resumes exactly, and a
+/// position saved before the topic was deleted and created again is not taken as one in
+/// the new topic.
+fn resume_id<'a>(positions: impl Iterator<Item = (&'a TopicPartition, &'a Arc<PartitionLog>, u64)>) -> String {
+    positions.map(|((t, p), log, next)| format!("{t}:{p}:{next}:{}", log.incarnation())).collect::<Vec<_>>().join(",")
 }
 
 /// Resolves at the next append to a topic with an unpaused partition, or when the
@@ -711,7 +714,7 @@ impl Session {
             // `walk` is rotated by `first`: the id lists the partitions in key order.
             let id = sse.then(|| {
                 let (head, tail) = walk.split_at(n - first);
-                resume_id(tail.iter().chain(head).map(|(tp, p)| (*tp, p.next)))
+                resume_id(tail.iter().chain(head).map(|(tp, p)| (*tp, &p.log, p.next)))
             });
             if let Err(end) = tx.feed(kind, text, id, stall).await {
                 failed = Some(end);

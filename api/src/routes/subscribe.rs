@@ -47,13 +47,18 @@ pub struct SubscribeParams {
     pub access_token: Option<String>,
 }
 
-fn parse_resume(first_topic: &str, text: &str) -> Result<BTreeMap<TopicPartition, u64>, ApiError> {
+/// Parses resume positions: `partition:offset` (of the first topic),
+/// `topic:partition:offset`, or `topic:partition:offset:incarnation` as SSE event ids
+/// carry them. A position whose incarnation is not the live topic's (the topic was
+/// deleted and created again since) is left out: it is no position in the new topic.
+fn parse_resume(state: &SharedState, first_topic: &str, text: &str) -> Result<BTreeMap<TopicPartition, u64>, ApiError> {
     let mut out = BTreeMap::new();
     for item in text.split(',').filter(|s| !s.is_empty()) {
         let parts: Vec<&str> = item.split(':').collect();
-        let (topic, p, o) = match parts.as_slice() {
-            [p, o] => (first_topic, *p, *o),
-            [t, p, o] => (*t, *p, *o),
+        let (topic, p, o, incarnation) = match parts.as_slice() {
+            [p, o] => (first_topic, *p, *o, None),
+            [t, p, o] => (*t, *p, *o, None),
+            [t, p, o, i] => (*t, *p, *o, Some(*i)),
             _ => {
                 return Err(ApiError::invalid(
                     "invalid_parameter",
@@ -63,6 +68,14 @@ fn parse_resume(first_topic: &str, text: &str) -> Result<BTreeMap<TopicPartition
         };
         let p = p.parse().map_err(|_| ApiError::invalid("invalid_parameter", format!("bad partition in {item:?}")))?;
         let o = o.parse().map_err(|_| ApiError::invalid("invalid_parameter", format!("bad offset in {item:?}")))?;
+        if let Some(i) = incarnation {
+            let i: u64 = i
+                .parse()
+                .map_err(|_| ApiError::invalid("invalid_parameter", format!("bad incarnation in {item:?}")))?;
+            if state.store.partition(topic, p).is_ok_and(|log| log.incarnation() != i) {
+                continue;
+            }
+        }
         out.insert((topic.to_string(), p), o);
     }
     Ok(out)
@@ -109,12 +122,12 @@ pub fn prepare(
         // re-created with fewer partitions) or an id it cannot read are dropped, and
         // the subscription starts as without them.
         Some(id) => {
-            let mut resume = parse_resume(topic, id).unwrap_or_default();
+            let mut resume = parse_resume(state, topic, id).unwrap_or_default();
             resume.retain(|(t, p), _| topics.contains(t) && state.store.partition(t, *p).is_ok());
             resume
         }
         None => {
-            let resume = parse_resume(topic, params.offsets.as_deref().unwrap_or(""))?;
+            let resume = parse_resume(state, topic, params.offsets.as_deref().unwrap_or(""))?;
             for (t, p) in resume.keys() {
                 if !topics.contains(t) {
                     return Err(ApiError::invalid(
