@@ -54,6 +54,10 @@ pub enum Command {
 
 /// Parses the command line, giving every `serve` setting its `TIDEGATE_*` variable.
 pub fn parse() -> Cli {
+    // Each setting's help ends with its default, as TOML spells it (the flags are
+    // optional layers over the defaults, so clap itself knows none).
+    let defaults: std::collections::HashMap<&str, String> =
+        crate::config::Config::reference().into_iter().map(|d| (d.name, d.default)).collect();
     let command = Cli::command().mut_subcommand("serve", |serve| {
         serve.mut_args(|arg| {
             let id = arg.get_id().as_str();
@@ -61,6 +65,11 @@ pub fn parse() -> Cli {
                 arg
             } else {
                 let env = format!("TIDEGATE_{}", id.to_ascii_uppercase());
+                let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+                let arg = match defaults.get(id) {
+                    Some(default) if !default.is_empty() => arg.help(format!("{help} [default: {default}]")),
+                    _ => arg,
+                };
                 arg.env(env)
             }
         })

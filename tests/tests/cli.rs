@@ -829,6 +829,11 @@ async fn serve_layers_file_environment_and_flags_and_refuses_bad_settings_with_e
     for flag in ["--config", "--fsync", "--max-event-bytes", "--write-keys"] {
         assert!(help.stdout.contains(flag), "serve --help lacks {flag}:\n{}", help.stdout);
     }
+    // Values are required (only booleans may go without), and each setting shows its default.
+    assert!(help.stdout.contains("--data-dir <DATA_DIR>"), "{}", help.stdout);
+    assert!(help.stdout.contains("--auto-create-topics [<AUTO_CREATE_TOPICS>]"), "{}", help.stdout);
+    assert!(help.stdout.contains("[default: \"./tidegate-data\"]"), "{}", help.stdout);
+    assert!(help.stdout.contains("[default: 1000]"), "max_partitions' default: {}", help.stdout);
 }
 
 /// A second node on a data directory another one holds refuses to start, saying so on
