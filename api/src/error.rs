@@ -319,8 +319,6 @@ pub async fn problem_layer(resp: Response) -> Response {
     };
     let detail = if detail.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { detail };
     let mut out = Problem::new(status, code, detail).into_response();
-    // Extensions carry the matched route to the request metrics.
-    *out.extensions_mut() = parts.extensions;
     for (name, value) in parts.headers.iter() {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
             out.headers_mut().insert(name.clone(), value.clone());

@@ -51,6 +51,8 @@ pub struct PartitionLog {
     pub index: u32,
     /// Column family holding this partition's batches.
     pub(crate) cf: String,
+    /// See [`PartitionLog::incarnation`] (read from `cf` once).
+    incarnation: u64,
     pub(crate) start: AtomicU64,
     pub(crate) end: AtomicU64,
     pub(crate) bytes: AtomicU64,
@@ -84,10 +86,13 @@ impl PartitionLog {
     pub(crate) fn new(topic: &str, index: u32, cf: String, bounds: Bounds, appends: Arc<AppendSignal>) -> Self {
         let Bounds { start, end, bytes, running_max_ts } = bounds;
         debug_assert!(start <= end);
+        // `p/{topic}/{incarnation}/{partition}`; topic names hold no '/'.
+        let incarnation = cf.rsplit('/').nth(1).and_then(|id| id.parse().ok()).unwrap_or(0);
         Self {
             topic: topic.to_string(),
             index,
             cf,
+            incarnation,
             start: AtomicU64::new(start),
             end: AtomicU64::new(end),
             bytes: AtomicU64::new(bytes),
@@ -109,8 +114,7 @@ impl PartitionLog {
     /// created again under the same name, so a position saved in one can be told from a
     /// position in the other.
     pub fn incarnation(&self) -> u64 {
-        // `p/{topic}/{incarnation}/{partition}`; topic names hold no '/'.
-        self.cf.rsplit('/').nth(1).and_then(|id| id.parse().ok()).unwrap_or(0)
+        self.incarnation
     }
 
     /// First stored offset.

@@ -321,19 +321,19 @@ impl Store {
         // column families, which the next start-up drops.
         let names: Vec<String> = (0..config.partitions).map(|p| cf_name(name, id, p)).collect();
         self.create_cfs(&names)?;
+        let topic_meta = TopicMeta { name: name.to_string(), id, created_ms: now_ms(), config: config.clone() };
+        let mut wb = rocksdb::WriteBatch::default();
+        wb.put_cf(&meta, topic_key(name), serde_json::to_vec(&topic_meta).expect("topic meta serialises"));
+        if let Err(e) = self.write_meta(wb) {
+            self.drop_cfs(&names);
+            return Err(e);
+        }
         let appends = AppendSignal::new();
         let parts = names
             .into_iter()
             .zip(0..)
             .map(|(cf, p)| Arc::new(PartitionLog::new(name, p, cf, Bounds::EMPTY, appends.clone())))
             .collect();
-        let topic_meta = TopicMeta { name: name.to_string(), id, created_ms: now_ms(), config: config.clone() };
-        let mut wb = rocksdb::WriteBatch::default();
-        wb.put_cf(&meta, topic_key(name), serde_json::to_vec(&topic_meta).expect("topic meta serialises"));
-        if let Err(e) = self.write_meta(wb) {
-            self.drop_cfs(&(0..config.partitions).map(|p| cf_name(name, id, p)).collect::<Vec<_>>());
-            return Err(e);
-        }
         let topic = Arc::new(Topic {
             name: name.to_string(),
             id,

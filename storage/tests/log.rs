@@ -177,12 +177,21 @@ fn temporary_options_files_left_by_a_crash_are_removed_at_open() {
     rt().block_on(store.close()).unwrap();
 }
 
+/// The RocksDB of the closed store in `dir` with all its column families, opened
+/// directly (read-only or not).
+fn raw_db(dir: &std::path::Path, read_only: bool) -> rocksdb::DB {
+    let (opts, path) = (rocksdb::Options::default(), dir.join("rocksdb"));
+    let families = rocksdb::DB::list_cf(&opts, &path).unwrap();
+    match read_only {
+        true => rocksdb::DB::open_cf_for_read_only(&opts, &path, &families, false).unwrap(),
+        false => rocksdb::DB::open_cf(&opts, &path, &families).unwrap(),
+    }
+}
+
 /// The partition-state keys (`pstate/<column family>`) in the meta column family of the
 /// closed store in `dir`, read straight from RocksDB.
 fn state_keys_on_disk(dir: &std::path::Path) -> Vec<String> {
-    let path = dir.join("rocksdb");
-    let families = rocksdb::DB::list_cf(&rocksdb::Options::default(), &path).unwrap();
-    let db = rocksdb::DB::open_cf_for_read_only(&rocksdb::Options::default(), &path, &families, false).unwrap();
+    let db = raw_db(dir, true);
     let meta = db.cf_handle("meta").unwrap();
     db.iterator_cf(&meta, rocksdb::IteratorMode::Start)
         .map(|item| String::from_utf8(item.unwrap().0.into_vec()).unwrap())
@@ -224,9 +233,7 @@ fn partition_state_of_no_topic_is_removed_at_open() {
     });
     drop(store);
     {
-        let path = dir.path().join("rocksdb");
-        let families = rocksdb::DB::list_cf(&rocksdb::Options::default(), &path).unwrap();
-        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &path, &families).unwrap();
+        let db = raw_db(dir.path(), false);
         db.put_cf(&db.cf_handle("meta").unwrap(), b"pstate/p/gone/7/0", [0u8; 16]).unwrap();
     }
     assert_eq!(state_keys_on_disk(dir.path()), ["pstate/p/gone/7/0", "pstate/p/keep/1/0"]);

@@ -153,6 +153,17 @@ pub fn offsets_of(body: &Value) -> Vec<(u32, u64)> {
         .collect()
 }
 
+/// Whether the `/metrics` text `metrics` has a `tidegate_http_requests_total` series for
+/// `route`, `method` and `status` (whatever the label order).
+pub fn has_request_series(metrics: &str, route: &str, method: &str, status: u16) -> bool {
+    metrics.lines().any(|l| {
+        l.starts_with("tidegate_http_requests_total{")
+            && l.contains(&format!("route=\"{route}\""))
+            && l.contains(&format!("method=\"{method}\""))
+            && l.contains(&format!("status=\"{status}\""))
+    })
+}
+
 /// Checks that `resp` is an RFC 7807 problem with `status` and `code`, and returns it.
 pub async fn assert_problem(resp: reqwest::Response, status: u16, code: &str) -> Value {
     let problem = assert_any_problem(resp, status).await;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tidegate_tests::{TestServer, assert_problem, eventually};
+use tidegate_tests::{TestServer, assert_problem, eventually, has_request_series};
 
 fn names(list: &Value) -> Vec<String> {
     let topics = list["topics"].as_array().unwrap_or_else(|| panic!("no topics in {list}"));
@@ -234,28 +234,16 @@ async fn metrics_expose_http_storage_and_process_series() {
     assert!(content_type.starts_with("text/plain"), "{content_type}");
     let text = resp.text().await.expect("metrics text");
 
-    let ingest_line = text.lines().find(|l| {
-        l.starts_with("tidegate_http_requests_total{")
-            && l.contains("route=\"/v1/topics/{topic}/events\"")
-            && l.contains("method=\"POST\"")
-            && l.contains("status=\"200\"")
-    });
-    assert!(ingest_line.is_some(), "no request counter for the ingest route:\n{text}");
+    let ingest_counted = has_request_series(&text, "/v1/topics/{topic}/events", "POST", 200);
+    assert!(ingest_counted, "no request counter for the ingest route:\n{text}");
     // Unknown paths and errors rewritten into problem+json are counted too.
     assert_eq!(server.get("/no/such/path").send().await.unwrap().status(), 404);
     let resp = server.post("/v1/topics").json(&json!({"name": "x", "bogus": 1})).send().await.unwrap();
     assert_eq!(resp.status(), 422);
     let text = server.get("/metrics").send().await.unwrap().text().await.unwrap();
-    let counted = |route: &str, method: &str, status: &str| {
-        text.lines().any(|l| {
-            l.starts_with("tidegate_http_requests_total{")
-                && l.contains(&format!("route=\"{route}\""))
-                && l.contains(&format!("method=\"{method}\""))
-                && l.contains(&format!("status=\"{status}\""))
-        })
-    };
-    assert!(counted("unmatched", "GET", "404"), "an unknown path is counted:\n{text}");
-    assert!(counted("/v1/topics", "POST", "422"), "a rewritten rejection keeps its route:\n{text}");
+    assert!(has_request_series(&text, "unmatched", "GET", 404), "an unknown path is counted:\n{text}");
+    let rewritten = has_request_series(&text, "/v1/topics", "POST", 422);
+    assert!(rewritten, "a rewritten rejection keeps its route:\n{text}");
     assert_eq!(sample(&text, "tidegate_events_appended_total{topic=\"metered\"}"), Some(3.0), "\n{text}");
     let bytes = |topic: &str| sample(&text, &format!("tidegate_bytes_appended_total{{topic=\"{topic}\"}}"));
     let (metered, shared) = (bytes("metered").expect("metered bytes"), bytes("shared").expect("shared bytes"));

@@ -344,13 +344,8 @@ async fn permissions_are_checked_per_topic_and_action() {
     assert!(metrics.contains("tidegate_auth_refused_total{reason=\"forbidden\"}"), "{metrics}");
     // The label is the answer's code, and the refusals are counted by route.
     assert!(metrics.contains("tidegate_auth_refused_total{reason=\"unauthorized\"}"), "{metrics}");
-    let refused = metrics.lines().find(|l| {
-        l.starts_with("tidegate_http_requests_total{")
-            && l.contains("route=\"/v1/topics\"")
-            && l.contains("method=\"GET\"")
-            && l.contains("status=\"401\"")
-    });
-    assert!(refused.is_some(), "the 401s above are counted:\n{metrics}");
+    let refused = tidegate_tests::has_request_series(&metrics, "/v1/topics", "GET", 401);
+    assert!(refused, "the 401s above are counted:\n{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -566,8 +566,8 @@ pub async fn authenticate(
 ) -> Response {
     // RFC 9112 §3.2: an HTTP/1.1 request without Host is answered 400 (and the open-mode
     // guard, which judges the Host, must not be skipped by leaving it out).
-    let began = std::time::Instant::now();
     if req.version() == axum::http::Version::HTTP_11 && !req.headers().contains_key(header::HOST) {
+        let began = std::time::Instant::now();
         let resp =
             ApiError::invalid("missing_host", "a Host header is required (RFC 9112, section 3.2)").into_response();
         crate::metrics::unrouted(req.method(), resp.status(), began);
@@ -578,6 +578,7 @@ pub async fn authenticate(
     if !PROBES.contains(&req.uri().path())
         && let Err(retry_after) = security.limits.check_ip(ip)
     {
+        let began = std::time::Instant::now();
         let e = AuthError::RateLimited { scope: LimitScope::Ip, retry_after };
         record_refusal(&e, ip);
         let resp = ApiError::Auth(e).into_response();
