@@ -107,6 +107,10 @@ pub enum ApiError {
     /// Authentication, permission or rate-limit refusal.
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
+    /// A WebSocket handshake asked for a protocol version other than 13 (RFC 6455):
+    /// answered 426 with `Sec-WebSocket-Version: 13`.
+    #[error("WebSocket version {offered:?} is not supported; this server speaks version 13 (RFC 6455)")]
+    WebSocketVersion { offered: String },
 }
 
 impl ApiError {
@@ -144,6 +148,7 @@ impl ApiError {
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::RequestTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::TooManySubscriptions { .. } => (StatusCode::SERVICE_UNAVAILABLE, "too_many_subscriptions"),
+            ApiError::WebSocketVersion { .. } => (StatusCode::UPGRADE_REQUIRED, "unsupported_websocket_version"),
             ApiError::Group(e) => match e {
                 GroupError::GroupActive(_) => (StatusCode::CONFLICT, "group_active"),
                 GroupError::MemberInUse(_) => (StatusCode::CONFLICT, "member_in_use"),
@@ -255,6 +260,10 @@ impl IntoResponse for ApiError {
                     _ => HeaderValue::from_static("Bearer error=\"invalid_token\""),
                 };
                 resp.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+            }
+            ApiError::WebSocketVersion { .. } => {
+                // RFC 6455 section 4.2.2: name the versions this server understands.
+                resp.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
             }
             _ => {}
         }

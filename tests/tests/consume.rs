@@ -1517,3 +1517,32 @@ async fn a_force_deleted_group_gets_its_idle_members_positions_back() {
     ids.sort_unstable();
     assert_eq!(ids, (10..16).collect::<Vec<u64>>(), "{next:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_version_other_than_13_is_answered_426_naming_13() {
+    let server = quick_server().await;
+    server.create_topic("versions", 1).await;
+    let handshake = |version: &str| {
+        let mut req = server
+            .get("/v1/topics/versions/subscribe")
+            .header("upgrade", "websocket")
+            .header("connection", "Upgrade")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+        if !version.is_empty() {
+            req = req.header("sec-websocket-version", version);
+        }
+        req.send()
+    };
+    let resp = handshake("8").await.expect("handshake");
+    assert_eq!(resp.status(), 426);
+    assert_eq!(resp.headers()["sec-websocket-version"], "13");
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let p: Value = resp.json().await.expect("problem");
+    assert_eq!(p["code"], "unsupported_websocket_version", "{p}");
+    assert!(p["detail"].as_str().unwrap().contains("\"8\""), "{p}");
+    // Without the header the handshake is malformed: 400.
+    let resp = handshake("").await.expect("handshake");
+    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    assert!(resp.headers().get("sec-websocket-version").is_none());
+}

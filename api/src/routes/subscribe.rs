@@ -6,7 +6,10 @@ use std::net::SocketAddr;
 
 use crate::routes::names::NamePath;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, header};
+use axum::response::IntoResponse;
 use axum::response::Response;
 use serde::Deserialize;
 use tokio::sync::OwnedSemaphorePermit;
@@ -159,6 +162,20 @@ pub fn prepare(
     Ok((session_params, permit))
 }
 
+/// The answer to a request that is not a usable WebSocket handshake: 426 with
+/// `Sec-WebSocket-Version: 13` for another protocol version (RFC 6455, section 4.2.2),
+/// else axum's 400, which the problem layer turns into a problem document.
+fn handshake_refused(rejection: WebSocketUpgradeRejection, headers: &HeaderMap) -> Response {
+    let offered =
+        headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    match (rejection, offered) {
+        (WebSocketUpgradeRejection::InvalidWebSocketVersionHeader(_), Some(offered)) if !offered.trim().is_empty() => {
+            ApiError::WebSocketVersion { offered }.into_response()
+        }
+        (rejection, _) => rejection.into_response(),
+    }
+}
+
 /// Subscribe over WebSocket.
 ///
 /// Server frames: `assignment`, `revoked`, `records`, `committed`, `gap`, `error`.
@@ -171,6 +188,7 @@ pub fn prepare(
         (status = 401, description = "Authentication required, or the token is invalid", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The token does not grant consume on a topic", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such topic", body = Problem, content_type = "application/problem+json"),
+        (status = 426, description = "A `Sec-WebSocket-Version` other than 13 (the answer's `Sec-WebSocket-Version` header names 13)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Too many subscriptions (`max_subscriptions`)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn subscribe(
@@ -179,8 +197,13 @@ pub async fn subscribe(
     NamePath(topic): NamePath<String>,
     Query(params): Query<SubscribeParams>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    ws: WebSocketUpgrade,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return Ok(handshake_refused(rejection, &headers)),
+    };
     let (session_params, permit) = prepare(&state, &topic, params, None, peer, &caller)?;
     if let Some(group) = &session_params.group {
         crate::routes::groups::require_join(&state, &caller, group).await?;
