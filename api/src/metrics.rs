@@ -1,13 +1,15 @@
 //! Prometheus metrics: the process-wide recorder, the per-route HTTP middleware,
 //! and gauges computed at scrape time (storage sizes and offsets, process memory).
 //!
-//! Counters and histograms go through the `metrics` facade. Gauges that describe
-//! current state are rendered from the store on each scrape instead, so a deleted
+//! Counters and histograms go through the `metrics` facade, except the per-topic
+//! counters, which are kept here so they can be dropped with their topic. Gauges that
+//! describe current state are rendered from the store on each scrape, so a deleted
 //! topic's series disappear with it.
 
 use std::collections::HashMap;
 use std::fmt::Write;
-use std::sync::{LazyLock, OnceLock, PoisonError, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, OnceLock, PoisonError, RwLock};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
@@ -56,13 +58,10 @@ fn describe_and_start_at_zero() {
         "tidegate_http_request_duration_seconds",
         "Time to answer an HTTP request (to the response head), by route template, method and status."
     );
-    describe_counter!("tidegate_events_appended_total", "Events acknowledged as written, per topic.");
-    describe_counter!("tidegate_bytes_appended_total", "Bytes of event values acknowledged as written, per topic.");
     describe_histogram!("tidegate_storage_write_seconds", "Time of one group commit: the RocksDB write and its fsync.");
     describe_histogram!("tidegate_storage_group_commit_requests", "Append requests gathered into one group commit.");
     describe_histogram!("tidegate_storage_fsync_seconds", "Time of one WAL sync of fsync=interval.");
     describe_gauge!("tidegate_subscriptions", "Open WebSocket and SSE subscriptions.");
-    describe_counter!("tidegate_records_delivered_total", "Records sent to subscribers, per topic.");
     describe_gauge!("tidegate_rate_limit_tracked_ips", "Client addresses the per-IP rate limit currently tracks.");
     let counters = [
         ("tidegate_storage_records_written_total", "Records written to storage by group commits."),
@@ -152,22 +151,69 @@ fn series(route: &str, method: &'static str, status: StatusCode) -> Series {
 /// The append counters of one topic: events and payload bytes.
 pub(crate) type Appended = (metrics::Counter, metrics::Counter);
 
-/// Append counters made so far, by topic name. Bounded by the topics this process has
-/// written to (the recorder keeps their series as long anyway).
-static APPENDED: LazyLock<RwLock<HashMap<String, Appended>>> = LazyLock::new(Default::default);
+/// The per-topic counters of one topic. They live here rather than in the recorder,
+/// which cannot forget a series: [`forget_topic`] drops them when the topic is deleted,
+/// so a deleted topic's series leave `/metrics` and a topic created again under the same
+/// name counts from 0 (a counter reset, which Prometheus' `rate()` handles).
+#[derive(Default)]
+struct TopicSeries {
+    events_appended: Arc<AtomicU64>,
+    bytes_appended: Arc<AtomicU64>,
+    records_delivered: Arc<AtomicU64>,
+}
 
-/// `tidegate_events_appended_total` and `tidegate_bytes_appended_total` of `topic`,
-/// made on first use and then shared (a labelled registry lookup per request cost
-/// more than the increments).
-pub(crate) fn appended(topic: &str) -> Appended {
-    if let Some(made) = APPENDED.read().unwrap_or_else(PoisonError::into_inner).get(topic) {
-        return made.clone();
+/// Per-topic counters by topic name; bounded by the topics of the node (entries go
+/// with their topic).
+static TOPIC_SERIES: LazyLock<RwLock<HashMap<String, TopicSeries>>> = LazyLock::new(Default::default);
+
+/// Runs `f` on `topic`'s counters, made on first use.
+fn with_topic_series<T>(topic: &str, f: impl Fn(&TopicSeries) -> T) -> T {
+    if let Some(series) = TOPIC_SERIES.read().unwrap_or_else(PoisonError::into_inner).get(topic) {
+        return f(series);
     }
-    let made = (
-        metrics::counter!("tidegate_events_appended_total", "topic" => topic.to_string()),
-        metrics::counter!("tidegate_bytes_appended_total", "topic" => topic.to_string()),
-    );
-    APPENDED.write().unwrap_or_else(PoisonError::into_inner).entry(topic.to_string()).or_insert(made).clone()
+    let mut all = TOPIC_SERIES.write().unwrap_or_else(PoisonError::into_inner);
+    f(all.entry(topic.to_string()).or_default())
+}
+
+/// `tidegate_events_appended_total` and `tidegate_bytes_appended_total` of `topic`
+/// (a map lookup per request; the increments are plain atomics).
+pub(crate) fn appended(topic: &str) -> Appended {
+    with_topic_series(topic, |s| {
+        (metrics::Counter::from_arc(s.events_appended.clone()), metrics::Counter::from_arc(s.bytes_appended.clone()))
+    })
+}
+
+/// `tidegate_records_delivered_total` of `topic`.
+pub(crate) fn delivered(topic: &str) -> metrics::Counter {
+    with_topic_series(topic, |s| metrics::Counter::from_arc(s.records_delivered.clone()))
+}
+
+/// Drops the per-topic counters of a deleted topic. Handles taken before keep counting
+/// into the dropped counters, which nobody renders.
+pub(crate) fn forget_topic(topic: &str) {
+    TOPIC_SERIES.write().unwrap_or_else(PoisonError::into_inner).remove(topic);
+}
+
+/// The per-topic counter families, for the topics `live` names.
+fn render_topic_series(out: &mut String, live: &[String]) {
+    type Family = (&'static str, &'static str, fn(&TopicSeries) -> &AtomicU64);
+    let families: [Family; 3] = [
+        ("tidegate_events_appended_total", "Events acknowledged as written, per topic.", |s| &s.events_appended),
+        ("tidegate_bytes_appended_total", "Bytes of event values acknowledged as written, per topic.", |s| {
+            &s.bytes_appended
+        }),
+        ("tidegate_records_delivered_total", "Records sent to subscribers, per topic.", |s| &s.records_delivered),
+    ];
+    let all = TOPIC_SERIES.read().unwrap_or_else(PoisonError::into_inner);
+    for (name, help, value) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for topic in live {
+            if let Some(series) = all.get(topic) {
+                let _ =
+                    writeln!(out, "{name}{{topic=\"{}\"}} {}", escape(topic), value(series).load(Ordering::Relaxed));
+            }
+        }
+    }
 }
 
 /// Middleware: counts requests and records latency by route template, method and
@@ -254,6 +300,8 @@ type PartitionGauge = (&'static str, &'static str, fn(&tidegate_storage::Partiti
 pub fn render(store: &Store) -> String {
     let mut out = handle().render();
     let topics = store.topics();
+    let names: Vec<String> = topics.iter().map(|t| t.name.clone()).collect();
+    render_topic_series(&mut out, &names);
     let per_partition: [PartitionGauge; 2] = [
         ("tidegate_partition_end_offset", "Next offset to be written, per partition.", |s| s.end_offset),
         ("tidegate_partition_start_offset", "First stored offset, per partition.", |s| s.start_offset),

@@ -297,6 +297,32 @@ async fn metrics_expose_http_storage_and_process_series() {
     assert_eq!(sample(&text, "tidegate_partition_end_offset{topic=\"metered\",partition=\"0\"}"), Some(3.0));
 }
 
+/// A deleted topic's per-topic counters leave `/metrics`; a topic created again under
+/// the same name counts from 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_topics_series_leave_metrics_and_its_successor_counts_afresh() {
+    let server = TestServer::with_defaults().await;
+    server.create_topic("churn", 1).await;
+    server.create_topic("stays", 1).await;
+    server.produce("churn", &json!([1, 2, 3, 4])).await;
+    server.produce("stays", &json!([1])).await;
+    let events =
+        |text: &str, topic: &str| sample(text, &format!("tidegate_events_appended_total{{topic=\"{topic}\"}}"));
+    let text = server.get("/metrics").send().await.unwrap().text().await.unwrap();
+    assert_eq!(events(&text, "churn"), Some(4.0), "\n{text}");
+    assert!(text.contains("# TYPE tidegate_events_appended_total counter\n"), "\n{text}");
+    assert_eq!(server.http.delete(server.url("/v1/topics/churn")).send().await.unwrap().status(), 204);
+    let text = server.get("/metrics").send().await.unwrap().text().await.unwrap();
+    assert!(!text.contains("topic=\"churn\""), "a deleted topic's series remain:\n{text}");
+    assert_eq!(events(&text, "stays"), Some(1.0), "\n{text}");
+    server.create_topic("churn", 1).await;
+    server.produce("churn", &json!([5])).await;
+    let text = server.get("/metrics").send().await.unwrap().text().await.unwrap();
+    assert_eq!(events(&text, "churn"), Some(1.0), "the new topic counts afresh:\n{text}");
+    let bytes = sample(&text, "tidegate_bytes_appended_total{topic=\"churn\"}");
+    assert_eq!(bytes, Some(1.0), "one byte of value (`5`):\n{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_document_describes_the_ingest_path() {
     let server = TestServer::with_defaults().await;

@@ -489,7 +489,7 @@ impl Session {
             }
             // Nothing of the partition was sent yet: its start is confirmed.
             self.confirmed.insert(tp.clone(), next);
-            let delivered = metrics::counter!("tidegate_records_delivered_total", "topic" => tp.0.clone());
+            let delivered = crate::metrics::delivered(&tp.0);
             self.positions.insert(tp, Position { log, next, paused: false, delivered });
         }
         self.positions_changed();

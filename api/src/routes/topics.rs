@@ -351,5 +351,6 @@ pub async fn delete_topic(
     caller.require(Action::Admin, &topic)?;
     state.store.delete_topic(&topic).await?;
     state.rules.forget(&topic);
+    crate::metrics::forget_topic(&topic);
     Ok(StatusCode::NO_CONTENT)
 }
