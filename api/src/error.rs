@@ -107,6 +107,13 @@ pub enum ApiError {
     /// Authentication, permission or rate-limit refusal.
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
+    /// An `Idempotency-Key` already used for a request with another body (IETF
+    /// draft-ietf-httpapi-idempotency-key-header: 422); nothing was written.
+    #[error(
+        "this Idempotency-Key was used before for a request with a different body; nothing was written (use a new \
+         key for each request, and resend the same body on a retry)"
+    )]
+    IdempotencyKeyReused,
     /// A WebSocket handshake asked for a protocol version other than 13 (RFC 6455):
     /// answered 426 with `Sec-WebSocket-Version: 13`.
     #[error("WebSocket version {offered:?} is not supported; this server speaks version 13 (RFC 6455)")]
@@ -148,6 +155,7 @@ impl ApiError {
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::RequestTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::TooManySubscriptions { .. } => (StatusCode::SERVICE_UNAVAILABLE, "too_many_subscriptions"),
+            ApiError::IdempotencyKeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
             ApiError::WebSocketVersion { .. } => (StatusCode::UPGRADE_REQUIRED, "unsupported_websocket_version"),
             ApiError::Group(e) => match e {
                 GroupError::GroupActive(_) => (StatusCode::CONFLICT, "group_active"),

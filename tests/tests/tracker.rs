@@ -341,6 +341,51 @@ async fn retried_segment_events_are_stored_once_also_across_a_restart() {
     assert!(server.metric("tidegate_dedup_disk_lookups_total").await.is_some(), "the table-read counter is exported");
 }
 
+/// An `Idempotency-Key` names one request: reusing it with another body is refused
+/// with 422 `idempotency_key_reused` and writes nothing (IETF
+/// draft-ietf-httpapi-idempotency-key-header), also after a restart and when the two
+/// requests race; the same body stays a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_reused_with_another_body_is_refused() {
+    let mut server = TestServer::with_defaults().await;
+    server.create_topic("orders", 2).await;
+    let post = |api: Api, key: &'static str, body: &'static str| async move {
+        api.post("/v1/topics/orders/events")
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(body)
+            .send()
+            .await
+            .expect("post")
+    };
+    let total = |ends: Vec<u64>| ends.iter().sum::<u64>();
+    assert_eq!(post(server.api().clone(), "order-1", r#"[{"sku":1},{"sku":2}]"#).await.status(), 200);
+    // Another body under the same key: refused whole, even its third, unseen event.
+    let resp = post(server.api().clone(), "order-1", r#"[{"sku":1},{"sku":9},{"sku":3}]"#).await;
+    let problem = assert_problem(resp, 422, "idempotency_key_reused").await;
+    assert!(problem["detail"].as_str().unwrap().contains("different body"), "{problem}");
+    assert_eq!(total(server.end_offsets("orders").await), 2, "the refused request wrote nothing");
+    // The same body is still answered as duplicates, after a restart too.
+    server.restart().await;
+    let again: Value = post(server.api().clone(), "order-1", r#"[{"sku":1},{"sku":2}]"#).await.json().await.unwrap();
+    assert!(again["offsets"].as_array().unwrap().iter().all(|o| o["duplicate"] == true), "{again}");
+    let resp = post(server.api().clone(), "order-1", r#"[{"sku":2},{"sku":1}]"#).await;
+    assert_problem(resp, 422, "idempotency_key_reused").await;
+    // A refused body did not take the key: its own later retry is refused again.
+    let resp = post(server.api().clone(), "order-1", r#"[{"sku":1},{"sku":9},{"sku":3}]"#).await;
+    assert_problem(resp, 422, "idempotency_key_reused").await;
+    // Two bodies racing for a fresh key: one is written, the other refused.
+    let a = tokio::spawn(post(server.api().clone(), "order-2", r#"[{"sku":"a"}]"#));
+    let b = tokio::spawn(post(server.api().clone(), "order-2", r#"[{"sku":"b"}]"#));
+    let mut statuses = vec![a.await.unwrap().status().as_u16(), b.await.unwrap().status().as_u16()];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 422]);
+    assert_eq!(total(server.end_offsets("orders").await), 3);
+    // Without the key, bodies are not compared.
+    let plain = server.post_events("orders", "", "application/json", r#"[{"sku":1}]"#.to_string()).await;
+    assert_eq!(plain.status(), 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_id_pointer_and_idempotency_key_deduplicate_with_original_offsets() {
     let mut server = TestServer::with_defaults().await;

@@ -4,8 +4,9 @@
 //! The pointer is followed through the raw JSON text without building a tree: only
 //! the values on the path are looked at. An id is a string's content or a number's
 //! text; a missing, `null`, boolean, object or array value means the event has none.
-//! Ids are namespaced (`e:` from the event, `k:` from the header) so a header-derived
-//! id never equals an event's own id.
+//! Ids are namespaced (`e:` from the event, `k:` from the header, `b:` for the body
+//! fingerprint of a request with the header) so a header-derived id never equals an
+//! event's own id.
 
 use std::borrow::Cow;
 
@@ -157,6 +158,26 @@ pub fn header_id(key: &str, index: usize) -> Result<Vec<u8>, String> {
     namespaced("k:", key, &format!(":{index}"))
 }
 
+/// Whether `id` (as [`header_id`] makes them) was derived from an `Idempotency-Key`.
+pub fn is_header_id(id: &[u8]) -> bool {
+    id.starts_with(b"k:")
+}
+
+/// The id remembering which body was sent with `Idempotency-Key: key`: the key and the
+/// first 12 bytes of the SHA-256 of the (decoded) body. Stable across restarts: it is
+/// stored with the request's events.
+pub fn body_id(key: &str, body: &[u8]) -> Result<Vec<u8>, String> {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(body);
+    let mut id = namespaced("b:", key, ":")?;
+    id.extend_from_slice(&digest[..BODY_FINGERPRINT_BYTES]);
+    Ok(id)
+}
+
+/// Bytes of the body digest kept in [`body_id`] (96 bits: within the 16 bytes the
+/// namespace and suffix may take).
+const BODY_FINGERPRINT_BYTES: usize = 12;
+
 /// Longest event id or `Idempotency-Key`: what the stored id may hold (`MAX_EVENT_ID`)
 /// less 16 bytes for the namespace and the `:<index>` of header ids.
 pub const MAX_ID_BYTES: usize = MAX_EVENT_ID - 16;
@@ -179,6 +200,18 @@ fn namespaced(prefix: &str, id: &str, suffix: &str) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn body_ids_fit_the_stored_id_and_follow_the_body() {
+        let key = "k".repeat(MAX_ID_BYTES);
+        let id = body_id(&key, b"[1,2]").unwrap();
+        assert!(id.len() <= MAX_EVENT_ID, "{}", id.len());
+        assert!(id.starts_with(b"b:") && !is_header_id(&id));
+        assert_eq!(id, body_id(&key, b"[1,2]").unwrap(), "stable");
+        assert_ne!(id, body_id(&key, b"[1,3]").unwrap());
+        assert_ne!(body_id("a", b"x").unwrap(), body_id("b", b"x").unwrap());
+        assert!(is_header_id(&header_id("a", 0).unwrap()));
+    }
 
     #[test]
     fn follows_pointers_through_raw_json() {

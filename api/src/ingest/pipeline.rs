@@ -358,10 +358,16 @@ pub async fn commit(
     shared: Vec<(&'static str, Vec<u8>)>,
     received: i64,
     acks_none: bool,
+    body_id: Option<Vec<u8>>,
 ) -> Result<Option<Vec<Placement>>, ApiError> {
     check_events(state, set, &events)?;
     set.create_missing(state).await?;
     let set = &*set;
+    // With an Idempotency-Key, the body's fingerprint is claimed beside the events' ids:
+    // a key seen before with another body is refused below (only when some event's id
+    // comes from the key).
+    let keyed = events.iter().position(|e| e.id.as_deref().is_some_and(super::ids::is_header_id));
+    let body_id = body_id.zip(keyed);
     // Ids: one claim per distinct (scope topic, id); repeats follow their first.
     let mut fates = Vec::with_capacity(events.len());
     let mut claims_wanted: Vec<(Arc<Topic>, Vec<u8>)> = Vec::new();
@@ -380,6 +386,11 @@ pub async fn commit(
         }
     }
     drop(first);
+    let body_claim = body_id.map(|(id, keyed)| {
+        claims_wanted.push((set.list[events[keyed].scope].topic()?.clone(), id));
+        Ok::<_, ApiError>(claims_wanted.len() - 1)
+    });
+    let body_claim = body_claim.transpose()?;
     let claims = if claims_wanted.is_empty() {
         None
     } else {
@@ -390,6 +401,17 @@ pub async fn commit(
             {
                 *fate = Fate::Seen(place);
             }
+        }
+        // The key named an earlier request, and that request had another body: refused
+        // whole (dropping the claims releases them; nothing is written).
+        if let Some(b) = body_claim
+            && !matches!(states[b], IdState::Seen(_))
+            && fates
+                .iter()
+                .zip(events.iter())
+                .any(|(f, e)| matches!(f, Fate::Seen(_)) && e.id.as_deref().is_some_and(super::ids::is_header_id))
+        {
+            return Err(ApiError::IdempotencyKeyReused);
         }
         Some(claims)
     };
@@ -427,7 +449,7 @@ pub async fn commit(
     // stands for an accepted event, so a corrected copy sent again with it is accepted,
     // and an uncorrected one is dead-lettered again.
     let ids = claims.map(|claims| {
-        let entries = fates
+        let mut entries: Vec<IdWrite> = fates
             .iter()
             .enumerate()
             .filter_map(|(i, fate)| match (fate, slot_of[i]) {
@@ -437,6 +459,19 @@ pub async fn commit(
                 _ => None,
             })
             .collect();
+        // The body fingerprint is remembered with (and at the place of) the first
+        // key-derived event written now; none written, none remembered.
+        let first_keyed = (0..events.len()).find_map(|i| match (fates[i], slot_of[i]) {
+            (Fate::Write { claim: Some(_) }, Some(slot))
+                if events[i].dead_letter.is_none() && events[i].id.as_deref().is_some_and(super::ids::is_header_id) =>
+            {
+                Some(slot)
+            }
+            _ => None,
+        });
+        if let (Some(claim), Some((batch, position))) = (body_claim, first_keyed) {
+            entries.push(IdWrite { claim, batch, position, dead_lettered: false });
+        }
         IdWrites { claims, entries }
     });
 

@@ -21,7 +21,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::{Action, Caller};
 use crate::error::{ApiError, EventError, Problem};
 use crate::ingest::decode::{body_format, decode_body, single_header};
-use crate::ingest::ids::{IDEMPOTENCY_KEY, MAX_ID_BYTES, event_id, header_id, id_at};
+use crate::ingest::ids::{IDEMPOTENCY_KEY, MAX_ID_BYTES, body_id, event_id, header_id, id_at};
 use crate::ingest::parse::{ParseLimits, ParsedEvent, parse_body};
 use crate::ingest::pipeline::{Create, Outgoing, Placement, TopicSet, commit, is_reserved_header, screen};
 use crate::ingest::privacy::gateway_headers;
@@ -128,7 +128,7 @@ pub(crate) fn now_ms() -> i64 {
 /// atomic write as the valid ones, and its answer entry carries `dead_letter`.
 #[utoipa::path(post, path = "/v1/topics/{topic}/events", tag = "events",
     params(("topic" = String, Path, description = "Topic name"), ProduceParams,
-        ("Idempotency-Key" = Option<String>, Header, description = "Names the request: a retry with the same key (and events in the same order) is not written again"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Names the request: a retry with the same key and the same body is not written again; the same key with another body is refused (422)"),
         ("SP-Anonymous" = Option<String>, Header, description = "Any value: store no client IP for this request (also `Tidegate-Anonymous`)"),
     ),
     request_body(description = "Events", content(
@@ -144,6 +144,7 @@ pub(crate) fn now_ms() -> i64 {
         (status = 404, description = "Unknown topic (unless `auto_create_topics`), or unknown partition", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body, event or event count over its limit; nothing was written", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Unsupported content type or encoding", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`idempotency_key_reused`: the Idempotency-Key was used before with another body; nothing was written", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "Storage failure; nothing was acknowledged", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Shutting down", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -210,13 +211,17 @@ pub async fn produce(
     let acks = params.acks.unwrap_or_default();
     let job = {
         let set = set.clone();
-        move || -> Result<Vec<Outgoing>, ApiError> {
+        move || -> Result<(Vec<Outgoing>, Option<Vec<u8>>), ApiError> {
             let body = decode_body(encoding.as_deref(), body, max_body)?;
             let events = parse_body(&body, format, limits)?;
-            outgoing(&set, &body, &events, &params, idempotency_key.as_deref())
+            let body_id = match idempotency_key.as_deref() {
+                Some(key) => Some(body_id(key, &body).map_err(|d| ApiError::invalid("invalid_idempotency_key", d))?),
+                None => None,
+            };
+            Ok((outgoing(&set, &body, &events, &params, idempotency_key.as_deref())?, body_id))
         }
     };
-    let events = if body_len_hint(&request_headers) < INLINE_PARSE_BYTES {
+    let (events, body_id) = if body_len_hint(&request_headers) < INLINE_PARSE_BYTES {
         job()?
     } else {
         tokio::task::spawn_blocking(job)
@@ -224,7 +229,7 @@ pub async fn produce(
             .map_err(|e| ApiError::Storage(tidegate_storage::StorageError::Internal(e.to_string())))??
     };
     let count = events.len();
-    let placements = commit(&state, &mut set, events, shared, received, acks == Acks::None).await?;
+    let placements = commit(&state, &mut set, events, shared, received, acks == Acks::None, body_id).await?;
     let response = match placements {
         None => (StatusCode::ACCEPTED, Json(Accepted { accepted: count })).into_response(),
         Some(placements) => {

@@ -235,7 +235,7 @@ pub async fn segment_call(
         }
     };
     let shared = gateway_headers(config, caller.ip, &request_headers, received);
-    commit(&state, &mut set, events, shared, received, false).await?;
+    commit(&state, &mut set, events, shared, received, false, None).await?;
     if !aside.items.is_empty() {
         metrics::counter!("tidegate_segment_invalid_events_total").increment(aside.items.len() as u64);
     }
