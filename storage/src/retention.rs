@@ -1,5 +1,5 @@
 //! Background upkeep: retention by time and size, the WAL sync for
-//! `fsync = interval`, and the expiry of remembered event ids (a compaction of the
+//! `fsync = interval` (on a thread of its own), and the expiry of remembered event ids (a compaction of the
 //! `dedup` column family through its expiry filter every `dedup_expiry_interval`).
 //!
 //! Retention deletes whole batches from the start of a partition: a batch goes when
@@ -10,7 +10,7 @@
 //! it is atomic and ordered with appends.
 
 use std::sync::Weak;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{RecvTimeoutError, Sender, channel};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -20,48 +20,77 @@ use crate::error::{Result, StorageError};
 use crate::partition::PartitionLog;
 use crate::store::{Inner, Store, now_ms};
 
-/// Starts the upkeep thread. It holds only a weak reference to the store and stops
-/// when `stop` is dropped or the store is gone.
-pub(crate) fn spawn(store: Weak<Inner>, stop: Receiver<()>, config: &StoreConfig) -> Result<JoinHandle<()>> {
-    let (retention_every, fsync, fsync_every) = (config.retention_check_interval, config.fsync, config.fsync_interval);
-    let dedup_every = config.dedup_expiry_interval;
-    let mut tick = retention_every.min(dedup_every);
-    if fsync == FsyncPolicy::Interval {
-        tick = tick.min(fsync_every);
+/// The background threads and what stops them (dropping the senders).
+pub(crate) struct Background {
+    pub threads: Vec<JoinHandle<()>>,
+    pub stops: Vec<Sender<()>>,
+}
+
+/// Starts the upkeep thread (retention, expiry of remembered ids) and, for
+/// `fsync = interval`, the WAL sync thread. The sync has a thread of its own so a long
+/// retention pass or dedup compaction never stretches the window of unsynced writes
+/// past `fsync_interval`. Both hold only a weak reference to the store and stop when
+/// their sender is dropped or the store is gone.
+pub(crate) fn spawn(store: Weak<Inner>, config: &StoreConfig) -> Result<Background> {
+    let (retention_every, dedup_every) = (config.retention_check_interval, config.dedup_expiry_interval);
+    let tick = retention_every.min(dedup_every);
+    let mut background = Background { threads: Vec::new(), stops: Vec::new() };
+    let (stop_tx, stop) = channel::<()>();
+    let upkeep_store = store.clone();
+    background.threads.push(
+        std::thread::Builder::new()
+            .name("tidegate-upkeep".into())
+            .spawn(move || {
+                let mut last_retention = Instant::now();
+                let mut last_dedup_expiry = Instant::now();
+                loop {
+                    match stop.recv_timeout(tick) {
+                        Err(RecvTimeoutError::Timeout) => {}
+                        _ => return,
+                    }
+                    let Some(inner) = upkeep_store.upgrade() else { return };
+                    let store = Store { inner };
+                    if last_retention.elapsed() >= retention_every {
+                        last_retention = Instant::now();
+                        store.apply_retention_all();
+                    }
+                    if last_dedup_expiry.elapsed() >= dedup_every {
+                        last_dedup_expiry = Instant::now();
+                        if let Err(e) = store.expire_dedup_blocking() {
+                            tracing::warn!(error = %e, "expiring remembered event ids failed");
+                        }
+                    }
+                }
+            })
+            .map_err(|e| StorageError::Internal(format!("spawn upkeep thread: {e}")))?,
+    );
+    background.stops.push(stop_tx);
+    if config.fsync == FsyncPolicy::Interval {
+        let every = config.fsync_interval;
+        let (stop_tx, stop) = channel::<()>();
+        background.threads.push(
+            std::thread::Builder::new()
+                .name("tidegate-wal-sync".into())
+                .spawn(move || {
+                    loop {
+                        match stop.recv_timeout(every) {
+                            Err(RecvTimeoutError::Timeout) => {}
+                            _ => return,
+                        }
+                        let Some(inner) = store.upgrade() else { return };
+                        let began = Instant::now();
+                        if let Err(e) = inner.db.flush_wal(true) {
+                            tracing::error!(error = %e, "interval WAL sync failed");
+                            inner.health.failed(&format!("interval WAL sync: {e}"));
+                        }
+                        metrics::histogram!("tidegate_storage_fsync_seconds").record(began.elapsed().as_secs_f64());
+                    }
+                })
+                .map_err(|e| StorageError::Internal(format!("spawn WAL sync thread: {e}")))?,
+        );
+        background.stops.push(stop_tx);
     }
-    std::thread::Builder::new()
-        .name("tidegate-upkeep".into())
-        .spawn(move || {
-            let mut last_retention = Instant::now();
-            let mut last_dedup_expiry = Instant::now();
-            loop {
-                match stop.recv_timeout(tick) {
-                    Err(RecvTimeoutError::Timeout) => {}
-                    _ => return,
-                }
-                let Some(inner) = store.upgrade() else { return };
-                let store = Store { inner };
-                if fsync == FsyncPolicy::Interval {
-                    let began = Instant::now();
-                    if let Err(e) = store.inner.db.flush_wal(true) {
-                        tracing::error!(error = %e, "interval WAL sync failed");
-                        store.inner.health.failed(&format!("interval WAL sync: {e}"));
-                    }
-                    metrics::histogram!("tidegate_storage_fsync_seconds").record(began.elapsed().as_secs_f64());
-                }
-                if last_retention.elapsed() >= retention_every {
-                    last_retention = Instant::now();
-                    store.apply_retention_all();
-                }
-                if last_dedup_expiry.elapsed() >= dedup_every {
-                    last_dedup_expiry = Instant::now();
-                    if let Err(e) = store.expire_dedup_blocking() {
-                        tracing::warn!(error = %e, "expiring remembered event ids failed");
-                    }
-                }
-            }
-        })
-        .map_err(|e| StorageError::Internal(format!("spawn upkeep thread: {e}")))
+    Ok(background)
 }
 
 impl Store {

@@ -104,8 +104,8 @@ pub(crate) struct Inner {
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Block cache shared by every partition's column family.
     cache: Cache,
-    /// Dropping it stops the background threads.
-    stop_background: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    /// Dropping them stops the background threads.
+    stop_background: Mutex<Vec<std::sync::mpsc::Sender<()>>>,
     /// Remembered event ids (memory layer; the disk layer is the `dedup` CF).
     pub(crate) dedup: Arc<Dedup>,
     /// Whether the last write failed (shared with the writer thread).
@@ -229,7 +229,6 @@ impl Store {
                 .spawn(move || writer.run(rx))
                 .map_err(|e| StorageError::Internal(format!("spawn writer: {e}")))?,
         );
-        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
         let store = Store {
             inner: Arc::new(Inner {
                 db,
@@ -241,12 +240,14 @@ impl Store {
                 closing: watch::Sender::new(false),
                 threads: Mutex::new(Vec::new()),
                 cache,
-                stop_background: Mutex::new(Some(stop_tx)),
+                stop_background: Mutex::new(Vec::new()),
                 dedup,
                 health,
             }),
         };
-        threads.push(crate::retention::spawn(store.downgrade(), stop_rx, &config)?);
+        let background = crate::retention::spawn(store.downgrade(), &config)?;
+        threads.extend(background.threads);
+        *store.inner.stop_background.lock().expect("stop lock") = background.stops;
         *store.inner.threads.lock().expect("threads lock") = threads;
         Ok(store)
     }
@@ -580,7 +581,7 @@ impl Store {
             Ok(()) => rx.await.map_err(|_| StorageError::ShuttingDown).and_then(|r| r),
             Err(_) => Ok(()), // already closed
         };
-        self.inner.stop_background.lock().expect("stop lock").take();
+        drop(std::mem::take(&mut *self.inner.stop_background.lock().expect("stop lock")));
         let threads = std::mem::take(&mut *self.inner.threads.lock().expect("threads lock"));
         tokio::task::spawn_blocking(move || {
             for t in threads {
