@@ -557,7 +557,9 @@ pub async fn gate(req: Request, next: Next) -> Response {
     }
 }
 
-/// Middleware: resolves the [`Caller`] and applies the per-IP rate limit.
+/// Middleware: resolves the [`Caller`] and applies the per-IP rate limit; turns the
+/// error answers of the layers within into problem documents
+/// ([`crate::error::problem_layer`]).
 pub async fn authenticate(
     State(state): State<SharedState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -588,7 +590,9 @@ pub async fn authenticate(
     let (credential, token_in_query) = security.credential(req.headers(), req.uri().query());
     let origin = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_owned);
     req.extensions_mut().insert(Caller { ip, origin, credential, token_in_query, security });
-    next.run(req).await
+    // Error answers that are not problem documents yet (axum's rejections, the body
+    // limit) are rewritten here, in the same layer.
+    crate::error::problem_layer(next.run(req).await).await
 }
 
 #[cfg(test)]

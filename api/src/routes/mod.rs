@@ -17,13 +17,14 @@ pub mod tracker;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
+use axum::middleware::from_fn;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::error::{Problem, problem_layer};
+use crate::error::Problem;
 use crate::state::SharedState;
 
 /// Top-level OpenAPI metadata; paths and schemas come from the routes.
@@ -225,16 +226,14 @@ pub fn router(state: SharedState, cors: Option<tower_http::cors::CorsLayer>) -> 
     let doc_json = openapi_json();
     // The gate covers the API routes (and /openapi.json, listed public); the documents,
     // Swagger UI and the dashboard's files are merged after it and stay public.
+    let public = crate::docs::router().merge(crate::web::router()).route_layer(from_fn(crate::metrics::track));
     let app = api
         .route("/openapi.json", get(move || async move { ([("content-type", "application/json")], doc_json) }))
-        .route_layer(axum::middleware::from_fn(crate::auth::gate))
-        .merge(crate::docs::router())
-        .merge(crate::web::router())
-        .route_layer(axum::middleware::from_fn(crate::metrics::track))
-        .fallback_service(axum::routing::any(not_found).layer(axum::middleware::from_fn(crate::metrics::track)))
+        .route_layer(from_fn(crate::metrics::track_gated))
+        .merge(public)
+        .fallback_service(axum::routing::any(not_found).layer(from_fn(crate::metrics::track)))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::authenticate))
-        .layer(axum::middleware::map_response(problem_layer))
         .with_state(state);
     match cors {
         Some(cors) => app.layer(cors),
