@@ -341,6 +341,53 @@ async fn retried_segment_events_are_stored_once_also_across_a_restart() {
     assert!(server.metric("tidegate_dedup_disk_lookups_total").await.is_some(), "the table-read counter is exported");
 }
 
+/// The key names the request whatever ids its events have: a second body is refused
+/// also when its events carry their own ids, sit at other positions, or when the first
+/// request's key-derived events were dead-lettered. Two values of the header are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_names_its_request_whatever_ids_its_events_have() {
+    let server = TestServer::with_defaults().await;
+    server.create_topic_with(json!({"name": "owned", "partitions": 1, "event_id": "/eid"})).await;
+    let schema = json!({"type": "object", "required": ["p"], "properties": {"p": {"type": "string"}}});
+    let dead = json!({"name": "checked", "partitions": 1, "schema": schema, "dead_letter_topic": "checked.dlq"});
+    server.create_topic_with(dead).await;
+    let post = |topic: &str, key: &str, body: &str| {
+        server
+            .post(&format!("/v1/topics/{topic}/events"))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(body.to_string())
+            .send()
+    };
+    let total = |ends: Vec<u64>| ends.iter().sum::<u64>();
+    // Own ids and key-derived ids at other positions.
+    assert_eq!(post("owned", "a", r#"[{"eid":"m1"},{"x":1}]"#).await.unwrap().status(), 200);
+    assert_problem(post("owned", "a", r#"[{"x":2},{"eid":"m1"}]"#).await.unwrap(), 422, "idempotency_key_reused").await;
+    assert_problem(post("owned", "a", r#"[{"eid":"m2"}]"#).await.unwrap(), 422, "idempotency_key_reused").await;
+    assert_eq!(total(server.end_offsets("owned").await), 2, "nothing of the refused bodies was written");
+    let again: Value = post("owned", "a", r#"[{"eid":"m1"},{"x":1}]"#).await.unwrap().json().await.unwrap();
+    assert!(again["offsets"].as_array().unwrap().iter().all(|o| o["duplicate"] == true), "{again}");
+    // A first body of own ids only names its key too.
+    assert_eq!(post("owned", "b", r#"[{"eid":"m3"}]"#).await.unwrap().status(), 200);
+    assert_problem(post("owned", "b", r#"[{"x":3}]"#).await.unwrap(), 422, "idempotency_key_reused").await;
+    // The first request's key-derived event was dead-lettered, its other event written.
+    let first: Value = post("checked", "c", r#"[{"p":5},{"p":"ok"}]"#).await.unwrap().json().await.unwrap();
+    assert!(first["offsets"][0]["dead_letter"].is_object(), "{first}");
+    assert_problem(post("checked", "c", r#"[{"p":"new"}]"#).await.unwrap(), 422, "idempotency_key_reused").await;
+    assert_eq!(total(server.end_offsets("checked").await), 1);
+    // One key per request.
+    let resp = server
+        .post("/v1/topics/owned/events")
+        .header("content-type", "application/json")
+        .header("idempotency-key", "d")
+        .header("idempotency-key", "e")
+        .body("[1]")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(resp, 400, "invalid_idempotency_key").await;
+}
+
 /// An `Idempotency-Key` names one request: reusing it with another body is refused
 /// with 422 `idempotency_key_reused` and writes nothing (IETF
 /// draft-ietf-httpapi-idempotency-key-header), also after a restart and when the two

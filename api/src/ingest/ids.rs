@@ -4,9 +4,9 @@
 //! The pointer is followed through the raw JSON text without building a tree: only
 //! the values on the path are looked at. An id is a string's content or a number's
 //! text; a missing, `null`, boolean, object or array value means the event has none.
-//! Ids are namespaced (`e:` from the event, `k:` from the header, `b:` for the body
-//! fingerprint of a request with the header) so a header-derived id never equals an
-//! event's own id.
+//! Ids are namespaced (`e:` from the event, `k:` from the header, `u:` and `b:` for
+//! the request a header names, see [`request_ids`]) so a header-derived id never equals
+//! an event's own id.
 
 use std::borrow::Cow;
 
@@ -158,24 +158,30 @@ pub fn header_id(key: &str, index: usize) -> Result<Vec<u8>, String> {
     namespaced("k:", key, &format!(":{index}"))
 }
 
-/// Whether `id` (as [`header_id`] makes them) was derived from an `Idempotency-Key`.
-pub fn is_header_id(id: &[u8]) -> bool {
-    id.starts_with(b"k:")
-}
-
-/// The id remembering which body was sent with `Idempotency-Key: key`: the key and the
-/// first 12 bytes of the SHA-256 of the (decoded) body. Stable across restarts: it is
-/// stored with the request's events.
-pub fn body_id(key: &str, body: &[u8]) -> Result<Vec<u8>, String> {
+/// The two ids that remember a request sent with `Idempotency-Key: key`: one saying the
+/// key was used (`u:<key>`), one saying it was used with this body (`b:<key>:` and the
+/// first 12 bytes of the SHA-256 of the decoded body). A key seen with another body
+/// has the first and not the second. Stable across restarts: both are stored with the
+/// request's events.
+pub fn request_ids(key: &str, body: &[u8]) -> Result<RequestIds, String> {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(body);
-    let mut id = namespaced("b:", key, ":")?;
-    id.extend_from_slice(&digest[..BODY_FINGERPRINT_BYTES]);
-    Ok(id)
+    let mut with_body = namespaced("b:", key, ":")?;
+    with_body.extend_from_slice(&digest[..BODY_FINGERPRINT_BYTES]);
+    Ok(RequestIds { used: namespaced("u:", key, "")?, with_body })
 }
 
-/// Bytes of the body digest kept in [`body_id`] (96 bits: within the 16 bytes the
-/// namespace and suffix may take).
+/// See [`request_ids`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestIds {
+    /// `u:<key>`: the key was used.
+    pub used: Vec<u8>,
+    /// `b:<key>:<digest>`: the key was used with this body.
+    pub with_body: Vec<u8>,
+}
+
+/// Bytes of the body digest kept in [`RequestIds::with_body`] (96 bits: within the 16
+/// bytes the namespace and suffix may take).
 const BODY_FINGERPRINT_BYTES: usize = 12;
 
 /// Longest event id or `Idempotency-Key`: what the stored id may hold (`MAX_EVENT_ID`)
@@ -202,15 +208,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn body_ids_fit_the_stored_id_and_follow_the_body() {
+    fn request_ids_fit_the_stored_id_and_follow_the_body() {
         let key = "k".repeat(MAX_ID_BYTES);
-        let id = body_id(&key, b"[1,2]").unwrap();
-        assert!(id.len() <= MAX_EVENT_ID, "{}", id.len());
-        assert!(id.starts_with(b"b:") && !is_header_id(&id));
-        assert_eq!(id, body_id(&key, b"[1,2]").unwrap(), "stable");
-        assert_ne!(id, body_id(&key, b"[1,3]").unwrap());
-        assert_ne!(body_id("a", b"x").unwrap(), body_id("b", b"x").unwrap());
-        assert!(is_header_id(&header_id("a", 0).unwrap()));
+        let ids = request_ids(&key, b"[1,2]").unwrap();
+        assert!(ids.with_body.len() <= MAX_EVENT_ID && ids.used.len() <= MAX_EVENT_ID, "{ids:?}");
+        assert_eq!(ids, request_ids(&key, b"[1,2]").unwrap(), "stable");
+        let other = request_ids(&key, b"[1,3]").unwrap();
+        assert_eq!(ids.used, other.used);
+        assert_ne!(ids.with_body, other.with_body);
+        assert_ne!(request_ids("a", b"x").unwrap().with_body, request_ids("b", b"x").unwrap().with_body);
+        let all = [ids.used, ids.with_body, header_id(&key, 0).unwrap(), event_id(&key).unwrap()];
+        for (i, a) in all.iter().enumerate() {
+            assert!(all[i + 1..].iter().all(|b| a != b), "namespaces keep them apart");
+        }
     }
 
     #[test]

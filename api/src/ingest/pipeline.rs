@@ -15,6 +15,7 @@ use tidegate_storage::{
     BatchBuilder, EncodedBatch, IdState, IdWrite, IdWrites, PartitionLog, Remembered, StorageError, Topic,
 };
 
+use super::ids::RequestIds;
 use super::partitioner::partition_for_key;
 use super::rules::TopicRules;
 use crate::error::{ApiError, EventError};
@@ -358,16 +359,11 @@ pub async fn commit(
     shared: Vec<(&'static str, Vec<u8>)>,
     received: i64,
     acks_none: bool,
-    body_id: Option<Vec<u8>>,
+    request: Option<RequestIds>,
 ) -> Result<Option<Vec<Placement>>, ApiError> {
     check_events(state, set, &events)?;
     set.create_missing(state).await?;
     let set = &*set;
-    // With an Idempotency-Key, the body's fingerprint is claimed beside the events' ids:
-    // a key seen before with another body is refused below (only when some event's id
-    // comes from the key).
-    let keyed = events.iter().position(|e| e.id.as_deref().is_some_and(super::ids::is_header_id));
-    let body_id = body_id.zip(keyed);
     // Ids: one claim per distinct (scope topic, id); repeats follow their first.
     let mut fates = Vec::with_capacity(events.len());
     let mut claims_wanted: Vec<(Arc<Topic>, Vec<u8>)> = Vec::new();
@@ -386,11 +382,17 @@ pub async fn commit(
         }
     }
     drop(first);
-    let body_claim = body_id.map(|(id, keyed)| {
-        claims_wanted.push((set.list[events[keyed].scope].topic()?.clone(), id));
-        Ok::<_, ApiError>(claims_wanted.len() - 1)
-    });
-    let body_claim = body_claim.transpose()?;
+    // With an Idempotency-Key, the request's two ids (key used; key used with this body)
+    // are claimed beside the events' ids, in the scope of the route's topic.
+    let request_claims = match request {
+        Some(RequestIds { used, with_body }) => {
+            let topic = set.list[0].topic()?;
+            claims_wanted.push((topic.clone(), used));
+            claims_wanted.push((topic.clone(), with_body));
+            Some((claims_wanted.len() - 2, claims_wanted.len() - 1))
+        }
+        None => None,
+    };
     let claims = if claims_wanted.is_empty() {
         None
     } else {
@@ -402,14 +404,11 @@ pub async fn commit(
                 *fate = Fate::Seen(place);
             }
         }
-        // The key named an earlier request, and that request had another body: refused
-        // whole (dropping the claims releases them; nothing is written).
-        if let Some(b) = body_claim
-            && !matches!(states[b], IdState::Seen(_))
-            && fates
-                .iter()
-                .zip(events.iter())
-                .any(|(f, e)| matches!(f, Fate::Seen(_)) && e.id.as_deref().is_some_and(super::ids::is_header_id))
+        // The key was used before, and not with this body: refused whole (dropping the
+        // claims releases them; nothing is written).
+        if let Some((used, with_body)) = request_claims
+            && matches!(states[used], IdState::Seen(_))
+            && !matches!(states[with_body], IdState::Seen(_))
         {
             return Err(ApiError::IdempotencyKeyReused);
         }
@@ -459,18 +458,15 @@ pub async fn commit(
                 _ => None,
             })
             .collect();
-        // The body fingerprint is remembered with (and at the place of) the first
-        // key-derived event written now; none written, none remembered.
-        let first_keyed = (0..events.len()).find_map(|i| match (fates[i], slot_of[i]) {
-            (Fate::Write { claim: Some(_) }, Some(slot))
-                if events[i].dead_letter.is_none() && events[i].id.as_deref().is_some_and(super::ids::is_header_id) =>
-            {
-                Some(slot)
+        // The request's ids are remembered with (and at the place of) the first event
+        // written now, dead-lettered or not; a request that writes nothing leaves no
+        // trace of its key.
+        if let (Some((used, with_body)), Some(&Some((batch, position)))) =
+            (request_claims, slot_of.iter().find(|s| s.is_some()))
+        {
+            for claim in [used, with_body] {
+                entries.push(IdWrite { claim, batch, position, dead_lettered: false });
             }
-            _ => None,
-        });
-        if let (Some(claim), Some((batch, position))) = (body_claim, first_keyed) {
-            entries.push(IdWrite { claim, batch, position, dead_lettered: false });
         }
         IdWrites { claims, entries }
     });

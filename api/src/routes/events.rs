@@ -21,7 +21,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::{Action, Caller};
 use crate::error::{ApiError, EventError, Problem};
 use crate::ingest::decode::{body_format, decode_body, single_header};
-use crate::ingest::ids::{IDEMPOTENCY_KEY, MAX_ID_BYTES, body_id, event_id, header_id, id_at};
+use crate::ingest::ids::{IDEMPOTENCY_KEY, MAX_ID_BYTES, RequestIds, event_id, header_id, id_at, request_ids};
 use crate::ingest::parse::{ParseLimits, ParsedEvent, parse_body};
 use crate::ingest::pipeline::{Create, Outgoing, Placement, TopicSet, commit, is_reserved_header, screen};
 use crate::ingest::privacy::gateway_headers;
@@ -164,6 +164,9 @@ pub async fn produce(
     let mut body = body.map_err(|r| crate::error::body_rejection(&r, max_body, state.config.http_body_timeout_ms))?;
     let format = body_format(single_header(&request_headers, header::CONTENT_TYPE)?)?;
     let mut encoding = single_header(&request_headers, header::CONTENT_ENCODING)?.map(str::to_owned);
+    if request_headers.get_all(IDEMPOTENCY_KEY).iter().nth(1).is_some() {
+        return Err(ApiError::invalid("invalid_idempotency_key", "send one Idempotency-Key header, not several"));
+    }
     let idempotency_key = match request_headers.get(IDEMPOTENCY_KEY) {
         None => None,
         Some(v) => Some(
@@ -211,17 +214,19 @@ pub async fn produce(
     let acks = params.acks.unwrap_or_default();
     let job = {
         let set = set.clone();
-        move || -> Result<(Vec<Outgoing>, Option<Vec<u8>>), ApiError> {
+        move || -> Result<(Vec<Outgoing>, Option<RequestIds>), ApiError> {
             let body = decode_body(encoding.as_deref(), body, max_body)?;
             let events = parse_body(&body, format, limits)?;
-            let body_id = match idempotency_key.as_deref() {
-                Some(key) => Some(body_id(key, &body).map_err(|d| ApiError::invalid("invalid_idempotency_key", d))?),
+            let request = match idempotency_key.as_deref() {
+                Some(key) => {
+                    Some(request_ids(key, &body).map_err(|d| ApiError::invalid("invalid_idempotency_key", d))?)
+                }
                 None => None,
             };
-            Ok((outgoing(&set, &body, &events, &params, idempotency_key.as_deref())?, body_id))
+            Ok((outgoing(&set, &body, &events, &params, idempotency_key.as_deref())?, request))
         }
     };
-    let (events, body_id) = if body_len_hint(&request_headers) < INLINE_PARSE_BYTES {
+    let (events, request) = if body_len_hint(&request_headers) < INLINE_PARSE_BYTES {
         job()?
     } else {
         tokio::task::spawn_blocking(job)
@@ -229,7 +234,7 @@ pub async fn produce(
             .map_err(|e| ApiError::Storage(tidegate_storage::StorageError::Internal(e.to_string())))??
     };
     let count = events.len();
-    let placements = commit(&state, &mut set, events, shared, received, acks == Acks::None, body_id).await?;
+    let placements = commit(&state, &mut set, events, shared, received, acks == Acks::None, request).await?;
     let response = match placements {
         None => (StatusCode::ACCEPTED, Json(Accepted { accepted: count })).into_response(),
         Some(placements) => {
