@@ -1,6 +1,6 @@
-//! Background upkeep: retention by time and size, the WAL sync for
-//! `fsync = interval` (on a thread of its own), and the expiry of remembered event ids (a compaction of the
-//! `dedup` column family through its expiry filter every `dedup_expiry_interval`).
+//! Background upkeep: retention by time and size, the WAL sync for `fsync = interval`
+//! (on a thread of its own), and the expiry of remembered event ids (a compaction of
+//! the `dedup` column family through its expiry filter every `dedup_expiry_interval`).
 //!
 //! Retention deletes whole batches from the start of a partition: a batch goes when
 //! its newest record is older than `retention_ms`, or while the partition is larger
@@ -12,7 +12,7 @@
 use std::sync::Weak;
 use std::sync::mpsc::{RecvTimeoutError, Sender, channel};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::batch::{key_offset, offset_key, read_header};
 use crate::config::{FsyncPolicy, StoreConfig};
@@ -26,69 +26,61 @@ pub(crate) struct Background {
     pub stops: Vec<Sender<()>>,
 }
 
+impl Background {
+    /// Runs `work` with the store every `period` on a thread named `name`, until its
+    /// sender is dropped or the store is gone (the thread holds only a weak reference).
+    fn every(
+        &mut self,
+        name: &str,
+        period: Duration,
+        store: Weak<Inner>,
+        mut work: impl FnMut(&Store) + Send + 'static,
+    ) -> Result<()> {
+        let (stop_tx, stop) = channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(period) {
+                    let Some(inner) = store.upgrade() else { return };
+                    work(&Store { inner });
+                }
+            })
+            .map_err(|e| StorageError::Internal(format!("spawn thread {name}: {e}")))?;
+        self.threads.push(thread);
+        self.stops.push(stop_tx);
+        Ok(())
+    }
+}
+
 /// Starts the upkeep thread (retention, expiry of remembered ids) and, for
 /// `fsync = interval`, the WAL sync thread. The sync has a thread of its own so a long
 /// retention pass or dedup compaction never stretches the window of unsynced writes
-/// past `fsync_interval`. Both hold only a weak reference to the store and stop when
-/// their sender is dropped or the store is gone.
+/// past `fsync_interval`.
 pub(crate) fn spawn(store: Weak<Inner>, config: &StoreConfig) -> Result<Background> {
     let (retention_every, dedup_every) = (config.retention_check_interval, config.dedup_expiry_interval);
-    let tick = retention_every.min(dedup_every);
     let mut background = Background { threads: Vec::new(), stops: Vec::new() };
-    let (stop_tx, stop) = channel::<()>();
-    let upkeep_store = store.clone();
-    background.threads.push(
-        std::thread::Builder::new()
-            .name("tidegate-upkeep".into())
-            .spawn(move || {
-                let mut last_retention = Instant::now();
-                let mut last_dedup_expiry = Instant::now();
-                loop {
-                    match stop.recv_timeout(tick) {
-                        Err(RecvTimeoutError::Timeout) => {}
-                        _ => return,
-                    }
-                    let Some(inner) = upkeep_store.upgrade() else { return };
-                    let store = Store { inner };
-                    if last_retention.elapsed() >= retention_every {
-                        last_retention = Instant::now();
-                        store.apply_retention_all();
-                    }
-                    if last_dedup_expiry.elapsed() >= dedup_every {
-                        last_dedup_expiry = Instant::now();
-                        if let Err(e) = store.expire_dedup_blocking() {
-                            tracing::warn!(error = %e, "expiring remembered event ids failed");
-                        }
-                    }
-                }
-            })
-            .map_err(|e| StorageError::Internal(format!("spawn upkeep thread: {e}")))?,
-    );
-    background.stops.push(stop_tx);
+    let (mut last_retention, mut last_dedup_expiry) = (Instant::now(), Instant::now());
+    background.every("tidegate-upkeep", retention_every.min(dedup_every), store.clone(), move |store| {
+        if last_retention.elapsed() >= retention_every {
+            last_retention = Instant::now();
+            store.apply_retention_all();
+        }
+        if last_dedup_expiry.elapsed() >= dedup_every {
+            last_dedup_expiry = Instant::now();
+            if let Err(e) = store.expire_dedup_blocking() {
+                tracing::warn!(error = %e, "expiring remembered event ids failed");
+            }
+        }
+    })?;
     if config.fsync == FsyncPolicy::Interval {
-        let every = config.fsync_interval;
-        let (stop_tx, stop) = channel::<()>();
-        background.threads.push(
-            std::thread::Builder::new()
-                .name("tidegate-wal-sync".into())
-                .spawn(move || {
-                    loop {
-                        match stop.recv_timeout(every) {
-                            Err(RecvTimeoutError::Timeout) => {}
-                            _ => return,
-                        }
-                        let Some(inner) = store.upgrade() else { return };
-                        let began = Instant::now();
-                        if let Err(e) = inner.db.flush_wal(true) {
-                            tracing::error!(error = %e, "interval WAL sync failed");
-                            inner.health.failed(&format!("interval WAL sync: {e}"));
-                        }
-                        metrics::histogram!("tidegate_storage_fsync_seconds").record(began.elapsed().as_secs_f64());
-                    }
-                })
-                .map_err(|e| StorageError::Internal(format!("spawn WAL sync thread: {e}")))?,
-        );
-        background.stops.push(stop_tx);
+        background.every("tidegate-wal-sync", config.fsync_interval, store, |store| {
+            let began = Instant::now();
+            if let Err(e) = store.inner.db.flush_wal(true) {
+                tracing::error!(error = %e, "interval WAL sync failed");
+                store.inner.health.failed(&format!("interval WAL sync: {e}"));
+            }
+            metrics::histogram!("tidegate_storage_fsync_seconds").record(began.elapsed().as_secs_f64());
+        })?;
     }
     Ok(background)
 }

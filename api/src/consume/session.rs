@@ -774,27 +774,22 @@ impl Session {
                 Ok(())
             }
             Control::Reset { offsets } => {
-                let mut rows = Vec::new();
+                let mut moved = Vec::new();
                 for (tp, offset) in offsets {
                     if let Some(p) = self.positions.get_mut(&tp) {
                         p.next = offset;
-                        rows.push((Arc::clone(&p.log), offset));
                         self.committed.remove(&tp);
                         self.confirmed.insert(tp.clone(), offset);
                         self.forget_probed(|t| *t == tp);
+                        moved.push(tp);
                     }
                 }
                 // This session's own commit of its old positions may have been in flight
                 // while the reset was stored, and landed after it. Controls are handled
                 // between this session's commits, so storing the reset offsets again
                 // here is ordered after any such write.
-                if let (Some(group), false) = (self.params.group.clone(), rows.is_empty()) {
-                    let stored: Vec<(TopicPartition, u64)> =
-                        rows.iter().map(|(log, o)| ((log.topic.clone(), log.index), *o)).collect();
-                    match self.state.store.commit_offsets(&group, rows).await {
-                        Ok(()) => self.committed.extend(stored),
-                        Err(e) => tracing::warn!(group = %group, error = %e, "storing a reset again failed"),
-                    }
+                if !moved.is_empty() {
+                    self.commit_positions(Some(&moved), false).await;
                 }
                 self.send_assignment().await
             }
