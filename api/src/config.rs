@@ -126,7 +126,7 @@ settings! {
     default_partitions: u32 = 6;
     /// Most partitions of all topics on this node together (409 `partition_limit` for a
     /// create or add beyond it). Each partition is a RocksDB column family, and creating
-    /// one takes longer the more exist, blocking writes meanwhile (see README "Storage").
+    /// or dropping one takes longer the more exist (see README "Storage").
     max_partitions: u64 = 1000;
     /// Time retention of new topics that do not set one, in ms; 0 keeps records forever.
     default_retention_ms: u64 = 7 * 24 * 3600 * 1000;

@@ -7,6 +7,8 @@
 //! - [`retention`]: background retention, interval WAL sync, expiry of remembered ids.
 //! - [`dedup`]: the idempotency memory (event id -> first partition and offset).
 //! - [`batch`]: the binary batch format stored under each RocksDB key.
+//! - `db`: the RocksDB handle with a column-family map that creates and drops never lock
+//!   for long (the crate's only `unsafe`, explained there).
 //! - [`partition`], [`topic`], [`config`], [`error`]: state, metadata, settings, errors.
 //!
 //! Guarantees: offsets in a partition are dense, start at 0, and are never reused;
@@ -15,6 +17,7 @@
 
 pub mod batch;
 pub mod config;
+mod db;
 pub mod dedup;
 pub mod error;
 pub mod groups;

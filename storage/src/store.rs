@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBWithThreadMode, MultiThreaded, Options};
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::batch::{EncodedBatch, key_offset, verify};
@@ -22,7 +22,7 @@ use crate::partition::{AppendSignal, Bounds, PartitionLog, PartitionStats, STATE
 use crate::topic::{TopicConfig, TopicConfigPatch, TopicMeta, validate_topic_name};
 use crate::writer::{WriteHealth, Writer, WriterCmd};
 
-pub(crate) type Db = DBWithThreadMode<MultiThreaded>;
+pub(crate) use crate::db::Db;
 pub(crate) const META_CF: &str = "meta";
 const NEXT_ID_KEY: &[u8] = b"next_topic_id";
 const TOPIC_PREFIX: &str = "topic/";
@@ -404,8 +404,9 @@ impl Store {
     }
 
     /// Deletes a topic: its metadata and every group's committed offsets for it (one
-    /// synced write), then its column families and remembered event ids. Appends still queued for it fail with `TopicDeleted`; nothing is
-    /// half-written.
+    /// synced write), then its remembered event ids, then its column families (appends
+    /// and reads of other topics go on meanwhile). Appends still queued for it fail with
+    /// `TopicDeleted`; nothing is half-written.
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         let name = name.to_string();
         let (topic_id, parts) = self
@@ -427,8 +428,22 @@ impl Store {
             })
             .await?;
         let (reply, rx) = oneshot::channel();
-        self.send(WriterCmd::Drop { topic_id, parts, reply }).await?;
-        rx.await.map_err(|_| StorageError::ShuttingDown)?
+        self.send(WriterCmd::Forget { topic_id, parts: parts.clone(), reply }).await?;
+        rx.await.map_err(|_| StorageError::ShuttingDown)??;
+        // The column families go last and off the writer thread: RocksDB rewrites its
+        // OPTIONS file for each drop (~100 ms with hundreds of partitions), and appends
+        // to other topics go on meanwhile. Nothing writes to them any more (the writer
+        // has marked them deleted); a crash before this leaves orphans the next start drops.
+        self.blocking(move |s| {
+            let mut result = Ok(());
+            for part in &parts {
+                if let Err(e) = s.inner.health.observe("dropping a column family", s.inner.db.drop_cf(&part.cf)) {
+                    result = Err(e.into());
+                }
+            }
+            result
+        })
+        .await
     }
 
     /// Grows a topic to `count` partitions. Existing partitions are untouched.

@@ -34,8 +34,10 @@ pub(crate) enum WriterCmd {
     Append { batches: AppendBatches, ids: Option<IdWrites>, reply: AppendReply },
     /// Move a partition's start offset forward and delete the batches below it.
     Truncate { part: Arc<PartitionLog>, new_start: u64, removed_bytes: u64, reply: oneshot::Sender<Result<()>> },
-    /// Drop the column families of a deleted topic's partitions and its remembered ids.
-    Drop { topic_id: u64, parts: Vec<Arc<PartitionLog>>, reply: oneshot::Sender<Result<()>> },
+    /// Mark a deleted topic's partitions deleted (no append after this one writes to
+    /// them) and delete its remembered ids; its column families are dropped after the
+    /// reply, off this thread.
+    Forget { topic_id: u64, parts: Vec<Arc<PartitionLog>>, reply: oneshot::Sender<Result<()>> },
     /// Finish everything queued before this, sync the WAL and stop.
     Shutdown { reply: oneshot::Sender<Result<()>> },
 }
@@ -173,17 +175,14 @@ impl Writer {
                 let _ = reply.send(self.truncate(&part, new_start, removed_bytes));
                 false
             }
-            WriterCmd::Drop { topic_id, parts, reply } => {
+            WriterCmd::Forget { topic_id, parts, reply } => {
                 for part in &parts {
                     part.deleted.store(true, Ordering::Release);
                 }
-                let mut result = self.forget_topic(topic_id, &parts);
+                let result = self.forget_topic(topic_id, &parts);
                 for part in &parts {
                     // Wake long-polls so they notice the deletion.
                     part.hw.send_modify(|_| {});
-                    if let Err(e) = self.health.observe("dropping a column family", self.db.drop_cf(&part.cf)) {
-                        result = Err(e.into());
-                    }
                 }
                 // The partitions share one signal: subscriptions notice the deletion.
                 if let Some(part) = parts.first() {

@@ -401,3 +401,71 @@ async fn admin_bodies_must_be_plain_json_objects() {
     let resp = server.post("/v1/topics").json(&json!({"name": "fine", "partitions": 1})).send().await.unwrap();
     assert_eq!(resp.status(), 201);
 }
+
+/// Creating or deleting a topic creates or drops one RocksDB column family per
+/// partition, and RocksDB rewrites its OPTIONS file (every column family's options) for
+/// each: tens of milliseconds apiece with ~100 partitions. Appends to and reads of other
+/// topics must go on meanwhile. Before, every column-family lookup waited behind the
+/// create or drop in progress, and the topic's drops ran on the writer thread, so a
+/// 40-partition delete held every producer for seconds (none of its rounds completed
+/// while the delete ran).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_and_reads_of_other_topics_go_on_while_a_topic_is_created_or_deleted() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    let server = TestServer::with_defaults().await;
+    for i in 0..10 {
+        server.create_topic(&format!("filler-{i}"), 6).await;
+    }
+    server.create_topic("busy", 1).await;
+    server.create_topic("big", 40).await;
+
+    // A producer on "busy": each round appends one event and reads it back; the rounds'
+    // start and end times are kept.
+    let stop = Arc::new(AtomicBool::new(false));
+    let rounds: Arc<Mutex<Vec<(Instant, Instant)>>> = Arc::default();
+    let producer = {
+        let (api, stop, rounds) = (server.api().clone(), stop.clone(), rounds.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Acquire) {
+                let began = Instant::now();
+                let offsets = api.produce_raw("busy", "", "application/json", format!("{{\"n\":{n}}}")).await;
+                assert_eq!(offsets, vec![(0, n)], "offsets stay dense");
+                let read = api.fetch("busy", 0, n, 1).await;
+                assert_eq!(read["records"][0]["value"]["n"], n, "{read}");
+                rounds.lock().expect("rounds").push((began, Instant::now()));
+                n += 1;
+            }
+        })
+    };
+    // Let the producer get going.
+    eventually("the producer's first rounds", Duration::from_secs(10), || {
+        let started = rounds.lock().expect("rounds").len() >= 5;
+        async move { started.then_some(()) }
+    })
+    .await;
+
+    let during = |began: Instant, ended: Instant| {
+        rounds.lock().expect("rounds").iter().filter(|&&(s, e)| s >= began && e <= ended).count()
+    };
+    let began = Instant::now();
+    let resp = server.http.delete(server.url("/v1/topics/big")).send().await.expect("delete");
+    let ended = Instant::now();
+    assert_eq!(resp.status(), 204);
+    let while_deleting = during(began, ended);
+
+    let began = Instant::now();
+    server.create_topic("big-again", 40).await;
+    let ended = Instant::now();
+    let while_creating = during(began, ended);
+
+    stop.store(true, Ordering::Release);
+    producer.await.expect("the producer's rounds all succeeded");
+    assert!(
+        while_deleting >= 20 && while_creating >= 20,
+        "rounds completed while the 40-partition delete ran: {while_deleting}, while the create ran: {while_creating}"
+    );
+}
