@@ -128,6 +128,11 @@ settings! {
     /// create or add beyond it). Each partition is a RocksDB column family, and creating
     /// or dropping one takes longer the more exist (see README "Storage").
     max_partitions: u64 = 1000;
+    /// Appends are refused (507 `insufficient_storage`, `/readyz` 503) while the data
+    /// directory's file system has fewer bytes free, so the disk never fills: topic
+    /// deletes, retention and offset commits go on, and appends resume once space is
+    /// free again. 0 turns the check off (see README "Storage").
+    min_free_disk_bytes: u64 = 1024 * MIB;
     /// Time retention of new topics that do not set one, in ms; 0 keeps records forever.
     default_retention_ms: u64 = 7 * 24 * 3600 * 1000;
     /// Size retention per partition of new topics that do not set one; 0 is unbounded.
@@ -529,6 +534,7 @@ impl Config {
         sc.dedup_cache_bytes = usize::try_from(self.dedup_cache_bytes).unwrap_or(usize::MAX);
         sc.dedup_expiry_interval = Duration::from_millis(self.dedup_expiry_interval_ms);
         sc.max_partitions = u32::try_from(self.max_partitions).unwrap_or(u32::MAX);
+        sc.min_free_disk_bytes = self.min_free_disk_bytes;
         sc
     }
 

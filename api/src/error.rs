@@ -142,6 +142,7 @@ impl ApiError {
                 S::OffsetOutOfRange { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "offset_out_of_range"),
                 S::TopicDeleted(_) => (StatusCode::NOT_FOUND, "topic_deleted"),
                 S::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+                S::DiskLow { .. } => (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage"),
                 S::Corrupt { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "storage_corrupt"),
                 S::DataDir { .. } | S::DataDirInUse(_) | S::Rocks(_) | S::Internal(_) => {
                     (StatusCode::INTERNAL_SERVER_ERROR, "storage_error")

@@ -350,6 +350,18 @@ pub fn render(store: &Store) -> String {
     );
     let _ = writeln!(out, "# TYPE tidegate_storage_failing gauge");
     let _ = writeln!(out, "tidegate_storage_failing {}", u8::from(store.write_failure().is_some()));
+    let space = store.disk_space();
+    if let Some(free) = space.free_bytes {
+        let _ = writeln!(out, "# HELP tidegate_storage_free_bytes Bytes free on the data directory's file system.");
+        let _ = writeln!(out, "# TYPE tidegate_storage_free_bytes gauge");
+        let _ = writeln!(out, "tidegate_storage_free_bytes {free}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP tidegate_storage_disk_low 1 while free disk space is below min_free_disk_bytes (appends refused with 507, /readyz 503)."
+    );
+    let _ = writeln!(out, "# TYPE tidegate_storage_disk_low gauge");
+    let _ = writeln!(out, "tidegate_storage_disk_low {}", u8::from(space.low));
     let _ = writeln!(out, "# HELP tidegate_topics Number of topics.");
     let _ = writeln!(out, "# TYPE tidegate_topics gauge");
     let _ = writeln!(out, "tidegate_topics {}", topics.len());

@@ -96,8 +96,9 @@ impl AppState {
     }
 
     /// Why the node does not take traffic now, as `/readyz` answers it (problem code
-    /// and detail): starting or shutting down, or the last write to storage failed.
-    /// `None` when it is ready. The one place readiness is decided.
+    /// and detail): starting or shutting down, the last write to storage failed, or
+    /// free disk space is below `min_free_disk_bytes`. `None` when it is ready. The one
+    /// place readiness is decided.
     pub fn not_ready(&self) -> Option<(&'static str, &'static str)> {
         if !self.ready.load(Ordering::Acquire) || self.store.is_closing() {
             Some(("not_ready", "the node is starting or shutting down"))
@@ -105,6 +106,11 @@ impl AppState {
             Some((
                 "storage_failing",
                 "the last write to storage failed; appends fail until one succeeds (after some failures, until a restart)",
+            ))
+        } else if self.store.disk_space().low {
+            Some((
+                "insufficient_storage",
+                "free disk space is below min_free_disk_bytes; appends are refused until space is freed",
             ))
         } else {
             None

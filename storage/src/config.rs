@@ -45,9 +45,11 @@ pub struct StoreConfig {
     pub dedup_expiry_interval: Duration,
     /// Most partitions (column families) of all topics together. Creating a column
     /// family costs RocksDB time in proportion to how many exist (it rewrites its
-    /// OPTIONS file each time, blocking writes meanwhile), so this bounds every
-    /// topic create and partition add.
+    /// OPTIONS file each time), so this bounds every topic create and partition add.
     pub max_partitions: u32,
+    /// Appends are refused while the data directory's file system has fewer bytes free
+    /// (see [`crate::disk`]); 0 turns the check off.
+    pub min_free_disk_bytes: u64,
 }
 
 impl StoreConfig {
@@ -66,6 +68,7 @@ impl StoreConfig {
             dedup_cache_bytes: 64 << 20,
             dedup_expiry_interval: Duration::from_secs(3600),
             max_partitions: 1000,
+            min_free_disk_bytes: 1 << 30,
         }
     }
 }

@@ -30,14 +30,20 @@ pub enum StorageError {
     /// The requested offset is outside `[log_start, high_watermark]`.
     #[error("offset {offset} is out of range for {topic}/{partition}: valid offsets are {start}..={end}")]
     OffsetOutOfRange { topic: String, partition: u32, offset: u64, start: u64, end: u64 },
-    /// The topic was deleted while the operation was in flight; nothing was written.
+    /// A create or add would take the node past `max_partitions`.
     #[error(
         "this node holds {current} partitions and may hold at most {limit} (setting max_partitions); {requested} more asked for"
     )]
     PartitionLimit { limit: u32, current: u32, requested: u32 },
-
+    /// The topic was deleted while the operation was in flight; nothing was written.
     #[error("topic {0:?} was deleted")]
     TopicDeleted(String),
+    /// Free disk space is below `min_free_disk_bytes`: the append was refused and
+    /// nothing was written (see [`crate::disk`]).
+    #[error(
+        "only {free} bytes are free on the data directory's disk, below min_free_disk_bytes ({min}): appends are refused until space is freed (delete a topic, shorten retention, or grow the disk)"
+    )]
+    DiskLow { free: u64, min: u64 },
     /// The store is shutting down and takes no more writes.
     #[error("the store is shutting down")]
     ShuttingDown,
@@ -47,12 +53,12 @@ pub enum StorageError {
     /// The data directory could not be prepared.
     #[error("data directory {path}: {source}")]
     DataDir { path: PathBuf, source: std::io::Error },
-    /// RocksDB reported an error (I/O, corruption, lock held by another process...).
+    /// Another process holds the data directory's RocksDB lock.
     #[error(
         "data directory {0} is in use by another process (another tidegate node?); RocksDB holds one lock per directory"
     )]
     DataDirInUse(PathBuf),
-
+    /// RocksDB reported an error (I/O, corruption...).
     #[error("rocksdb: {0}")]
     Rocks(#[from] rocksdb::Error),
     /// A background task panicked or was cancelled.

@@ -5,6 +5,7 @@
 //! - [`writer`]: the single writer thread (group commit, fsync policy, offsets).
 //! - [`read`]: ranged reads, long-poll fetches, timestamp lookup.
 //! - [`retention`]: background retention, interval WAL sync, expiry of remembered ids.
+//! - [`disk`]: the free-space floor below which appends are refused.
 //! - [`dedup`]: the idempotency memory (event id -> first partition and offset).
 //! - [`batch`]: the binary batch format stored under each RocksDB key.
 //! - `db`: the RocksDB handle with a column-family map that creates and drops never lock
@@ -19,6 +20,7 @@ pub mod batch;
 pub mod config;
 mod db;
 pub mod dedup;
+pub mod disk;
 pub mod error;
 pub mod groups;
 pub mod partition;
@@ -31,6 +33,7 @@ mod writer;
 pub use batch::{BatchBuilder, EncodedBatch, Headers, MAX_HEADER_NAME, Record};
 pub use config::{FsyncPolicy, StoreConfig};
 pub use dedup::{Claims, DedupStats, IdState, IdWrite, IdWrites, MAX_EVENT_ID, Remembered};
+pub use disk::DiskSpace;
 pub use error::{Result, StorageError};
 pub use groups::{CommittedOffset, validate_group_name};
 pub use partition::{PartitionLog, PartitionStats};

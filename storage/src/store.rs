@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::batch::{EncodedBatch, key_offset, verify};
 use crate::config::StoreConfig;
 use crate::dedup::{DEDUP_CF, Dedup, IdWrites};
+use crate::disk::{DiskGuard, DiskSpace};
 use crate::error::{Result, StorageError};
 use crate::partition::{AppendSignal, Bounds, PartitionLog, PartitionStats, STATE_PREFIX, cf_name, state_key};
 use crate::topic::{TopicConfig, TopicConfigPatch, TopicMeta, validate_topic_name};
@@ -110,6 +111,8 @@ pub(crate) struct Inner {
     pub(crate) dedup: Arc<Dedup>,
     /// Whether the last write failed (shared with the writer thread).
     pub(crate) health: Arc<WriteHealth>,
+    /// The free-space floor for appends (shared with the writer thread).
+    disk: Arc<DiskGuard>,
 }
 
 /// Cheap, cloneable handle to the log. All methods are safe to call from any thread;
@@ -216,11 +219,13 @@ impl Store {
         let (tx, rx) = mpsc::channel(config.write_queue_depth.max(1));
         let dedup = Arc::new(Dedup::new(config.dedup_window, config.dedup_cache_bytes));
         let health = Arc::new(WriteHealth::default());
+        let disk = Arc::new(DiskGuard::new(&config.data_dir, config.min_free_disk_bytes)?);
         let writer = Writer {
             db: db.clone(),
             fsync: config.fsync,
             max_group_commit_bytes: config.max_group_commit_bytes,
             health: health.clone(),
+            disk: disk.clone(),
         };
         let mut threads = Vec::new();
         threads.push(
@@ -243,6 +248,7 @@ impl Store {
                 stop_background: Mutex::new(Vec::new()),
                 dedup,
                 health,
+                disk,
             }),
         };
         let background = crate::retention::spawn(store.downgrade(), &config)?;
@@ -254,6 +260,12 @@ impl Store {
 
     pub(crate) fn downgrade(&self) -> std::sync::Weak<Inner> {
         Arc::downgrade(&self.inner)
+    }
+
+    /// Free space on the data directory's file system now, the floor below which
+    /// appends are refused (`min_free_disk_bytes`), and whether they are.
+    pub fn disk_space(&self) -> DiskSpace {
+        self.inner.disk.space()
     }
 
     /// The error of the last failed write (group commit, interval WAL sync, retention,
@@ -547,6 +559,8 @@ impl Store {
         batches: Vec<(Arc<PartitionLog>, EncodedBatch)>,
         ids: Option<IdWrites>,
     ) -> Result<()> {
+        // Refused here while the disk is low: the writer's refusal would reach no one.
+        self.inner.disk.admit_detached()?;
         self.send(WriterCmd::Append { batches, ids, reply: None }).await
     }
 

@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::batch::{EncodedBatch, offset_key};
 use crate::config::FsyncPolicy;
 use crate::dedup::{IdWrites, Remembered, dedup_cf, put_entries, topic_range};
+use crate::disk::DiskGuard;
 use crate::error::{Result, StorageError};
 use crate::partition::{AppendSignal, PartitionLog, state_key};
 use crate::store::{Db, META_CF};
@@ -69,6 +70,7 @@ pub(crate) struct Writer {
     pub fsync: FsyncPolicy,
     pub max_group_commit_bytes: usize,
     pub health: Arc<WriteHealth>,
+    pub disk: Arc<DiskGuard>,
 }
 
 /// Whether writes to RocksDB are failing: set by a failed group commit or interval WAL
@@ -268,6 +270,14 @@ impl Writer {
             }
             return;
         };
+        let incoming: usize = appends.iter().flat_map(|(batches, _, _)| batches).map(|(_, b)| b.bytes.len()).sum();
+        if let Err(StorageError::DiskLow { free, min }) = self.disk.admit(incoming as u64) {
+            // Dropping the claims releases them: nothing of these requests was stored.
+            for (_, _, reply) in appends {
+                reply_to(reply, Err(StorageError::DiskLow { free, min }));
+            }
+            return;
+        }
         let now = crate::store::now_ms();
         let mut wb = WriteBatch::default();
         let mut pending: HashMap<*const PartitionLog, Pending> = HashMap::new();

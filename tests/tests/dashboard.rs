@@ -456,3 +456,29 @@ async fn event_source_in_the_browser_receives_the_stream() {
     browser.assert_no_console_errors().await;
     browser.quit().await;
 }
+
+/// A node whose disk is below `min_free_disk_bytes` says so on its node page: the state
+/// pill reads "disk low" and the notice gives free space against the floor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_page_says_when_the_disk_is_low() {
+    // A floor no disk reaches (1 PiB, the largest the setting takes): appends are
+    // refused from the start.
+    let server = TestServer::start(|c| c.min_free_disk_bytes = 1 << 50).await;
+    let browser = Browser::start("disk-low").await;
+    browser.goto(&server.url("/")).await;
+    browser.click("[data-nav=node]").await;
+    browser
+        .wait_for(
+            "the disk-low state",
+            WAIT,
+            "return document.getElementById('node-state')?.textContent === 'disk low'",
+        )
+        .await;
+    let notice =
+        browser.execute("return document.querySelector('.notice:not([hidden])')?.textContent ?? ''", vec![]).await;
+    let notice = notice.as_str().unwrap_or_default().to_string();
+    assert!(notice.contains("below min_free_disk_bytes") && notice.contains("appends are refused"), "{notice}");
+    browser.screenshot("node").await;
+    assert_clean(&browser).await;
+    browser.quit().await;
+}

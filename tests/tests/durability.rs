@@ -393,3 +393,87 @@ async fn sigterm_stops_a_long_topic_create() {
     assert!(starting("/healthz", 200, "starting"), "{answers:?}");
     server.create_topic("after", 2).await;
 }
+
+/// Bytes free for unprivileged use on the file system holding `path`.
+fn free_bytes(path: &std::path::Path) -> u64 {
+    let stat = rustix::fs::statvfs(path).expect("statvfs");
+    stat.f_bavail * stat.f_frsize
+}
+
+/// Takes `len` bytes of the file system holding `dir` (fallocate; written out where
+/// the file system cannot allocate without writing).
+fn ballast(dir: &std::path::Path, len: u64) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("ballast");
+    let mut file = std::fs::File::create(&path).expect("ballast file");
+    if rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, len).is_err() {
+        let chunk = vec![0u8; 8 << 20];
+        for _ in 0..len.div_ceil(chunk.len() as u64) {
+            file.write_all(&chunk).expect("ballast write");
+        }
+    }
+    file.sync_all().expect("ballast sync");
+    path
+}
+
+/// Free space below `min_free_disk_bytes`: appends (JSON, `acks=none`, Segment) are
+/// refused with 507 and write nothing, `/readyz` is 503, `/metrics` and `/v1/status`
+/// say why, while topic admin goes on; once space is free again appends resume by
+/// themselves, with dense offsets. The floor is set 1 GiB under what is free at the
+/// start and 2 GiB of ballast is taken, so other tests writing to the same disk move
+/// neither side of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_stop_above_a_full_disk_and_resume_when_space_is_freed() {
+    const GIB: u64 = 1 << 30;
+    let scratch = tempfile::Builder::new().prefix("tidegate-ballast-").tempdir().expect("temporary directory");
+    let free = free_bytes(scratch.path());
+    assert!(free > 3 * GIB, "this test needs 3 GiB free in the temporary directory's file system, has {free}");
+    let floor = free - GIB;
+    let server = TestServer::start(move |c| c.min_free_disk_bytes = floor).await;
+    server.create_topic("floor", 2).await;
+    server.create_topic("segment.track", 2).await;
+    let first = server.produce("floor", &json!([{"n": 0}, {"n": 1}])).await;
+    assert_eq!(server.get("/readyz").send().await.unwrap().status(), 200);
+    assert_eq!(server.metric("tidegate_storage_disk_low").await, Some(0.0));
+
+    let ballast = ballast(scratch.path(), 2 * GIB);
+    let resp = server.post_events("floor", "", "application/json", r#"[{"n": 2}, {"n": 3}]"#).await;
+    let problem = tidegate_tests::assert_problem(resp, 507, "insufficient_storage").await;
+    assert!(problem["detail"].as_str().is_some_and(|d| d.contains("min_free_disk_bytes")), "{problem}");
+    let resp = server.post_events("floor", "?acks=none", "application/json", r#"{"n": 4}"#).await;
+    tidegate_tests::assert_problem(resp, 507, "insufficient_storage").await;
+    let track = json!({"userId": "u1", "event": "Item Purchased", "messageId": "m-1", "writeKey": "k"});
+    let resp = server.post("/v1/track").json(&track).send().await.unwrap();
+    tidegate_tests::assert_problem(resp, 507, "insufficient_storage").await;
+    assert_eq!(server.end_offsets("floor").await.iter().sum::<u64>(), 2, "nothing refused was written");
+    assert_eq!(server.end_offsets("segment.track").await.iter().sum::<u64>(), 0, "nothing refused was written");
+
+    tidegate_tests::assert_problem(server.get("/readyz").send().await.unwrap(), 503, "insufficient_storage").await;
+    assert_eq!(server.metric("tidegate_storage_disk_low").await, Some(1.0));
+    assert!(server.metric("tidegate_storage_free_bytes").await.is_some_and(|f| f < floor as f64));
+    let status = server.get_json("/v1/status").await;
+    assert_eq!((status["ready"].as_bool(), status["min_free_disk_bytes"].as_u64()), (Some(false), Some(floor)));
+    assert!(status["disk_free_bytes"].as_u64().is_some_and(|f| f < floor), "{status}");
+    // Topic admin goes on: that is how space is freed from inside.
+    server.create_topic("made-while-low", 1).await;
+    let resp = server.http.patch(server.url("/v1/topics/floor")).json(&json!({"retention_ms": 3_600_000})).send();
+    assert_eq!(resp.await.unwrap().status(), 200);
+    let resp = server.http.delete(server.url("/v1/topics/made-while-low")).send().await.unwrap();
+    assert_eq!(resp.status(), 204);
+
+    std::fs::remove_file(&ballast).expect("remove ballast");
+    let again = server.produce("floor", &json!([{"n": 2}, {"n": 3}])).await;
+    assert_eq!(server.get("/readyz").send().await.unwrap().status(), 200);
+    assert_eq!(server.metric("tidegate_storage_disk_low").await, Some(0.0));
+    let mut offsets: Vec<(u32, u64)> = first.into_iter().chain(again).collect();
+    offsets.sort_unstable();
+    let mut per_partition: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    for (p, o) in offsets {
+        per_partition.entry(p).or_default().push(o);
+    }
+    for (p, list) in per_partition {
+        assert_eq!(list, (0..list.len() as u64).collect::<Vec<_>>(), "partition {p}: offsets stay dense");
+    }
+    let resp = server.post("/v1/track").json(&track).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "the tracker's retry is taken");
+}

@@ -73,6 +73,7 @@ pub async fn run(conn: &Connection) -> Result<Exit, ClientError> {
                     match not_ready.as_deref() {
                         None => "yes".into(),
                         Some("storage_failing") => "no (the last write to storage failed: see the server log)".into(),
+                        Some("insufficient_storage") => "no (free disk space is below min_free_disk_bytes)".into(),
                         Some(_) => "no (starting or shutting down)".into(),
                     },
                 ),

@@ -147,6 +147,7 @@ pub(crate) fn now_ms() -> i64 {
         (status = 422, description = "`idempotency_key_reused`: the Idempotency-Key was used before with another body; nothing was written", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "Storage failure; nothing was acknowledged", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Shutting down", body = Problem, content_type = "application/problem+json"),
+        (status = 507, description = "`insufficient_storage`: free disk space is below `min_free_disk_bytes`; nothing was written (retry later)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn produce(
     State(state): State<SharedState>,

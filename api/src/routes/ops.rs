@@ -25,11 +25,12 @@ pub async fn healthz() -> Json<Status> {
 }
 
 /// Readiness: 200 when the node takes traffic; 503 `not_ready` while starting or
-/// shutting down, and `storage_failing` while the last write to storage failed (the
-/// error itself is in the log and in `/v1/status`, not on this public route).
+/// shutting down, `storage_failing` while the last write to storage failed (the error
+/// itself is in the log and in `/v1/status`, not on this public route), and
+/// `insufficient_storage` while free disk space is below `min_free_disk_bytes`.
 #[utoipa::path(get, path = "/readyz", tag = "ops", responses(
     (status = 200, description = "Ready", body = Status),
-    (status = 503, description = "Starting, shutting down, or the last write to storage failed", body = Problem, content_type = "application/problem+json"),
+    (status = 503, description = "Starting, shutting down, the last write to storage failed, or free disk space is below `min_free_disk_bytes`", body = Problem, content_type = "application/problem+json"),
 ))]
 pub async fn readyz(State(state): State<SharedState>) -> axum::response::Response {
     match state.not_ready() {

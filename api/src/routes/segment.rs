@@ -110,6 +110,7 @@ fn as_segment_refusal(e: ApiError) -> ApiError {
         (status = 404, description = "No such call", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "Storage failure; nothing was acknowledged", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Shutting down", body = Problem, content_type = "application/problem+json"),
+        (status = 507, description = "`insufficient_storage`: free disk space is below `min_free_disk_bytes`; nothing was written (retry later)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn segment_call(
     State(state): State<SharedState>,

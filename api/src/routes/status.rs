@@ -35,6 +35,10 @@ pub struct NodeStatus {
     pub fsync: String,
     /// Bytes RocksDB holds for all partitions (SST files and memtables).
     pub disk_bytes: u64,
+    /// Bytes free on the data directory's file system (`null` where it does not tell).
+    pub disk_free_bytes: Option<u64>,
+    /// Appends are refused below this many free bytes (`min_free_disk_bytes`; 0: off).
+    pub min_free_disk_bytes: u64,
     /// Resident memory of the process, where the platform tells (Linux).
     pub resident_memory_bytes: Option<u64>,
     /// Number of topics.
@@ -80,6 +84,7 @@ pub async fn status(State(state): State<SharedState>, caller: Caller) -> Result<
     .await
     .map_err(|e| ApiError::Storage(tidegate_storage::StorageError::Internal(e.to_string())))?;
     let storage_error = state.store.write_failure();
+    let space = state.store.disk_space();
     let max_subscriptions = state.config.max_subscriptions;
     let open = max_subscriptions.saturating_sub(state.subscriptions.available_permits() as u64);
     Ok(Json(NodeStatus {
@@ -92,6 +97,8 @@ pub async fn status(State(state): State<SharedState>, caller: Caller) -> Result<
         data_dir: state.config.data_dir.display().to_string(),
         fsync: state.config.fsync.to_string(),
         disk_bytes,
+        disk_free_bytes: space.free_bytes,
+        min_free_disk_bytes: space.min_free_bytes,
         resident_memory_bytes: crate::metrics::resident_memory_bytes(),
         topics,
         partitions,

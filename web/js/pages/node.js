@@ -53,15 +53,19 @@ export function render(view) {
 
   const update = (d) => {
     const s = d.status;
+    const diskLow = s && s.min_free_disk_bytes > 0 && s.disk_free_bytes != null
+      && s.disk_free_bytes < s.min_free_disk_bytes;
     const why = d.error
       ? `Cannot refresh: ${d.error}. Showing the last known state.`
       : d.statusError ? `Node status unavailable: ${d.statusError}`
-        : s && s.storage_error ? `The last write to storage failed: ${s.storage_error}` : '';
+        : s && s.storage_error ? `The last write to storage failed: ${s.storage_error}`
+          : diskLow ? `Free disk space (${bytes(s.disk_free_bytes)}) is below min_free_disk_bytes `
+            + `(${bytes(s.min_free_disk_bytes)}): appends are refused until space is freed.` : '';
     notice.hidden = !why;
     notice.textContent = why;
     const pill = document.getElementById('node-state');
     if (s) {
-      pill.textContent = s.storage_error ? 'storage failing' : s.ready ? 'ready' : 'not ready';
+      pill.textContent = s.storage_error ? 'storage failing' : diskLow ? 'disk low' : s.ready ? 'ready' : 'not ready';
       pill.className = `pill ${s.ready ? 'ok' : 'warn'}`;
       replace(stats,
         stat('Address', s.addr, { small: true, id: 'addr' }),
@@ -71,6 +75,7 @@ export function render(view) {
         stat('Durability', `fsync ${s.fsync}`, { small: true }),
         stat('Data directory', s.data_dir, { small: true }),
         stat('On disk', bytes(s.disk_bytes)),
+        stat('Free disk', s.disk_free_bytes == null ? '–' : bytes(s.disk_free_bytes)),
         stat('Memory', bytes(s.resident_memory_bytes)),
         stat('Topics', num(s.topics)),
         stat('Partitions', num(s.partitions)),
