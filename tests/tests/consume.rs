@@ -1546,3 +1546,51 @@ async fn a_websocket_version_other_than_13_is_answered_426_naming_13() {
     assert_eq!(resp.headers()["content-type"], "application/problem+json");
     assert!(resp.headers().get("sec-websocket-version").is_none());
 }
+
+/// The assignment and revocation frames a member gets, in order, until (and with) the
+/// assignment of `generation`: (type, generation, partition count).
+async fn membership_frames(sub: &mut Subscriber, generation: u64) -> Vec<(String, u64, usize)> {
+    let mut seen = Vec::new();
+    loop {
+        let f = sub.next_frame(Duration::from_secs(10)).await;
+        let kind = f["type"].as_str().unwrap_or_default().to_string();
+        if kind != "assignment" && kind != "revoked" {
+            continue;
+        }
+        let g = f["generation"].as_u64().unwrap_or_else(|| panic!("no generation in {f}"));
+        let count = f["partitions"].as_array().map_or(0, Vec::len);
+        let done = kind == "assignment" && g == generation;
+        seen.push((kind, g, count));
+        if done {
+            return seen;
+        }
+    }
+}
+
+/// Each rebalance reaches a member as one assignment of its generation: the first
+/// member of a group gets its partitions in its first frame (it used to get an empty
+/// assignment of generation 1 and then another with the partitions), and a member that
+/// gives partitions up gets `revoked` and one assignment (it used to get that
+/// assignment twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_rebalance_reaches_a_member_as_one_assignment() {
+    let server = TestServer::with_defaults().await;
+    server.create_topic("announce", 4).await;
+    let mut first = server.subscribe("announce", "group=announcers").await;
+    assert_eq!(membership_frames(&mut first, 1).await, vec![("assignment".to_string(), 1, 4)]);
+
+    let mut second = server.subscribe("announce", "group=announcers").await;
+    // The newcomer waits for the partitions the first member still reads (incremental
+    // rebalancing): an empty assignment of generation 2, then its two partitions.
+    let joined = membership_frames(&mut second, 2).await;
+    assert_eq!(joined, vec![("assignment".to_string(), 2, 0)]);
+    let frame = second.next_frame(Duration::from_secs(10)).await;
+    assert_eq!((frame["type"].as_str(), frame["generation"].as_u64()), (Some("assignment"), Some(2)), "{frame}");
+    assert_eq!(frame["partitions"].as_array().map(Vec::len), Some(2), "{frame}");
+
+    drop(second);
+    assert_eq!(
+        membership_frames(&mut first, 3).await,
+        vec![("revoked".to_string(), 2, 2), ("assignment".to_string(), 2, 2), ("assignment".to_string(), 3, 4)]
+    );
+}

@@ -234,6 +234,8 @@ struct Session {
     params: SessionParams,
     member: String,
     generation: u64,
+    /// Generation of the last `assignment` frame sent (see [`Control::Assign`]).
+    announced: Option<u64>,
     positions: BTreeMap<TopicPartition, Position>,
     /// Last committed offset per partition (auto-commit only commits changes).
     committed: BTreeMap<TopicPartition, u64>,
@@ -337,6 +339,7 @@ async fn run_on(
         params,
         member,
         generation: 0,
+        announced: None,
         positions: BTreeMap::new(),
         committed: BTreeMap::new(),
         tx,
@@ -402,6 +405,7 @@ impl Session {
     /// The `assignment` frame: the current generation and positions.
     async fn send_assignment(&mut self) -> Result<(), End> {
         let list = self.position_list();
+        self.announced = Some(self.generation);
         self.send("assignment", protocol::assignment(self.generation, self.group_member(), &list)).await
     }
 
@@ -761,6 +765,11 @@ impl Session {
                     .into_iter()
                     .filter(|tp| !self.positions.contains_key(tp))
                     .partition(|tp| grown.contains(tp));
+                if grown.is_empty() && new.is_empty() && self.announced == Some(generation) {
+                    // Nothing new: this generation's assignment was already sent (with
+                    // the `revoked` frame of the same rebalance).
+                    return Ok(());
+                }
                 if grown.is_empty() {
                     return self.add_partitions(new, self.params.from).await;
                 }

@@ -89,6 +89,35 @@ struct Group {
     grown: BTreeSet<TopicPartition>,
 }
 
+/// Gives every target partition that nobody owns to its target member (marks it owned);
+/// returns what each member got.
+fn grant_free(g: &mut Group) -> BTreeMap<String, Vec<TopicPartition>> {
+    let owned: BTreeSet<TopicPartition> = g.members.values().flat_map(|m| m.owned.iter().cloned()).collect();
+    let mut grants: BTreeMap<String, Vec<TopicPartition>> = BTreeMap::new();
+    for (tp, owner) in &g.target {
+        if !owned.contains(tp) && g.members.contains_key(owner) {
+            grants.entry(owner.clone()).or_default().push(tp.clone());
+        }
+    }
+    for (id, parts) in &grants {
+        if let Some(m) = g.members.get_mut(id) {
+            m.owned.extend(parts.iter().cloned());
+        }
+    }
+    grants
+}
+
+/// Tells each member of `grants` its new partitions (an assignment of the current
+/// generation).
+fn send_grants(g: &Group, grants: BTreeMap<String, Vec<TopicPartition>>) {
+    for (id, partitions) in grants {
+        let grown = g.grown_of(&partitions);
+        if let Some(c) = g.members.get(&id).and_then(|m| m.control.as_ref()) {
+            let _ = c.send(Control::Assign { generation: g.generation, partitions, grown });
+        }
+    }
+}
+
 impl Group {
     /// Which of `partitions` grew their topic while the group read it.
     fn grown_of(&self, partitions: &[TopicPartition]) -> Vec<TopicPartition> {
@@ -164,13 +193,15 @@ impl Coordinator {
                 existing.control = Some(tx);
                 existing.disconnected_at = None;
                 existing.client = client;
-                let partitions: Vec<_> = existing.owned.iter().cloned().collect();
-                let generation = g.generation;
+                // One assignment: what it kept plus free partitions targeted to it.
+                let mut grants = grant_free(g);
+                grants.remove(&id);
+                let partitions: Vec<_> = g.members[&id].owned.iter().cloned().collect();
                 let grown = g.grown_of(&partitions);
                 if let Some(c) = &g.members[&id].control {
-                    let _ = c.send(Control::Assign { generation, partitions, grown });
+                    let _ = c.send(Control::Assign { generation: g.generation, partitions, grown });
                 }
-                self.hand_out_free(g);
+                send_grants(g, grants);
                 tracing::info!(group, member = %id, "static member re-joined");
                 return Ok((id, rx));
             }
@@ -302,37 +333,28 @@ impl Coordinator {
                 }
             }
         }
-        // Every connected member learns the new generation (an assignment frame),
-        // also those whose partitions did not change.
-        for m in g.members.values() {
+        // Partitions nobody owns (a new group, members that left) are handed out at
+        // once. Every connected member learns the new generation in one assignment:
+        // with what it gets now, or empty when its partitions did not change (a new
+        // member used to get an empty one and then its partitions, both of this
+        // generation).
+        let mut grants = grant_free(g);
+        for (id, m) in &g.members {
             if let Some(c) = &m.control {
-                let _ = c.send(Control::Assign { generation, partitions: Vec::new(), grown: Vec::new() });
+                let partitions = grants.remove(id).unwrap_or_default();
+                let grown = g.grown_of(&partitions);
+                let _ = c.send(Control::Assign { generation, partitions, grown });
             }
         }
         tracing::debug!(group, generation, members = g.members.len(), "rebalanced");
         metrics::counter!("tidegate_group_rebalances_total").increment(1);
-        // Partitions freed by members that left can be handed out immediately.
-        self.hand_out_free(g);
     }
 
-    /// Assigns every target partition that nobody owns to its target member.
+    /// Assigns every target partition that nobody owns to its target member and tells
+    /// those members.
     fn hand_out_free(&self, g: &mut Group) {
-        let owned: BTreeSet<TopicPartition> = g.members.values().flat_map(|m| m.owned.iter().cloned()).collect();
-        let mut grants: BTreeMap<String, Vec<TopicPartition>> = BTreeMap::new();
-        for (tp, owner) in &g.target {
-            if !owned.contains(tp) {
-                grants.entry(owner.clone()).or_default().push(tp.clone());
-            }
-        }
-        for (id, parts) in grants {
-            let grown = g.grown_of(&parts);
-            if let Some(m) = g.members.get_mut(&id) {
-                m.owned.extend(parts.iter().cloned());
-                if let Some(c) = &m.control {
-                    let _ = c.send(Control::Assign { generation: g.generation, partitions: parts, grown });
-                }
-            }
-        }
+        let grants = grant_free(g);
+        send_grants(g, grants);
     }
 
     /// Tells the members owning the partitions of `offsets` to read on from them (after
