@@ -6,7 +6,8 @@ Usage (root: it mounts a tmpfs):
 
 Mounts a tmpfs of <size> MiB (default 200) on /tmp/tidegate-full-disk, fills <ballast> MiB
 of it (default 100) with a file, starts the binary there with --min-free-disk-bytes <min free>
-(default 0: RocksDB itself runs into ENOSPC; above 0 the node's floor refuses first), posts 100 KB batches until one fails, deletes the ballast
+(default 0: RocksDB itself runs into ENOSPC; above 0 the node's floor refuses first, with
+--write-buffer-bytes 32 MiB so a floor from 160 MiB is allowed), posts 100 KB batches until one fails, deletes the ballast
 and reports how long until a post is taken again. Unmounts at the end.
 """
 import http.client
@@ -29,7 +30,8 @@ try:
     with open(ballast, "wb") as f:
         f.write(b"\0" * (ballast_mib << 20))
     server = subprocess.Popen([binary, "serve", "--data-dir", os.path.join(mount, "data"),
-                               "--addr", f"127.0.0.1:{port}", "--min-free-disk-bytes", str(min_free_mib << 20), "--log", "warn"],
+                               "--addr", f"127.0.0.1:{port}", "--min-free-disk-bytes", str(min_free_mib << 20),
+                               *(["--write-buffer-bytes", str(32 << 20)] if min_free_mib else []), "--log", "warn"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def request(method, path, body=None):

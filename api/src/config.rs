@@ -20,6 +20,8 @@ pub use crate::ingest::segment::SegmentTopics;
 const MAX_DELIVERY_THREADS: u32 = 1024;
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * 1024;
+/// What `min_free_disk_bytes` must exceed `write_buffer_bytes` by (see `validate`).
+const FLOOR_HEADROOM: u64 = 128 * MIB;
 /// Bounds of `max_request_head_bytes`: below 1 KiB ordinary browser requests fail; above
 /// 256 KiB hyper's read buffer (~408 KiB) could refuse first, with a different reason.
 const MIN_REQUEST_HEAD_BYTES: u64 = KIB;
@@ -131,7 +133,8 @@ settings! {
     /// Appends are refused (507 `insufficient_storage`, `/readyz` 503) while the data
     /// directory's file system has fewer bytes free, so the disk never fills: topic
     /// deletes, retention and offset commits go on, and appends resume once space is
-    /// free again. 0 turns the check off (see README "Storage").
+    /// free again. 0 turns the check off; otherwise at least `write_buffer_bytes` + 128
+    /// MiB (memtable flushes write into the margin; see README "Storage").
     min_free_disk_bytes: u64 = 1024 * MIB;
     /// Time retention of new topics that do not set one, in ms; 0 keeps records forever.
     default_retention_ms: u64 = 7 * 24 * 3600 * 1000;
@@ -361,6 +364,18 @@ impl Config {
             return Err(ConfigError::Invalid {
                 name: "max_partitions",
                 reason: format!("between 1 and {MAX_NODE_PARTITIONS}"),
+            });
+        }
+        // Below the floor, memtable flushes still write: every memtable (up to
+        // `write_buffer_bytes`) and the next WAL file (RocksDB preallocates ~70 MiB)
+        // must fit above a full disk, or the floor cannot keep the disk from filling.
+        let floor_minimum = self.write_buffer_bytes.saturating_add(FLOOR_HEADROOM);
+        if self.min_free_disk_bytes != 0 && self.min_free_disk_bytes < floor_minimum {
+            return Err(ConfigError::Invalid {
+                name: "min_free_disk_bytes",
+                reason: format!(
+                    "0 (off) or at least write_buffer_bytes + 128 MiB ({floor_minimum}): memtable flushes and the next WAL file write into the margin"
+                ),
             });
         }
         if u64::from(self.default_partitions) > self.max_partitions {

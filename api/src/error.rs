@@ -201,7 +201,9 @@ impl ApiError {
             }
             _ => {}
         }
-        if status.is_server_error() {
+        // A disk below the floor is a state, not a fault: the store logs when appends
+        // stop and resume, not each refusal.
+        if status.is_server_error() && status != StatusCode::INSUFFICIENT_STORAGE {
             tracing::error!(code, error = %self, "request failed");
         }
         problem
@@ -249,6 +251,9 @@ impl IntoResponse for Problem {
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        } else if status == StatusCode::INSUFFICIENT_STORAGE {
+            // Space comes back when an operator frees it: retry in a while, not at once.
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
         }
         resp
     }

@@ -152,6 +152,11 @@ impl AppState {
     /// Creates a topic for ingest with [`AppState::ingest_topic_config`] (or takes the one
     /// created meanwhile by another request).
     pub async fn create_for_ingest(&self, name: &str) -> Result<Arc<Topic>, ApiError> {
+        // The append would be refused: leave no topic behind for it.
+        let space = self.store.disk_space();
+        if space.low {
+            return Err(StorageError::DiskLow { free: space.free_bytes.unwrap_or(0), min: space.min_free_bytes }.into());
+        }
         match self.store.create_topic(name, self.ingest_topic_config()).await {
             Ok(_) | Err(StorageError::TopicExists(_)) => Ok(self.store.topic(name)?),
             Err(e) => Err(e.into()),

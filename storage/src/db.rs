@@ -96,17 +96,18 @@ impl Db {
     }
 
     /// Drops column family `name` (slow, like a create). [`Db::cf_handle`] stops finding
-    /// it at once; handles already taken stay valid until dropped (RocksDB frees the
-    /// column family after the last one).
+    /// it at once, also when the drop fails (the `rocksdb` crate forgets it either way;
+    /// the next start drops what no topic claims); handles already taken stay valid until
+    /// dropped (RocksDB frees the column family after the last one).
     pub(crate) fn drop_cf(&self, name: &str) -> Result<(), rocksdb::Error> {
         let ours = self.handles.write().unwrap_or_else(PoisonError::into_inner).remove(name);
         let dropped = self.rocks.drop_cf(name);
-        if dropped.is_err()
-            && let Some(handle) = ours
-        {
-            // Still there: keep finding it (the next start drops what nothing claims).
-            self.handles.write().unwrap_or_else(PoisonError::into_inner).insert(name.to_string(), handle);
-        }
+        drop(ours);
         dropped
+    }
+
+    /// Names of every column family, as [`Db::cf_handle`] finds them.
+    pub(crate) fn cf_names(&self) -> Vec<String> {
+        self.handles.read().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect()
     }
 }

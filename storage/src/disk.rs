@@ -8,10 +8,16 @@
 //! disk is full: topic admin, retention and offset commits go on, so deleting a topic
 //! or shortening retention frees space, and appends resume by themselves.
 //!
-//! Guarantees: the writer checks before every group commit ([`DiskGuard::admit`]),
-//! counting the group's own bytes, so no append is written past the floor (the floor
-//! is a margin, not a hard cap: metadata, memtable flushes and compactions still write).
-//! A refused append writes nothing. `min_free_disk_bytes = 0` turns the guard off.
+//! Guarantees: the writer measures before every group commit ([`DiskGuard::room`]) and
+//! admits the group's requests in turn while their bytes fit above the floor, so no
+//! append is written past it; a request that does not fit is refused alone and writes
+//! nothing. The floor is a margin, not a quota: memtable flushes, compactions and
+//! metadata still write into it, which is why the API requires it to hold a flush of
+//! every memtable and the next WAL file. While free space is below the floor the
+//! store flushes its memtables every second ([`crate::store::Store::relieve_disk`]), so
+//! WAL files that only unflushed metadata still pinned are deleted: what a topic delete
+//! or a shorter retention frees becomes free space. `min_free_disk_bytes = 0` turns the
+//! guard off.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,35 +61,48 @@ impl DiskGuard {
         Some(stat.f_bavail.saturating_mul(stat.f_frsize))
     }
 
-    /// Whether `incoming` more bytes may be appended: `Err(DiskLow)` when free space
-    /// minus `incoming` is below the floor. Measures now; logs when appends stop and
-    /// when they resume. Called by the writer before each group commit.
-    pub(crate) fn admit(&self, incoming: u64) -> Result<()> {
+    /// Room for appends now: `(free, bytes that may still be appended)`, or `None` when
+    /// the guard is off or the file system does not say how much is free (RocksDB's own
+    /// errors then remain). Measures now. Called by the writer before each group commit.
+    pub(crate) fn room(&self) -> Option<(u64, u64)> {
         if self.min_free == 0 {
-            return Ok(());
+            return None;
         }
-        // A file system that does not say how much is free cannot be guarded: RocksDB's
-        // own errors remain.
-        let Some(free) = self.free_bytes() else { return Ok(()) };
-        let low = free < self.min_free.saturating_add(incoming);
-        let was_low = self.low.swap(low, Ordering::AcqRel);
-        if low && !was_low {
+        let free = self.free_bytes()?;
+        Some((free, free.saturating_sub(self.min_free)))
+    }
+
+    /// Records the writer's verdict on a group commit (`refused`: some append did not
+    /// fit above the floor); logs when appends stop and when they resume.
+    pub(crate) fn verdict(&self, free: u64, refused: bool) {
+        let was_low = self.low.swap(refused, Ordering::AcqRel);
+        if refused && !was_low {
             tracing::warn!(free, min_free_disk_bytes = self.min_free, "disk space low: refusing appends");
-        } else if was_low && !low {
+        } else if was_low && !refused {
             tracing::info!(
                 free,
                 min_free_disk_bytes = self.min_free,
                 "disk space back above the floor: appends resume"
             );
         }
-        if low { Err(StorageError::DiskLow { free, min: self.min_free }) } else { Ok(()) }
     }
 
-    /// [`DiskGuard::admit`] for a request that does not wait for its write
-    /// (`acks=none`): cheap while the disk is fine (the writer's last verdict), measured
-    /// again while it is low.
+    /// The refusal of an append that does not fit.
+    pub(crate) fn refusal(&self, free: u64) -> StorageError {
+        StorageError::DiskLow { free, min: self.min_free }
+    }
+
+    /// For a request that does not wait for its write (`acks=none`): refused while the
+    /// writer's last verdict was "low" and free space is still below the floor (the
+    /// writer's refusal would reach no one). One atomic load while the disk is fine.
     pub(crate) fn admit_detached(&self) -> Result<()> {
-        if self.low.load(Ordering::Acquire) { self.admit(0) } else { Ok(()) }
+        if !self.low.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        match self.room() {
+            Some((free, 0)) => Err(self.refusal(free)),
+            _ => Ok(()),
+        }
     }
 
     /// Free space now, the floor, and whether appends are refused.
@@ -99,31 +118,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_floor_refuses_appends_below_it_and_admits_above() {
+    fn room_is_what_is_free_above_the_floor() {
         let dir = tempfile::tempdir().expect("temp dir");
         let free = DiskGuard::new(dir.path(), 1).expect("guard").free_bytes().expect("Linux tells free space");
         assert!(free > 0);
 
         let off = DiskGuard::new(dir.path(), 0).expect("guard");
-        assert!(off.admit(u64::MAX).is_ok(), "0 turns the guard off");
+        assert_eq!(off.room(), None, "0 turns the guard off");
         assert!(!off.space().low);
 
-        // A floor far above what is free: refused, with the figures.
+        // A floor far above what is free: no room, and a refusal with the figures.
         let high = DiskGuard::new(dir.path(), free.saturating_mul(1000)).expect("guard");
-        match high.admit(0) {
-            Err(StorageError::DiskLow { free: f, min }) => {
-                assert!(f > 0 && min == free.saturating_mul(1000), "{f} {min}");
-            }
-            other => panic!("expected DiskLow, got {other:?}"),
-        }
+        let (f, room) = high.room().expect("measured");
+        assert_eq!(room, 0);
+        assert!(matches!(high.refusal(f), StorageError::DiskLow { min, .. } if min == free.saturating_mul(1000)));
         assert!(high.space().low);
-        assert!(high.admit_detached().is_err(), "the refusal sticks for detached appends");
+        assert!(high.admit_detached().is_ok(), "no verdict yet");
+        high.verdict(f, true);
+        assert!(high.admit_detached().is_err(), "refused while the writer refuses and space is short");
 
-        // A floor of one byte: admitted, unless the append itself would not fit.
+        // A floor of one byte: room for nearly everything free.
         let low = DiskGuard::new(dir.path(), 1).expect("guard");
-        assert!(low.admit(0).is_ok());
-        assert!(low.admit_detached().is_ok());
-        assert!(matches!(low.admit(u64::MAX), Err(StorageError::DiskLow { .. })), "the group's bytes count");
-        assert!(low.admit(0).is_ok(), "and appends resume once they fit");
+        let (_, room) = low.room().expect("measured");
+        assert!(room > 0);
+        low.verdict(1, true);
+        assert!(low.admit_detached().is_ok(), "space is back: detached appends go on");
+        assert!(!low.space().low);
     }
 }

@@ -72,6 +72,9 @@ pub(crate) fn spawn(store: Weak<Inner>, config: &StoreConfig) -> Result<Backgrou
             }
         }
     })?;
+    if config.min_free_disk_bytes > 0 {
+        background.every("tidegate-disk", Duration::from_secs(1), store.clone(), Store::relieve_disk)?;
+    }
     if config.fsync == FsyncPolicy::Interval {
         background.every("tidegate-wal-sync", config.fsync_interval, store, |store| {
             let began = Instant::now();

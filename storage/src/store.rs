@@ -220,6 +220,14 @@ impl Store {
         let dedup = Arc::new(Dedup::new(config.dedup_window, config.dedup_cache_bytes));
         let health = Arc::new(WriteHealth::default());
         let disk = Arc::new(DiskGuard::new(&config.data_dir, config.min_free_disk_bytes)?);
+        let space = disk.space();
+        if space.low {
+            tracing::warn!(
+                free = space.free_bytes,
+                min_free_disk_bytes = space.min_free_bytes,
+                "free disk space is below min_free_disk_bytes: appends will be refused until space is freed"
+            );
+        }
         let writer = Writer {
             db: db.clone(),
             fsync: config.fsync,
@@ -266,6 +274,33 @@ impl Store {
     /// appends are refused (`min_free_disk_bytes`), and whether they are.
     pub fn disk_space(&self) -> DiskSpace {
         self.inner.disk.space()
+    }
+
+    /// While free space is below `min_free_disk_bytes`: flushes every column family
+    /// whose memtable holds data, so WAL files kept only for unflushed entries (of
+    /// metadata, remembered ids, other partitions) are deleted and what a topic delete
+    /// or shorter retention freed becomes free space. Called every second by a
+    /// background thread (only when the guard is on). Blocking.
+    pub(crate) fn relieve_disk(&self) {
+        if !self.inner.disk.space().low {
+            return;
+        }
+        let db = &self.inner.db;
+        let mut flushed = 0;
+        for name in db.cf_names() {
+            let Some(cf) = db.cf_handle(&name) else { continue };
+            let entries = db.property_int_value_cf(&cf, "rocksdb.num-entries-active-mem-table").ok().flatten();
+            if entries.unwrap_or(0) == 0 {
+                continue;
+            }
+            match db.flush_cf(&cf) {
+                Ok(()) => flushed += 1,
+                Err(e) => tracing::warn!(cf = %name, error = %e, "flushing to free disk space failed"),
+            }
+        }
+        if flushed > 0 {
+            tracing::info!(flushed, "disk space low: flushed memtables so unneeded WAL files are deleted");
+        }
     }
 
     /// The error of the last failed write (group commit, interval WAL sync, retention,
@@ -419,8 +454,18 @@ impl Store {
     /// synced write), then its remembered event ids, then its column families (appends
     /// and reads of other topics go on meanwhile). Appends still queued for it fail with
     /// `TopicDeleted`; nothing is half-written.
+    ///
+    /// Runs to the end on a task of its own once called: a caller that goes away (an
+    /// HTTP client that disconnects) does not leave the deletion half done.
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
+        let store = self.clone();
         let name = name.to_string();
+        tokio::spawn(async move { store.delete_topic_to_the_end(name).await })
+            .await
+            .map_err(|e| StorageError::Internal(format!("topic deletion task failed: {e}")))?
+    }
+
+    async fn delete_topic_to_the_end(&self, name: String) -> Result<()> {
         let (topic_id, parts) = self
             .blocking(move |s| {
                 let _admin = s.inner.admin.lock().expect("admin lock");
@@ -448,7 +493,17 @@ impl Store {
         // has marked them deleted); a crash before this leaves orphans the next start drops.
         self.blocking(move |s| {
             let mut result = Ok(());
-            for part in &parts {
+            for (dropped, part) in parts.iter().enumerate() {
+                if s.is_closing() {
+                    // As a create does: a long drop must not hold up shutdown. The next
+                    // start drops the rest as orphans.
+                    tracing::warn!(
+                        dropped,
+                        of = parts.len(),
+                        "shutdown: leaving a deleted topic's drops to the next start"
+                    );
+                    return Err(StorageError::ShuttingDown);
+                }
                 if let Err(e) = s.inner.health.observe("dropping a column family", s.inner.db.drop_cf(&part.cf)) {
                     result = Err(e.into());
                 }

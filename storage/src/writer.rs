@@ -271,19 +271,28 @@ impl Writer {
             return;
         };
         let incoming: usize = appends.iter().flat_map(|(batches, _, _)| batches).map(|(_, b)| b.bytes.len()).sum();
-        if let Err(StorageError::DiskLow { free, min }) = self.disk.admit(incoming as u64) {
-            // Dropping the claims releases them: nothing of these requests was stored.
-            for (_, _, reply) in appends {
-                reply_to(reply, Err(StorageError::DiskLow { free, min }));
-            }
-            return;
-        }
+        // Free space above the floor: each request takes its share in turn, and one
+        // that does not fit is refused alone (see `crate::disk`).
+        let mut room = self.disk.room();
+        let free = room.map(|(free, _)| free);
+        let mut short = false;
         let now = crate::store::now_ms();
-        let mut wb = WriteBatch::default();
+        // Sized up front: one allocation instead of a doubling copy every few records.
+        let mut wb = WriteBatch::with_capacity_bytes(batch_capacity(&appends, incoming));
         let mut pending: HashMap<*const PartitionLog, Pending> = HashMap::new();
         let mut accepted = Vec::with_capacity(appends.len());
         let mut events = 0u64;
         for (batches, ids, reply) in appends {
+            if let Some((free, left)) = room.as_mut() {
+                let bytes: u64 = batches.iter().map(|(_, b)| b.bytes.len() as u64).sum();
+                if bytes > *left {
+                    // Dropping the claims releases them: nothing of it was stored.
+                    short = true;
+                    reply_to(reply, Err(self.disk.refusal(*free)));
+                    continue;
+                }
+                *left -= bytes;
+            }
             // Check the whole request before adding any of it: it is all or nothing.
             let mut cfs = Vec::with_capacity(batches.len());
             let mut refused = None;
@@ -323,6 +332,9 @@ impl Writer {
                 (ids, remembered)
             });
             accepted.push(Accepted { bases, ids, reply });
+        }
+        if let Some(free) = free {
+            self.disk.verdict(free, short);
         }
         if accepted.is_empty() {
             return;
@@ -375,6 +387,26 @@ impl Writer {
             }
         }
     }
+}
+
+/// Bytes of the `WriteBatch` of `appends` (`payload`: their batches' bytes): each
+/// record's payload plus RocksDB's per-record framing (tag, column family, key and value
+/// lengths: under 16 bytes), the dedup entries, and the partitions' state records.
+fn batch_capacity(appends: &[(AppendBatches, Option<IdWrites>, AppendReply)], payload: usize) -> usize {
+    const FRAMING: usize = 16;
+    let mut bytes = 12 + payload;
+    for (batches, ids, _) in appends {
+        // Each batch: its offset key and framing, and (at most) one partition state record.
+        bytes += batches.len() * (8 + FRAMING + 64);
+        if let Some(ids) = ids {
+            bytes += ids
+                .entries
+                .iter()
+                .map(|e| ids.claims.key(e.claim).map_or(0, <[u8]>::len) + 21 + FRAMING)
+                .sum::<usize>();
+        }
+    }
+    bytes
 }
 
 fn reply_to(reply: AppendReply, result: Result<Vec<u64>>) {

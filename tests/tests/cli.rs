@@ -810,13 +810,15 @@ async fn serve_layers_file_environment_and_flags_and_refuses_bad_settings_with_e
     let missing = dir.path().join("missing.toml");
     let data_arg = data.to_str().unwrap();
     let any_origin_key = r#"[{"key":"pk_any","topics":["web.*"],"origins":["*"]}]"#;
-    let cases: [(Vec<&str>, &str); 6] = [
+    let cases: [(Vec<&str>, &str); 7] = [
         (vec!["--fsync", "sometimes"], "sometimes"),
         (vec!["--config", bad_file.to_str().unwrap()], "fsink"),
         (vec!["--config", missing.to_str().unwrap()], "missing.toml"),
         (vec!["--max-event-bytes", "0"], "max_event_bytes"),
         (vec!["--max-event-bytes", "many"], "many"),
         (vec!["--cors-allow-credentials", "--write-keys", any_origin_key], "cors_allow_credentials"),
+        // A floor a flush of the memtables would write through.
+        (vec!["--min-free-disk-bytes", "1048576"], "min_free_disk_bytes"),
     ];
     for (extra, named) in cases {
         let mut args = vec!["serve", "--addr", "127.0.0.1:0", "--data-dir", data_arg];
