@@ -14,7 +14,7 @@
 //! nothing. The floor is a margin, not a quota: memtable flushes, compactions and
 //! metadata still write into it, which is why the API requires it to hold a flush of
 //! every memtable and the next WAL file. While free space is below the floor the
-//! store flushes its memtables every second ([`crate::store::Store::relieve_disk`]), so
+//! store flushes its memtables every second (`Store::relieve_disk`), so
 //! WAL files that only unflushed metadata still pinned are deleted: what a topic delete
 //! or a shorter retention frees becomes free space. `min_free_disk_bytes = 0` turns the
 //! guard off.
@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::{Result, StorageError};
 
-/// Free space as last measured, and the floor (see the module documentation).
+/// Free space when asked, and the floor (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DiskSpace {
     /// Bytes free for this process on the data directory's file system (`None` when
