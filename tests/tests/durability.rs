@@ -457,6 +457,15 @@ async fn appends_stop_above_a_full_disk_and_resume_when_space_is_freed() {
     let status = server.get_json("/v1/status").await;
     assert_eq!((status["ready"].as_bool(), status["min_free_disk_bytes"].as_u64()), (Some(false), Some(floor)));
     assert!(status["disk_free_bytes"].as_u64().is_some_and(|f| f < floor), "{status}");
+    // `tidegate status` says why, and exits 4 (not ready).
+    let out = tokio::process::Command::new(ProcessServer::binary())
+        .args(["status", "--json", "--url", &format!("http://{}", server.addr)])
+        .env_remove("TIDEGATE_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("status --json: {e}: {out:?}"));
+    assert_eq!((out.status.code(), report["not_ready"].as_str()), (Some(4), Some("insufficient_storage")), "{report}");
     // Topic admin goes on: that is how space is freed from inside.
     server.create_topic("made-while-low", 1).await;
     let resp = server.http.patch(server.url("/v1/topics/floor")).json(&json!({"retention_ms": 3_600_000})).send();

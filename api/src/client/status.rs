@@ -15,7 +15,7 @@ struct Status {
     healthy: bool,
     ready: bool,
     /// Why it is not ready: the `code` of `/readyz`'s problem (`not_ready`,
-    /// `storage_failing`); `null` when ready.
+    /// `storage_failing`, `insufficient_storage`); `null` when ready.
     not_ready: Option<String>,
     topics: Option<u64>,
     partitions: Option<u64>,
@@ -25,8 +25,8 @@ struct Status {
 }
 
 /// Runs `status`: exit 0 when the gateway is ready, 4 when it answers but is not
-/// ready (starting, shutting down, or its last write to storage failed), 3 when it
-/// cannot be reached.
+/// ready (starting, shutting down, its last write to storage failed, or its disk is
+/// below `min_free_disk_bytes`), 3 when it cannot be reached.
 pub async fn run(conn: &Connection) -> Result<Exit, ClientError> {
     let gw = conn.gateway()?;
     let _: Value = gw.get(&["healthz"]).await?;
