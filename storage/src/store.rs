@@ -484,9 +484,19 @@ impl Store {
                 Ok((topic.id, topic.partitions()))
             })
             .await?;
+        // The deletion is durable from here: a shutdown that cuts the rest short leaves
+        // it to the next start (which drops the column families and forgets the ids of
+        // a topic that no longer exists), so the caller is told it is done, not to retry.
         let (reply, rx) = oneshot::channel();
-        self.send(WriterCmd::Forget { topic_id, parts: parts.clone(), reply }).await?;
-        rx.await.map_err(|_| StorageError::ShuttingDown)??;
+        let forgotten = match self.send(WriterCmd::Forget { topic_id, parts: parts.clone(), reply }).await {
+            Ok(()) => rx.await.unwrap_or(Err(StorageError::ShuttingDown)),
+            Err(e) => Err(e),
+        };
+        match forgotten {
+            Ok(()) => {}
+            Err(StorageError::ShuttingDown) => return Ok(()),
+            Err(e) => return Err(e),
+        }
         // The column families go last and off the writer thread: RocksDB rewrites its
         // OPTIONS file for each drop (~100 ms with hundreds of partitions), and appends
         // to other topics go on meanwhile. Nothing writes to them any more (the writer
@@ -502,7 +512,7 @@ impl Store {
                         of = parts.len(),
                         "shutdown: leaving a deleted topic's drops to the next start"
                     );
-                    return Err(StorageError::ShuttingDown);
+                    return Ok(());
                 }
                 if let Err(e) = s.inner.health.observe("dropping a column family", s.inner.db.drop_cf(&part.cf)) {
                     result = Err(e.into());
