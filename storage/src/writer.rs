@@ -270,15 +270,13 @@ impl Writer {
             }
             return;
         };
-        let incoming: usize = appends.iter().flat_map(|(batches, _, _)| batches).map(|(_, b)| b.bytes.len()).sum();
         // Free space above the floor: each request takes its share in turn, and one
         // that does not fit is refused alone (see `crate::disk`).
         let mut room = self.disk.room();
         let free = room.map(|(free, _)| free);
         let mut short = false;
         let now = crate::store::now_ms();
-        // Sized up front: one allocation instead of a doubling copy every few records.
-        let mut wb = WriteBatch::with_capacity_bytes(batch_capacity(&appends, incoming));
+        let mut wb = WriteBatch::default();
         let mut pending: HashMap<*const PartitionLog, Pending> = HashMap::new();
         let mut accepted = Vec::with_capacity(appends.len());
         let mut events = 0u64;
@@ -387,26 +385,6 @@ impl Writer {
             }
         }
     }
-}
-
-/// Bytes of the `WriteBatch` of `appends` (`payload`: their batches' bytes): each
-/// record's payload plus RocksDB's per-record framing (tag, column family, key and value
-/// lengths: under 16 bytes), the dedup entries, and the partitions' state records.
-fn batch_capacity(appends: &[(AppendBatches, Option<IdWrites>, AppendReply)], payload: usize) -> usize {
-    const FRAMING: usize = 16;
-    let mut bytes = 12 + payload;
-    for (batches, ids, _) in appends {
-        // Each batch: its offset key and framing, and (at most) one partition state record.
-        bytes += batches.len() * (8 + FRAMING + 64);
-        if let Some(ids) = ids {
-            bytes += ids
-                .entries
-                .iter()
-                .map(|e| ids.claims.key(e.claim).map_or(0, <[u8]>::len) + 21 + FRAMING)
-                .sum::<usize>();
-        }
-    }
-    bytes
 }
 
 fn reply_to(reply: AppendReply, result: Result<Vec<u64>>) {

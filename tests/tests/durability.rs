@@ -289,14 +289,7 @@ async fn a_failing_disk_answers_500_turns_unready_and_loses_no_acknowledged_even
     assert!(server.metric("tidegate_storage_write_errors_total").await.is_some_and(|n| n >= 1.0));
     assert_eq!(server.metric("tidegate_storage_failing").await, Some(1.0));
     // `tidegate status` says why, and exits 4 (not ready).
-    let out = tokio::process::Command::new(ProcessServer::binary())
-        .args(["status", "--json", "--url", &format!("http://{}", server.addr)])
-        .env_remove("TIDEGATE_TOKEN")
-        .output()
-        .await
-        .unwrap();
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("status --json: {e}: {out:?}"));
-    assert_eq!((out.status.code(), report["not_ready"].as_str()), (Some(4), Some("storage_failing")), "{report}");
+    assert_eq!(cli_status(server.addr).await, (Some(4), Some("storage_failing".to_string())));
     // Reads of what was acknowledged still work.
     let (p, o) = acked[0];
     assert_eq!(server.record_at("full", p, o).await["value"]["n"], 0);
@@ -394,6 +387,19 @@ async fn sigterm_stops_a_long_topic_create() {
     server.create_topic("after", 2).await;
 }
 
+/// `tidegate status --json` against the node at `addr`: its exit code and the
+/// `not_ready` reason it reports.
+async fn cli_status(addr: std::net::SocketAddr) -> (Option<i32>, Option<String>) {
+    let out = tokio::process::Command::new(ProcessServer::binary())
+        .args(["status", "--json", "--url", &format!("http://{addr}")])
+        .env_remove("TIDEGATE_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("status --json: {e}: {out:?}"));
+    (out.status.code(), report["not_ready"].as_str().map(str::to_string))
+}
+
 /// Bytes free for unprivileged use on the file system holding `path`.
 fn free_bytes(path: &std::path::Path) -> u64 {
     let stat = rustix::fs::statvfs(path).expect("statvfs");
@@ -458,14 +464,7 @@ async fn appends_stop_above_a_full_disk_and_resume_when_space_is_freed() {
     assert_eq!((status["ready"].as_bool(), status["min_free_disk_bytes"].as_u64()), (Some(false), Some(floor)));
     assert!(status["disk_free_bytes"].as_u64().is_some_and(|f| f < floor), "{status}");
     // `tidegate status` says why, and exits 4 (not ready).
-    let out = tokio::process::Command::new(ProcessServer::binary())
-        .args(["status", "--json", "--url", &format!("http://{}", server.addr)])
-        .env_remove("TIDEGATE_TOKEN")
-        .output()
-        .await
-        .unwrap();
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("status --json: {e}: {out:?}"));
-    assert_eq!((out.status.code(), report["not_ready"].as_str()), (Some(4), Some("insufficient_storage")), "{report}");
+    assert_eq!(cli_status(server.addr).await, (Some(4), Some("insufficient_storage".to_string())));
     // Topic admin goes on: that is how space is freed from inside.
     server.create_topic("made-while-low", 1).await;
     let resp = server.http.patch(server.url("/v1/topics/floor")).json(&json!({"retention_ms": 3_600_000})).send();
