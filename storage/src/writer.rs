@@ -243,13 +243,16 @@ impl Writer {
         wb.put_cf(&meta, state_key(&part.cf), PartitionLog::encode_state(new_start, bytes));
         // The start moves before the records go: a read that finds them missing then also
         // finds the new start and reports the gap (moved after, a read in between
-        // returned the records past the cut as if they came right at its offset).
+        // returned the records past the cut as if they came right at its offset). The
+        // size moves with it, so no one sees the new start with the old size.
+        let old_bytes = part.bytes.load(Ordering::Acquire);
         part.start.store(new_start, Ordering::Release);
+        part.bytes.store(bytes, Ordering::Release);
         if let Err(e) = self.health.observe("retention", self.db.write_opt(wb, &self.write_options())) {
+            part.bytes.store(old_bytes, Ordering::Release);
             part.start.store(start, Ordering::Release);
             return Err(e.into());
         }
-        part.bytes.store(bytes, Ordering::Release);
         Ok(())
     }
 
