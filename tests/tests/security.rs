@@ -319,7 +319,13 @@ async fn permissions_are_checked_per_topic_and_action() {
     assert_problem(web_reader.get("/v1/groups/billing").send().await.unwrap(), 404, "group_not_found").await;
     let reset = json!({"topic": "orders", "to": "earliest", "force": true});
     let resp = web_reader.post("/v1/groups/billing/reset").json(&reset).send().await.unwrap();
-    assert_problem(resp, 403, "forbidden").await;
+    assert_problem(resp, 404, "group_not_found").await;
+    // Nor can it add a topic it may read to the group (which would lock the group's
+    // own members out: they may not consume that topic).
+    let hijack = json!({"topic": "web.clicks", "to": "earliest", "force": true});
+    let resp = web_reader.post("/v1/groups/billing/reset").json(&hijack).send().await.unwrap();
+    assert_problem(resp, 404, "group_not_found").await;
+    assert_eq!(consumer.get_json("/v1/groups/billing").await["group"], "billing", "the members still see their group");
     let resp = web_reader.http.delete(web_reader.url("/v1/groups/billing?force=true")).send().await.unwrap();
     assert_problem(resp, 404, "group_not_found").await;
     // Nor can it join the group through a topic it may read: the group holds `orders`.

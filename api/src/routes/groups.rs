@@ -352,8 +352,12 @@ pub async fn reset_group(
     NamePath(group): NamePath<String>,
     AdminJson(body): AdminJson<ResetOffsets>,
 ) -> Result<Json<ResetResult>, ApiError> {
-    caller.require(Action::Consume, &body.topic)?;
     tidegate_storage::validate_group_name(&group)?;
+    // Like joining: consume on every topic the group already holds (else it is not
+    // there for this caller) and on the topic reset, so a reset cannot add a topic to
+    // another team's group and lock its members out.
+    require_join(&state, &caller, &group).await?;
+    caller.require(Action::Consume, &body.topic)?;
     if !body.force {
         state.coordinator.ensure_empty(&group)?;
     }
