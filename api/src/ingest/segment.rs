@@ -483,6 +483,8 @@ pub fn normalize(
                 return Err(ApiError::InvalidEvents { errors: vec![EventError::new(index, detail)] });
             }
             Err(detail) => {
+                // Set aside as sent, but under the same privacy rule as the valid events.
+                apply_context_ip(&mut item, limits.context_ip);
                 let mut value = Vec::new();
                 item.write(&mut value);
                 stored += value.len();
@@ -539,6 +541,15 @@ mod tests {
         let options = SegmentOptions { context_ip: ClientIpMode::Truncated, ..LIMITS };
         let r = normalize(Call::Single("track"), odd.to_string().as_bytes(), RECEIVED, options).unwrap();
         assert_eq!(stored(&r.events[0].1)["context"], json!({}), "what is not an address cannot be truncated");
+        // A batch item set aside as invalid (no userId nor anonymousId) follows the rule too.
+        let batch = json!({"batch": [{"type": "track", "event": "E", "context": {"ip": "24.5.68.47"}}]});
+        for (rule, context) in [(ClientIpMode::None, json!({})), (ClientIpMode::Truncated, json!({"ip": "24.5.68.0"}))]
+        {
+            let options = SegmentOptions { context_ip: rule, ..LIMITS };
+            let r = normalize(Call::Batch, batch.to_string().as_bytes(), RECEIVED, options).unwrap();
+            let set_aside: Value = serde_json::from_slice(&r.invalid[0].value).unwrap();
+            assert_eq!(set_aside["context"], context, "{rule:?}");
+        }
     }
 
     #[test]
