@@ -32,7 +32,16 @@ impl fmt::Display for StringList {
 
 /// Parses a JSON list setting given as a flag or environment variable.
 fn json_list<T: for<'de> Deserialize<'de>>(s: &str, what: &str) -> Result<Vec<T>, String> {
-    serde_json::from_str(s).map_err(|e| format!("not a JSON array of {what}: {e}"))
+    // serde's messages quote the offending value (`invalid type: string "…"`, unknown
+    // variants, numbers): only where it failed and how is reported.
+    serde_json::from_str(s).map_err(|e| {
+        let how = match e.classify() {
+            serde_json::error::Category::Data => "a value of the wrong type or an unknown field",
+            serde_json::error::Category::Eof => "the text ends early",
+            _ => "not valid JSON",
+        };
+        format!("not a JSON array of {what}: {how} at line {} column {}", e.line(), e.column())
+    })
 }
 
 /// JWT signature algorithms the gateway verifies.
@@ -276,5 +285,13 @@ mod tests {
             r#"[{"key":"pk_1","topics":["web.*"],"origins":["https://shop.example"]}]"#.parse().unwrap();
         assert_eq!(wk.0[0].topics, vec!["web.*"]);
         assert!(r#"[{"key":"pk_1"}]"#.parse::<WriteKeys>().is_err(), "topics are required");
+        // Refusals never quote a value: serde's messages would.
+        for bad in [r#""MY-SECRET""#, r#"[{"alg":"MY-SECRET","secret":"x"}]"#, r#"[{"alg":"HS256","secret":12345}]"#] {
+            let e = bad.parse::<JwtKeys>().unwrap_err();
+            assert!(!e.contains("MY-SECRET") && !e.contains("12345"), "{e}");
+            assert!(e.contains("line 1 column"), "{e}");
+        }
+        let e = r#"["pk_live_secret"]"#.parse::<WriteKeys>().unwrap_err();
+        assert!(!e.contains("pk_live_secret"), "{e}");
     }
 }
