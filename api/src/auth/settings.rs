@@ -6,7 +6,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// A list of strings; on the command line a JSON array or comma-separated values.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,18 +31,30 @@ impl fmt::Display for StringList {
     }
 }
 
-/// Parses a JSON list setting given as a flag or environment variable.
-fn json_list<T: for<'de> Deserialize<'de>>(s: &str, what: &str) -> Result<Vec<T>, String> {
-    // serde's messages quote the offending value (`invalid type: string "…"`, unknown
-    // variants, numbers): only where it failed and how is reported.
+/// How a key list failed, without the value: serde's own messages quote the offending
+/// value (`invalid type: string "…"`, unknown variants, numbers), which may be a secret.
+fn refusal(category: serde_json::error::Category) -> &'static str {
+    match category {
+        serde_json::error::Category::Data => "a value of the wrong type or an unknown field",
+        serde_json::error::Category::Eof => "the text ends early",
+        _ => "not valid JSON",
+    }
+}
+
+/// Parses a key list given as a flag or environment variable (JSON); a refusal says
+/// where and how it failed, never the value.
+fn json_list<T: DeserializeOwned>(s: &str, what: &str) -> Result<Vec<T>, String> {
     serde_json::from_str(s).map_err(|e| {
-        let how = match e.classify() {
-            serde_json::error::Category::Data => "a value of the wrong type or an unknown field",
-            serde_json::error::Category::Eof => "the text ends early",
-            _ => "not valid JSON",
-        };
-        format!("not a JSON array of {what}: {how} at line {} column {}", e.line(), e.column())
+        format!("not a JSON array of {what}: {} at line {} column {}", refusal(e.classify()), e.line(), e.column())
     })
+}
+
+/// Deserializes a key list from any format (the TOML file) through a JSON value, so a
+/// refusal says how it failed, never the value (the format adds where).
+fn secret_list<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D, what: &str) -> Result<Vec<T>, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    serde_json::from_value(value)
+        .map_err(|e| D::Error::custom(format!("not a list of {what}: {}", refusal(e.classify()))))
 }
 
 /// JWT signature algorithms the gateway verifies.
@@ -121,9 +134,15 @@ impl fmt::Debug for JwtKeySpec {
 }
 
 /// The `jwt_keys` setting.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct JwtKeys(pub Vec<JwtKeySpec>);
+
+impl<'de> Deserialize<'de> for JwtKeys {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        secret_list(d, "JWT keys").map(JwtKeys)
+    }
+}
 
 impl FromStr for JwtKeys {
     type Err = String;
@@ -191,9 +210,15 @@ pub struct WriteKeySpec {
 }
 
 /// The `write_keys` setting.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct WriteKeys(pub Vec<WriteKeySpec>);
+
+impl<'de> Deserialize<'de> for WriteKeys {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        secret_list(d, "write keys").map(WriteKeys)
+    }
+}
 
 impl FromStr for WriteKeys {
     type Err = String;
@@ -293,5 +318,23 @@ mod tests {
         }
         let e = r#"["pk_live_secret"]"#.parse::<WriteKeys>().unwrap_err();
         assert!(!e.contains("pk_live_secret"), "{e}");
+        // The same in the TOML file.
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct File {
+            jwt_keys: Option<JwtKeys>,
+            write_keys: Option<WriteKeys>,
+        }
+        for bad in [
+            r#"jwt_keys = "MY-SECRET""#,
+            r#"jwt_keys = [{alg = "HS256", secret = 12345}]"#,
+            r#"write_keys = ["MY-SECRET"]"#,
+        ] {
+            // What the config loader reports (with its own line and column).
+            let e = toml::from_str::<File>(bad).unwrap_err().message().to_string();
+            assert!(!e.contains("MY-SECRET") && !e.contains("12345"), "{e}");
+        }
+        let file: File = toml::from_str(r#"jwt_keys = [{alg = "HS256", secret = "s3cret"}]"#).unwrap();
+        assert_eq!(file.jwt_keys.unwrap().0[0].alg, JwtAlgorithm::HS256);
     }
 }
