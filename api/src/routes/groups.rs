@@ -162,12 +162,13 @@ fn group_not_found(group: &str) -> ApiError {
     }
 }
 
-/// A subscription may join a group only with consume on every topic the group already
-/// holds (its members' subscriptions and committed offsets), as every other group
-/// operation needs: otherwise a client of one team could join another team's group, take
-/// its static member ids and change its assignment. A group that does not exist yet
-/// may be joined by anyone with consume on the subscribed topics.
-pub async fn require_join(state: &SharedState, caller: &Caller, group: &str) -> Result<(), ApiError> {
+/// Joining, resetting or deleting a group needs consume on every topic the group already
+/// holds (its members' subscriptions and committed offsets), as describing it does:
+/// otherwise a client of one team could join another team's group and take its static
+/// member ids, add a topic to it by a reset and lock its members out, or delete its
+/// offsets. A group that does not exist yet is open to anyone with consume on the
+/// topics involved (checked by the caller).
+pub async fn require_group_access(state: &SharedState, caller: &Caller, group: &str) -> Result<(), ApiError> {
     if !state.security.enabled() {
         return Ok(());
     }
@@ -292,9 +293,7 @@ pub async fn delete_group(
 ) -> Result<StatusCode, ApiError> {
     caller.require_authenticated()?;
     tidegate_storage::validate_group_name(&group)?;
-    if let Ok(desc) = describe(&state, &group).await {
-        require_group(&caller, &desc)?;
-    }
+    require_group_access(&state, &caller, &group).await?;
     if !q.force.unwrap_or(false) {
         state.coordinator.ensure_empty(&group)?;
     }
@@ -353,10 +352,7 @@ pub async fn reset_group(
     AdminJson(body): AdminJson<ResetOffsets>,
 ) -> Result<Json<ResetResult>, ApiError> {
     tidegate_storage::validate_group_name(&group)?;
-    // Like joining: consume on every topic the group already holds (else it is not
-    // there for this caller) and on the topic reset, so a reset cannot add a topic to
-    // another team's group and lock its members out.
-    require_join(&state, &caller, &group).await?;
+    require_group_access(&state, &caller, &group).await?;
     caller.require(Action::Consume, &body.topic)?;
     if !body.force {
         state.coordinator.ensure_empty(&group)?;

@@ -51,7 +51,7 @@ pub async fn stream(
     let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     let (session_params, permit) = prepare(&state, &topic, params, last_event_id, peer, &caller)?;
     if let Some(group) = &session_params.group {
-        crate::routes::groups::require_join(&state, &caller, group).await?;
+        crate::routes::groups::require_group_access(&state, &caller, group).await?;
     }
     // One event in flight: the session reads the next frame only when the response
     // has taken the previous one, i.e. at the client's pace.

@@ -206,7 +206,7 @@ pub async fn subscribe(
     };
     let (session_params, permit) = prepare(&state, &topic, params, None, peer, &caller)?;
     if let Some(group) = &session_params.group {
-        crate::routes::groups::require_join(&state, &caller, group).await?;
+        crate::routes::groups::require_group_access(&state, &caller, group).await?;
     }
     let joined = session::Joined::join(&state, &session_params);
     let frame_bytes = state.config.subscription_frame_bytes as usize;
