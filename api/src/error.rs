@@ -175,7 +175,9 @@ impl ApiError {
                     A::InvalidIssuer => (StatusCode::UNAUTHORIZED, "invalid_issuer"),
                     A::UnknownWriteKey => (StatusCode::UNAUTHORIZED, "invalid_write_key"),
                     A::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-                    A::OriginNotAllowed(_) | A::PageNotAllowed(_) => (StatusCode::FORBIDDEN, "origin_not_allowed"),
+                    A::OriginNotAllowed(_) | A::PageNotAllowed(_) | A::CrossSiteWithoutOrigin => {
+                        (StatusCode::FORBIDDEN, "origin_not_allowed")
+                    }
                     A::HostNotAllowed(_) => (StatusCode::FORBIDDEN, "host_not_allowed"),
                     A::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
                 }

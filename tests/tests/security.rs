@@ -904,6 +904,17 @@ async fn an_open_gateway_refuses_foreign_pages_and_host_names() {
     let local = server.get("/v1/topics").header("host", "localhost:8080").send().await.unwrap();
     assert_eq!(local.status(), 200);
 
+    // An <img> or <iframe> of another site: a GET with no Origin, marked cross-site by
+    // the browser. Reading a group's stream would commit its offsets.
+    server.post("/v1/topics/t/events").json(&serde_json::json!({"b": 2})).send().await.unwrap();
+    let stream =
+        |site: &str| server.get("/v1/topics/t/stream?group=g&from=earliest").header("sec-fetch-site", site).send();
+    assert_problem(stream("cross-site").await.unwrap(), 403, "origin_not_allowed").await;
+    assert_eq!(server.try_get_json("/v1/groups/g").await, None, "the refused stream joined no group");
+    for site in ["same-site", "same-origin", "none"] {
+        assert_eq!(stream(site).await.unwrap().status(), 200, "{site}");
+    }
+
     // A WebSocket subscription opened by a foreign page.
     let mut request =
         format!("ws://{}/v1/topics/t/subscribe?from=earliest", server.addr).into_client_request().unwrap();

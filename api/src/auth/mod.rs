@@ -97,6 +97,14 @@ pub enum AuthError {
          machine or from an origin in cors_origins may call the gateway"
     )]
     PageNotAllowed(String),
+    /// Authentication is off and a browser marked the request `Sec-Fetch-Site:
+    /// cross-site` without an `Origin` (an `<img>`, `<iframe>` or followed link of another
+    /// site; see [`open`]).
+    #[error(
+        "a cross-site browser request without Origin (Sec-Fetch-Site: cross-site) is refused: without \
+         authentication only pages served from this machine or from an origin in cors_origins may call the gateway"
+    )]
+    CrossSiteWithoutOrigin,
     /// Over a rate limit; retry after the given time.
     #[error("rate limit ({}) exceeded; retry in {}s", scope.as_str(), retry_after_secs(*retry_after))]
     RateLimited { scope: LimitScope, retry_after: Duration },
@@ -134,7 +142,9 @@ impl AuthError {
             AuthError::InvalidIssuer => "invalid_issuer",
             AuthError::UnknownWriteKey => "invalid_write_key",
             AuthError::Forbidden(_) => "forbidden",
-            AuthError::OriginNotAllowed(_) | AuthError::PageNotAllowed(_) => "origin_not_allowed",
+            AuthError::OriginNotAllowed(_) | AuthError::PageNotAllowed(_) | AuthError::CrossSiteWithoutOrigin => {
+                "origin_not_allowed"
+            }
             AuthError::HostNotAllowed(_) => "host_not_allowed",
             AuthError::RateLimited { .. } => "rate_limited",
         }

@@ -12,6 +12,10 @@
 //! - `Origin`, when a browser sends one, is a page of this machine (the same names, any
 //!   port: local development servers) or an origin `cors_origins` allows: 403
 //!   `origin_not_allowed` otherwise.
+//! - With no `Origin`, `Sec-Fetch-Site` is not `cross-site`: browsers send no `Origin`
+//!   on a cross-site `GET` from an `<img>`, `<iframe>`, `<script>` or a followed link,
+//!   and such a `GET` of `/stream` would read a group's records and commit its offsets.
+//!   `same-site` (another port of this machine) and `none` (typed by the user) pass.
 //!
 //! Clients that are not browsers (curl, libraries) send a loopback `Host` and no
 //! `Origin`, and are not affected. `insecure` turns the guard off (for a loopback
@@ -23,6 +27,9 @@ use axum::http::{HeaderMap, header};
 
 use super::AuthError;
 use super::origins::OriginPattern;
+
+/// The fetch-metadata header browsers send with every request (not in `http`'s list).
+const SEC_FETCH_SITE: &str = "sec-fetch-site";
 
 /// The checks of an unauthenticated loopback gateway (see the module documentation).
 #[derive(Debug, Clone)]
@@ -51,6 +58,11 @@ impl OpenGuard {
             if !local && !self.allowed.iter().any(|p| p.matches(origin)) {
                 return Err(AuthError::PageNotAllowed(origin.chars().take(256).collect()));
             }
+        }
+        let cross_site =
+            headers.get_all(SEC_FETCH_SITE).iter().any(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
+        if cross_site && !headers.contains_key(header::ORIGIN) {
+            return Err(AuthError::CrossSiteWithoutOrigin);
         }
         Ok(())
     }
@@ -104,5 +116,23 @@ mod tests {
             let refused = guard.check(&headers("localhost:8080", Some(origin)));
             assert!(matches!(refused, Err(AuthError::PageNotAllowed(_))), "{origin}");
         }
+    }
+
+    #[test]
+    fn cross_site_requests_without_origin_are_refused() {
+        let guard = OpenGuard::new(Vec::new());
+        let with_site = |site: &str, origin: Option<&str>| {
+            let mut h = headers("localhost:8080", origin);
+            h.insert(SEC_FETCH_SITE, HeaderValue::from_str(site).unwrap());
+            guard.check(&h)
+        };
+        assert!(matches!(with_site("cross-site", None), Err(AuthError::CrossSiteWithoutOrigin)));
+        assert!(matches!(with_site("Cross-Site", None), Err(AuthError::CrossSiteWithoutOrigin)));
+        for site in ["same-origin", "same-site", "none"] {
+            assert!(with_site(site, None).is_ok(), "{site}");
+        }
+        // With an Origin, the origin decides (an allowed page's fetch is cross-site).
+        assert!(with_site("cross-site", Some("http://localhost:3000")).is_ok());
+        assert!(matches!(with_site("cross-site", Some("https://evil.example")), Err(AuthError::PageNotAllowed(_))));
     }
 }
