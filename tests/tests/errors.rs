@@ -190,13 +190,14 @@ async fn unknown_topic_is_created_on_ingest_when_auto_create_is_on() {
     // A refused request creates no topic: topics are made only when the write goes ahead.
     let many = serde_json::to_string(&vec![json!(1); 10_001]).unwrap();
     let partition_3 = json!({"records": [{"value": 1, "partition": 3}]}).to_string();
-    for (body, status, code) in [
-        ("{oops".to_string(), 400, "invalid_events"),
-        (String::new(), 400, "no_events"),
-        (many, 413, "too_many_events"),
-        (partition_3, 400, "invalid_events"),
+    for (query, body, status, code) in [
+        ("", "{oops".to_string(), 400, "invalid_events"),
+        ("", String::new(), 400, "no_events"),
+        ("", many, 413, "too_many_events"),
+        ("", partition_3, 400, "invalid_events"),
+        ("?partition=3", "{\"a\":1}".to_string(), 404, "partition_not_found"),
     ] {
-        let resp = server.post_events("never-made", "", "application/json", body).await;
+        let resp = server.post_events("never-made", query, "application/json", body).await;
         assert_problem(resp, status, code).await;
         let resp = server.get("/v1/topics/never-made").send().await.expect("describe");
         assert_problem(resp, 404, "topic_not_found").await;
@@ -292,14 +293,16 @@ async fn unknown_partition_or_topic_on_read_is_404() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn explicit_partition_out_of_range_is_400_invalid_events() {
+async fn explicit_partition_out_of_range_is_refused() {
     let server = limited().await;
+    // A record's own partition is a field of one event: 400 with its index.
     let body = json!({"records": [{"value": 1, "partition": 0}, {"value": 2, "partition": 9}, {"value": 3}]});
     let problem = rejects(&server, ingest(&server, "application/json", body.to_string()), 400, "invalid_events").await;
     assert_eq!(indexes(&problem), vec![1], "{problem}");
+    // `?partition=` names a resource of the URL: 404, as reads of it answer.
     let request = server.post("/v1/topics/t/events?partition=2").json(&json!([1, 2]));
-    let problem = rejects(&server, request, 400, "invalid_events").await;
-    assert_eq!(indexes(&problem), vec![0, 1], "{problem}");
+    let problem = rejects(&server, request, 404, "partition_not_found").await;
+    assert!(problem["detail"].as_str().unwrap().contains("has no partition 2"), "{problem}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

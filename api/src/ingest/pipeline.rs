@@ -68,8 +68,9 @@ impl Destination {
         })
     }
 
-    /// Its partition count (for a topic to be created, the count it will get).
-    fn partition_count(&self, state: &SharedState) -> u32 {
+    /// Its partition count (for a topic to be created, the count it will get). Counts
+    /// only grow, so a partition below it stays valid until the request commits.
+    pub fn partition_count(&self, state: &SharedState) -> u32 {
         self.topic.as_ref().map_or(state.config.default_partitions, |t| t.partition_count())
     }
 }

@@ -204,6 +204,18 @@ pub async fn produce(
     let mut set = TopicSet::default();
     let create = if body_key || caller.uses_write_key() { Create::Never } else { Create::IfConfigured };
     set.add(&state, &topic, create)?;
+    // `?partition=` names a resource of the URL: 404 when it does not exist (an
+    // envelope record's own `partition` is a field of one event: 400 with its index).
+    if let Some(partition) = params.partition {
+        let count = set.list[0].partition_count(&state);
+        if partition >= count {
+            return Err(ApiError::Storage(tidegate_storage::StorageError::PartitionNotFound {
+                topic: topic.clone(),
+                partition,
+                count,
+            }));
+        }
+    }
 
     let received = now_ms();
     let shared = gateway_headers(&state.config, caller.ip, &request_headers, received);
