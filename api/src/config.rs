@@ -142,7 +142,8 @@ settings! {
     default_retention_bytes: u64 = 0;
     /// Largest request body, after decompression (413 above it).
     max_body_bytes: u64 = 8 * MIB;
-    /// Largest single event (413 above it).
+    /// Largest single event: its value, key and headers (names and values) together, as
+    /// Kafka's `max.message.bytes` counts a record (413 above it).
     max_event_bytes: u64 = MIB;
     /// Most events in one request (413 above it).
     max_events_per_request: u64 = 10_000;

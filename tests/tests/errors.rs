@@ -134,6 +134,23 @@ async fn event_over_max_event_bytes_is_413_with_its_index() {
     assert_eq!(indexes(&problem), vec![2], "{problem}");
     assert_eq!(problem["limit"], MAX_EVENT, "{problem}");
     assert_eq!(problem["setting"], "max_event_bytes", "{problem}");
+
+    // The key and headers weigh too (as in Kafka's max.message.bytes): a small value
+    // with a key or a header value over the limit is refused.
+    let half = "k".repeat(MAX_EVENT / 2 + 10);
+    for record in [
+        json!({"value": 1, "key": format!("{half}{half}")}),
+        json!({"value": half, "key": half}),
+        json!({"value": 1, "headers": {"h": format!("{half}{half}")}}),
+    ] {
+        let body = json!({"records": [{"value": 0}, record]}).to_string();
+        let problem = rejects(&server, ingest(&server, "application/json", body), 413, "event_too_large").await;
+        assert_eq!(indexes(&problem), vec![1], "{problem}");
+    }
+    // At the limit exactly, the same record is stored.
+    let key = "k".repeat(MAX_EVENT - 1);
+    let body = json!({"records": [{"value": 1, "key": key}]}).to_string();
+    assert_eq!(ingest(&server, "application/json", body).send().await.unwrap().status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -155,6 +155,13 @@ impl<'a> ParsedEvent<'a> {
             timestamp: None,
         }
     }
+
+    /// What the event weighs against `max_event_bytes`: value, key and the producer's
+    /// headers (names and values), as Kafka's `max.message.bytes` counts a record.
+    pub fn size(&self) -> usize {
+        let headers: usize = self.headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+        self.value.len() + self.key.as_ref().map_or(0, |k| k.len()) + headers
+    }
 }
 
 /// Parses a (decompressed) body into events. Fails without side effects.
@@ -205,10 +212,15 @@ fn check_limits(events: &[ParsedEvent<'_>], limits: ParseLimits) -> Result<(), A
             index: None,
         });
     }
-    if let Some((index, e)) = events.iter().enumerate().find(|(_, e)| e.value.len() > limits.max_event_bytes) {
+    if let Some((index, size)) =
+        events.iter().map(ParsedEvent::size).enumerate().find(|(_, size)| *size > limits.max_event_bytes)
+    {
         return Err(ApiError::TooLarge {
             code: "event_too_large",
-            detail: format!("event {index} is {} bytes; the limit is {}", e.value.len(), limits.max_event_bytes),
+            detail: format!(
+                "event {index} is {size} bytes (value, key and headers); the limit is {}",
+                limits.max_event_bytes
+            ),
             limit: limits.max_event_bytes as u64,
             setting: "max_event_bytes",
             index: Some(index),
