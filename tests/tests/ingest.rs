@@ -301,6 +301,28 @@ async fn acks_none_answers_202_and_the_events_become_readable() {
     got.extend(values(&server.read_all("fire", 1).await));
     got.sort_by_key(|v| v["fire"].as_u64());
     assert_eq!(got, events);
+
+    // A retry whose every event is a duplicate writes nothing and still answers 202.
+    let retry = || {
+        server
+            .post("/v1/topics/fire/events?acks=none")
+            .header("idempotency-key", "retry-1")
+            .json(&json!([{"again": 1}, {"again": 2}]))
+            .send()
+    };
+    for _ in 0..2 {
+        let resp = retry().await.unwrap();
+        assert_eq!(resp.status(), 202);
+        assert_eq!(resp.json::<Value>().await.unwrap(), json!({"accepted": 2}));
+    }
+    eventually("the first copy to be readable", Duration::from_secs(10), || {
+        let api = api.clone();
+        async move { (api.end_offsets("fire").await.iter().sum::<u64>() == 7).then_some(()) }
+    })
+    .await;
+    let resp = retry().await.unwrap();
+    assert_eq!(resp.status(), 202, "a retry after the first copy is stored");
+    assert_eq!(server.end_offsets("fire").await.iter().sum::<u64>(), 7, "the retries wrote nothing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -481,8 +481,10 @@ pub async fn commit(
         .map(|((part, batch), bytes)| (set.index_of(&part.topic).unwrap_or(0), u64::from(batch.count()), *bytes))
         .collect();
     let bases = if encoded.batches.is_empty() {
+        // Every event was a duplicate: nothing to write. `acks=none` still answers as
+        // it always does (queued, no offsets), so its callers see one shape.
         drop(ids);
-        Some(Vec::new())
+        (!acks_none).then(Vec::new)
     } else if acks_none {
         state.store.append_to_detached(encoded.batches, ids).await?;
         None
