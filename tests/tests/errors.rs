@@ -362,6 +362,12 @@ async fn wrong_method_is_405_problem() {
     assert_problem(resp, 405, "method_not_allowed").await;
     assert!(allow.contains("POST"), "the Allow header names POST: {allow:?}");
     assert_eq!(server.end_offsets("t").await, vec![1, 1]);
+    // The WebSocket path takes GET alone: HEAD (which cannot upgrade) and POST say so.
+    for method in [reqwest::Method::HEAD, reqwest::Method::POST] {
+        let resp = server.http.request(method.clone(), server.url("/v1/topics/t/subscribe")).send().await.unwrap();
+        assert_eq!(resp.status(), 405, "{method}");
+        assert_eq!(resp.headers().get("allow").map(|v| v.to_str().unwrap()), Some("GET"), "{method}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -185,7 +185,12 @@ fn api_router() -> OpenApiRouter<SharedState> {
         .routes(routes!(events::produce))
         .routes(routes!(records::fetch))
         .routes(routes!(records::offsets))
-        .routes(routes!(subscribe::subscribe))
+        .routes({
+            // A WebSocket handshake is a GET; axum's `get` also routes HEAD, which the
+            // upgrade refuses: every 405 of this path names GET alone.
+            let (schemas, paths, method_router) = routes!(subscribe::subscribe);
+            (schemas, paths, method_router.layer(axum::middleware::map_response(subscribe::allow_get_only)))
+        })
         .routes(routes!(stream::stream))
         .routes(routes!(groups::list_groups))
         .routes(routes!(groups::describe_group, groups::delete_group))

@@ -176,6 +176,14 @@ fn handshake_refused(rejection: WebSocketUpgradeRejection, headers: &HeaderMap) 
     }
 }
 
+/// Sets `Allow: GET` on the path's 405 answers (HEAD included: it cannot upgrade).
+pub async fn allow_get_only(mut response: Response) -> Response {
+    if response.status() == axum::http::StatusCode::METHOD_NOT_ALLOWED {
+        response.headers_mut().insert(header::ALLOW, axum::http::HeaderValue::from_static("GET"));
+    }
+    response
+}
+
 /// Subscribe over WebSocket.
 ///
 /// Server frames: `assignment`, `revoked`, `records`, `committed`, `gap`, `error`.
