@@ -370,6 +370,35 @@ async fn wrong_method_is_405_problem() {
     }
 }
 
+/// Admin routes take no query parameters: an imagined option (`?dry_run=true` on a
+/// delete) fails instead of being ignored, as unknown parameters fail elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_routes_refuse_query_parameters() {
+    let server = limited().await;
+    let http = &server.http;
+    for (request, what) in [
+        (http.delete(server.url("/v1/topics/t?dry_run=true")), "delete topic"),
+        (http.get(server.url("/v1/topics?prefix=t")), "list topics"),
+        (http.get(server.url("/v1/topics/t?verbose")), "describe topic"),
+        (http.patch(server.url("/v1/topics/t?validate_only=1")).json(&json!({"retention_ms": 1000})), "alter topic"),
+        (http.post(server.url("/v1/topics/t/partitions?x=1")).json(&json!({"count": 5})), "add partitions"),
+        (http.post(server.url("/v1/topics?if_not_exists=true")).json(&json!({"name": "new"})), "create topic"),
+        (http.get(server.url("/v1/groups?state=empty")), "list groups"),
+        (http.get(server.url("/v1/status?x=1")), "status"),
+    ] {
+        let problem = assert_problem(request.send().await.unwrap(), 400, "invalid_request").await;
+        assert!(problem["detail"].as_str().unwrap().contains("takes no query parameters"), "{what}: {problem}");
+    }
+    // Nothing was changed: the topic is there with its 2 partitions and default retention.
+    let topic = server.describe("t").await;
+    assert_eq!(topic["partition_count"], 2, "{topic}");
+    assert_ne!(topic["retention_ms"], 1000, "{topic}");
+    assert_eq!(server.get("/v1/topics/new").send().await.unwrap().status(), 404);
+    // Probes and scrapes take cache-busters.
+    assert_eq!(server.get("/healthz?_=1").send().await.unwrap().status(), 200);
+    assert_eq!(server.get("/metrics?_=1").send().await.unwrap().status(), 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_create_topic_bodies_are_problems() {
     let server = limited().await;

@@ -13,6 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::{Action, Caller};
 use crate::error::{ApiError, Problem};
 use crate::routes::admin_json::AdminJson;
+use crate::routes::no_query::NoQuery;
 use crate::state::SharedState;
 
 /// One group in the list.
@@ -106,7 +107,11 @@ pub async fn group_names(state: &SharedState) -> Result<BTreeSet<String>, ApiErr
 
 /// List consumer groups.
 #[utoipa::path(get, path = "/v1/groups", tag = "groups", responses((status = 200, description = "Groups", body = GroupList)))]
-pub async fn list_groups(State(state): State<SharedState>, caller: Caller) -> Result<Json<GroupList>, ApiError> {
+pub async fn list_groups(
+    State(state): State<SharedState>,
+    caller: Caller,
+    _: NoQuery,
+) -> Result<Json<GroupList>, ApiError> {
     caller.require_authenticated()?;
     let mut groups = Vec::new();
     for g in group_names(&state).await? {
@@ -258,6 +263,7 @@ pub async fn describe_group(
     State(state): State<SharedState>,
     caller: Caller,
     NamePath(group): NamePath<String>,
+    _: NoQuery,
 ) -> Result<Json<GroupDescription>, ApiError> {
     caller.require_authenticated()?;
     tidegate_storage::validate_group_name(&group)?;
@@ -349,6 +355,7 @@ pub async fn reset_group(
     State(state): State<SharedState>,
     caller: Caller,
     NamePath(group): NamePath<String>,
+    _: NoQuery,
     AdminJson(body): AdminJson<ResetOffsets>,
 ) -> Result<Json<ResetResult>, ApiError> {
     tidegate_storage::validate_group_name(&group)?;

@@ -5,6 +5,7 @@ pub mod admin_json;
 pub mod events;
 pub mod groups;
 pub mod names;
+pub mod no_query;
 pub mod ops;
 pub mod records;
 pub mod segment;

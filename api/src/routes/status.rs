@@ -63,7 +63,11 @@ pub struct NodeStatus {
 /// totals cover topics the caller may not see, and the data directory is a host path.
 #[utoipa::path(get, path = "/v1/status", tag = "ops",
     responses((status = 200, description = "This node", body = NodeStatus)))]
-pub async fn status(State(state): State<SharedState>, caller: Caller) -> Result<Json<NodeStatus>, ApiError> {
+pub async fn status(
+    State(state): State<SharedState>,
+    caller: Caller,
+    _: super::no_query::NoQuery,
+) -> Result<Json<NodeStatus>, ApiError> {
     caller.require_everywhere(Action::Admin)?;
     let groups = super::groups::group_names(&state).await?.len();
     let s = state.clone();

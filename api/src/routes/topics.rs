@@ -13,6 +13,7 @@ use utoipa::ToSchema;
 use crate::auth::{Action, Caller};
 use crate::error::{ApiError, Problem};
 use crate::routes::admin_json::AdminJson;
+use crate::routes::no_query::NoQuery;
 use crate::state::SharedState;
 
 /// Body of `POST /v1/topics`.
@@ -224,6 +225,7 @@ async fn check_rules(state: &SharedState, caller: &Caller, topic: &str, config: 
 pub async fn create_topic(
     State(state): State<SharedState>,
     caller: Caller,
+    _: NoQuery,
     AdminJson(body): AdminJson<CreateTopic>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Action::Admin, &body.name)?;
@@ -259,7 +261,11 @@ pub async fn create_topic(
 /// List topics.
 #[utoipa::path(get, path = "/v1/topics", tag = "topics",
     responses((status = 200, description = "Every topic", body = TopicList)))]
-pub async fn list_topics(State(state): State<SharedState>, caller: Caller) -> Result<Json<TopicList>, ApiError> {
+pub async fn list_topics(
+    State(state): State<SharedState>,
+    caller: Caller,
+    _: NoQuery,
+) -> Result<Json<TopicList>, ApiError> {
     caller.require_authenticated()?;
     let infos = state.store.topics().into_iter().map(|t| t.info()).filter(|i| caller.can_see(&i.name)).collect();
     Ok(Json(TopicList { topics: describe(&state, infos).await? }))
@@ -276,6 +282,7 @@ pub async fn describe_topic(
     State(state): State<SharedState>,
     caller: Caller,
     NamePath(topic): NamePath<String>,
+    _: NoQuery,
 ) -> Result<Json<TopicDescription>, ApiError> {
     caller.require_visible(&topic)?;
     let info = state.store.topic(&topic)?.info();
@@ -296,6 +303,7 @@ pub async fn alter_topic(
     State(state): State<SharedState>,
     caller: Caller,
     NamePath(topic): NamePath<String>,
+    _: NoQuery,
     AdminJson(body): AdminJson<AlterTopic>,
 ) -> Result<Json<TopicDescription>, ApiError> {
     caller.require(Action::Admin, &topic)?;
@@ -327,6 +335,7 @@ pub async fn add_partitions(
     State(state): State<SharedState>,
     caller: Caller,
     NamePath(topic): NamePath<String>,
+    _: NoQuery,
     AdminJson(body): AdminJson<AddPartitions>,
 ) -> Result<Json<TopicDescription>, ApiError> {
     caller.require(Action::Admin, &topic)?;
@@ -347,6 +356,7 @@ pub async fn delete_topic(
     State(state): State<SharedState>,
     caller: Caller,
     NamePath(topic): NamePath<String>,
+    _: NoQuery,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Action::Admin, &topic)?;
     state.store.delete_topic(&topic).await?;
