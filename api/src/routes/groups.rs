@@ -106,7 +106,8 @@ pub async fn group_names(state: &SharedState) -> Result<BTreeSet<String>, ApiErr
 }
 
 /// List consumer groups.
-#[utoipa::path(get, path = "/v1/groups", tag = "groups", responses((status = 200, description = "Groups", body = GroupList)))]
+#[utoipa::path(get, path = "/v1/groups", tag = "groups", responses((status = 200, description = "Groups", body = GroupList),
+    (status = 400, description = "A query parameter: this route takes none (`invalid_request`)", body = Problem, content_type = "application/problem+json")))]
 pub async fn list_groups(
     State(state): State<SharedState>,
     caller: Caller,

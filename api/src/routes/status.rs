@@ -10,7 +10,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::auth::{Action, Caller};
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::state::SharedState;
 
 /// The status of the node answering the request.
@@ -62,7 +62,8 @@ pub struct NodeStatus {
 /// With authentication on it needs `admin` on every topic (`*`), like `/metrics`: the
 /// totals cover topics the caller may not see, and the data directory is a host path.
 #[utoipa::path(get, path = "/v1/status", tag = "ops",
-    responses((status = 200, description = "This node", body = NodeStatus)))]
+    responses((status = 200, description = "This node", body = NodeStatus),
+    (status = 400, description = "A query parameter: this route takes none (`invalid_request`)", body = Problem, content_type = "application/problem+json")))]
 pub async fn status(
     State(state): State<SharedState>,
     caller: Caller,

@@ -260,7 +260,8 @@ pub async fn create_topic(
 
 /// List topics.
 #[utoipa::path(get, path = "/v1/topics", tag = "topics",
-    responses((status = 200, description = "Every topic", body = TopicList)))]
+    responses((status = 200, description = "Every topic", body = TopicList),
+    (status = 400, description = "A query parameter: this route takes none (`invalid_request`)", body = Problem, content_type = "application/problem+json")))]
 pub async fn list_topics(
     State(state): State<SharedState>,
     caller: Caller,
