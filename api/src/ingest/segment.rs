@@ -156,7 +156,8 @@ pub struct InvalidItem {
     pub index: usize,
     /// Why it was refused.
     pub detail: String,
-    /// The item as read (without `writeKey`); `null` for an item that is not an object.
+    /// The item as read (without `writeKey`); an item that is not an object as compact
+    /// JSON (numbers as serde_json writes them).
     pub value: Vec<u8>,
     /// Whether `value` may be stored as JSON (not when nested too deeply or holding an
     /// unpaired surrogate escape: it is then stored as bytes).
@@ -332,7 +333,33 @@ struct BatchBody<'a> {
 enum Shallow<'a> {
     Object(RawObject<'a>),
     Array(Vec<Shallow<'a>>),
-    Other,
+    /// A string, number, boolean or null, as JSON text (numbers as serde_json writes
+    /// them: `1.50` becomes `1.5`).
+    Scalar(String),
+}
+
+impl Shallow<'_> {
+    /// The value as compact JSON text, every object in it under the `context.ip` rule
+    /// (an item that is not an event may still hold events: a nested batch).
+    fn write(&mut self, out: &mut Vec<u8>, context_ip: ClientIpMode) {
+        match self {
+            Shallow::Object(object) => {
+                apply_context_ip(object, context_ip);
+                object.write(out);
+            }
+            Shallow::Array(items) => {
+                out.push(b'[');
+                for (i, item) in items.iter_mut().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    item.write(out, context_ip);
+                }
+                out.push(b']');
+            }
+            Shallow::Scalar(text) => out.extend_from_slice(text.as_bytes()),
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for Shallow<'de> {
@@ -353,23 +380,24 @@ impl<'de> Deserialize<'de> for Shallow<'de> {
                 }
                 Ok(Shallow::Array(out))
             }
-            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(Shallow::Other)
+            fn visit_bool<E>(self, b: bool) -> Result<Self::Value, E> {
+                Ok(Shallow::Scalar(b.to_string()))
             }
-            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(Shallow::Other)
+            fn visit_i64<E>(self, n: i64) -> Result<Self::Value, E> {
+                Ok(Shallow::Scalar(n.to_string()))
             }
-            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(Shallow::Other)
+            fn visit_u64<E>(self, n: u64) -> Result<Self::Value, E> {
+                Ok(Shallow::Scalar(n.to_string()))
             }
-            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(Shallow::Other)
+            fn visit_f64<E>(self, n: f64) -> Result<Self::Value, E> {
+                // serde_json parses only finite numbers.
+                Ok(Shallow::Scalar(serde_json::Number::from_f64(n).map_or_else(|| "null".into(), |n| n.to_string())))
             }
-            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(Shallow::Other)
+            fn visit_str<E>(self, text: &str) -> Result<Self::Value, E> {
+                Ok(Shallow::Scalar(quote(text)))
             }
             fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(Shallow::Other)
+                Ok(Shallow::Scalar("null".into()))
             }
         }
         d.deserialize_any(V)
@@ -430,10 +458,11 @@ pub fn normalize(
         },
     };
     let mut write_key = top.remove("writeKey").and_then(|k| as_str(&k).map(Cow::into_owned)).filter(|k| !k.is_empty());
-    // (index, the item if it is an object, the type of a single call)
-    let items: Vec<(usize, Option<RawObject<'_>>, Option<&'static str>)> = match call {
+    // (index, the item if it is an object else what it is, the type of a single call)
+    #[allow(clippy::type_complexity)]
+    let items: Vec<(usize, Result<RawObject<'_>, Shallow<'_>>, Option<&'static str>)> = match call {
         // The event is the body itself (`top` is read again only for batches).
-        Call::Single(kind) => vec![(0, Some(std::mem::take(&mut top)), Some(kind))],
+        Call::Single(kind) => vec![(0, Ok(std::mem::take(&mut top)), Some(kind))],
         Call::Batch => {
             let Some(Shallow::Array(batch)) = batch else {
                 return Err(ApiError::invalid("invalid_segment_payload", "a batch call needs a \"batch\" array"));
@@ -451,9 +480,9 @@ pub fn normalize(
                         if write_key.is_none() {
                             write_key = item.get_str("writeKey").filter(|k| !k.is_empty()).map(Cow::into_owned);
                         }
-                        items.push((index, Some(item), None));
+                        items.push((index, Ok(item), None));
                     }
-                    _ => items.push((index, None, None)),
+                    other => items.push((index, Err(other), None)),
                 }
             }
             items
@@ -469,9 +498,17 @@ pub fn normalize(
     let mut invalid = Vec::new();
     let mut stored = 0usize;
     for (index, item, kind) in items {
-        let Some(mut item) = item else {
-            invalid.push(InvalidItem::new(index, "a batch item must be a JSON object".into(), b"null".to_vec(), 0));
-            continue;
+        let mut item = match item {
+            Ok(item) => item,
+            Err(mut other) => {
+                // Set aside as read, under the same privacy rule as the events.
+                let mut value = Vec::new();
+                other.write(&mut value, limits.context_ip);
+                stored += value.len();
+                let detail = "a batch item must be a JSON object".to_string();
+                invalid.push(InvalidItem::new(index, detail, value, limits.max_depth));
+                continue;
+            }
         };
         match normalize_event(&mut item, kind, batch_top.as_ref(), received_ms, &received, &limits) {
             Ok(e) => {
@@ -550,6 +587,23 @@ mod tests {
             let set_aside: Value = serde_json::from_slice(&r.invalid[0].value).unwrap();
             assert_eq!(set_aside["context"], context, "{rule:?}");
         }
+        // So do events inside an item that is not one (a nested batch).
+        let nested = json!({"batch": [[{"type": "track", "context": {"ip": "24.5.68.47", "l": 1}}, 2]]});
+        let options = SegmentOptions { context_ip: ClientIpMode::None, ..LIMITS };
+        let r = normalize(Call::Batch, nested.to_string().as_bytes(), RECEIVED, options).unwrap();
+        let set_aside: Value = serde_json::from_slice(&r.invalid[0].value).unwrap();
+        assert_eq!(set_aside, json!([{"type": "track", "context": {"l": 1}}, 2]));
+    }
+
+    #[test]
+    fn batch_items_that_are_not_objects_are_kept_as_read() {
+        let body = r#"{"batch": ["page \"x\"", 1.50, -7, 18446744073709551615, true, null, [], [1, {"a": "b"}]]}"#;
+        let r = normalize(Call::Batch, body.as_bytes(), RECEIVED, LIMITS).unwrap();
+        let kept: Vec<&str> = r.invalid.iter().map(|i| std::str::from_utf8(&i.value).unwrap()).collect();
+        let expected =
+            [r#""page \"x\"""#, "1.5", "-7", "18446744073709551615", "true", "null", "[]", r#"[1,{"a":"b"}]"#];
+        assert_eq!(kept, expected);
+        assert!(r.invalid.iter().all(|i| i.json && i.detail.contains("must be a JSON object")));
     }
 
     #[test]
@@ -625,7 +679,7 @@ mod tests {
         assert!(r.invalid[2].detail.contains("no_user_anon_id"), "{}", r.invalid[2].detail);
         let first: Value = serde_json::from_slice(&r.invalid[0].value).unwrap();
         assert_eq!(first, json!({"type": "track", "userId": "u"}));
-        assert_eq!((r.invalid[3].value.as_slice(), r.invalid[3].json), (&b"null"[..], true));
+        assert_eq!((r.invalid[3].value.as_slice(), r.invalid[3].json), (&b"5"[..], true));
         // A single call's malformed event fails the call.
         match normalize(Call::Single("page"), br#"{"name":"Home"}"#, RECEIVED, LIMITS) {
             Err(ApiError::InvalidEvents { errors }) => assert!(errors[0].detail.contains("no_user_anon_id")),
