@@ -173,6 +173,41 @@ async fn segment_topics_follow_the_mapping_setting() {
     assert_eq!(all_records(&server, "web").await.len(), 2);
 }
 
+/// Events without a `messageId` get one the gateway makes: random, or with an
+/// `Idempotency-Key` derived from the key and the body, so a retried request is
+/// deduplicated and another body under the key is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segment_calls_with_an_idempotency_key_are_deduplicated() {
+    let server = TestServer::with_defaults().await;
+    let call = |path: &'static str, key: Option<&'static str>, body: Value| {
+        let mut request = server.post(path).header("content-type", "text/plain").body(body.to_string());
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        request.send()
+    };
+    let track = json!({"userId": "u1", "event": "Bought"});
+    let batch = json!({"batch": [{"type": "track", "userId": "u1", "event": "Bought"},
+                                 {"type": "track", "userId": "u2", "event": "Bought"}]});
+    for _ in 0..2 {
+        accepted(call("/v1/track", Some("order-1"), track.clone()).await.unwrap()).await;
+        accepted(call("/v1/b", Some("batch-1"), batch.clone()).await.unwrap()).await;
+    }
+    let stored = all_records(&server, "segment.track").await;
+    assert_eq!(stored.len(), 3, "one track and a batch of two, each once: {stored:?}");
+    let ids: Vec<&str> = stored.iter().map(|r| r["value"]["messageId"].as_str().unwrap()).collect();
+    assert!(ids.iter().all(|id| id.starts_with("idem-")), "{ids:?}");
+    // Another body under a used key, and calls without a key, are new events.
+    accepted(call("/v1/track", Some("order-1"), json!({"userId": "u1", "event": "Refunded"})).await.unwrap()).await;
+    for _ in 0..2 {
+        accepted(call("/v1/track", None, track.clone()).await.unwrap()).await;
+    }
+    assert_eq!(all_records(&server, "segment.track").await.len(), 6);
+    // A malformed key is a malformed request.
+    let resp = server.post("/v1/track").header("idempotency-key", "").body(track.to_string()).send().await.unwrap();
+    assert_problem(resp, 400, "invalid_idempotency_key").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_segment_calls_are_400_and_nothing_is_stored() {
     let server = TestServer::with_defaults().await;

@@ -13,9 +13,43 @@ use std::borrow::Cow;
 use tidegate_storage::MAX_EVENT_ID;
 
 use super::rawjson::scalar_text;
+use crate::error::ApiError;
 
 /// Request header naming the request: each event gets the id `<key>:<index>`.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The request's `Idempotency-Key`, if it sent one: 1 to [`MAX_ID_BYTES`] bytes of
+/// printable ASCII (space and tab allowed), in one header; else 400
+/// `invalid_idempotency_key`.
+pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(value) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err(ApiError::invalid("invalid_idempotency_key", "send one Idempotency-Key header, not several"));
+    }
+    let key = value.to_str().ok().filter(|k| !k.is_empty() && k.len() <= MAX_ID_BYTES).ok_or_else(|| {
+        ApiError::invalid(
+            "invalid_idempotency_key",
+            format!("Idempotency-Key must be 1 to {MAX_ID_BYTES} bytes of printable ASCII (space and tab allowed)"),
+        )
+    })?;
+    Ok(Some(key.to_owned()))
+}
+
+/// The seed of the `messageId`s the gateway makes for a Segment request's events that
+/// have none, when the request names itself with `key`: the same key and body give
+/// the same ids (a retry is deduplicated), another body under the key other ids.
+pub fn message_id_seed(key: &str, body: &[u8]) -> [u8; 16] {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(key.as_bytes());
+    hasher.update([0]);
+    hasher.update(body);
+    let digest = hasher.finalize();
+    let mut seed = [0; 16];
+    seed.copy_from_slice(&digest[..16]);
+    seed
+}
 
 /// Length of the JSON string starting at `b[0]` (a `"`), quotes included.
 fn string_len(b: &[u8]) -> Option<usize> {

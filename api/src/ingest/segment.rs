@@ -111,6 +111,10 @@ pub struct SegmentOptions {
     /// What is kept of the `context.ip` a library reported (server-side ones do): the
     /// request's [`ClientIpMode::for_request`], the rule of the `client-ip` header.
     pub context_ip: ClientIpMode,
+    /// With an `Idempotency-Key`, the seed of the `messageId`s made for events that
+    /// have none ([`super::ids::message_id_seed`]): `idem-<seed hex>-<index>`, so a
+    /// retried request gets the same ids. Without one, made ids are random.
+    pub message_id_seed: Option<[u8; 16]>,
 }
 
 /// Applies `mode` to `item`'s `context.ip`: kept, truncated, or dropped (also when it
@@ -240,6 +244,7 @@ fn normalize_event<'a>(
     received_ms: i64,
     received: &str,
     options: &SegmentOptions,
+    index: usize,
 ) -> Result<SegmentEvent, String> {
     let max_event_bytes = options.max_event_bytes;
     item.remove("writeKey");
@@ -283,7 +288,10 @@ fn normalize_event<'a>(
     let message_id = match id_text(item.get("messageId")) {
         Some(id) => id,
         None => {
-            let id = format!("tidegate-{}", uuid::Uuid::new_v4());
+            let id = match options.message_id_seed {
+                Some(seed) => format!("idem-{}-{index}", uuid::Uuid::from_bytes(seed).simple()),
+                None => format!("tidegate-{}", uuid::Uuid::new_v4()),
+            };
             item.set("messageId", Cow::Owned(quote(&id)));
             id
         }
@@ -510,7 +518,7 @@ pub fn normalize(
                 continue;
             }
         };
-        match normalize_event(&mut item, kind, batch_top.as_ref(), received_ms, &received, &limits) {
+        match normalize_event(&mut item, kind, batch_top.as_ref(), received_ms, &received, &limits, index) {
             Ok(e) => {
                 stored += e.value.len();
                 events.push((index, e));
@@ -553,6 +561,7 @@ mod tests {
         max_depth: 128,
         max_events: 2500,
         context_ip: ClientIpMode::Full,
+        message_id_seed: None,
         max_stored_bytes: 1024 * 1024,
         max_request_bytes: 8 * 1024 * 1024,
     };

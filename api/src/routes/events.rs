@@ -21,7 +21,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::{Action, Caller};
 use crate::error::{ApiError, EventError, Problem};
 use crate::ingest::decode::{body_format, decode_body, single_header};
-use crate::ingest::ids::{IDEMPOTENCY_KEY, MAX_ID_BYTES, RequestIds, event_id, header_id, id_at, request_ids};
+use crate::ingest::ids::{RequestIds, event_id, header_id, id_at, idempotency_key, request_ids};
 use crate::ingest::parse::{ParseLimits, ParsedEvent, parse_body};
 use crate::ingest::pipeline::{Create, Outgoing, Placement, TopicSet, commit, is_reserved_header, screen};
 use crate::ingest::privacy::gateway_headers;
@@ -165,27 +165,7 @@ pub async fn produce(
     let mut body = body.map_err(|r| crate::error::body_rejection(&r, max_body, state.config.http_body_timeout_ms))?;
     let format = body_format(single_header(&request_headers, header::CONTENT_TYPE)?)?;
     let mut encoding = single_header(&request_headers, header::CONTENT_ENCODING)?.map(str::to_owned);
-    if request_headers.get_all(IDEMPOTENCY_KEY).iter().nth(1).is_some() {
-        return Err(ApiError::invalid("invalid_idempotency_key", "send one Idempotency-Key header, not several"));
-    }
-    let idempotency_key = match request_headers.get(IDEMPOTENCY_KEY) {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .filter(|k| !k.is_empty() && k.len() <= MAX_ID_BYTES)
-                .ok_or_else(|| {
-                    ApiError::invalid(
-                        "invalid_idempotency_key",
-                        format!(
-                            "Idempotency-Key must be 1 to {MAX_ID_BYTES} bytes of printable ASCII (space and tab \
-                             allowed)"
-                        ),
-                    )
-                })?
-                .to_owned(),
-        ),
-    };
+    let idempotency_key = idempotency_key(&request_headers)?;
     if body_key {
         // The write key may be in the body: decode it here (bounded by max_body_bytes),
         // once; parsing below then takes the decoded body.

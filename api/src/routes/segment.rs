@@ -99,14 +99,17 @@ fn as_segment_refusal(e: ApiError) -> ApiError {
 }
 
 #[utoipa::path(post, path = "/v1/{call}", tag = "segment",
-    params(("call" = String, Path, description = "track, page, screen, identify, group, alias, batch, or t, p, s, i, g, a, b")),
+    params(
+        ("call" = String, Path, description = "track, page, screen, identify, group, alias, batch, or t, p, s, i, g, a, b"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Names the request: events without a `messageId` get `idem-<hash of key and body>-<index>`, so a retry with the same body is not written again"),
+    ),
     request_body(description = "A Segment call: one event, or `{\"batch\": [...], \"context\"?, \"integrations\"?, \"sentAt\"?, \"writeKey\"?}`", content(
         (Object = "application/json"),
         (String = "text/plain"),
     )),
     responses(
         (status = 200, description = "Stored durably", body = SegmentAccepted),
-        (status = 400, description = "Malformed: not JSON, no userId/anonymousId, a track without event, unknown type, over a size limit, an unknown or repeated Content-Encoding", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed: not JSON, no userId/anonymousId, a track without event, unknown type, over a size limit, an unknown or repeated Content-Encoding, a malformed `Idempotency-Key` (`invalid_idempotency_key`)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such call", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "Storage failure; nothing was acknowledged", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Shutting down", body = Problem, content_type = "application/problem+json"),
@@ -143,14 +146,17 @@ pub async fn segment_call(
         context_ip: ClientIpMode::for_request(config, is_anonymous(&request_headers)),
         max_stored_bytes: config.max_event_bytes as usize,
         max_request_bytes: config.max_body_bytes as usize,
+        message_id_seed: None,
     };
+    let idempotency_key = crate::ingest::ids::idempotency_key(&request_headers)?;
     let received = now_ms();
     let max_body = config.max_body_bytes as usize;
     // A compressed body may grow to `max_body` when decoded: always off the workers.
     let inline = encoding.is_none() && body.len() < super::events::INLINE_PARSE_BYTES;
     let job = move || {
         let body = decode_body(encoding.as_deref(), body, max_body).map_err(as_segment_refusal)?;
-        normalize(call, &body, received, limits)
+        let seed = idempotency_key.map(|key| crate::ingest::ids::message_id_seed(&key, &body));
+        normalize(call, &body, received, SegmentOptions { message_id_seed: seed, ..limits })
     };
     let request = if inline {
         job()?
