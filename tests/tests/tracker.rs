@@ -635,6 +635,70 @@ async fn a_corrected_retry_of_a_dead_lettered_event_is_accepted() {
     assert_eq!(retried, json!({"partition": 0, "offset": 0, "duplicate": true}));
     assert_eq!(server.end_offsets("orders").await, vec![1]);
     assert_eq!(all_records(&server, "orders.dlq").await.len(), 2, "both uncorrected copies are dead letters");
+
+    // In one request too: the corrected copy after a dead-lettered one is accepted, and
+    // copies after the accepted one are its duplicates.
+    let resp = server
+        .post_events(
+            "orders",
+            "",
+            "application/json",
+            json!([{"eid": "o2", "revenue": "x"}, {"eid": "o2", "revenue": 2}, {"eid": "o2", "revenue": "y"}])
+                .to_string(),
+        )
+        .await;
+    let offsets = resp.json::<Value>().await.unwrap()["offsets"].clone();
+    assert_eq!(offsets[0]["dead_letter"]["topic"], "orders.dlq", "{offsets}");
+    assert_eq!(offsets[1], json!({"partition": 0, "offset": 1}), "{offsets}");
+    assert_eq!(offsets[2], json!({"partition": 0, "offset": 1, "duplicate": true}), "{offsets}");
+    assert_eq!(server.end_offsets("orders").await, vec![2]);
+    assert_eq!(all_records(&server, "orders.dlq").await.len(), 3);
+}
+
+/// A retry of a request sent with an `Idempotency-Key` writes nothing again, its dead
+/// letters included (they are remembered under the key; an event's own id is not, so a
+/// corrected copy under a new key is accepted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_retry_does_not_write_its_dead_letters_again() {
+    let mut server = TestServer::with_defaults().await;
+    let schema = json!({"required": ["p"]});
+    server
+        .create_topic_with(json!({"name": "k", "partitions": 1, "event_id": "/eid", "schema": schema,
+            "dead_letter_topic": "k.dlq"}))
+        .await;
+    let post = |api: Api, key: &'static str, body: &'static str| async move {
+        let resp = api
+            .post("/v1/topics/k/events")
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.json::<Value>().await.unwrap()["offsets"].clone()
+    };
+    // A key-derived id and an own id dead-lettered, one event accepted.
+    let body = r#"[{"a":1},{"eid":"e1"},{"p":1}]"#;
+    let first = post(server.api().clone(), "K1", body).await;
+    assert!(first[0]["dead_letter"].is_object() && first[1]["dead_letter"].is_object(), "{first}");
+    for restart in [false, true] {
+        if restart {
+            server.restart().await;
+        }
+        let again = post(server.api().clone(), "K1", body).await;
+        for i in 0..3 {
+            assert_eq!(again[i]["duplicate"], true, "{again}");
+            assert_eq!((&again[i]["partition"], &again[i]["offset"]), (&first[i]["partition"], &first[i]["offset"]));
+        }
+        assert_eq!(again[0]["dead_letter"]["topic"], "k.dlq", "{again}");
+        assert_eq!(all_records(&server, "k.dlq").await.len(), 2, "the dead letters once (restart: {restart})");
+        assert_eq!(server.end_offsets("k").await, vec![1]);
+    }
+    // The corrected copy of e1 under a new key is accepted.
+    let fixed = post(server.api().clone(), "K2", r#"[{"eid":"e1","p":2}]"#).await;
+    assert!(fixed[0].get("duplicate").is_none() && fixed[0].get("dead_letter").is_none(), "{fixed}");
+    assert_eq!(server.end_offsets("k").await, vec![2]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -175,6 +175,11 @@ pub struct Outgoing {
     pub timestamp: Option<i64>,
     /// Dedup id (namespaced, see [`super::ids`]).
     pub id: Option<Vec<u8>>,
+    /// For a dead-lettered event of a request sent with an `Idempotency-Key`: the id
+    /// `K:<index>`, remembered with its dead-letter place (unlike [`Outgoing::id`], which
+    /// a dead letter leaves unremembered), so that a retry of the request writes it again
+    /// no more than its accepted events.
+    pub replay_id: Option<Vec<u8>>,
     /// Set when the event failed its topic's schema and goes to the dead-letter topic.
     pub dead_letter: Option<DeadLetterNote>,
 }
@@ -192,6 +197,7 @@ impl Outgoing {
             headers: Vec::new(),
             timestamp: None,
             id: None,
+            replay_id: None,
             dead_letter: None,
         }
     }
@@ -365,21 +371,36 @@ pub async fn commit(
     check_events(state, set, &events)?;
     set.create_missing(state).await?;
     let set = &*set;
-    // Ids: one claim per distinct (scope topic, id); repeats follow their first.
+    // Ids: one claim per distinct (scope topic, id); repeats follow the first accepted
+    // copy (an id's dead-lettered copies before it are written as dead letters: the
+    // corrected copy after them is accepted, as it would be in a later request).
     let mut fates = Vec::with_capacity(events.len());
     let mut claims_wanted: Vec<(Arc<Topic>, Vec<u8>)> = Vec::new();
-    let mut first: HashMap<(usize, &[u8]), usize, foldhash::fast::RandomState> = HashMap::default();
+    // (scope, id) -> (its claim, the request index copies repeat, whether that one is dead-lettered)
+    let mut first: HashMap<(usize, &[u8]), (usize, usize, bool), foldhash::fast::RandomState> = HashMap::default();
+    let mut replay_claims: Vec<Option<usize>> = vec![None; events.len()];
     for (i, e) in events.iter().enumerate() {
+        let dead = e.dead_letter.is_some();
         match &e.id {
             None => fates.push(Fate::Write { claim: None }),
-            Some(id) => match first.get(&(e.scope, id.as_slice())) {
-                Some(&earlier) => fates.push(Fate::Repeat(earlier)),
+            Some(id) => match first.get_mut(&(e.scope, id.as_slice())) {
+                Some((claim, owner, owner_dead)) if *owner_dead && !dead => {
+                    // Both share the claim: if the id was stored before, both are
+                    // duplicates; else only this one's entry is written.
+                    (*owner, *owner_dead) = (i, false);
+                    fates.push(Fate::Write { claim: Some(*claim) });
+                }
+                Some(&mut (_, owner, _)) => fates.push(Fate::Repeat(owner)),
                 None => {
-                    first.insert((e.scope, id.as_slice()), i);
                     claims_wanted.push((set.list[e.scope].topic()?.clone(), id.clone()));
+                    first.insert((e.scope, id.as_slice()), (claims_wanted.len() - 1, i, dead));
                     fates.push(Fate::Write { claim: Some(claims_wanted.len() - 1) });
                 }
             },
+        }
+        if let Some(replay) = &e.replay_id {
+            claims_wanted.push((set.list[e.scope].topic()?.clone(), replay.clone()));
+            replay_claims[i] = Some(claims_wanted.len() - 1);
         }
     }
     drop(first);
@@ -398,10 +419,15 @@ pub async fn commit(
         None
     } else {
         let (states, claims) = state.store.dedup_claim(claims_wanted).await?;
-        for fate in &mut fates {
+        for (fate, replay) in fates.iter_mut().zip(&replay_claims) {
             if let Fate::Write { claim: Some(c) } = *fate
                 && let IdState::Seen(place) = states[c]
             {
+                *fate = Fate::Seen(place);
+            } else if let (Fate::Write { .. }, Some(c)) = (*fate, *replay)
+                && let IdState::Seen(place) = states[c]
+            {
+                // A retry of a keyed request: this dead letter was written by it before.
                 *fate = Fate::Seen(place);
             }
         }
@@ -458,6 +484,12 @@ pub async fn commit(
                 }
                 _ => None,
             })
+            .chain(fates.iter().enumerate().filter_map(|(i, fate)| match (fate, slot_of[i], replay_claims[i]) {
+                (Fate::Write { .. }, Some((batch, position)), Some(claim)) => {
+                    Some(IdWrite { claim, batch, position, dead_lettered: true })
+                }
+                _ => None,
+            }))
             .collect();
         // The request's ids are remembered with (and at the place of) the first event
         // written now, dead-lettered or not; a request that writes nothing leaves no
@@ -518,7 +550,8 @@ pub async fn commit(
             }
             Fate::Seen(place) => {
                 let scope = events[i].scope;
-                // Only entries written by versions before 2026-11-27 are dead-lettered.
+                // A keyed request's dead letter (its replay id), or an entry written by a
+                // version before 2026-11-27, which remembered dead-lettered ids.
                 let (topic, dead_letter) = if place.dead_lettered {
                     let note = DeadLetterNote { reason: None, path: None };
                     (set.list[scope].dead_letter.unwrap_or(scope), Some(note))

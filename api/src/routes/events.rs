@@ -310,7 +310,18 @@ fn outgoing(
             json: event.json,
             ..Outgoing::json(0, body.slice_ref(event.value))
         };
-        if let Some(e) = screen(set, index, e, &mut errors) {
+        if let Some(mut e) = screen(set, index, e, &mut errors) {
+            if e.dead_letter.is_some()
+                && let Some(key) = idempotency_key
+            {
+                // Remembered as `K:<index>` with its dead-letter place (see
+                // `Outgoing::replay_id`); an id of its own stays unremembered.
+                let replay = header_id(key, index).map_err(|d| ApiError::invalid("invalid_idempotency_key", d))?;
+                if e.id.as_ref() == Some(&replay) {
+                    e.id = None;
+                }
+                e.replay_id = Some(replay);
+            }
             out.push(e);
         }
     }
