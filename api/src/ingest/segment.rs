@@ -204,18 +204,33 @@ fn merge_object<'a>(item: &mut RawObject<'a>, field: &'static str, top: Option<&
     let Some((top, top_text)) = top else { return };
     match item.get(field) {
         Some(own) if own.starts_with('{') => {
-            let Ok(mut own) = RawObject::parse(own) else { return };
-            for (k, v) in top.members() {
-                if !own.contains(k) {
-                    own.set(k.to_string(), Cow::Owned(v.to_string()));
-                }
+            if let Some(merged) = merged_json(own, top) {
+                item.set(field, Cow::Owned(merged));
             }
-            let merged = own.to_json();
-            item.set(field, Cow::Owned(merged));
         }
         Some(_) => {}
         None => item.set(field, Cow::Borrowed(*top_text)),
     }
+}
+
+/// `own` (an object's JSON text) completed with `top`'s members, deeply: a member both
+/// hold as objects is merged the same way (`context.device.type` from the batch joins
+/// the item's `context.device.identifier`); otherwise the item's own value wins. `None`
+/// when `own` does not parse.
+fn merged_json(own: &str, top: &RawObject<'_>) -> Option<String> {
+    let mut own = RawObject::parse(own).ok()?;
+    for (k, v) in top.members() {
+        match own.get(k) {
+            None => own.set(k.to_string(), Cow::Owned(v.to_string())),
+            Some(mine) if mine.starts_with('{') && v.starts_with('{') => {
+                let theirs = RawObject::parse(v).ok()?;
+                let merged = merged_json(mine, &theirs)?;
+                own.set(k.to_string(), Cow::Owned(merged));
+            }
+            Some(_) => {}
+        }
+    }
+    Some(own.to_json())
 }
 
 /// The batch-level fields merged into every item.
@@ -674,6 +689,16 @@ mod tests {
         assert_eq!(b["context"], json!({"ip": "1.2.3.4", "device": {"type": "phone", "name": "Apple iPhone 6"}}));
         assert_eq!(b["timestamp"], "2015-2-02T00:30:12.984Z", "unparseable timestamps are kept as sent");
         assert_eq!((r.events[1].1.kind, r.events[1].1.key.as_str()), ("track", "971mj8mk7p"));
+        // Objects in both merge deeply; the item's own values win.
+        let body = json!({"batch": [{"type": "track", "userId": "u", "event": "E",
+            "context": {"device": {"identifier": "aae5", "type": "tablet"}, "locale": "fr"}}],
+            "context": {"device": {"type": "phone", "name": "Apple iPhone 6"}, "locale": "en", "library": {"name": "x"}}});
+        let deep = normalize(Call::Batch, body.to_string().as_bytes(), RECEIVED, LIMITS).unwrap();
+        assert_eq!(
+            stored(&deep.events[0].1)["context"],
+            json!({"device": {"identifier": "aae5", "type": "tablet", "name": "Apple iPhone 6"}, "locale": "fr",
+                   "library": {"name": "x"}})
+        );
     }
 
     #[test]
