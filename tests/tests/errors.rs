@@ -268,6 +268,22 @@ async fn unpaired_surrogate_escapes_are_400_and_pairs_round_trip() {
     assert!(problem.to_string().contains("unpaired UTF-16 surrogate"), "{problem}");
 }
 
+/// JSON allows `1e400`, but serde_json refuses it and JavaScript reads Infinity: such
+/// an event would break its consumers, so it is refused like an unpaired surrogate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_out_of_float_range_are_400() {
+    let server = limited().await;
+    let body = r#"[{"n":1e308,"tiny":1e-400,"s":"1e400"},{"n":-1E+400}]"#;
+    let problem = rejects(&server, ingest(&server, "application/json", body), 400, "invalid_events").await;
+    assert_eq!(indexes(&problem), vec![1], "{problem}");
+    assert!(problem.to_string().contains("-1E+400 is too large for a 64-bit float"), "{problem}");
+    let resp = ingest(&server, "application/json", r#"{"n":1e308,"s":"1e400"}"#).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "in range, or in a string");
+    let track = r#"{"userId":"u","event":"E","properties":{"price":1e999}}"#;
+    let resp = server.post("/v1/track").header("content-type", "text/plain").body(track).send().await.unwrap();
+    assert_problem(resp, 400, "invalid_events").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_header_names_can_not_be_sent_by_producers() {
     let server = limited().await;

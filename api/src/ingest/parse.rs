@@ -112,11 +112,63 @@ pub fn lone_surrogate(text: &[u8]) -> Option<usize> {
     None
 }
 
-/// Why a JSON event is refused although it parses: nesting deeper than `max_depth`, or
-/// an unpaired surrogate escape (both break consumers' parsers).
+/// The first number in JSON text (already parsed) too large for a 64-bit float
+/// (`1e400`, 309 nines), which JSON does not forbid but strict parsers such as
+/// serde_json refuse and JavaScript reads as `Infinity`.
+pub fn infinite_number(text: &[u8]) -> Option<&str> {
+    // Only a number with an exponent or of 309 digits or more (f64::MAX is ~1.8e308)
+    // can be out of range: look further only when the text has one of those, outside
+    // or inside strings.
+    let exponent = memchr::memchr2_iter(b'e', b'E', text).any(|i| i > 0 && text[i - 1].is_ascii_digit());
+    let long = text.len() > 308 && text.split(|b| !b.is_ascii_digit()).any(|run| run.len() > 308);
+    if !exponent && !long {
+        return None;
+    }
+    let (mut i, mut in_string, mut escaped) = (0, false, false);
+    while i < text.len() {
+        let b = text[i];
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        if b == b'"' {
+            in_string = true;
+        } else if b == b'-' || b.is_ascii_digit() {
+            let len = text[i..]
+                .iter()
+                .position(|c| !matches!(c, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+                .unwrap_or(text.len() - i);
+            let number = std::str::from_utf8(&text[i..i + len]).unwrap_or_default();
+            if number.parse::<f64>().is_ok_and(|n| n.is_infinite()) {
+                return Some(number);
+            }
+            i += len;
+            continue;
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Why a JSON event is refused although it parses: nesting deeper than `max_depth`, an
+/// unpaired surrogate escape, or a number out of a 64-bit float's range (each breaks
+/// consumers' parsers).
 pub fn json_refusal(text: &[u8], max_depth: usize) -> Option<String> {
     if nests_deeper_than(text, max_depth) {
         return Some(too_deep(max_depth));
+    }
+    if let Some(number) = infinite_number(text) {
+        let shown: String = number.chars().take(40).collect();
+        return Some(format!(
+            "the number {shown} is too large for a 64-bit float: strict JSON parsers refuse it and JavaScript reads \
+             it as Infinity"
+        ));
     }
     lone_surrogate(text).map(|at| {
         format!(
@@ -438,6 +490,23 @@ fn as_envelope<'a>(body: &'a [u8], value: &'a RawValue) -> Result<Option<Vec<Par
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn numbers_out_of_float_range_are_found() {
+        use super::infinite_number;
+        let long = format!("[{}]", "9".repeat(309));
+        for (text, found) in [
+            (r#"{"a":1e400}"#, Some("1e400")),
+            (r#"[-2.5E+309, 1]"#, Some("-2.5E+309")),
+            (long.as_str(), Some(&long[1..310])),
+            (r#"{"a":1e308,"b":1e-400,"c":"1e400","d":"x\"1e999"}"#, None),
+            (r#"{"event":"1e5 sale","n":12e3}"#, None),
+            (&format!("[{}]", "9".repeat(308)), None),
+            (&format!("[1{}]", "0".repeat(308)), None),
+        ] {
+            assert_eq!(infinite_number(text.as_bytes()), found, "{text}");
+        }
+    }
+
     use super::*;
 
     const LIMITS: ParseLimits = ParseLimits { max_event_bytes: 1000, max_events: 10, max_depth: 128 };
