@@ -247,14 +247,20 @@ impl Verifier {
         v
     }
 
+    /// Whether a token with `exp = expires_at` (seconds) is expired at `now_ms`: from
+    /// `exp` plus the leeway on, to the millisecond.
+    fn expired(&self, expires_at: u64, now_ms: u64) -> bool {
+        now_ms >= expires_at.saturating_add(self.leeway_s).saturating_mul(1000)
+    }
+
     /// Verifies `token` (or finds it verified before) and reads its grants.
     pub fn verify_cached(&self, token: &str) -> Result<Arc<Verified>, AuthError> {
         if self.cache_entries == 0 {
             return self.verify(token).map(Arc::new);
         }
-        let now = jsonwebtoken::get_current_timestamp();
+        let now = now_ms();
         if let Some(v) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(token).cloned() {
-            if now <= v.expires_at.saturating_add(self.leeway_s) {
+            if !self.expired(v.expires_at, now) {
                 return Ok(v);
             }
             return Err(AuthError::TokenExpired);
@@ -263,7 +269,7 @@ impl Verifier {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= self.cache_entries {
             // Full: forget expired tokens, and everything if that is not enough.
-            cache.retain(|_, v| now <= v.expires_at.saturating_add(self.leeway_s));
+            cache.retain(|_, v| !self.expired(v.expires_at, now));
             if cache.len() >= self.cache_entries {
                 cache.clear();
             }
@@ -294,6 +300,11 @@ impl Verifier {
                         .get("exp")
                         .and_then(|v| v.as_u64().or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)))
                         .unwrap_or(0);
+                    // jsonwebtoken compares whole seconds, so it accepts a token for up
+                    // to a second after `exp`; RFC 7519 wants the time before `exp`.
+                    if self.expired(expires_at, now_ms()) {
+                        return Err(AuthError::TokenExpired);
+                    }
                     return Ok(Verified {
                         grants: Grants::from_claim(claims.get(&self.claim)),
                         expires_at,
@@ -315,6 +326,11 @@ impl Verifier {
         }
         Err(last)
     }
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Shared verifier.
@@ -368,5 +384,20 @@ mod tests {
         let uncached = verifier(0);
         uncached.verify_cached(&t).unwrap();
         assert!(uncached.cache.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_token_is_expired_from_its_exp_to_the_millisecond() {
+        let v = verifier(0);
+        let now = now_ms();
+        let this_second = now / 1000;
+        // jsonwebtoken alone accepts `exp` equal to the current second.
+        assert!(matches!(v.verify(&token(this_second)), Err(AuthError::TokenExpired)));
+        assert!(v.expired(this_second, this_second * 1000));
+        assert!(!v.expired(this_second, this_second * 1000 - 1));
+        let lenient = Verifier { leeway_s: 2, ..verifier(0) };
+        assert!(!lenient.expired(this_second, this_second * 1000 + 1999));
+        assert!(lenient.expired(this_second, this_second * 1000 + 2000));
+        assert!(v.verify(&token(this_second + 120)).is_ok());
     }
 }
