@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::response::Response;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::origins::{self, OriginPattern};
@@ -36,6 +37,22 @@ pub fn allowed_origins(config: &Config) -> Result<Vec<OriginPattern>, String> {
         all.extend(origins::parse_all(&k.origins).map_err(|e| format!("write key origins: {e}"))?);
     }
     Ok(all)
+}
+
+/// Removes the `Access-Control-*` headers of an answer without
+/// `Access-Control-Allow-Origin`: tower-http adds `Allow-Credentials`, `Allow-Methods`,
+/// `Allow-Headers` and `Max-Age` whatever the origin, and a refused origin should learn
+/// nothing of the policy (browsers ignore them there anyway).
+pub async fn only_for_allowed(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    if !headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
+        let cors: Vec<HeaderName> =
+            headers.keys().filter(|name| name.as_str().starts_with("access-control-")).cloned().collect();
+        for name in cors {
+            headers.remove(name);
+        }
+    }
+    response
 }
 
 /// The CORS layer, or `None` when no origin is allowed (no CORS headers at all).

@@ -242,7 +242,8 @@ pub fn router(state: SharedState, cors: Option<tower_http::cors::CorsLayer>) -> 
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::authenticate))
         .with_state(state);
     match cors {
-        Some(cors) => app.layer(cors),
+        // Outside the CORS layer: tidy what it added to answers for refused origins.
+        Some(cors) => app.layer(cors).layer(axum::middleware::map_response(crate::auth::cors::only_for_allowed)),
         None => app,
     }
 }
