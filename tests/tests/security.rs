@@ -109,6 +109,19 @@ async fn tokens_of_every_algorithm_are_verified_and_bad_ones_refused() {
     assert!(resp.headers()["www-authenticate"].to_str().unwrap().contains("invalid_token"));
     assert_problem(resp, 401, "invalid_token").await;
 
+    // Two Authorization (or X-Write-Key) headers: neither is taken, even when one is good.
+    let good = format!("Bearer {}", hs(&claims(perms.clone())));
+    for (name, first, second) in
+        [("authorization", good.as_str(), "Bearer not-a-jwt"), ("x-write-key", "pk_shop", "pk_shop")]
+    {
+        let resp = server.get(path).header(name, first).header(name, second).send().await.unwrap();
+        let p = assert_problem(resp, 401, "invalid_token").await;
+        assert!(p["detail"].as_str().unwrap().contains("not several"), "{p}");
+    }
+    let resp =
+        server.get(path).header("authorization", reqwest::header::HeaderValue::from_bytes(b"Bearer \xff").unwrap());
+    assert_problem(resp.send().await.unwrap(), 401, "invalid_token").await;
+
     let expired = json!({"exp": now() - 60, "permissions": perms});
     assert_problem(get_with(&server, path, &hs(&expired)).await, 401, "token_expired").await;
     let early = json!({"exp": now() + 3600, "nbf": now() + 600, "permissions": perms});

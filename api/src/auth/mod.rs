@@ -227,7 +227,17 @@ impl Security {
         }
         let mut token = None;
         let mut key = None;
-        if let Some(auth) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        // One value per credential header: with two, which one a proxy or a log saw is
+        // anyone's guess, so neither is taken.
+        let auth = match single(headers, header::AUTHORIZATION.as_str()) {
+            Ok(auth) => auth,
+            Err(e) => return (Credential::Refused(e), false),
+        };
+        let header_key = match single(headers, "x-write-key") {
+            Ok(k) => k,
+            Err(e) => return (Credential::Refused(e), false),
+        };
+        if let Some(auth) = auth {
             let (scheme, value) = auth.trim().split_once(' ').unwrap_or((auth, ""));
             if scheme.eq_ignore_ascii_case("bearer") {
                 token = Some(value.trim().to_string());
@@ -251,7 +261,7 @@ impl Security {
             }
         }
         if key.is_none() {
-            key = headers.get("x-write-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+            key = header_key.map(str::to_owned);
         }
         // Any `access_token` in the URL is noted, also beside a header token: the gate
         // refuses it outside the subscription routes instead of ignoring it.
@@ -289,6 +299,17 @@ impl Security {
             Credential::Refused(AuthError::UnknownWriteKey)
         }
     }
+}
+
+/// The value of a credential header sent at most once, as text; refused when it is
+/// sent twice or is not visible ASCII.
+fn single<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, AuthError> {
+    let mut values = headers.get_all(name).iter();
+    let Some(value) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err(AuthError::InvalidToken(format!("send one {name} header, not several")));
+    }
+    value.to_str().map(Some).map_err(|_| AuthError::InvalidToken(format!("the {name} header is not ASCII text")))
 }
 
 /// The credentials of a request.
