@@ -122,7 +122,8 @@ settings! {
     write_buffer_bytes: u64 = 256 * MIB;
     /// How often retention runs.
     retention_check_interval_ms: u64 = 30_000;
-    /// Create an unknown topic on its first event instead of answering 404.
+    /// Create an unknown topic on its first event instead of answering 404 (with
+    /// authentication on, only for a token that also grants `admin` on the topic).
     auto_create_topics: bool = false;
     /// Partitions of a topic created without a count (and of auto-created topics).
     default_partitions: u32 = 6;

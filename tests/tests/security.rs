@@ -948,7 +948,8 @@ async fn an_open_gateway_refuses_foreign_pages_and_host_names() {
 }
 
 /// A public write key cannot create topics (anyone could make any number matching its
-/// patterns), even with auto_create_topics on; a token with produce can.
+/// patterns), even with auto_create_topics on, nor can a token with produce alone; a
+/// token that may administer the topic can.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_keys_never_create_topics() {
     let server = secured(|c| {
@@ -968,8 +969,13 @@ async fn write_keys_never_create_topics() {
         .header("content-type", "application/json")
         .body(r#"{"records":[{"value":1}],"writeKey":"pk_shop"}"#);
     assert_problem(in_body.send().await.unwrap(), 404, "topic_not_found").await;
+    // Creating is administration (Kafka's Create ACL): a token that may only produce
+    // gets 404 too; one that may also administer the topic creates it.
     let producer = server.api().with_token(&hs(&claims(json!(["produce:web.*"]))));
-    assert_eq!(producer.post_events("web.new", "", "application/json", r#"{"a":1}"#).await.status(), 200);
+    let resp = producer.post_events("web.new", "", "application/json", r#"{"a":1}"#).await;
+    assert_problem(resp, 404, "topic_not_found").await;
+    let owner = server.api().with_token(&hs(&claims(json!(["produce:web.*", "admin:web.*"]))));
+    assert_eq!(owner.post_events("web.new", "", "application/json", r#"{"a":1}"#).await.status(), 200);
     let admin = server.api().with_token(&admin_token());
     let topics = admin.get_json("/v1/topics").await;
     assert_eq!(topics["topics"].as_array().unwrap().len(), 1, "{topics}");

@@ -348,6 +348,12 @@ impl Caller {
         self.check(action, Some(topic)).map_err(|e| self.refuse(e))
     }
 
+    /// Whether the credentials grant `action` on `topic`, without counting a request or
+    /// a refusal (for choices such as whether ingest may create the topic).
+    pub fn may(&self, action: Action, topic: &str) -> bool {
+        self.check_access(action, Some(topic)).is_ok()
+    }
+
     /// Allowed to do `action` on every topic of `topics` (one request writing to
     /// several, like a Segment batch). A write key takes one request from its rate
     /// limit, however many topics the request writes to.

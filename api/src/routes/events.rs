@@ -182,7 +182,10 @@ pub async fn produce(
         caller.clone().with_body_write_key(key.as_deref()).require(Action::Produce, &topic)?;
     }
     let mut set = TopicSet::default();
-    let create = if body_key || caller.uses_write_key() { Create::Never } else { Create::IfConfigured };
+    // Creating a topic is administration (Kafka's Create ACL): a token that may only
+    // produce, or a write key, gets 404 for an unknown topic whatever
+    // `auto_create_topics` says.
+    let create = if !body_key && caller.may(Action::Admin, &topic) { Create::IfConfigured } else { Create::Never };
     set.add(&state, &topic, create)?;
     // `?partition=` names a resource of the URL: 404 when it does not exist (an
     // envelope record's own `partition` is a field of one event: 400 with its index).
