@@ -480,6 +480,9 @@ async fn write_keys_produce_only_to_their_topics_from_their_origins() {
     assert_eq!(stored.len(), accepted, "{stored:?}");
     let pages: Vec<&str> = stored.iter().filter_map(|r| r["value"]["page"].as_str()).collect();
     assert!(pages.contains(&"/body") && pages.contains(&"/env"), "{pages:?}");
+    // The key in the body is the request's credential, not a field of the event.
+    let from_body = stored.iter().find(|r| r["value"]["page"] == "/body").unwrap();
+    assert_eq!(from_body["value"], json!({"page": "/body"}), "{from_body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

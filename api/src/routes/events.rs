@@ -219,7 +219,13 @@ pub async fn produce(
                 }
                 None => None,
             };
-            Ok((outgoing(&set, &body, &events, &params, idempotency_key.as_deref())?, request))
+            let mut out = outgoing(&set, &body, &events, &params, idempotency_key.as_deref())?;
+            if let [only] = out.as_mut_slice()
+                && body_key
+            {
+                without_write_key(only, &body);
+            }
+            Ok((out, request))
         }
     };
     let (events, request) = if body_len_hint(&request_headers) < INLINE_PARSE_BYTES {
@@ -333,6 +339,22 @@ fn outgoing(
     } else {
         errors.truncate(crate::ingest::parse::MAX_LISTED_ERRORS);
         Err(ApiError::InvalidEvents { errors })
+    }
+}
+
+/// Removes the `writeKey` member of an event that is the whole body (a single JSON
+/// object that carried the write key): the key is a credential of the request, not a
+/// field of the event (as the Segment routes do). The envelope's `writeKey` sits beside
+/// its records and is never part of them.
+fn without_write_key(event: &mut Outgoing, body: &Bytes) {
+    let whole = body.trim_ascii();
+    if !event.json || event.value.as_ptr() != whole.as_ptr() || event.value.len() != whole.len() {
+        return;
+    }
+    let Ok(text) = std::str::from_utf8(&event.value) else { return };
+    let Ok(mut object) = crate::ingest::rawjson::RawObject::parse(text) else { return };
+    if object.remove("writeKey").is_some() {
+        event.value = Bytes::from(object.to_json());
     }
 }
 
