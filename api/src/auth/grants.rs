@@ -160,4 +160,17 @@ mod tests {
         }
         assert!(!Grants::from_claim(None).allows_any("x"));
     }
+
+    #[test]
+    fn the_lenient_forms_read_as_documented() {
+        let single = Grants::from_claim(Some(&json!("consume:orders")));
+        assert!(single.allows(Action::Consume, "orders") && !single.allows(Action::Consume, "other"));
+        let everywhere = Grants::from_claim(Some(&json!({"admin": true, "produce": false})));
+        assert!(everywhere.allows_everywhere(Action::Admin));
+        let bare = Grants::from_claim(Some(&json!([" consume ", "produce : web.* "])));
+        assert!(bare.allows_everywhere(Action::Consume) && !bare.allows_everywhere(Action::Produce));
+        assert!(bare.allows(Action::Produce, "web.x") && !bare.allows(Action::Admin, "web.x"));
+        let others = Grants::from_claim(Some(&json!(["read:all", {"produce": "*"}, "openid"])));
+        assert!(!others.allows_any("x"), "unknown actions and non-strings grant nothing");
+    }
 }
