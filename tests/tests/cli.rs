@@ -281,7 +281,11 @@ async fn produce_names_refused_lines_with_the_servers_detail() {
     assert_eq!(keyed.error_json()["code"], "invalid_input", "{}", keyed.stderr);
     assert!(keyed.error_json()["detail"].as_str().unwrap().starts_with("line 3: not JSON"), "{}", keyed.stderr);
     let bad_partition = tg_in(&server, &["produce", "p", "--partition", "7"], b"{}\n").await.expect(1);
-    assert!(bad_partition.stderr.contains("partition 7 does not exist"), "{}", bad_partition.stderr);
+    assert!(
+        bad_partition.stderr.contains("has no partition 7 (it has 1) (404 partition_not_found)"),
+        "{}",
+        bad_partition.stderr
+    );
     tg(&server, &["produce", "p", "--file", "/nonexistent/events.ndjson"]).await.expect(2);
     tg(&server, &["produce"]).await.expect(2);
 }

@@ -317,6 +317,16 @@ fn encode(
     Ok(Encoded { batches, slots, payload })
 }
 
+/// The copy of an id that later copies in the same request repeat.
+struct FirstCopy {
+    /// The id's claim.
+    claim: usize,
+    /// Request index of the copy (the first accepted one, else the first one).
+    index: usize,
+    /// Whether that copy is dead-lettered.
+    dead: bool,
+}
+
 /// How an event of the request is handled after the dedup lookup.
 #[derive(Debug, Clone, Copy)]
 enum Fate {
@@ -376,24 +386,24 @@ pub async fn commit(
     // corrected copy after them is accepted, as it would be in a later request).
     let mut fates = Vec::with_capacity(events.len());
     let mut claims_wanted: Vec<(Arc<Topic>, Vec<u8>)> = Vec::new();
-    // (scope, id) -> (its claim, the request index copies repeat, whether that one is dead-lettered)
-    let mut first: HashMap<(usize, &[u8]), (usize, usize, bool), foldhash::fast::RandomState> = HashMap::default();
+    let mut first: HashMap<(usize, &[u8]), FirstCopy, foldhash::fast::RandomState> = HashMap::default();
     let mut replay_claims: Vec<Option<usize>> = vec![None; events.len()];
     for (i, e) in events.iter().enumerate() {
         let dead = e.dead_letter.is_some();
         match &e.id {
             None => fates.push(Fate::Write { claim: None }),
             Some(id) => match first.get_mut(&(e.scope, id.as_slice())) {
-                Some((claim, owner, owner_dead)) if *owner_dead && !dead => {
+                Some(copy) if copy.dead && !dead => {
                     // Both share the claim: if the id was stored before, both are
                     // duplicates; else only this one's entry is written.
-                    (*owner, *owner_dead) = (i, false);
-                    fates.push(Fate::Write { claim: Some(*claim) });
+                    (copy.index, copy.dead) = (i, false);
+                    fates.push(Fate::Write { claim: Some(copy.claim) });
                 }
-                Some(&mut (_, owner, _)) => fates.push(Fate::Repeat(owner)),
+                Some(copy) => fates.push(Fate::Repeat(copy.index)),
                 None => {
                     claims_wanted.push((set.list[e.scope].topic()?.clone(), id.clone()));
-                    first.insert((e.scope, id.as_slice()), (claims_wanted.len() - 1, i, dead));
+                    first
+                        .insert((e.scope, id.as_slice()), FirstCopy { claim: claims_wanted.len() - 1, index: i, dead });
                     fates.push(Fate::Write { claim: Some(claims_wanted.len() - 1) });
                 }
             },

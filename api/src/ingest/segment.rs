@@ -482,7 +482,6 @@ pub fn normalize(
     };
     let mut write_key = top.remove("writeKey").and_then(|k| as_str(&k).map(Cow::into_owned)).filter(|k| !k.is_empty());
     // (index, the item if it is an object else what it is, the type of a single call)
-    #[allow(clippy::type_complexity)]
     let items: Vec<(usize, Result<RawObject<'_>, Shallow<'_>>, Option<&'static str>)> = match call {
         // The event is the body itself (`top` is read again only for batches).
         Call::Single(kind) => vec![(0, Ok(std::mem::take(&mut top)), Some(kind))],

@@ -107,6 +107,71 @@ impl utoipa::Modify for CommonResponsesDoc {
     }
 }
 
+/// Completes what the annotations cannot say: the syntax of topic and group names in
+/// paths, the binary body of ingest, 408 for operations that read a body, and the
+/// `/openapi.json` operation (served beside the API, not routed through it).
+struct DetailsDoc;
+
+/// What a topic or group name may be (`validate_topic_name`): `.` and `..` excepted.
+const NAME_PATTERN: &str = "^[A-Za-z0-9._-]{1,249}$";
+
+impl utoipa::Modify for DetailsDoc {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem};
+        use utoipa::openapi::schema::{ObjectBuilder, SchemaFormat, SchemaType, Type};
+        use utoipa::openapi::{ContentBuilder, KnownFormat, RefOr, ResponseBuilder};
+        let name = || -> RefOr<utoipa::openapi::schema::Schema> {
+            ObjectBuilder::new()
+                .schema_type(SchemaType::Type(Type::String))
+                .pattern(Some(NAME_PATTERN))
+                .min_length(Some(1))
+                .max_length(Some(249))
+                .into()
+        };
+        for item in doc.paths.paths.values_mut() {
+            for op in
+                [&mut item.get, &mut item.post, &mut item.put, &mut item.patch, &mut item.delete].into_iter().flatten()
+            {
+                for param in op.parameters.iter_mut().flatten() {
+                    let RefOr::T(param) = param else { continue };
+                    if matches!(param.name.as_str(), "topic" | "group")
+                        && param.parameter_in == utoipa::openapi::path::ParameterIn::Path
+                    {
+                        param.schema = Some(name());
+                    }
+                }
+                if let Some(body) = &mut op.request_body {
+                    if let RefOr::T(body) = body
+                        && let Some(RefOr::T(binary)) = body.content.get_mut("application/octet-stream")
+                    {
+                        binary.schema = Some(
+                            ObjectBuilder::new()
+                                .schema_type(SchemaType::Type(Type::String))
+                                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+                                .into(),
+                        );
+                    }
+                    op.responses.responses.entry("408".into()).or_insert_with(|| {
+                        problem("The body did not arrive within `http_body_timeout_ms`").build().into()
+                    });
+                }
+            }
+        }
+        let spec = OperationBuilder::new()
+            .tag("ops")
+            .summary(Some("This OpenAPI document"))
+            .operation_id(Some("openapi_json"))
+            .response(
+                "200",
+                ResponseBuilder::new()
+                    .description("OpenAPI 3.1 document of the API (Swagger UI at `/docs`)")
+                    .content("application/json", ContentBuilder::new().build()),
+            )
+            .build();
+        doc.paths.paths.insert("/openapi.json".into(), PathItem::new(HttpMethod::Get, spec));
+    }
+}
+
 /// Adds the security schemes, and to every protected operation its security
 /// requirement and the 401, 403 and 429 answers (one place, so none is forgotten).
 struct SecurityDoc;
@@ -150,6 +215,8 @@ impl utoipa::Modify for SecurityDoc {
                 if produce {
                     security.push(SecurityRequirement::new("write_key", Vec::<String>::new()));
                 }
+                // `{}`: none, while authentication is off (allowed on loopback only).
+                security.push(SecurityRequirement::default());
                 op.security = Some(security);
                 let r = &mut op.responses.responses;
                 r.entry("401".into()).or_insert_with(|| {
@@ -210,6 +277,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = api_router().split_for_parts().1;
     utoipa::Modify::modify(&SecurityDoc, &mut doc);
     utoipa::Modify::modify(&CommonResponsesDoc, &mut doc);
+    utoipa::Modify::modify(&DetailsDoc, &mut doc);
     doc
 }
 
