@@ -544,6 +544,43 @@ async fn event_id_pointer_and_idempotency_key_deduplicate_with_original_offsets(
     assert!(problem.to_string().contains("at most 496"), "{problem}");
 }
 
+/// A schema added after an event was accepted does not turn its retry into a 400 (a
+/// tracker would drop it as malformed): the retry is answered as the duplicate it is.
+/// A new event failing the schema is still refused, and its request writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_of_an_event_accepted_before_a_schema_is_a_duplicate() {
+    let server = TestServer::with_defaults().await;
+    server.create_topic_with(json!({"name": "late", "partitions": 1, "event_id": "/eid"})).await;
+    let post = |body: Value, key: Option<&'static str>| {
+        let mut request = server.post("/v1/topics/late/events").json(&body);
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        request.send()
+    };
+    assert_eq!(post(json!({"eid": "e1"}), None).await.unwrap().status(), 200);
+    assert_eq!(post(json!([{"n": 1}]), Some("k1")).await.unwrap().status(), 200);
+    let patch = json!({"schema": {"required": ["page"]}});
+    assert_eq!(server.http.patch(server.url("/v1/topics/late")).json(&patch).send().await.unwrap().status(), 200);
+
+    for (body, key) in [(json!({"eid": "e1"}), None), (json!([{"n": 1}]), Some("k1"))] {
+        let resp = post(body, key).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let answer: Value = resp.json().await.unwrap();
+        assert_eq!(answer["offsets"][0]["duplicate"], true, "{answer}");
+    }
+    // New events failing the schema: refused, beside a retry too; nothing is written.
+    for body in [json!({"eid": "e2"}), json!({"n": 2}), json!([{"eid": "e1"}, {"eid": "e3", "page": 1}, {"eid": "e4"}])]
+    {
+        let problem = assert_problem(post(body.clone(), None).await.unwrap(), 400, "invalid_events").await;
+        let indexes: Vec<u64> =
+            problem["errors"].as_array().unwrap().iter().map(|e| e["index"].as_u64().unwrap()).collect();
+        let expected = if body.is_array() { vec![2] } else { vec![0] };
+        assert_eq!(indexes, expected, "{body}: {problem}");
+    }
+    assert_eq!(server.end_offsets("late").await, vec![2]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_rejects_with_the_path_or_dead_letters_with_the_reason() {
     let mut server = TestServer::with_defaults().await;

@@ -182,6 +182,10 @@ pub struct Outgoing {
     pub replay_id: Option<Vec<u8>>,
     /// Set when the event failed its topic's schema and goes to the dead-letter topic.
     pub dead_letter: Option<DeadLetterNote>,
+    /// Set when the event failed its topic's schema and the topic has no dead-letter
+    /// topic: [`commit`] refuses the request with it, unless the event's id was stored
+    /// before (a retry of an event accepted before the schema changed is a duplicate).
+    pub refusal: Option<EventError>,
 }
 
 impl Outgoing {
@@ -199,16 +203,17 @@ impl Outgoing {
             id: None,
             replay_id: None,
             dead_letter: None,
+            refusal: None,
         }
     }
 }
 
 /// Applies the schema of the event's topic: a valid event passes; an invalid one is
 /// redirected to the dead-letter topic (with `dlq-*` headers) when the topic has one,
-/// or reported in `errors` (and `None` returned).
-pub fn screen(set: &TopicSet, index: usize, mut event: Outgoing, errors: &mut Vec<EventError>) -> Option<Outgoing> {
+/// else handed back with the failure (`Err`).
+pub fn screen(set: &TopicSet, index: usize, mut event: Outgoing) -> Result<Outgoing, (Outgoing, EventError)> {
     let dest = &set.list[event.topic];
-    let Err(failure) = dest.rules.check(&event.value, event.json) else { return Some(event) };
+    let Err(failure) = dest.rules.check(&event.value, event.json) else { return Ok(event) };
     match dest.dead_letter {
         Some(dlq) => {
             event.headers.push((dead_letter_headers::REASON.into(), failure.reason.clone().into_bytes()));
@@ -218,10 +223,10 @@ pub fn screen(set: &TopicSet, index: usize, mut event: Outgoing, errors: &mut Ve
             // The dead-letter topic has its own partitions: the key decides, if any.
             event.partition = None;
             event.dead_letter = Some(DeadLetterNote { reason: Some(failure.reason), path: Some(failure.path) });
-            Some(event)
+            Ok(event)
         }
         None => {
-            errors.push(EventError {
+            let error = EventError {
                 index,
                 position: None,
                 path: Some(failure.path.clone()),
@@ -229,8 +234,8 @@ pub fn screen(set: &TopicSet, index: usize, mut event: Outgoing, errors: &mut Ve
                     "does not match the schema of topic {:?} at {:?}: {}",
                     dest.name, failure.path, failure.reason
                 ),
-            });
-            None
+            };
+            Err((event, error))
         }
     }
 }
@@ -379,6 +384,14 @@ pub async fn commit(
     request: Option<RequestIds>,
 ) -> Result<Option<Vec<Placement>>, ApiError> {
     check_events(state, set, &events)?;
+    let refused: Vec<usize> = events.iter().enumerate().filter(|(_, e)| e.refusal.is_some()).map(|(i, _)| i).collect();
+    let refuse = |which: &[usize]| ApiError::InvalidEvents {
+        errors: which.iter().filter_map(|&i| events[i].refusal.clone()).take(super::parse::MAX_LISTED_ERRORS).collect(),
+    };
+    // A topic still to be created remembers no id: nothing to look up.
+    if refused.iter().any(|&i| events[i].id.is_none() || set.list[events[i].scope].topic.is_none()) {
+        return Err(refuse(&refused));
+    }
     set.create_missing(state).await?;
     let set = &*set;
     // Ids: one claim per distinct (scope topic, id); repeats follow the first accepted
@@ -440,6 +453,12 @@ pub async fn commit(
                 // A retry of a keyed request: this dead letter was written by it before.
                 *fate = Fate::Seen(place);
             }
+        }
+        // Events failing the schema are refused unless stored before (dropping the
+        // claims releases them; nothing is written).
+        let unseen: Vec<usize> = refused.iter().copied().filter(|&i| !matches!(fates[i], Fate::Seen(_))).collect();
+        if !unseen.is_empty() {
+            return Err(refuse(&unseen));
         }
         // The key was used before, and not with this body: refused whole (dropping the
         // claims releases them; nothing is written).

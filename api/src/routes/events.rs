@@ -319,24 +319,37 @@ fn outgoing(
             json: event.json,
             ..Outgoing::json(0, body.slice_ref(event.value))
         };
-        if let Some(mut e) = screen(set, index, e, &mut errors) {
-            if e.dead_letter.is_some()
-                && let Some(key) = idempotency_key
-            {
-                // Remembered as `K:<index>` with its dead-letter place (see
-                // `Outgoing::replay_id`); an id of its own stays unremembered.
-                let replay = header_id(key, index).map_err(|d| ApiError::invalid("invalid_idempotency_key", d))?;
-                if e.id.as_ref() == Some(&replay) {
-                    e.id = None;
-                }
-                e.replay_id = Some(replay);
+        let mut e = match screen(set, index, e) {
+            Ok(e) => e,
+            // Refused in `commit`, unless a retry of an event stored before.
+            Err((e, failure)) if e.id.is_some() => {
+                out.push(Outgoing { refusal: Some(failure), ..e });
+                continue;
             }
-            out.push(e);
+            Err((_, failure)) => {
+                errors.push(failure);
+                continue;
+            }
+        };
+        if e.dead_letter.is_some()
+            && let Some(key) = idempotency_key
+        {
+            // Remembered as `K:<index>` with its dead-letter place (see
+            // `Outgoing::replay_id`); an id of its own stays unremembered.
+            let replay = header_id(key, index).map_err(|d| ApiError::invalid("invalid_idempotency_key", d))?;
+            if e.id.as_ref() == Some(&replay) {
+                e.id = None;
+            }
+            e.replay_id = Some(replay);
         }
+        out.push(e);
     }
     if errors.is_empty() {
         Ok(out)
     } else {
+        // Refused anyway: list the schema failures that waited for the dedup lookup too.
+        errors.extend(out.into_iter().filter_map(|e| e.refusal));
+        errors.sort_by_key(|e| e.index);
         errors.truncate(crate::ingest::parse::MAX_LISTED_ERRORS);
         Err(ApiError::InvalidEvents { errors })
     }

@@ -218,14 +218,14 @@ pub async fn segment_call(
             id: Some(id),
             ..Outgoing::json(topic, value.clone())
         };
-        let before = errors.len();
-        if let Some(event) = screen(&set, index, event, &mut errors) {
-            events.push(event);
-        } else if call == Call::Batch && errors.len() > before {
+        match screen(&set, index, event) {
+            Ok(event) => events.push(event),
             // Failed its topic's schema, and the topic has no dead-letter topic.
-            let failure = errors.pop().expect("screen reported the failure");
-            let source = Some((set.list[topic].name.clone(), failure.path.unwrap_or_default()));
-            aside.push(index, failure.detail, value, source);
+            Err((_, failure)) if call == Call::Batch => {
+                let source = Some((set.list[topic].name.clone(), failure.path.unwrap_or_default()));
+                aside.push(index, failure.detail, value, source);
+            }
+            Err((_, failure)) => errors.push(failure),
         }
     }
     if !errors.is_empty() {
