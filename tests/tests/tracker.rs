@@ -579,6 +579,17 @@ async fn a_retry_of_an_event_accepted_before_a_schema_is_a_duplicate() {
         assert_eq!(indexes, expected, "{body}: {problem}");
     }
     assert_eq!(server.end_offsets("late").await, vec![2]);
+
+    // A Segment single call too (a batch sets a failing event aside instead).
+    let track = |id: &str| json!({"userId": "u", "event": "E", "messageId": id});
+    accepted(post_segment(server.api(), "/v1/track", "application/json", &track("m1")).await).await;
+    let patch = json!({"schema": {"required": ["properties"]}});
+    let resp = server.http.patch(server.url("/v1/topics/segment.track")).json(&patch).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    accepted(post_segment(server.api(), "/v1/track", "application/json", &track("m1")).await).await;
+    let resp = post_segment(server.api(), "/v1/track", "application/json", &track("m2")).await;
+    assert_problem(resp, 400, "invalid_events").await;
+    assert_eq!(server.end_offsets("segment.track").await.iter().sum::<u64>(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

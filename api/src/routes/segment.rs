@@ -225,7 +225,9 @@ pub async fn segment_call(
                 let source = Some((set.list[topic].name.clone(), failure.path.unwrap_or_default()));
                 aside.push(index, failure.detail, value, source);
             }
-            Err((_, failure)) => errors.push(failure),
+            // A single call: refused in `commit`, unless its messageId was stored before
+            // (a retry of an event accepted before the schema was set).
+            Err((event, failure)) => events.push(Outgoing { refusal: Some(failure), ..event }),
         }
     }
     if !errors.is_empty() {
