@@ -92,15 +92,16 @@ impl DiskGuard {
         StorageError::DiskLow { free, min: self.min_free }
     }
 
-    /// For a request that does not wait for its write (`acks=none`): refused while the
-    /// writer's last verdict was "low" and free space is still below the floor (the
-    /// writer's refusal would reach no one). One atomic load while the disk is fine.
-    pub(crate) fn admit_detached(&self) -> Result<()> {
+    /// For a request of `bytes` that does not wait for its write (`acks=none`): refused
+    /// while the writer's last verdict was "low" and the bytes still do not fit above
+    /// the floor, the writer's own test (its refusal would reach no one). One atomic
+    /// load while the disk is fine.
+    pub(crate) fn admit_detached(&self, bytes: u64) -> Result<()> {
         if !self.low.load(Ordering::Acquire) {
             return Ok(());
         }
         match self.room() {
-            Some((free, 0)) => Err(self.refusal(free)),
+            Some((free, left)) if bytes > left => Err(self.refusal(free)),
             _ => Ok(()),
         }
     }
@@ -133,16 +134,17 @@ mod tests {
         assert_eq!(room, 0);
         assert!(matches!(high.refusal(f), StorageError::DiskLow { min, .. } if min == free.saturating_mul(1000)));
         assert!(high.space().low);
-        assert!(high.admit_detached().is_ok(), "no verdict yet");
+        assert!(high.admit_detached(100).is_ok(), "no verdict yet");
         high.verdict(f, true);
-        assert!(high.admit_detached().is_err(), "refused while the writer refuses and space is short");
+        assert!(high.admit_detached(100).is_err(), "refused while the writer refuses and space is short");
 
         // A floor of one byte: room for nearly everything free.
         let low = DiskGuard::new(dir.path(), 1).expect("guard");
         let (_, room) = low.room().expect("measured");
         assert!(room > 0);
         low.verdict(1, true);
-        assert!(low.admit_detached().is_ok(), "space is back: detached appends go on");
+        assert!(low.admit_detached(100).is_ok(), "space is back: detached appends go on");
+        assert!(low.admit_detached(u64::MAX).is_err(), "the writer's test: what does not fit is refused");
         assert!(!low.space().low);
     }
 }

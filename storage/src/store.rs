@@ -625,7 +625,8 @@ impl Store {
         ids: Option<IdWrites>,
     ) -> Result<()> {
         // Refused here while the disk is low: the writer's refusal would reach no one.
-        self.inner.disk.admit_detached()?;
+        let bytes: u64 = batches.iter().map(|(_, b)| b.bytes.len() as u64).sum();
+        self.inner.disk.admit_detached(bytes)?;
         self.send(WriterCmd::Append { batches, ids, reply: None }).await
     }
 
