@@ -480,9 +480,22 @@ async fn write_keys_produce_only_to_their_topics_from_their_origins() {
     assert_eq!(stored.len(), accepted, "{stored:?}");
     let pages: Vec<&str> = stored.iter().filter_map(|r| r["value"]["page"].as_str()).collect();
     assert!(pages.contains(&"/body") && pages.contains(&"/env"), "{pages:?}");
-    // The key in the body is the request's credential, not a field of the event.
+    // The key in the body is the request's credential, not a field of the event, also
+    // for the topic's schema (which may forbid other fields).
     let from_body = stored.iter().find(|r| r["value"]["page"] == "/body").unwrap();
     assert_eq!(from_body["value"], json!({"page": "/body"}), "{from_body}");
+    let closed = json!({"schema": {"additionalProperties": false, "properties": {"page": {}}}});
+    let resp = admin.http.patch(admin.url("/v1/topics/web.clicks")).json(&closed).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = server
+        .post("/v1/topics/web.clicks/events")
+        .header("origin", "https://shop.example")
+        .header("content-type", "text/plain")
+        .body(r#"{"writeKey":"pk_shop","page":"/closed"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -197,6 +197,12 @@ async fn segment_calls_with_an_idempotency_key_are_deduplicated() {
     assert_eq!(stored.len(), 3, "one track and a batch of two, each once: {stored:?}");
     let ids: Vec<&str> = stored.iter().map(|r| r["value"]["messageId"].as_str().unwrap()).collect();
     assert!(ids.iter().all(|id| id.starts_with("idem-")), "{ids:?}");
+    // The same body under the same key to another call is another event.
+    let page = json!({"userId": "u1", "name": "Bought"});
+    accepted(call("/v1/page", Some("order-1"), page.clone()).await.unwrap()).await;
+    accepted(call("/v1/screen", Some("order-1"), page).await.unwrap()).await;
+    assert_eq!(all_records(&server, "segment.page").await.len(), 1);
+    assert_eq!(all_records(&server, "segment.screen").await.len(), 1);
     // Another body under a used key, and calls without a key, are new events.
     accepted(call("/v1/track", Some("order-1"), json!({"userId": "u1", "event": "Refunded"})).await.unwrap()).await;
     for _ in 0..2 {
@@ -560,10 +566,15 @@ async fn a_retry_of_an_event_accepted_before_a_schema_is_a_duplicate() {
     };
     assert_eq!(post(json!({"eid": "e1"}), None).await.unwrap().status(), 200);
     assert_eq!(post(json!([{"n": 1}]), Some("k1")).await.unwrap().status(), 200);
+    assert_eq!(post(json!([{"eid": "e5", "page": 1}, {"eid": "e5"}]), None).await.unwrap().status(), 200);
     let patch = json!({"schema": {"required": ["page"]}});
     assert_eq!(server.http.patch(server.url("/v1/topics/late")).json(&patch).send().await.unwrap().status(), 200);
 
-    for (body, key) in [(json!({"eid": "e1"}), None), (json!([{"n": 1}]), Some("k1"))] {
+    for (body, key) in [
+        (json!({"eid": "e1"}), None),
+        (json!([{"n": 1}]), Some("k1")),
+        (json!([{"eid": "e5", "page": 1}, {"eid": "e5"}]), None),
+    ] {
         let resp = post(body, key).await.unwrap();
         assert_eq!(resp.status(), 200);
         let answer: Value = resp.json().await.unwrap();
@@ -578,7 +589,7 @@ async fn a_retry_of_an_event_accepted_before_a_schema_is_a_duplicate() {
         let expected = if body.is_array() { vec![2] } else { vec![0] };
         assert_eq!(indexes, expected, "{body}: {problem}");
     }
-    assert_eq!(server.end_offsets("late").await, vec![2]);
+    assert_eq!(server.end_offsets("late").await, vec![3]);
 
     // A Segment single call too (a batch sets a failing event aside instead).
     let track = |id: &str| json!({"userId": "u", "event": "E", "messageId": id});
@@ -747,6 +758,16 @@ async fn a_keyed_retry_does_not_write_its_dead_letters_again() {
     let fixed = post(server.api().clone(), "K2", r#"[{"eid":"e1","p":2}]"#).await;
     assert!(fixed[0].get("duplicate").is_none() && fixed[0].get("dead_letter").is_none(), "{fixed}");
     assert_eq!(server.end_offsets("k").await, vec![2]);
+    // A dead letter and its corrected copy in one keyed request: a retry answers each
+    // with its own first place.
+    let both = r#"[{"eid":"e9"},{"eid":"e9","p":1}]"#;
+    let first = post(server.api().clone(), "K3", both).await;
+    let again = post(server.api().clone(), "K3", both).await;
+    assert_eq!(again[0]["dead_letter"]["topic"], "k.dlq", "{again}");
+    for i in 0..2 {
+        assert_eq!((&again[i]["partition"], &again[i]["offset"]), (&first[i]["partition"], &first[i]["offset"]));
+    }
+    assert!(again[1].get("dead_letter").is_none(), "{again}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

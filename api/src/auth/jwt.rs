@@ -247,6 +247,11 @@ impl Verifier {
         v
     }
 
+    /// The clock skew allowed past `exp` and before `nbf` (`jwt_leeway_s`).
+    pub fn leeway_s(&self) -> u64 {
+        self.leeway_s
+    }
+
     /// Whether a token with `exp = expires_at` (seconds) is expired at `now_ms`: from
     /// `exp` plus the leeway on, to the millisecond.
     fn expired(&self, expires_at: u64, now_ms: u64) -> bool {

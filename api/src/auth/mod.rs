@@ -422,10 +422,15 @@ impl Caller {
         }
     }
 
-    /// When the caller's token expires (`None`: no token, or authentication off).
+    /// From when the caller's token is refused: its `exp` plus `jwt_leeway_s`, as HTTP
+    /// requests are checked (`None`: no token, authentication off, or an `exp` beyond
+    /// what the clock can hold).
     pub fn expires_at(&self) -> Option<SystemTime> {
         match &self.credential {
-            Credential::Token(v) => Some(UNIX_EPOCH + Duration::from_secs(v.expires_at)),
+            Credential::Token(v) => {
+                let leeway = self.security.verifier.leeway_s();
+                UNIX_EPOCH.checked_add(Duration::from_secs(v.expires_at.saturating_add(leeway)))
+            }
             _ => None,
         }
     }

@@ -536,10 +536,9 @@ impl Session {
         let mut next_ping = Instant::now() + heartbeat;
         let mut next_commit = Instant::now() + auto_commit_every;
         // The token's expiry as a point on the monotonic clock.
-        let expires = self
-            .params
-            .expires_at
-            .map(|at| Instant::now() + at.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO));
+        let expires = self.params.expires_at.and_then(|at| {
+            Instant::now().checked_add(at.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO))
+        });
         let mut closing = self.state.store.closing_signal();
         // One timer for the session, moved only when its deadline changes (a new timer
         // per wake-up cost a timer-wheel insert and removal for every delivered frame).

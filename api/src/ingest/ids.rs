@@ -37,12 +37,15 @@ pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>
 }
 
 /// The seed of the `messageId`s the gateway makes for a Segment request's events that
-/// have none, when the request names itself with `key`: the same key and body give
-/// the same ids (a retry is deduplicated), another body under the key other ids.
-pub fn message_id_seed(key: &str, body: &[u8]) -> [u8; 16] {
+/// have none, when the request names itself with `key`: the same key, call and body
+/// give the same ids (a retry is deduplicated); another body, or the same body sent to
+/// another call (`/v1/page` and `/v1/screen`), under the key gives other ids.
+pub fn message_id_seed(key: &str, call: &str, body: &[u8]) -> [u8; 16] {
     use sha2::Digest;
     let mut hasher = sha2::Sha256::new();
     hasher.update(key.as_bytes());
+    hasher.update([0]);
+    hasher.update(call.as_bytes());
     hasher.update([0]);
     hasher.update(body);
     let digest = hasher.finalize();

@@ -443,20 +443,27 @@ pub async fn commit(
     } else {
         let (states, claims) = state.store.dedup_claim(claims_wanted).await?;
         for (fate, replay) in fates.iter_mut().zip(&replay_claims) {
-            if let Fate::Write { claim: Some(c) } = *fate
+            if let (Fate::Write { .. }, Some(c)) = (*fate, *replay)
                 && let IdState::Seen(place) = states[c]
             {
+                // A retry of a keyed request: this dead letter was written by it before
+                // (first: its own id may since stand for a corrected copy).
                 *fate = Fate::Seen(place);
-            } else if let (Fate::Write { .. }, Some(c)) = (*fate, *replay)
+            } else if let Fate::Write { claim: Some(c) } = *fate
                 && let IdState::Seen(place) = states[c]
             {
-                // A retry of a keyed request: this dead letter was written by it before.
                 *fate = Fate::Seen(place);
             }
         }
         // Events failing the schema are refused unless stored before (dropping the
         // claims releases them; nothing is written).
-        let unseen: Vec<usize> = refused.iter().copied().filter(|&i| !matches!(fates[i], Fate::Seen(_))).collect();
+        // (A copy repeating an earlier one of this request counts as that one.)
+        let stored = |i: usize| match fates[i] {
+            Fate::Seen(_) => true,
+            Fate::Repeat(j) => matches!(fates[j], Fate::Seen(_)) || events[j].refusal.is_none(),
+            Fate::Write { .. } => false,
+        };
+        let unseen: Vec<usize> = refused.iter().copied().filter(|&i| !stored(i)).collect();
         if !unseen.is_empty() {
             return Err(refuse(&unseen));
         }

@@ -50,6 +50,14 @@ impl Call {
             _ => return None,
         })
     }
+
+    /// The call's long name (`track`... `batch`): `/v1/t` and `/v1/track` are one call.
+    pub fn name(self) -> &'static str {
+        match self {
+            Call::Single(kind) => kind,
+            Call::Batch => "batch",
+        }
+    }
 }
 
 /// The `segment_topics` setting: event type (and name) to topic.

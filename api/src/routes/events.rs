@@ -219,13 +219,7 @@ pub async fn produce(
                 }
                 None => None,
             };
-            let mut out = outgoing(&set, &body, &events, &params, idempotency_key.as_deref())?;
-            if let [only] = out.as_mut_slice()
-                && body_key
-            {
-                without_write_key(only, &body);
-            }
-            Ok((out, request))
+            Ok((outgoing(&set, &body, &events, &params, idempotency_key.as_deref(), body_key)?, request))
         }
     };
     let (events, request) = if body_len_hint(&request_headers) < INLINE_PARSE_BYTES {
@@ -268,17 +262,24 @@ fn outgoing(
     events: &[ParsedEvent<'_>],
     params: &ProduceParams,
     idempotency_key: Option<&str>,
+    body_write_key: bool,
 ) -> Result<Vec<Outgoing>, ApiError> {
     let rules = &set.list[0].rules;
     let default_key = params.record_key.as_deref().map(|k| Bytes::copy_from_slice(k.as_bytes()));
     let mut errors = Vec::new();
     let mut out = Vec::with_capacity(events.len());
     for (index, event) in events.iter().enumerate() {
+        // Before anything reads the event: its id and its schema see what is stored.
+        let value = match body_write_key && events.len() == 1 {
+            true => without_write_key(body, event),
+            false => None,
+        }
+        .unwrap_or_else(|| body.slice_ref(event.value));
         let own_id = match (&rules.event_id, event.json) {
             // An empty id counts as none (as Segment's empty messageId does): the
             // Idempotency-Key, if any, names the event instead.
             (Some(pointer), true) => {
-                std::str::from_utf8(event.value).ok().and_then(|raw| id_at(raw, pointer)).filter(|id| !id.is_empty())
+                std::str::from_utf8(&value).ok().and_then(|raw| id_at(raw, pointer)).filter(|id| !id.is_empty())
             }
             _ => None,
         };
@@ -317,7 +318,7 @@ fn outgoing(
             timestamp: event.timestamp,
             id,
             json: event.json,
-            ..Outgoing::json(0, body.slice_ref(event.value))
+            ..Outgoing::json(0, value)
         };
         let mut e = match screen(set, index, e) {
             Ok(e) => e,
@@ -355,20 +356,18 @@ fn outgoing(
     }
 }
 
-/// Removes the `writeKey` member of an event that is the whole body (a single JSON
+/// Without its `writeKey` member, an event that is the whole body (a single JSON
 /// object that carried the write key): the key is a credential of the request, not a
 /// field of the event (as the Segment routes do). The envelope's `writeKey` sits beside
 /// its records and is never part of them.
-fn without_write_key(event: &mut Outgoing, body: &Bytes) {
+fn without_write_key(body: &Bytes, event: &ParsedEvent<'_>) -> Option<Bytes> {
     let whole = body.trim_ascii();
     if !event.json || event.value.as_ptr() != whole.as_ptr() || event.value.len() != whole.len() {
-        return;
+        return None;
     }
-    let Ok(text) = std::str::from_utf8(&event.value) else { return };
-    let Ok(mut object) = crate::ingest::rawjson::RawObject::parse(text) else { return };
-    if object.remove("writeKey").is_some() {
-        event.value = Bytes::from(object.to_json());
-    }
+    let mut object = crate::ingest::rawjson::RawObject::parse(std::str::from_utf8(event.value).ok()?).ok()?;
+    object.remove("writeKey")?;
+    Some(Bytes::from(object.to_json()))
 }
 
 /// The `writeKey` field of a JSON object body (a single event or the envelope).

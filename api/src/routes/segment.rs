@@ -155,7 +155,7 @@ pub async fn segment_call(
     let inline = encoding.is_none() && body.len() < super::events::INLINE_PARSE_BYTES;
     let job = move || {
         let body = decode_body(encoding.as_deref(), body, max_body).map_err(as_segment_refusal)?;
-        let seed = idempotency_key.map(|key| crate::ingest::ids::message_id_seed(&key, &body));
+        let seed = idempotency_key.map(|key| crate::ingest::ids::message_id_seed(&key, call.name(), &body));
         normalize(call, &body, received, SegmentOptions { message_id_seed: seed, ..limits })
     };
     let request = if inline {
