@@ -210,10 +210,10 @@ impl Outgoing {
 
 /// Applies the schema of the event's topic: a valid event passes; an invalid one is
 /// redirected to the dead-letter topic (with `dlq-*` headers) when the topic has one,
-/// else handed back with the failure (`Err`).
-pub fn screen(set: &TopicSet, index: usize, mut event: Outgoing) -> Result<Outgoing, (Outgoing, EventError)> {
+/// else handed back with the failure.
+pub fn screen(set: &TopicSet, index: usize, mut event: Outgoing) -> Screened {
     let dest = &set.list[event.topic];
-    let Err(failure) = dest.rules.check(&event.value, event.json) else { return Ok(event) };
+    let Err(failure) = dest.rules.check(&event.value, event.json) else { return Screened::Passed(event) };
     match dest.dead_letter {
         Some(dlq) => {
             event.headers.push((dead_letter_headers::REASON.into(), failure.reason.clone().into_bytes()));
@@ -223,7 +223,7 @@ pub fn screen(set: &TopicSet, index: usize, mut event: Outgoing) -> Result<Outgo
             // The dead-letter topic has its own partitions: the key decides, if any.
             event.partition = None;
             event.dead_letter = Some(DeadLetterNote { reason: Some(failure.reason), path: Some(failure.path) });
-            Ok(event)
+            Screened::Passed(event)
         }
         None => {
             let error = EventError {
@@ -235,9 +235,17 @@ pub fn screen(set: &TopicSet, index: usize, mut event: Outgoing) -> Result<Outgo
                     dest.name, failure.path, failure.reason
                 ),
             };
-            Err((event, error))
+            Screened::Failed(event, error)
         }
     }
+}
+
+/// What [`screen`] made of an event.
+pub enum Screened {
+    /// Valid, or redirected to its topic's dead-letter topic.
+    Passed(Outgoing),
+    /// Invalid, and its topic has no dead-letter topic: the event and why.
+    Failed(Outgoing, EventError),
 }
 
 /// Where one event of a request is (or already was) stored.

@@ -23,7 +23,7 @@ use crate::error::{ApiError, EventError, Problem};
 use crate::ingest::decode::{body_format, decode_body, single_header};
 use crate::ingest::ids::{RequestIds, event_id, header_id, id_at, idempotency_key, request_ids};
 use crate::ingest::parse::{ParseLimits, ParsedEvent, parse_body};
-use crate::ingest::pipeline::{Create, Outgoing, Placement, TopicSet, commit, is_reserved_header, screen};
+use crate::ingest::pipeline::{Create, Outgoing, Placement, Screened, TopicSet, commit, is_reserved_header, screen};
 use crate::ingest::privacy::gateway_headers;
 use crate::state::SharedState;
 
@@ -321,13 +321,13 @@ fn outgoing(
             ..Outgoing::json(0, value)
         };
         let mut e = match screen(set, index, e) {
-            Ok(e) => e,
+            Screened::Passed(e) => e,
             // Refused in `commit`, unless a retry of an event stored before.
-            Err((e, failure)) if e.id.is_some() => {
+            Screened::Failed(e, failure) if e.id.is_some() => {
                 out.push(Outgoing { refusal: Some(failure), ..e });
                 continue;
             }
-            Err((_, failure)) => {
+            Screened::Failed(_, failure) => {
                 errors.push(failure);
                 continue;
             }

@@ -31,7 +31,7 @@ use crate::error::{ApiError, Problem};
 use crate::ingest::decode::decode_body;
 use crate::ingest::ids::event_id;
 use crate::ingest::parse::MAX_LISTED_ERRORS;
-use crate::ingest::pipeline::{Create, Outgoing, TopicSet, commit, dead_letter_headers, screen};
+use crate::ingest::pipeline::{Create, Outgoing, Screened, TopicSet, commit, dead_letter_headers, screen};
 use crate::ingest::privacy::gateway_headers;
 use crate::ingest::privacy::{ClientIpMode, is_anonymous};
 use crate::ingest::segment::{Call, InvalidItem, SegmentOptions, normalize};
@@ -219,15 +219,15 @@ pub async fn segment_call(
             ..Outgoing::json(topic, value.clone())
         };
         match screen(&set, index, event) {
-            Ok(event) => events.push(event),
+            Screened::Passed(event) => events.push(event),
             // Failed its topic's schema, and the topic has no dead-letter topic.
-            Err((_, failure)) if call == Call::Batch => {
+            Screened::Failed(_, failure) if call == Call::Batch => {
                 let source = Some((set.list[topic].name.clone(), failure.path.unwrap_or_default()));
                 aside.push(index, failure.detail, value, source);
             }
             // A single call: refused in `commit`, unless its messageId was stored before
             // (a retry of an event accepted before the schema was set).
-            Err((event, failure)) => events.push(Outgoing { refusal: Some(failure), ..event }),
+            Screened::Failed(event, failure) => events.push(Outgoing { refusal: Some(failure), ..event }),
         }
     }
     if !errors.is_empty() {
