@@ -116,12 +116,12 @@ pub fn lone_surrogate(text: &[u8]) -> Option<usize> {
 /// (`1e400`, 309 nines), which JSON does not forbid but strict parsers such as
 /// serde_json refuse and JavaScript reads as `Infinity`.
 pub fn infinite_number(text: &[u8]) -> Option<&str> {
-    // Only a number with an exponent or of 309 digits or more (f64::MAX is ~1.8e308)
-    // can be out of range: look further only when the text has one of those, outside
-    // or inside strings.
-    let exponent = memchr::memchr2_iter(b'e', b'E', text).any(|i| i > 0 && text[i - 1].is_ascii_digit());
-    let long = text.len() > 308 && text.split(|b| !b.is_ascii_digit()).any(|run| run.len() > 308);
-    if !exponent && !long {
+    // Only two shapes can be out of range: an exponent that, with the digits before it,
+    // reaches 308 (`1e400`, `123.4e306`), and a run of 309 digits or more. Look
+    // further only when the text has one of those, outside or inside strings; hex ids
+    // (`"3e5a"`) and ordinary numbers are passed over with a few instructions.
+    let exponent = memchr::memchr2_iter(b'e', b'E', text).any(|i| large_exponent(text, i));
+    if !exponent && !has_digit_run(text, 309) {
         return None;
     }
     let (mut i, mut in_string, mut escaped) = (0, false, false);
@@ -154,6 +154,40 @@ pub fn infinite_number(text: &[u8]) -> Option<&str> {
         i += 1;
     }
     None
+}
+
+/// Whether the `e`/`E` at `at` may end a number's mantissa whose exponent, plus the
+/// mantissa's digits, reaches 308 (a conservative test: the exact one follows).
+fn large_exponent(text: &[u8], at: usize) -> bool {
+    if at == 0 || !text[at - 1].is_ascii_digit() {
+        return false;
+    }
+    let mut j = at + 1;
+    if text.get(j) == Some(&b'+') {
+        j += 1;
+    }
+    let digits = text[j.min(text.len())..].iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 {
+        return false;
+    }
+    if digits > 4 {
+        return true;
+    }
+    let exponent: usize = text[j..j + digits].iter().fold(0, |n, b| n * 10 + usize::from(b - b'0'));
+    let mantissa = text[..at].iter().rev().take_while(|b| b.is_ascii_digit() || **b == b'.').count();
+    mantissa + exponent >= 308
+}
+
+/// Whether `text` has a run of at least `len` ASCII digits. Any such run covers an
+/// index that is a multiple of `len`: only those are looked at first.
+fn has_digit_run(text: &[u8], len: usize) -> bool {
+    (0..text.len()).step_by(len).any(|k| {
+        text[k].is_ascii_digit() && {
+            let before = text[..k].iter().rev().take_while(|b| b.is_ascii_digit()).count();
+            let after = text[k..].iter().take_while(|b| b.is_ascii_digit()).count();
+            before + after >= len
+        }
+    })
 }
 
 /// Why a JSON event is refused although it parses: nesting deeper than `max_depth`, an
@@ -502,6 +536,10 @@ mod tests {
             (r#"{"event":"1e5 sale","n":12e3}"#, None),
             (&format!("[{}]", "9".repeat(308)), None),
             (&format!("[1{}]", "0".repeat(308)), None),
+            (r#"{"id":"3e5a9f-8e7","n":1e10}"#, None),
+            (r#"[1234567890123e296, 2234567890123e296]"#, Some("2234567890123e296")),
+            (r#"[12.5e307, 1.0e-400, 18.5e307]"#, Some("18.5e307")),
+            (&format!("[{}e10]", "1".repeat(300)), Some(&format!("{}e10", "1".repeat(300))[..])),
         ] {
             assert_eq!(infinite_number(text.as_bytes()), found, "{text}");
         }
