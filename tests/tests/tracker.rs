@@ -601,6 +601,18 @@ async fn a_retry_of_an_event_accepted_before_a_schema_is_a_duplicate() {
     let resp = post_segment(server.api(), "/v1/track", "application/json", &track("m2")).await;
     assert_problem(resp, 400, "invalid_events").await;
     assert_eq!(server.end_offsets("segment.track").await.iter().sum::<u64>(), 1);
+    // In a batch: the retry is not set aside again; a new failing event is.
+    let batch = json!({"batch": [{"type": "track", "userId": "u", "event": "E", "messageId": "m1"},
+                                 {"type": "track", "userId": "u", "event": "E", "messageId": "m3"}]});
+    let resp = post_segment(server.api(), "/v1/batch", "application/json", &batch).await;
+    assert_eq!(resp.status(), 200);
+    let answer: Value = resp.json().await.unwrap();
+    let listed: Vec<u64> = answer["invalid"].as_array().unwrap().iter().map(|e| e["index"].as_u64().unwrap()).collect();
+    assert_eq!(listed, vec![1], "{answer}");
+    let aside = all_records(&server, "segment.invalid").await;
+    let ids: Vec<&str> = aside.iter().map(|r| r["value"]["messageId"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["m3"]);
+    assert_eq!(server.end_offsets("segment.track").await.iter().sum::<u64>(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

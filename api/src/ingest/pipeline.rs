@@ -68,6 +68,11 @@ impl Destination {
         })
     }
 
+    /// The topic, if it exists already (a topic still to be created remembers no id).
+    pub fn existing(&self) -> Option<&Arc<Topic>> {
+        self.topic.as_ref()
+    }
+
     /// Its partition count (for a topic to be created, the count it will get). Counts
     /// only grow, so a partition below it stays valid until the request commits.
     pub fn partition_count(&self, state: &SharedState) -> u32 {

@@ -18,6 +18,7 @@
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
@@ -197,6 +198,9 @@ pub async fn segment_call(
     let routed: Vec<usize> = picks.iter().map(|&p| in_set[p]).collect();
 
     let mut aside = SetAside { items: request.invalid };
+    // Batch events failing their topic's schema, with their ids: set aside unless a
+    // retry of an event accepted before the schema was set (looked up below).
+    let mut schema_failures: Vec<(usize, (Arc<tidegate_storage::Topic>, Vec<u8>))> = Vec::new();
     let mut errors = Vec::new();
     let mut events = Vec::with_capacity(routed.len());
     for ((index, e), topic) in request.events.into_iter().zip(routed) {
@@ -221,7 +225,10 @@ pub async fn segment_call(
         match screen(&set, index, event) {
             Screened::Passed(event) => events.push(event),
             // Failed its topic's schema, and the topic has no dead-letter topic.
-            Screened::Failed(_, failure) if call == Call::Batch => {
+            Screened::Failed(event, failure) if call == Call::Batch => {
+                if let (Some(existing), Some(id)) = (set.list[topic].existing(), event.id) {
+                    schema_failures.push((index, (existing.clone(), id)));
+                }
                 let source = Some((set.list[topic].name.clone(), failure.path.unwrap_or_default()));
                 aside.push(index, failure.detail, value, source);
             }
@@ -232,6 +239,21 @@ pub async fn segment_call(
     }
     if !errors.is_empty() {
         return Err(ApiError::InvalidEvents { errors });
+    }
+    if !schema_failures.is_empty() {
+        // The claims are only looked at, and released at once.
+        let (indexes, ids): (Vec<usize>, Vec<_>) = schema_failures.into_iter().unzip();
+        let (states, _claims) = state.store.dedup_claim(ids).await?;
+        let stored: Vec<usize> = indexes
+            .into_iter()
+            .zip(&states)
+            .filter(|(_, s)| matches!(s, tidegate_storage::IdState::Seen(_)))
+            .map(|(i, _)| i)
+            .collect();
+        if !stored.is_empty() {
+            aside.items.retain(|item| item.source.is_none() || !stored.contains(&item.index));
+            metrics::counter!("tidegate_events_deduplicated_total").increment(stored.len() as u64);
+        }
     }
     aside.items.sort_by_key(|i| i.index);
     let invalid_topic = match config.segment_invalid_topic.as_str() {
