@@ -200,7 +200,8 @@ pub async fn segment_call(
     let mut aside = SetAside { items: request.invalid };
     // Batch events failing their topic's schema, with their ids: set aside unless a
     // retry of an event accepted before the schema was set (looked up below).
-    let mut schema_failures: Vec<(usize, (Arc<tidegate_storage::Topic>, Vec<u8>))> = Vec::new();
+    let mut failed_at: Vec<usize> = Vec::new();
+    let mut failed_ids: Vec<(Arc<tidegate_storage::Topic>, Vec<u8>)> = Vec::new();
     let mut errors = Vec::new();
     let mut events = Vec::with_capacity(routed.len());
     for ((index, e), topic) in request.events.into_iter().zip(routed) {
@@ -227,7 +228,8 @@ pub async fn segment_call(
             // Failed its topic's schema, and the topic has no dead-letter topic.
             Screened::Failed(event, failure) if call == Call::Batch => {
                 if let (Some(existing), Some(id)) = (set.list[topic].existing(), event.id) {
-                    schema_failures.push((index, (existing.clone(), id)));
+                    failed_at.push(index);
+                    failed_ids.push((existing.clone(), id));
                 }
                 let source = Some((set.list[topic].name.clone(), failure.path.unwrap_or_default()));
                 aside.push(index, failure.detail, value, source);
@@ -240,11 +242,10 @@ pub async fn segment_call(
     if !errors.is_empty() {
         return Err(ApiError::InvalidEvents { errors });
     }
-    if !schema_failures.is_empty() {
+    if !failed_ids.is_empty() {
         // The claims are only looked at, and released at once.
-        let (indexes, ids): (Vec<usize>, Vec<_>) = schema_failures.into_iter().unzip();
-        let (states, _claims) = state.store.dedup_claim(ids).await?;
-        let stored: Vec<usize> = indexes
+        let (states, _claims) = state.store.dedup_claim(failed_ids).await?;
+        let stored: Vec<usize> = failed_at
             .into_iter()
             .zip(&states)
             .filter(|(_, s)| matches!(s, tidegate_storage::IdState::Seen(_)))
