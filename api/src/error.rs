@@ -166,21 +166,23 @@ impl ApiError {
             },
             ApiError::Auth(e) => {
                 use crate::auth::AuthError as A;
-                match e {
-                    A::MissingCredentials => (StatusCode::UNAUTHORIZED, "unauthorized"),
-                    A::InvalidToken(_) => (StatusCode::UNAUTHORIZED, "invalid_token"),
-                    A::TokenExpired => (StatusCode::UNAUTHORIZED, "token_expired"),
-                    A::TokenNotYetValid => (StatusCode::UNAUTHORIZED, "token_not_yet_valid"),
-                    A::InvalidAudience => (StatusCode::UNAUTHORIZED, "invalid_audience"),
-                    A::InvalidIssuer => (StatusCode::UNAUTHORIZED, "invalid_issuer"),
-                    A::UnknownWriteKey => (StatusCode::UNAUTHORIZED, "invalid_write_key"),
-                    A::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-                    A::OriginNotAllowed(_) | A::PageNotAllowed(_) | A::CrossSiteWithoutOrigin => {
-                        (StatusCode::FORBIDDEN, "origin_not_allowed")
-                    }
-                    A::HostNotAllowed(_) => (StatusCode::FORBIDDEN, "host_not_allowed"),
-                    A::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
-                }
+                // The code is the refusal's reason, as `/metrics` counts it.
+                let status = match e {
+                    A::MissingCredentials
+                    | A::InvalidToken(_)
+                    | A::TokenExpired
+                    | A::TokenNotYetValid
+                    | A::InvalidAudience
+                    | A::InvalidIssuer
+                    | A::UnknownWriteKey => StatusCode::UNAUTHORIZED,
+                    A::Forbidden(_)
+                    | A::OriginNotAllowed(_)
+                    | A::PageNotAllowed(_)
+                    | A::CrossSiteWithoutOrigin
+                    | A::HostNotAllowed(_) => StatusCode::FORBIDDEN,
+                    A::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+                };
+                (status, e.reason())
             }
         };
         let detail = match self {

@@ -304,12 +304,13 @@ impl Security {
 /// The value of a credential header sent at most once, as text; refused when it is
 /// sent twice or is not visible ASCII.
 fn single<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, AuthError> {
-    let mut values = headers.get_all(name).iter();
-    let Some(value) = values.next() else { return Ok(None) };
-    if values.next().is_some() {
-        return Err(AuthError::InvalidToken(format!("send one {name} header, not several")));
-    }
-    value.to_str().map(Some).map_err(|_| AuthError::InvalidToken(format!("the {name} header is not ASCII text")))
+    use crate::ingest::decode::{HeaderFault, one_value};
+    one_value(headers, name).map_err(|fault| {
+        AuthError::InvalidToken(match fault {
+            HeaderFault::Repeated => format!("send one {name} header, not several"),
+            HeaderFault::NotText => format!("the {name} header is not ASCII text"),
+        })
+    })
 }
 
 /// The credentials of a request.

@@ -47,15 +47,33 @@ pub fn body_format(content_type: Option<&str>) -> Result<BodyFormat, ApiError> {
 /// (`Content-Type`, `Content-Encoding`): 415 when it is sent twice (two encodings
 /// would mean the body was encoded twice) or holds bytes other than visible ASCII.
 pub fn single_header(headers: &axum::http::HeaderMap, name: axum::http::HeaderName) -> Result<Option<&str>, ApiError> {
-    let mut values = headers.get_all(&name).iter();
+    one_value(headers, name.as_str()).map_err(|fault| ApiError::UnsupportedMediaType {
+        detail: match fault {
+            HeaderFault::Repeated => format!("send one {name} header, not several"),
+            HeaderFault::NotText => format!("the {name} header is not readable text"),
+        },
+    })
+}
+
+/// Why a header that must appear at most once, as visible ASCII, cannot be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderFault {
+    /// Sent more than once.
+    Repeated,
+    /// Holds bytes other than visible ASCII (space and tab allowed).
+    NotText,
+}
+
+/// The value of header `name` sent at most once, as text; each caller answers the
+/// [`HeaderFault`] with its own error (415 for the body's headers, 401 for credentials,
+/// 400 for `Idempotency-Key`).
+pub fn one_value<'h>(headers: &'h axum::http::HeaderMap, name: &str) -> Result<Option<&'h str>, HeaderFault> {
+    let mut values = headers.get_all(name).iter();
     let Some(value) = values.next() else { return Ok(None) };
     if values.next().is_some() {
-        return Err(ApiError::UnsupportedMediaType { detail: format!("send one {name} header, not several") });
+        return Err(HeaderFault::Repeated);
     }
-    value
-        .to_str()
-        .map(Some)
-        .map_err(|_| ApiError::UnsupportedMediaType { detail: format!("the {name} header is not readable text") })
+    value.to_str().map(Some).map_err(|_| HeaderFault::NotText)
 }
 
 /// Undoes `Content-Encoding` (gzip, deflate, br, identity), refusing output larger

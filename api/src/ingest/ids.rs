@@ -22,12 +22,16 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// printable ASCII (space and tab allowed), in one header; else 400
 /// `invalid_idempotency_key`.
 pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
-    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
-    let Some(value) = values.next() else { return Ok(None) };
-    if values.next().is_some() {
-        return Err(ApiError::invalid("invalid_idempotency_key", "send one Idempotency-Key header, not several"));
-    }
-    let key = value.to_str().ok().filter(|k| !k.is_empty() && k.len() <= MAX_ID_BYTES).ok_or_else(|| {
+    use super::decode::{HeaderFault, one_value};
+    let value = match one_value(headers, IDEMPOTENCY_KEY) {
+        Ok(None) => return Ok(None),
+        Err(HeaderFault::Repeated) => {
+            return Err(ApiError::invalid("invalid_idempotency_key", "send one Idempotency-Key header, not several"));
+        }
+        Ok(Some(value)) => Some(value),
+        Err(HeaderFault::NotText) => None,
+    };
+    let key = value.filter(|k| !k.is_empty() && k.len() <= MAX_ID_BYTES).ok_or_else(|| {
         ApiError::invalid(
             "invalid_idempotency_key",
             format!("Idempotency-Key must be 1 to {MAX_ID_BYTES} bytes of printable ASCII (space and tab allowed)"),

@@ -48,19 +48,9 @@ pub fn nests_deeper_than(text: &[u8], max: usize) -> bool {
     if memchr::memchr2_iter(b'[', b'{', text).count() <= max {
         return false;
     }
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &b in text {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
+    let mut depth = 0usize;
+    for (_, b) in outside_strings(text) {
         match b {
-            b'"' => in_string = true,
             b'[' | b'{' => {
                 depth += 1;
                 if depth > max {
@@ -124,9 +114,26 @@ pub fn infinite_number(text: &[u8]) -> Option<&str> {
     if !exponent && !has_digit_run(text, 309) {
         return None;
     }
-    let (mut i, mut in_string, mut escaped) = (0, false, false);
-    while i < text.len() {
-        let b = text[i];
+    let is_number_byte = |c: &u8| matches!(c, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E');
+    let mut numbers_end = 0;
+    for (i, b) in outside_strings(text) {
+        if i < numbers_end || !(b == b'-' || b.is_ascii_digit()) {
+            continue;
+        }
+        numbers_end = i + text[i..].iter().position(|c| !is_number_byte(c)).unwrap_or(text.len() - i);
+        let number = std::str::from_utf8(&text[i..numbers_end]).unwrap_or_default();
+        if number.parse::<f64>().is_ok_and(|n| n.is_infinite()) {
+            return Some(number);
+        }
+    }
+    None
+}
+
+/// The bytes of JSON text that are outside strings, with their positions (quotes are
+/// inside; escapes occur only inside strings).
+fn outside_strings(text: &[u8]) -> impl Iterator<Item = (usize, u8)> + '_ {
+    let (mut in_string, mut escaped) = (false, false);
+    text.iter().enumerate().filter_map(move |(i, &b)| {
         if in_string {
             match (escaped, b) {
                 (true, _) => escaped = false,
@@ -134,26 +141,11 @@ pub fn infinite_number(text: &[u8]) -> Option<&str> {
                 (false, b'"') => in_string = false,
                 _ => {}
             }
-            i += 1;
-            continue;
+            return None;
         }
-        if b == b'"' {
-            in_string = true;
-        } else if b == b'-' || b.is_ascii_digit() {
-            let len = text[i..]
-                .iter()
-                .position(|c| !matches!(c, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
-                .unwrap_or(text.len() - i);
-            let number = std::str::from_utf8(&text[i..i + len]).unwrap_or_default();
-            if number.parse::<f64>().is_ok_and(|n| n.is_infinite()) {
-                return Some(number);
-            }
-            i += len;
-            continue;
-        }
-        i += 1;
-    }
-    None
+        in_string = b == b'"';
+        (!in_string).then_some((i, b))
+    })
 }
 
 /// Whether the `e`/`E` at `at` may end a number's mantissa whose exponent, plus the
