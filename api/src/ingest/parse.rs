@@ -149,9 +149,20 @@ fn outside_strings(text: &[u8]) -> impl Iterator<Item = (usize, u8)> + '_ {
 }
 
 /// Whether the `e`/`E` at `at` may end a number's mantissa whose exponent, plus the
-/// mantissa's digits, reaches 308 (a conservative test: the exact one follows).
+/// mantissa's digits, reaches 308 (a conservative test: the exact one follows). A JSON
+/// number starts the text or follows `[`, `:`, `,` or white space, and ends the text or
+/// comes before `]`, `}`, `,` or white space: an `e` inside a word or an id
+/// (`"ab-0001e8480"`) is passed over without the exact test's walk of the whole text.
 fn large_exponent(text: &[u8], at: usize) -> bool {
     if at == 0 || !text[at - 1].is_ascii_digit() {
+        return false;
+    }
+    let mantissa = text[..at].iter().rev().take_while(|b| b.is_ascii_digit() || **b == b'.').count();
+    let mut start = at - mantissa;
+    if start > 0 && text[start - 1] == b'-' {
+        start -= 1;
+    }
+    if start > 0 && !matches!(text[start - 1], b'[' | b':' | b',' | b' ' | b'\t' | b'\n' | b'\r') {
         return false;
     }
     let mut j = at + 1;
@@ -162,11 +173,13 @@ fn large_exponent(text: &[u8], at: usize) -> bool {
     if digits == 0 {
         return false;
     }
+    if text.get(j + digits).is_some_and(|b| !matches!(b, b']' | b'}' | b',' | b' ' | b'\t' | b'\n' | b'\r')) {
+        return false;
+    }
     if digits > 4 {
         return true;
     }
     let exponent: usize = text[j..j + digits].iter().fold(0, |n, b| n * 10 + usize::from(b - b'0'));
-    let mantissa = text[..at].iter().rev().take_while(|b| b.is_ascii_digit() || **b == b'.').count();
     mantissa + exponent >= 308
 }
 
@@ -534,6 +547,28 @@ mod tests {
             (&format!("[{}e10]", "1".repeat(300)), Some(&format!("{}e10", "1".repeat(300))[..])),
         ] {
             assert_eq!(infinite_number(text.as_bytes()), found, "{text}");
+        }
+    }
+
+    #[test]
+    fn exponents_inside_words_and_ids_skip_the_exact_test() {
+        use super::large_exponent;
+        let at = |text: &str| text.find(['e', 'E']).unwrap();
+        for text in ["[1e400]", "[-1e400]", "{\"a\":1E+400}", "[1, 2.5e999 ]", "1e400", "[\n-12.5e400\n]"] {
+            assert!(large_exponent(text.as_bytes(), at(text)), "{text}");
+        }
+        for text in [
+            "[\"ab-0001e8480\"]",
+            "[\"x1e400\"]",
+            "[\"1e400x\"]",
+            "[\"--1e400\"]",
+            "[\"a.1e400\"]",
+            "[1e40]",
+            "[1e-400]",
+            "[1e400",
+        ] {
+            let expected = text == "[1e400";
+            assert_eq!(large_exponent(text.as_bytes(), at(text)), expected, "{text}");
         }
     }
 
