@@ -173,6 +173,15 @@ settings! {
     /// upgraded, then `max_subscriptions` bounds them); further clients wait to be
     /// accepted.
     max_connections: u64 = 10_000;
+    /// Memory for request bodies in flight, all requests together: a body's size (its
+    /// `Content-Length`, or `max_body_bytes` when sent in chunks; its decoded size when
+    /// larger) is reserved before it is read and held until its events are written. A
+    /// request that does not fit waits unread (TCP pushes back on the client) for up to
+    /// `request_memory_wait_ms`, then gets 503 `overloaded`. At least `max_body_bytes`.
+    request_memory_bytes: u64 = 512 * MIB;
+    /// Longest a request waits for room in `request_memory_bytes` before 503
+    /// `overloaded` (with `Retry-After`); 0 refuses at once.
+    request_memory_wait_ms: u64 = 10_000;
     /// The client IP in the `client-ip` header of ingested records: `full`, `truncated`
     /// (IPv4 to its /24, IPv6 to its /48: the last bytes zeroed) or `none`. A request with
     /// an `SP-Anonymous` or `Tidegate-Anonymous` header stores no IP whatever this says.
@@ -421,6 +430,12 @@ impl Config {
         if self.max_body_bytes > 1024 * MIB {
             return Err(ConfigError::Invalid { name: "max_body_bytes", reason: "at most 1 GiB".into() });
         }
+        if self.request_memory_bytes < self.max_body_bytes {
+            return Err(ConfigError::Invalid {
+                name: "request_memory_bytes",
+                reason: format!("at least max_body_bytes ({}): every request must fit", self.max_body_bytes),
+            });
+        }
         if self.block_cache_bytes < 64 * KIB {
             return Err(ConfigError::Invalid { name: "block_cache_bytes", reason: "at least 64 KiB".into() });
         }
@@ -586,6 +601,11 @@ mod tests {
         assert!(matches!(c.validate(), Err(ConfigError::Invalid { name: "max_event_bytes", .. })));
         let c = Config { write_queue_depth: 0, ..Config::default() };
         assert!(matches!(c.validate(), Err(ConfigError::Invalid { name: "write_queue_depth", .. })));
+        let c = Config { max_body_bytes: 1024 * MIB, ..Config::default() };
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { name: "request_memory_bytes", .. })));
+        Config { max_body_bytes: 1024 * MIB, request_memory_bytes: 1024 * MIB, ..Config::default() }
+            .validate()
+            .unwrap();
         let c = Config { delivery_threads: 1025, ..Config::default() };
         assert!(matches!(c.validate(), Err(ConfigError::Invalid { name: "delivery_threads", .. })));
         Config { delivery_threads: 1024, ..Config::default() }.validate().unwrap();

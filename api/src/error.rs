@@ -98,6 +98,12 @@ pub enum ApiError {
     /// The server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// Request bodies in flight already take `request_memory_bytes`; nothing was written.
+    #[error(
+        "request bodies in flight already take the {budget} bytes of memory they may use (setting \
+         request_memory_bytes); nothing was written, retry later"
+    )]
+    Overloaded { budget: u64 },
     /// `max_subscriptions` subscriptions are open.
     #[error("{limit} subscriptions are open (setting max_subscriptions); retry later")]
     TooManySubscriptions { limit: u64 },
@@ -156,6 +162,7 @@ impl ApiError {
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::RequestTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::TooManySubscriptions { .. } => (StatusCode::SERVICE_UNAVAILABLE, "too_many_subscriptions"),
+            ApiError::Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             ApiError::IdempotencyKeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
             ApiError::WebSocketVersion { .. } => (StatusCode::UPGRADE_REQUIRED, "unsupported_websocket_version"),
             ApiError::Group(e) => match e {
@@ -199,6 +206,10 @@ impl ApiError {
                     problem.errors = Some(vec![EventError::new(*index, self.to_string())]);
                 }
             }
+            ApiError::Overloaded { budget } => {
+                problem.limit = Some(*budget);
+                problem.setting = Some("request_memory_bytes".to_string());
+            }
             ApiError::Storage(S::OffsetOutOfRange { start, end, .. }) => {
                 problem.start_offset = Some(*start);
                 problem.end_offset = Some(*end);
@@ -206,8 +217,13 @@ impl ApiError {
             _ => {}
         }
         // A disk below the floor is a state, not a fault: the store logs when appends
-        // stop and resume, not each refusal.
-        if status.is_server_error() && status != StatusCode::INSUFFICIENT_STORAGE {
+        // stop and resume, not each refusal. Nor is a surge that fills
+        // `request_memory_bytes` (counted by `tidegate_request_memory_refused_total`): a
+        // line per refusal would flood the log when it matters most.
+        if status.is_server_error()
+            && status != StatusCode::INSUFFICIENT_STORAGE
+            && !matches!(self, ApiError::Overloaded { .. })
+        {
             tracing::error!(code, error = %self, "request failed");
         }
         problem

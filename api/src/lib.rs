@@ -32,6 +32,7 @@ pub mod head_problems;
 pub mod ingest;
 pub mod metrics;
 pub mod render;
+pub mod request_memory;
 pub mod routes;
 pub mod server;
 pub mod starting;

@@ -12,12 +12,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, OnceLock, PoisonError, RwLock};
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tidegate_storage::Store;
+
+use crate::state::SharedState;
 
 /// Histogram buckets for latencies, in seconds.
 const LATENCY_BUCKETS: &[f64] =
@@ -69,6 +71,10 @@ fn describe_and_start_at_zero() {
         ("tidegate_retention_deleted_records_total", "Records deleted by retention."),
         ("tidegate_group_rebalances_total", "Consumer-group rebalances."),
         ("tidegate_events_deduplicated_total", "Events answered as duplicates of an id seen within the window."),
+        (
+            "tidegate_request_memory_refused_total",
+            "Requests answered 503 overloaded: their body found no room in request_memory_bytes.",
+        ),
         (
             "tidegate_segment_invalid_events_total",
             "Events of Segment batches set aside (written to segment_invalid_topic, or dropped) instead of failing their batch.",
@@ -225,10 +231,28 @@ pub async fn track(req: Request, next: Next) -> Response {
     measured(req, |req| next.run(req)).await
 }
 
-/// Middleware of the API routes: [`track`] around [`crate::auth::gate`], in one layer
-/// (each layer costs a boxed future and a clone of the inner service per request).
-pub async fn track_gated(req: Request, next: Next) -> Response {
-    measured(req, |req| crate::auth::gate(req, next)).await
+/// Middleware of the API routes, in one layer (each layer costs a boxed future and a
+/// clone of the inner service per request): [`track`] around the route gate
+/// ([`crate::auth::refusal`]), then the reservation of the request's body in
+/// `request_memory_bytes` (see [`crate::request_memory`]), held until the answer; the
+/// handler finds it as an extension ([`crate::request_memory::MemoryGrant`]).
+pub async fn track_gated(State(state): State<SharedState>, req: Request, next: Next) -> Response {
+    measured(req, |mut req| async move {
+        if let Some(refusal) = crate::auth::refusal(&req) {
+            return refusal;
+        }
+        let grant = match state.request_memory.reserve(req.headers()).await {
+            Ok(grant) => grant,
+            Err(e) => return e.into_response(),
+        };
+        if let Some(grant) = &grant {
+            req.extensions_mut().insert(grant.clone());
+        }
+        let resp = next.run(req).await;
+        drop(grant);
+        resp
+    })
+    .await
 }
 
 /// Runs `answer` on `req`, counting it by route template, method and status.

@@ -44,6 +44,8 @@ pub struct AppState {
     pub rules: RulesCache,
     /// The runtime WebSocket and SSE subscriptions run on.
     pub delivery: crate::delivery::Delivery,
+    /// Memory for request bodies in flight (`request_memory_bytes`).
+    pub request_memory: crate::request_memory::RequestMemory,
 }
 
 /// The handle handlers receive.
@@ -62,7 +64,13 @@ impl AppState {
         let coordinator = Coordinator::new(store.clone(), Duration::from_millis(config.session_timeout_ms));
         let subscriptions = Arc::new(tokio::sync::Semaphore::new(config.max_subscriptions as usize));
         let frames = crate::consume::cache::FrameCache::new(config.subscription_cache_bytes as usize);
+        let request_memory = crate::request_memory::RequestMemory::new(
+            config.request_memory_bytes,
+            config.max_body_bytes,
+            Duration::from_millis(config.request_memory_wait_ms),
+        );
         Arc::new(AppState {
+            request_memory,
             frames,
             config,
             store,

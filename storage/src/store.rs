@@ -600,7 +600,7 @@ impl Store {
     /// the caller learns neither the offsets nor the outcome.
     pub async fn append_detached(&self, topic: &str, batches: Vec<(u32, EncodedBatch)>) -> Result<()> {
         let batches = self.resolve(topic, batches)?;
-        self.append_to_detached(batches, None).await
+        self.append_to_detached(batches, None).await.map(drop)
     }
 
     /// Appends batches to partitions of any topics as one atomic write, together with
@@ -613,21 +613,25 @@ impl Store {
         ids: Option<IdWrites>,
     ) -> Result<Vec<u64>> {
         let (reply, rx) = oneshot::channel();
-        self.send(WriterCmd::Append { batches, ids, reply: Some(reply) }).await?;
+        self.send(WriterCmd::Append { batches, ids, reply }).await?;
         rx.await.map_err(|_| StorageError::ShuttingDown)?
     }
 
-    /// [`Store::append_to`] without waiting for the write (`acks=none`). The claims in
-    /// `ids` end when the writer is done with the append, so retries still wait for it.
+    /// [`Store::append_to`] without waiting for the write (`acks=none`): returns once the
+    /// append is queued, with what resolves when the writer is done with it (the
+    /// caller may drop it). The claims in `ids` end when the writer is done with the
+    /// append, so retries still wait for it.
     pub async fn append_to_detached(
         &self,
         batches: Vec<(Arc<PartitionLog>, EncodedBatch)>,
         ids: Option<IdWrites>,
-    ) -> Result<()> {
+    ) -> Result<oneshot::Receiver<Result<Vec<u64>>>> {
         // Refused here while the disk is low: the writer's refusal would reach no one.
         let bytes: u64 = batches.iter().map(|(_, b)| b.bytes.len() as u64).sum();
         self.inner.disk.admit_detached(bytes)?;
-        self.send(WriterCmd::Append { batches, ids, reply: None }).await
+        let (reply, rx) = oneshot::channel();
+        self.send(WriterCmd::Append { batches, ids, reply }).await?;
+        Ok(rx)
     }
 
     fn resolve(

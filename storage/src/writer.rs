@@ -54,8 +54,8 @@ impl WriterCmd {
 
 /// Batches of one append request, each with its partition.
 type AppendBatches = Vec<(Arc<PartitionLog>, EncodedBatch)>;
-/// Where an append's base offsets (or its error) go; `None` for `acks=none`.
-type AppendReply = Option<oneshot::Sender<Result<Vec<u64>>>>;
+/// Where an append's base offsets (or its error) go (dropped unheard with `acks=none`).
+type AppendReply = oneshot::Sender<Result<Vec<u64>>>;
 
 /// Tentative state of a partition within one group commit.
 struct Pending {
@@ -391,7 +391,5 @@ impl Writer {
 }
 
 fn reply_to(reply: AppendReply, result: Result<Vec<u64>>) {
-    if let Some(reply) = reply {
-        let _ = reply.send(result);
-    }
+    let _ = reply.send(result);
 }

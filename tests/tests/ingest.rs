@@ -444,3 +444,161 @@ async fn reads_stop_at_max_bytes_and_latest_starts_at_the_end() {
     let after = page(format!("offset={}", at_end["next_offset"])).await;
     assert_eq!(after["records"][0]["value"], json!({"n": "new"}), "{after}");
 }
+
+/// Memory-budget tests: bodies of 60,000 bytes under `max_body_bytes` = 64 KiB, two of
+/// which fill `request_memory_bytes` = 128 KiB.
+mod request_memory {
+    use super::*;
+    use tidegate_tests::assert_problem;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+
+    const BODY: usize = 60_000;
+
+    async fn server(wait_ms: u64) -> TestServer {
+        let server = TestServer::start(|c| {
+            c.max_body_bytes = 64 * 1024;
+            c.max_event_bytes = 64 * 1024;
+            c.request_memory_bytes = 128 * 1024;
+            c.request_memory_wait_ms = wait_ms;
+        })
+        .await;
+        server.create_topic("t", 1).await;
+        server
+    }
+
+    /// NDJSON of exactly [`BODY`] bytes, every line an event tagged `tag`.
+    fn body(tag: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(BODY);
+        let mut i = 0;
+        while out.len() < BODY - 200 {
+            out.extend_from_slice(json!({"tag": tag, "i": i, "pad": "x".repeat(80)}).to_string().as_bytes());
+            out.push(b'\n');
+            i += 1;
+        }
+        let last = json!({"tag": tag, "i": i, "pad": ""}).to_string().len();
+        let pad = BODY - out.len() - last - 1;
+        out.extend_from_slice(json!({"tag": tag, "i": i, "pad": "x".repeat(pad)}).to_string().as_bytes());
+        out.push(b'\n');
+        assert_eq!(out.len(), BODY);
+        out
+    }
+
+    /// A request whose head and first 100 bytes are sent, the rest held back: its body
+    /// is reserved and stays so until [`finish`] sends the rest.
+    async fn held(server: &TestServer, body: &[u8]) -> TcpStream {
+        let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+        let head = format!(
+            "POST /v1/topics/t/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-ndjson\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        tcp.write_all(&body[..100]).await.unwrap();
+        tcp
+    }
+
+    async fn finish(mut tcp: TcpStream, body: &[u8]) -> String {
+        tcp.write_all(&body[100..]).await.unwrap();
+        let mut answer = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !String::from_utf8_lossy(&answer).contains("\"offsets\"") && Instant::now() < deadline {
+            let mut buf = [0u8; 4096];
+            use tokio::io::AsyncReadExt;
+            match tokio::time::timeout(Duration::from_secs(30), tcp.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buf[..n]),
+                _ => break,
+            }
+        }
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    async fn reserved(server: &TestServer) -> f64 {
+        server.metric("tidegate_request_memory_bytes").await.expect("request memory gauge")
+    }
+
+    async fn both_held(server: &TestServer) {
+        eventually("two bodies reserved", Duration::from_secs(10), || async {
+            (reserved(server).await >= (2 * BODY) as f64).then_some(())
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_body_that_finds_no_room_is_503_overloaded_and_writes_nothing() {
+        let server = server(0).await;
+        let (a, b) = (body("a"), body("b"));
+        let (held_a, held_b) = (held(&server, &a).await, held(&server, &b).await);
+        both_held(&server).await;
+
+        // A third body does not fit: refused at once (request_memory_wait_ms = 0).
+        let resp = server.post("/v1/topics/t/events").header("content-type", "application/x-ndjson").body(body("c"));
+        let resp = resp.send().await.unwrap();
+        assert_eq!(resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned()), Some("1".into()));
+        let problem = assert_problem(resp, 503, "overloaded").await;
+        assert_eq!(problem["setting"], "request_memory_bytes", "{problem}");
+        assert_eq!(problem["limit"], 128 * 1024, "{problem}");
+        // A small gzip body fits as sent but not once decoded (60,000 bytes).
+        let packed = gzip(&body("d"));
+        assert!(packed.len() < 4096, "{}", packed.len());
+        let resp = server
+            .post("/v1/topics/t/events")
+            .header("content-type", "application/x-ndjson")
+            .header("content-encoding", "gzip")
+            .body(packed.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_problem(resp, 503, "overloaded").await;
+        assert_eq!(server.end_offsets("t").await, vec![0], "refused requests wrote nothing");
+        assert_eq!(server.metric("tidegate_request_memory_refused_total").await, Some(2.0));
+
+        // The held requests complete; their memory is free again and the gzip body goes in.
+        let (answer_a, answer_b) = tokio::join!(finish(held_a, &a), finish(held_b, &b));
+        assert!(answer_a.starts_with("HTTP/1.1 200"), "{answer_a}");
+        assert!(answer_b.starts_with("HTTP/1.1 200"), "{answer_b}");
+        let resp = server
+            .post("/v1/topics/t/events")
+            .header("content-type", "application/x-ndjson")
+            .header("content-encoding", "gzip")
+            .body(packed)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let tags: BTreeSet<String> =
+            server.read_all("t", 0).await.iter().map(|r| r["value"]["tag"].as_str().unwrap().to_owned()).collect();
+        assert_eq!(tags, ["a", "b", "d"].map(String::from).into(), "c was refused, the others are stored");
+        assert_eq!(reserved(&server).await, 0.0, "every reservation was released");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_body_waits_unread_for_room_then_goes_in() {
+        let server = server(30_000).await;
+        let (a, b) = (body("a"), body("b"));
+        let (held_a, held_b) = (held(&server, &a).await, held(&server, &b).await);
+        both_held(&server).await;
+        let waiting = tokio::spawn({
+            let request = server
+                .post("/v1/topics/t/events?acks=none")
+                .header("content-type", "application/x-ndjson")
+                .body(body("c"));
+            async move { request.send().await.map(|r| r.status().as_u16()) }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!waiting.is_finished(), "no room: the third request waits");
+        assert_eq!(server.end_offsets("t").await, vec![0]);
+
+        let answer_a = finish(held_a, &a).await;
+        assert!(answer_a.starts_with("HTTP/1.1 200"), "{answer_a}");
+        assert_eq!(waiting.await.unwrap().unwrap(), 202, "in once a's memory was released");
+        let answer_b = finish(held_b, &b).await;
+        assert!(answer_b.starts_with("HTTP/1.1 200"), "{answer_b}");
+        eventually("c written (acks=none) and its memory released", Duration::from_secs(10), || async {
+            let tags: BTreeSet<String> =
+                server.read_all("t", 0).await.iter().map(|r| r["value"]["tag"].as_str().unwrap().to_owned()).collect();
+            (tags.len() == 3 && reserved(&server).await == 0.0).then_some(())
+        })
+        .await;
+    }
+}

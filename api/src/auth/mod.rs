@@ -4,7 +4,7 @@
 //! - [`authenticate`] (on every request) resolves the client address, applies the
 //!   per-IP rate limit, and reads the credentials (a JWT bearer token, or a browser
 //!   write key) into a [`Caller`] placed in the request's extensions;
-//! - [`gate`] (on every matched route) refuses missing or bad credentials with 401
+//! - [`refusal`] (the gate of every matched route) refuses missing or bad credentials with 401
 //!   before anything else (body parsing included) runs, except on the routes listed in
 //!   [`PUBLIC_ROUTES`] and on the produce routes, where a write key may come in the body
 //!   (a request with no credentials is decoded, within `max_body_bytes`, and refused
@@ -220,7 +220,7 @@ impl Security {
     }
 
     /// The credentials `headers` and `query` carry, and whether the token came from the
-    /// query (`?access_token=`, which [`gate`] takes only on [`QUERY_TOKEN_ROUTES`]).
+    /// query (`?access_token=`, which [`refusal`] takes only on [`QUERY_TOKEN_ROUTES`]).
     fn credential(&self, headers: &HeaderMap, query: Option<&str>) -> (Credential, bool) {
         if !self.enabled {
             return (Credential::Open, false);
@@ -564,13 +564,16 @@ pub const PRODUCE_ROUTES: &[&str] = &[
 /// left in access logs.
 pub const QUERY_TOKEN_ROUTES: &[&str] = &["/v1/topics/{topic}/subscribe", "/v1/topics/{topic}/stream"];
 
-/// Route middleware: see the module documentation.
-pub async fn gate(req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<axum::extract::MatchedPath>().map(|p| p.as_str().to_owned());
-    let route = route.as_deref().unwrap_or("");
+/// The route gate (see the module documentation): the refusal to answer, or `None`
+/// when the request may go on to its handler.
+pub fn refusal(req: &Request) -> Option<Response> {
+    let route = req.extensions().get::<axum::extract::MatchedPath>().map(|p| p.as_str());
+    let route = route.unwrap_or("");
     let Some(caller) = req.extensions().get::<Caller>() else {
-        return ApiError::Storage(tidegate_storage::StorageError::Internal("authentication middleware missing".into()))
-            .into_response();
+        return Some(
+            ApiError::Storage(tidegate_storage::StorageError::Internal("authentication middleware missing".into()))
+                .into_response(),
+        );
     };
     // Public routes included: a token in a URL ends up in logs and Referer headers.
     if caller.token_in_query && !QUERY_TOKEN_ROUTES.contains(&route) {
@@ -579,10 +582,10 @@ pub async fn gate(req: Request, next: Next) -> Response {
             "access_token in the URL is taken only on /subscribe and /stream; send Authorization: Bearer <token>"
                 .into(),
         );
-        return caller.refuse(e).into_response();
+        return Some(caller.refuse(e).into_response());
     }
     if PUBLIC_ROUTES.contains(&route) {
-        return next.run(req).await;
+        return None;
     }
     let produce = PRODUCE_ROUTES.contains(&route) || crate::routes::segment::CALL_PATHS.contains(&route);
     let refusal = match &caller.credential {
@@ -594,10 +597,7 @@ pub async fn gate(req: Request, next: Next) -> Response {
         Credential::WriteKey(_) if produce => None,
         Credential::WriteKey(_) => Some(AuthError::Forbidden("a write key may only produce events".into())),
     };
-    match refusal {
-        Some(e) => caller.refuse(e).into_response(),
-        None => next.run(req).await,
-    }
+    refusal.map(|e| caller.refuse(e).into_response())
 }
 
 /// Middleware: resolves the [`Caller`] and applies the per-IP rate limit; turns the

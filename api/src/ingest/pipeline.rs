@@ -19,6 +19,7 @@ use super::ids::RequestIds;
 use super::partitioner::partition_for_key;
 use super::rules::TopicRules;
 use crate::error::{ApiError, EventError};
+use crate::request_memory::MemoryGrant;
 use crate::state::SharedState;
 
 /// Requests whose payload is at least this large are encoded on a blocking thread.
@@ -383,17 +384,27 @@ fn check_events(state: &SharedState, set: &TopicSet, events: &[Outgoing]) -> Res
     if errors.is_empty() { Ok(()) } else { Err(ApiError::InvalidEvents { errors }) }
 }
 
+/// When a request is answered.
+#[derive(Debug)]
+pub enum Answer {
+    /// Once its events are written as the fsync policy asks, with their offsets.
+    AfterWrite,
+    /// Once its events are queued for the writer (`acks=none`); `hold` (the request's
+    /// body memory) is kept until the writer is done with them.
+    OnceQueued { hold: Option<MemoryGrant> },
+}
+
 /// Writes the events of one request atomically and says where each one is, in
-/// request order (`None` with `acks_none`: the append is only queued). Topics of `set`
-/// that do not exist yet are created here, after the events passed every check that
-/// does not need them.
+/// request order (`None` with [`Answer::OnceQueued`]: the append is only queued).
+/// Topics of `set` that do not exist yet are created here, after the events passed
+/// every check that does not need them.
 pub async fn commit(
     state: &SharedState,
     set: &mut TopicSet,
     events: Vec<Outgoing>,
     shared: Vec<(&'static str, Vec<u8>)>,
     received: i64,
-    acks_none: bool,
+    answer: Answer,
     request: Option<RequestIds>,
 ) -> Result<Option<Vec<Placement>>, ApiError> {
     check_events(state, set, &events)?;
@@ -565,9 +576,16 @@ pub async fn commit(
         // Every event was a duplicate: nothing to write. `acks=none` still answers as
         // it always does (queued, no offsets), so its callers see one shape.
         drop(ids);
-        (!acks_none).then(Vec::new)
-    } else if acks_none {
-        state.store.append_to_detached(encoded.batches, ids).await?;
+        matches!(answer, Answer::AfterWrite).then(Vec::new)
+    } else if let Answer::OnceQueued { hold } = answer {
+        let written = state.store.append_to_detached(encoded.batches, ids).await?;
+        if let Some(hold) = hold {
+            tokio::spawn(async move {
+                // The outcome reaches no one (acks=none); only the memory waits for it.
+                let _ = written.await;
+                drop(hold);
+            });
+        }
         None
     } else {
         Some(state.store.append_to(encoded.batches, ids).await?)

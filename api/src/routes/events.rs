@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::routes::names::NamePath;
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -23,8 +23,11 @@ use crate::error::{ApiError, EventError, Problem};
 use crate::ingest::decode::{body_format, decode_body, single_header};
 use crate::ingest::ids::{RequestIds, event_id, header_id, id_at, idempotency_key, request_ids};
 use crate::ingest::parse::{ParseLimits, ParsedEvent, parse_body};
-use crate::ingest::pipeline::{Create, Outgoing, Placement, Screened, TopicSet, commit, is_reserved_header, screen};
+use crate::ingest::pipeline::{
+    Answer, Create, Outgoing, Placement, Screened, TopicSet, commit, is_reserved_header, screen,
+};
 use crate::ingest::privacy::gateway_headers;
+use crate::request_memory::{self, MemoryGrant};
 use crate::state::SharedState;
 
 /// Bodies at least this large are decoded and parsed on a blocking thread, so the
@@ -146,7 +149,7 @@ pub(crate) fn now_ms() -> i64 {
         (status = 415, description = "Unsupported content type or encoding", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`idempotency_key_reused`: the Idempotency-Key was used before with another body; nothing was written", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "Storage failure; nothing was acknowledged", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Shutting down", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Shutting down (`shutting_down`), or `overloaded`: request bodies in flight fill `request_memory_bytes`; nothing was written (retry after `Retry-After`)", body = Problem, content_type = "application/problem+json"),
         (status = 507, description = "`insufficient_storage`: free disk space is below `min_free_disk_bytes`; nothing was written (retry later)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn produce(
@@ -155,8 +158,10 @@ pub async fn produce(
     NamePath(topic): NamePath<String>,
     Query(params): Query<ProduceParams>,
     request_headers: HeaderMap,
+    memory: Option<Extension<MemoryGrant>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let memory = memory.map(|Extension(grant)| grant);
     let body_key = caller.needs_credentials();
     if !body_key {
         caller.require(Action::Produce, &topic)?;
@@ -169,8 +174,12 @@ pub async fn produce(
     if body_key {
         // The write key may be in the body: decode it here (bounded by max_body_bytes),
         // once; parsing below then takes the decoded body.
-        let (enc, raw) = (encoding.take(), std::mem::take(&mut body));
-        let probe = move || decode_body(enc.as_deref(), raw, max_body).map(|d| (body_write_key(&d), d));
+        let (enc, raw, grant) = (encoding.take(), std::mem::take(&mut body), memory.clone());
+        let probe = move || {
+            let decoded = decode_body(enc.as_deref(), raw, max_body)?;
+            request_memory::cover(grant.as_ref(), decoded.len())?;
+            Ok::<_, ApiError>((body_write_key(&decoded), decoded))
+        };
         let (key, decoded) = if body_len_hint(&request_headers) < INLINE_PARSE_BYTES {
             probe()?
         } else {
@@ -209,9 +218,10 @@ pub async fn produce(
     };
     let acks = params.acks.unwrap_or_default();
     let job = {
-        let set = set.clone();
+        let (set, grant) = (set.clone(), memory.clone());
         move || -> Result<(Vec<Outgoing>, Option<RequestIds>), ApiError> {
             let body = decode_body(encoding.as_deref(), body, max_body)?;
+            request_memory::cover(grant.as_ref(), body.len())?;
             let events = parse_body(&body, format, limits)?;
             let request = match idempotency_key.as_deref() {
                 Some(key) => {
@@ -230,7 +240,11 @@ pub async fn produce(
             .map_err(|e| ApiError::Storage(tidegate_storage::StorageError::Internal(e.to_string())))??
     };
     let count = events.len();
-    let placements = commit(&state, &mut set, events, shared, received, acks == Acks::None, request).await?;
+    let answer = match acks {
+        Acks::None => Answer::OnceQueued { hold: memory },
+        _ => Answer::AfterWrite,
+    };
+    let placements = commit(&state, &mut set, events, shared, received, answer, request).await?;
     let response = match placements {
         None => (StatusCode::ACCEPTED, Json(Accepted { accepted: count })).into_response(),
         Some(placements) => {

@@ -303,7 +303,7 @@ pub fn router(state: SharedState, cors: Option<tower_http::cors::CorsLayer>) -> 
     let public = crate::docs::router().merge(crate::web::router()).route_layer(from_fn(crate::metrics::track));
     let app = api
         .route("/openapi.json", get(move || async move { ([("content-type", "application/json")], doc_json) }))
-        .route_layer(from_fn(crate::metrics::track_gated))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::metrics::track_gated))
         .merge(public)
         .fallback_service(axum::routing::any(not_found).layer(from_fn(crate::metrics::track)))
         .layer(DefaultBodyLimit::max(max_body))

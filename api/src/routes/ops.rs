@@ -49,8 +49,22 @@ pub async fn metrics(State(state): State<SharedState>, caller: Caller) -> Result
     }
     let store = state.store.clone();
     let mut body = tokio::task::spawn_blocking(move || crate::metrics::render(&store)).await.unwrap_or_default();
+    body.push_str(&request_memory(&state));
     body.push_str(&group_lag(&state).await);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body))
+}
+
+/// `tidegate_request_memory_bytes` and its limit.
+fn request_memory(state: &SharedState) -> String {
+    let memory = &state.request_memory;
+    format!(
+        "# HELP tidegate_request_memory_bytes Bytes of request bodies in flight (reserved in request_memory_bytes).\n\
+         # TYPE tidegate_request_memory_bytes gauge\ntidegate_request_memory_bytes {}\n\
+         # HELP tidegate_request_memory_limit_bytes The request_memory_bytes setting.\n\
+         # TYPE tidegate_request_memory_limit_bytes gauge\ntidegate_request_memory_limit_bytes {}\n",
+        memory.reserved_bytes(),
+        memory.budget_bytes()
+    )
 }
 
 /// `tidegate_group_lag` per group and partition, and the total per group.

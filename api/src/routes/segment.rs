@@ -20,7 +20,7 @@ use axum::extract::rejection::BytesRejection;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -32,10 +32,11 @@ use crate::error::{ApiError, Problem};
 use crate::ingest::decode::decode_body;
 use crate::ingest::ids::event_id;
 use crate::ingest::parse::MAX_LISTED_ERRORS;
-use crate::ingest::pipeline::{Create, Outgoing, Screened, TopicSet, commit, dead_letter_headers, screen};
+use crate::ingest::pipeline::{Answer, Create, Outgoing, Screened, TopicSet, commit, dead_letter_headers, screen};
 use crate::ingest::privacy::gateway_headers;
 use crate::ingest::privacy::{ClientIpMode, is_anonymous};
 use crate::ingest::segment::{Call, InvalidItem, SegmentOptions, normalize};
+use crate::request_memory::{self, MemoryGrant};
 use crate::routes::events::now_ms;
 use crate::state::SharedState;
 
@@ -113,7 +114,7 @@ fn as_segment_refusal(e: ApiError) -> ApiError {
         (status = 400, description = "Malformed: not JSON, no userId/anonymousId, a track without event, unknown type, over a size limit, an unknown or repeated Content-Encoding, a malformed `Idempotency-Key` (`invalid_idempotency_key`)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such call", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "Storage failure; nothing was acknowledged", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Shutting down", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Shutting down (`shutting_down`), or `overloaded`: request bodies in flight fill `request_memory_bytes`; nothing was written (retry after `Retry-After`)", body = Problem, content_type = "application/problem+json"),
         (status = 507, description = "`insufficient_storage`: free disk space is below `min_free_disk_bytes`; nothing was written (retry later)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn segment_call(
@@ -121,6 +122,7 @@ pub async fn segment_call(
     caller: Caller,
     uri: Uri,
     request_headers: HeaderMap,
+    memory: Option<Extension<MemoryGrant>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<SegmentAccepted>, ApiError> {
     // Routed only for the call paths (see [`CALL_PATHS`]), so the last segment names one.
@@ -156,6 +158,7 @@ pub async fn segment_call(
     let inline = encoding.is_none() && body.len() < super::events::INLINE_PARSE_BYTES;
     let job = move || {
         let body = decode_body(encoding.as_deref(), body, max_body).map_err(as_segment_refusal)?;
+        request_memory::cover(memory.as_ref().map(|Extension(grant)| grant), body.len())?;
         let seed = idempotency_key.map(|key| crate::ingest::ids::message_id_seed(&key, call.name(), &body));
         normalize(call, &body, received, SegmentOptions { message_id_seed: seed, ..limits })
     };
@@ -267,7 +270,7 @@ pub async fn segment_call(
         }
     };
     let shared = gateway_headers(config, caller.ip, &request_headers, received);
-    commit(&state, &mut set, events, shared, received, false, None).await?;
+    commit(&state, &mut set, events, shared, received, Answer::AfterWrite, None).await?;
     if !aside.items.is_empty() {
         metrics::counter!("tidegate_segment_invalid_events_total").increment(aside.items.len() as u64);
     }

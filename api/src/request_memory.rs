@@ -1,0 +1,211 @@
+//! The memory budget of request bodies in flight (`request_memory_bytes`).
+//!
+//! Guarantees:
+//! - Before a request's body is read, its size is reserved: its `Content-Length`, or
+//!   `max_body_bytes` when it comes in chunks (its size is not known yet). A body over
+//!   `max_body_bytes` reserves nothing: it is refused (413) without being read.
+//! - A request that does not fit waits, its body unread (so TCP pushes back on the
+//!   client), in arrival order, for at most `request_memory_wait_ms`; then it is
+//!   answered 503 `overloaded` with `Retry-After` and nothing of it is written.
+//! - A compressed body whose decoded size is larger than its reservation reserves the
+//!   difference before its events go on; when that is not free at once it is 503
+//!   `overloaded` too (waiting while holding memory could stall every request that
+//!   holds some).
+//! - A reservation is held until the request's events are written (with `acks=none`,
+//!   until the writer is done with them, after the answer), so bodies read, decoded,
+//!   parsed and waiting for the writer together stay within the budget. The budget
+//!   counts body bytes; the request's other copies (parsed events, encoded batches) are
+//!   about as large again.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, header};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::error::ApiError;
+
+/// Reservations are counted in units of this many bytes (a semaphore counts `u32`
+/// permits at a time).
+const UNIT: u64 = 1024;
+
+/// The budget shared by all requests (one per node).
+#[derive(Debug)]
+pub struct RequestMemory {
+    units: Arc<Semaphore>,
+    budget_units: u64,
+    max_body: u64,
+    wait: Duration,
+}
+
+/// Bytes reserved by one request; clones share the reservation, which is released when
+/// the last clone is dropped.
+#[derive(Debug, Clone)]
+pub struct MemoryGrant(Arc<Grant>);
+
+#[derive(Debug)]
+struct Grant {
+    units: Arc<Semaphore>,
+    budget_bytes: u64,
+    permit: Mutex<OwnedSemaphorePermit>,
+}
+
+fn units_of(bytes: u64) -> u64 {
+    bytes.div_ceil(UNIT)
+}
+
+impl RequestMemory {
+    /// A budget of `budget_bytes` (at least `max_body_bytes`, as the settings check).
+    pub fn new(budget_bytes: u64, max_body_bytes: u64, wait: Duration) -> RequestMemory {
+        let budget_units = units_of(budget_bytes).min(Semaphore::MAX_PERMITS as u64);
+        RequestMemory {
+            units: Arc::new(Semaphore::new(budget_units as usize)),
+            budget_units,
+            max_body: max_body_bytes,
+            wait,
+        }
+    }
+
+    /// Bytes reserved by requests now.
+    pub fn reserved_bytes(&self) -> u64 {
+        self.budget_units.saturating_sub(self.units.available_permits() as u64) * UNIT
+    }
+
+    /// The budget in bytes.
+    pub fn budget_bytes(&self) -> u64 {
+        self.budget_units * UNIT
+    }
+
+    /// Bytes to reserve for a request with these headers before its body is read: none
+    /// without a body (or with one over `max_body_bytes`, refused unread).
+    fn needed(&self, headers: &HeaderMap) -> u64 {
+        let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+        match length {
+            Some(n) if n > self.max_body => 0,
+            Some(n) => n,
+            None if headers.contains_key(header::TRANSFER_ENCODING) => self.max_body,
+            None => 0,
+        }
+    }
+
+    /// Reserves the body of a request with `headers`, waiting up to
+    /// `request_memory_wait_ms` for room. `None` when the request has no body to read.
+    pub async fn reserve(&self, headers: &HeaderMap) -> Result<Option<MemoryGrant>, ApiError> {
+        let bytes = self.needed(headers);
+        if bytes == 0 {
+            return Ok(None);
+        }
+        // At most the whole budget (the settings keep max_body_bytes within it).
+        let units = units_of(bytes).min(self.budget_units) as u32;
+        let acquired = match self.units.clone().try_acquire_many_owned(units) {
+            Ok(permit) => Ok(permit),
+            Err(_) => match tokio::time::timeout(self.wait, self.units.clone().acquire_many_owned(units)).await {
+                Ok(Ok(permit)) => Ok(permit),
+                Ok(Err(_)) | Err(_) => Err(self.overloaded()),
+            },
+        };
+        let permit =
+            acquired.inspect_err(|_| metrics::counter!("tidegate_request_memory_refused_total").increment(1))?;
+        Ok(Some(MemoryGrant(Arc::new(Grant {
+            units: self.units.clone(),
+            budget_bytes: self.budget_bytes(),
+            permit: Mutex::new(permit),
+        }))))
+    }
+
+    fn overloaded(&self) -> ApiError {
+        ApiError::Overloaded { budget: self.budget_bytes() }
+    }
+}
+
+impl MemoryGrant {
+    /// Makes the reservation cover at least `bytes` (a decoded body larger than the body
+    /// as sent): 503 `overloaded` when the difference is not free at once.
+    pub fn cover(&self, bytes: usize) -> Result<(), ApiError> {
+        let mut permit = self.0.permit.lock().unwrap_or_else(PoisonError::into_inner);
+        let held = permit.num_permits() as u64;
+        let wanted = units_of(bytes as u64);
+        if wanted <= held {
+            return Ok(());
+        }
+        let more = u32::try_from(wanted - held).unwrap_or(u32::MAX);
+        match self.0.units.clone().try_acquire_many_owned(more) {
+            Ok(extra) => {
+                permit.merge(extra);
+                Ok(())
+            }
+            Err(_) => {
+                metrics::counter!("tidegate_request_memory_refused_total").increment(1);
+                Err(ApiError::Overloaded { budget: self.0.budget_bytes })
+            }
+        }
+    }
+
+    /// Bytes this reservation holds.
+    pub fn bytes(&self) -> u64 {
+        self.0.permit.lock().unwrap_or_else(PoisonError::into_inner).num_permits() as u64 * UNIT
+    }
+}
+
+/// [`MemoryGrant::cover`] for a request that may hold no reservation (it had no body
+/// to read, so nothing decoded from it needs room).
+pub fn cover(grant: Option<&MemoryGrant>, bytes: usize) -> Result<(), ApiError> {
+    grant.map_or(Ok(()), |g| g.cover(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.insert(*name, value.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn a_body_reserves_its_length_or_the_largest_body_when_chunked() {
+        let m = RequestMemory::new(64 * UNIT, 16 * UNIT, Duration::ZERO);
+        assert_eq!(m.needed(&headers(&[])), 0, "no body");
+        assert_eq!(m.needed(&headers(&[("content-length", "0")])), 0);
+        assert_eq!(m.needed(&headers(&[("content-length", "5000")])), 5000);
+        assert_eq!(m.needed(&headers(&[("content-length", "16385")])), 0, "over max_body_bytes: refused unread");
+        assert_eq!(m.needed(&headers(&[("transfer-encoding", "chunked")])), 16 * UNIT);
+    }
+
+    #[tokio::test]
+    async fn reservations_are_bounded_and_released_with_their_last_clone() {
+        let m = RequestMemory::new(4 * UNIT, 4 * UNIT, Duration::from_millis(20));
+        let h = headers(&[("content-length", "3000")]);
+        let a = m.reserve(&h).await.unwrap().unwrap();
+        assert_eq!((a.bytes(), m.reserved_bytes()), (3 * UNIT, 3 * UNIT));
+        let refused = m.reserve(&h).await.unwrap_err();
+        assert!(matches!(refused, ApiError::Overloaded { budget } if budget == 4 * UNIT));
+        assert!(a.cover(3500).is_ok(), "within what it holds");
+        assert!(a.cover(4000).is_ok(), "the last free unit");
+        assert_eq!(m.reserved_bytes(), 4 * UNIT);
+        assert!(matches!(a.cover(5000), Err(ApiError::Overloaded { .. })), "beyond the budget");
+        let clone = a.clone();
+        drop(a);
+        assert_eq!(m.reserved_bytes(), 4 * UNIT, "a clone keeps the reservation");
+        drop(clone);
+        assert_eq!(m.reserved_bytes(), 0);
+        assert!(m.reserve(&h).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_request_goes_on_when_memory_is_released() {
+        let m = Arc::new(RequestMemory::new(4 * UNIT, 4 * UNIT, Duration::from_secs(30)));
+        let first = m.reserve(&headers(&[("content-length", "4096")])).await.unwrap().unwrap();
+        let waiting = tokio::spawn({
+            let m = m.clone();
+            async move { m.reserve(&headers(&[("content-length", "2048")])).await.map(|g| g.map(|g| g.bytes())) }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "no room yet");
+        drop(first);
+        assert_eq!(waiting.await.unwrap().unwrap(), Some(2 * UNIT));
+    }
+}
