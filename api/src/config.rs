@@ -227,6 +227,11 @@ settings! {
     /// With `auto_commit`, how often delivered positions are committed (over WebSocket,
     /// those the client confirmed by answering a ping; see docs/websocket.md).
     auto_commit_interval_ms: u64 = 1_000;
+    /// With `auto_commit=false`, how long a WebSocket member told `revoked` may still
+    /// commit those partitions (up to what it was sent) before they go to their new
+    /// owner; they go as soon as its commits cover what it was sent. 0 hands them over
+    /// at once (what the member did not commit is then read again by the next owner).
+    revoke_commit_timeout_ms: u64 = 5_000;
     /// Most bytes of records in one subscription frame, and of the frames one delivery
     /// round queues before writing them: the per-subscriber memory bound.
     subscription_frame_bytes: u64 = 256 * KIB;

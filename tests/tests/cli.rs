@@ -174,6 +174,11 @@ async fn topics_commands_create_list_describe_alter_and_delete() {
     assert_eq!((d["retention_ms"].as_u64(), d["partition_count"].as_u64()), (Some(3_600_000), Some(5)), "{d}");
     assert_eq!(server.describe("views").await["partition_count"], 5);
     tg(&server, &["topics", "alter", "views"]).await.expect(2);
+    // A count that cannot grow the topic changes nothing, retention included.
+    let refused = tg(&server, &["topics", "alter", "views", "--retention-ms", "60000", "--partitions", "2"]).await;
+    let refused = refused.expect(1);
+    assert!(refused.stderr.contains("nothing was changed"), "{}", refused.stderr);
+    assert_eq!(server.describe("views").await["retention_ms"], 3_600_000, "retention unchanged");
 
     tg(&server, &["topics", "delete", "clicks"]).await.expect(0);
     assert_eq!(server.get_json("/v1/topics").await["topics"].as_array().map(Vec::len), Some(1));
@@ -340,6 +345,26 @@ async fn consume_follow_waits_for_new_records() {
     server.produce("f", &json!(events)).await;
     let run = follower.await.unwrap().expect(0);
     assert_eq!(run.lines(), events, "records written after the start arrive");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_follow_reads_partitions_added_while_it_runs() {
+    let server = TestServer::with_defaults().await;
+    server.create_topic("grow", 1).await;
+    let url = format!("http://{}", server.addr);
+    let follower = tokio::spawn(async move {
+        run_with(&["consume", "grow", "--follow", "--max", "2", "--with-meta", "--url", &url], b"", &[]).await
+    });
+    // Let it read the partition list (one partition) before the topic grows.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let grown = server.post("/v1/topics/grow/partitions").json(&json!({"count": 2})).send().await.unwrap();
+    assert_eq!(grown.status(), 200);
+    server.produce("grow", &json!({"records": [{"partition": 1, "value": {"p": 1}}]})).await;
+    server.produce("grow", &json!({"records": [{"partition": 0, "value": {"p": 0}}]})).await;
+    let run = tokio::time::timeout(Duration::from_secs(30), follower).await.expect("both records within 30 s");
+    let lines = run.unwrap().expect(0).lines();
+    let partitions: BTreeSet<u64> = lines.iter().map(|l| l["partition"].as_u64().unwrap()).collect();
+    assert_eq!(partitions, BTreeSet::from([0, 1]), "the added partition is read too: {lines:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

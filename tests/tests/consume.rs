@@ -27,6 +27,7 @@ fn quick(c: &mut Config) {
     c.session_timeout_ms = SESSION_TIMEOUT.as_millis() as u64;
     c.heartbeat_interval_ms = 300;
     c.auto_commit_interval_ms = 100;
+    c.revoke_commit_timeout_ms = 500;
 }
 
 async fn quick_server() -> TestServer {
@@ -1076,6 +1077,86 @@ async fn commit_of_a_partition_not_owned_is_refused() {
     expected[mine as usize] = json!(5);
     assert_eq!(committed, expected, "only the owner's commit was stored: {d}");
     assert!(a.closed.is_none(), "{a:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_counts_for_a_generation_in_which_the_member_held_the_partition() {
+    let server = quick_server().await;
+    server.create_topic("gens", 2).await;
+    produce_ids(&server, "gens", 0..10, 2).await;
+    let q = "group=gens&from=earliest&auto_commit=false";
+    let mut a = Consumer::join(&server, "a", "gens", q).await;
+    until("a's records", &mut [&mut a], |m| m[0].owned.len() == 2 && m[0].received() == 10).await;
+    let first = a.generation.expect("a generation");
+    // b joins: a rebalance moves one partition to b, a keeps the other.
+    let mut b = Consumer::join(&server, "b", "gens", q).await;
+    until("one partition each", &mut [&mut a, &mut b], |m| split_evenly(m, 2, &[1, 1])).await;
+    let (kept, moved) = (*a.owned.first().unwrap(), *b.owned.first().unwrap());
+    let now = b.generation.expect("b's generation");
+    assert!(now > first, "the rebalance made a new generation ({first} -> {now})");
+    let commit = |partition: u32, offset: u64, generation: u64| json!({"type": "commit", "offsets": [{"partition": partition, "offset": offset}], "generation": generation});
+    // a has held `kept` since the first generation: its commit sent with that generation
+    // (say, just before b joined) still counts.
+    a.request("a's commit", &commit(kept, 5, first), |c| c.committed.get(&kept) == Some(&5)).await;
+    // b got `moved` in the new generation: a commit naming the first one predates its
+    // ownership (a may have read and committed in between) and is stale.
+    b.request("the refusal", &commit(moved, 5, first), |c| !c.errors.is_empty()).await;
+    assert_eq!(b.errors[0]["code"], "commit_refused", "{b:?}");
+    assert!(b.errors[0]["detail"].as_str().unwrap().contains("stale"), "{b:?}");
+    // a no longer owns `moved`, whatever generation it names.
+    a.request("the refusal", &commit(moved, 5, first), |c| !c.errors.is_empty()).await;
+    assert_eq!(a.errors[0]["code"], "commit_refused", "{a:?}");
+    b.request("b's commit", &commit(moved, 5, now), |c| c.committed.get(&moved) == Some(&5)).await;
+    let d = server.get_json("/v1/groups/gens").await;
+    let committed: Vec<Value> = d["partitions"].as_array().unwrap().iter().map(|p| p["committed"].clone()).collect();
+    assert_eq!(committed, vec![json!(5), json!(5)], "{d}");
+}
+
+/// A member committing by itself (`auto_commit=false`) reads all 10 records of both
+/// partitions of `grace`, commits less, and a second member joins.
+async fn revocation_setup(timeout_ms: u64) -> (TestServer, Consumer, Consumer, u32) {
+    let server = TestServer::start(|c| {
+        quick(c);
+        c.revoke_commit_timeout_ms = timeout_ms;
+    })
+    .await;
+    server.create_topic("grace", 2).await;
+    produce_ids(&server, "grace", 0..20, 2).await;
+    let q = "group=grace&from=earliest&auto_commit=false";
+    let mut a = Consumer::join(&server, "a", "grace", q).await;
+    until("a reads everything", &mut [&mut a], |m| m[0].received() == 20).await;
+    let partial = json!({"type": "commit", "generation": a.generation,
+        "offsets": [{"partition": 0, "offset": 4}, {"partition": 1, "offset": 3}]});
+    a.request("a's commits", &partial, |c| c.committed.len() == 2).await;
+    let mut b = Consumer::join(&server, "b", "grace", q).await;
+    until("a gives a partition up", &mut [&mut a, &mut b], |m| m[0].owned.len() == 1).await;
+    let moved = (0..2).find(|p| !a.owned.contains(p)).expect("a revoked partition");
+    (server, a, b, moved)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_partition_moves_once_its_member_committed_what_it_was_sent() {
+    let (server, mut a, mut b, moved) = revocation_setup(30_000).await;
+    // a may still commit what it was sent: the partition stays with it meanwhile.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    until("b's frames so far", &mut [&mut b], |_| true).await;
+    assert!(b.owned.is_empty(), "not handed over before a's commit: {b:?}");
+    let last = json!({"type": "commit", "generation": a.generation, "offsets": [{"partition": moved, "offset": 10}]});
+    a.request("a's last commit", &last, |c| c.committed.get(&moved) == Some(&10)).await;
+    until("b gets the partition", &mut [&mut a, &mut b], |m| m[1].owned.contains(&moved)).await;
+    produce_ids(&server, "grace", 20..22, 2).await;
+    until("b reads what came next", &mut [&mut a, &mut b], |m| m[1].received() == 1).await;
+    assert_eq!(b.offsets(moved), vec![10], "b starts where a committed: nothing read twice");
+    assert!(a.errors.is_empty(), "{a:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_partition_moves_after_revoke_commit_timeout_without_a_commit() {
+    let (_server, mut a, mut b, moved) = revocation_setup(300).await;
+    until("b gets the partition", &mut [&mut a, &mut b], |m| m[1].owned.contains(&moved)).await;
+    let committed = if moved == 0 { 4 } else { 3 };
+    until("b reads it", &mut [&mut a, &mut b], |m| m[1].received() == 10 - committed).await;
+    assert_eq!(b.offsets(moved), (committed as u64..10).collect::<Vec<u64>>(), "from a's last commit (at least once)");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

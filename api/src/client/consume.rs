@@ -7,10 +7,10 @@
 //!
 //! Without `--follow` it stops at the end of the log as it was when it started (each
 //! partition's high watermark then); with `--follow` it waits for new records until
-//! Ctrl-C. `--max N` stops after N records either way. Records of one partition are
+//! Ctrl-C, and reads partitions added to the topic meanwhile from their start. `--max N` stops after N records either way. Records of one partition are
 //! printed in offset order; partitions are interleaved.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
 use std::sync::Arc;
 
@@ -29,6 +29,8 @@ use super::position::Position;
 
 /// Long-poll wait of one read with `--follow` (the server's `max_wait_ms` allows 30 s).
 const FOLLOW_WAIT_MS: u64 = 5_000;
+/// With `--follow`, how often the topic is checked for added partitions.
+const PARTITION_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 /// Reads in flight at once when reading up to the end (with `--follow` every
 /// partition keeps one long poll open).
 const READS_IN_FLIGHT: usize = 8;
@@ -255,7 +257,20 @@ async fn plan(gw: &Gateway, args: &ConsumeArgs) -> Result<Vec<(u32, u64, Option<
             let from = match args.from {
                 Position::Earliest => start,
                 Position::Latest => end,
-                Position::Offset(o) => o.clamp(start, end),
+                Position::Offset(o) => {
+                    if o < start {
+                        eprintln!(
+                            "warning: {}/{}: offsets {o}..{start} were deleted by retention; starting at {start}",
+                            args.topic, p.partition
+                        );
+                    } else if o > end {
+                        eprintln!(
+                            "warning: {}/{}: offset {o} is past the end ({end}); starting at the end",
+                            args.topic, p.partition
+                        );
+                    }
+                    o.clamp(start, end)
+                }
                 Position::Timestamp(_) => by_time.get(&p.partition).copied().unwrap_or(end),
             };
             (p.partition, from, (!args.follow).then_some(end))
@@ -324,14 +339,38 @@ async fn read_partition(shared: Shared, partition: u32, mut offset: u64, until: 
     }
 }
 
+/// With `--follow` over the whole topic: looks for partitions added to it every
+/// [`PARTITION_CHECK`] and reads each new one from its start (every record in it was
+/// written after the client started). Its readers stop with it.
+async fn read_added_partitions(shared: Shared, mut known: BTreeSet<u32>) {
+    let mut added = JoinSet::new();
+    loop {
+        tokio::time::sleep(PARTITION_CHECK).await;
+        // A failed look (the gateway restarting) is tried again; a deleted topic is
+        // reported by the readers of its partitions.
+        let Ok(topic) = shared.gw.get::<TopicInfo>(&["v1", "topics", &shared.topic]).await else { continue };
+        for p in topic.partitions {
+            if known.insert(p.partition) {
+                // Each follower keeps one long poll open: one more slot for it.
+                shared.slots.add_permits(1);
+                added.spawn(read_partition(shared.clone(), p.partition, p.start_offset, None));
+            }
+        }
+    }
+}
+
 async fn ephemeral(gw: &Gateway, args: &ConsumeArgs) -> Result<Exit, ClientError> {
     let plan = plan(gw, args).await?;
     let (tx, mut rx) = mpsc::channel(plan.len() + 1);
     let slots = Arc::new(Semaphore::new(if args.follow { plan.len().max(1) } else { READS_IN_FLIGHT }));
     let shared = Shared { gw: gw.clone(), topic: args.topic.clone(), per_read: args.fetch_records, slots, tx };
     let mut readers = JoinSet::new();
+    let known: BTreeSet<u32> = plan.iter().map(|(p, ..)| *p).collect();
     for (partition, from, until) in plan {
         readers.spawn(read_partition(shared.clone(), partition, from, until));
+    }
+    if args.follow && args.partition.is_empty() {
+        readers.spawn(read_added_partitions(shared.clone(), known));
     }
     drop(shared);
     let mut printer = Printer::new(&args.topic, args.with_meta, args.max);

@@ -3,9 +3,15 @@
 //!
 //! Every records frame is printed and flushed first, then the position after the
 //! last printed record is committed (with the generation, so a stale member's
-//! commit is refused). Records cut by `--max` are not committed, so the group's next
-//! member reads them. On the way out the client waits for the server to confirm its
-//! commits, then closes normally (so its partitions move at once).
+//! commit is refused). A printed position stays pending until a `committed` frame
+//! covers it: when a rebalance makes the generation move on (so commits sent with the
+//! old one are refused), the pending positions of the partitions the member still owns
+//! are committed again with the new one, and once more on the way out. Records cut by
+//! `--max` are not committed, so the group's next member reads them. A `revoked`
+//! partition's last commit is already on its way: the server waits for it (within
+//! `revoke_commit_timeout_ms`) before handing the partition on. On the way out the
+//! client waits for the server to confirm its commits, then closes normally (so its
+//! partitions move at once).
 //!
 //! Without `--follow` the member stops when every partition it owns has reached
 //! the end the topic had when it started, and the group is stable with this
@@ -63,7 +69,10 @@ enum Frame {
         generation: u64,
         partitions: Vec<At>,
     },
-    Committed {},
+    Committed {
+        #[serde(default)]
+        offsets: Vec<At>,
+    },
     Gap {
         partition: u32,
         from: u64,
@@ -107,11 +116,83 @@ struct Member<'a> {
     id: Option<String>,
     /// Owned partitions and the next offset to print.
     owned: BTreeMap<u32, u64>,
-    /// Commits sent and not yet confirmed.
+    /// Printed positions (the offset after the last printed record) no `committed`
+    /// frame has confirmed yet.
+    pending: BTreeMap<u32, u64>,
+    /// Commits sent and not yet answered.
     unconfirmed: usize,
 }
 
 impl Member<'_> {
+    /// A commit of every pending position of a partition this member owns, with the
+    /// current generation; `None` when there is none. Pending positions of partitions
+    /// it no longer owns are dropped: only their next owner may commit them now.
+    fn commit_pending(&mut self) -> Option<Value> {
+        self.pending.retain(|p, _| self.owned.contains_key(p));
+        if self.pending.is_empty() {
+            return None;
+        }
+        let offsets: Vec<Value> = self
+            .pending
+            .iter()
+            .map(|(p, offset)| json!({"topic": self.topic, "partition": p, "offset": offset}))
+            .collect();
+        Some(json!({"type": "commit", "generation": self.generation, "offsets": offsets}))
+    }
+
+    /// Applies a frame other than `records`; returns a commit to send (pending positions
+    /// again, when the generation moved on).
+    fn apply(&mut self, frame: Frame) -> Option<Value> {
+        let before = self.generation;
+        match frame {
+            Frame::Assignment { generation, member, partitions } => {
+                self.generation = generation;
+                self.id = member.or(self.id.take());
+                self.owned = partitions.into_iter().map(|a| (a.partition, a.offset.unwrap_or(0))).collect();
+            }
+            Frame::Revoked { generation, partitions } => {
+                self.generation = generation;
+                // Their last commits are already on the way: the server accepts them
+                // while it waits for them (revoke_commit_timeout_ms) before handing the
+                // partitions on, so they are not sent again.
+                for a in partitions {
+                    self.owned.remove(&a.partition);
+                    self.pending.remove(&a.partition);
+                }
+            }
+            Frame::Committed { offsets } => {
+                self.unconfirmed = self.unconfirmed.saturating_sub(1);
+                for a in offsets.into_iter().filter(|a| a.topic.as_deref().is_none_or(|t| t == self.topic)) {
+                    if let Some(offset) = a.offset
+                        && self.pending.get(&a.partition).is_some_and(|pending| offset >= *pending)
+                    {
+                        self.pending.remove(&a.partition);
+                    }
+                }
+            }
+            Frame::Gap { partition, from, to } => {
+                eprintln!(
+                    "warning: {}/{partition}: offsets {from}..{to} were deleted by retention before they were read",
+                    self.topic
+                );
+                self.owned.insert(partition, to);
+            }
+            Frame::Error { code, detail } => {
+                if code == "commit_refused" || code == "commit_failed" {
+                    self.unconfirmed = self.unconfirmed.saturating_sub(1);
+                }
+                // A commit refused for a generation that has moved on is sent again
+                // with the new one; the refusal is only worth a warning otherwise.
+                let stale = code == "commit_refused" && detail.contains("stale");
+                if !stale {
+                    eprintln!("warning: the gateway reported {code}: {detail}");
+                }
+            }
+            Frame::Other => {}
+        }
+        if self.generation != before { self.commit_pending() } else { None }
+    }
+
     fn caught_up(&self, ends: &BTreeMap<u32, u64>) -> bool {
         self.owned.iter().all(|(p, next)| *next >= ends.get(p).copied().unwrap_or(0))
     }
@@ -184,7 +265,14 @@ pub async fn run(gw: &Gateway, args: &ConsumeArgs, group: &str) -> Result<Exit, 
     }
     let mut ws = gw.websocket(&["v1", "topics", &args.topic, "subscribe"], &query).await?;
     let mut printer = Printer::new(&args.topic, args.with_meta, args.max);
-    let mut me = Member { topic: &args.topic, generation: 0, id: None, owned: BTreeMap::new(), unconfirmed: 0 };
+    let mut me = Member {
+        topic: &args.topic,
+        generation: 0,
+        id: None,
+        owned: BTreeMap::new(),
+        pending: BTreeMap::new(),
+        unconfirmed: 0,
+    };
     let interrupted = ctrl_c();
     tokio::pin!(interrupted);
     let mut next_check = Instant::now();
@@ -221,6 +309,7 @@ pub async fn run(gw: &Gateway, args: &ConsumeArgs, group: &str) -> Result<Exit, 
             };
             if let Some(last) = n.checked_sub(1).map(|i| frame.records[i].offset) {
                 me.owned.insert(frame.partition, last + 1);
+                me.pending.insert(frame.partition, last + 1);
                 let commit = json!({"type": "commit", "generation": me.generation,
                     "offsets": [{"topic": args.topic, "partition": frame.partition, "offset": last + 1}]});
                 send(&mut ws, commit).await?;
@@ -233,34 +322,13 @@ pub async fn run(gw: &Gateway, args: &ConsumeArgs, group: &str) -> Result<Exit, 
         }
         let frame: Frame = serde_json::from_str(&text)
             .map_err(|e| ClientError::Protocol(format!("unreadable frame {text:.200}: {e}")))?;
-        match frame {
-            Frame::Assignment { generation, member, partitions } => {
-                me.generation = generation;
-                me.id = member.or(me.id.take());
-                me.owned = partitions.into_iter().map(|a| (a.partition, a.offset.unwrap_or(0))).collect();
-                next_check = Instant::now();
-            }
-            Frame::Revoked { generation, partitions } => {
-                me.generation = generation;
-                for a in partitions {
-                    me.owned.remove(&a.partition);
-                }
-            }
-            Frame::Committed {} => me.unconfirmed = me.unconfirmed.saturating_sub(1),
-            Frame::Gap { partition, from, to } => {
-                eprintln!(
-                    "warning: {}/{partition}: offsets {from}..{to} were deleted by retention before they were read",
-                    args.topic
-                );
-                me.owned.insert(partition, to);
-            }
-            Frame::Error { code, detail } => {
-                if code == "commit_refused" || code == "commit_failed" {
-                    me.unconfirmed = me.unconfirmed.saturating_sub(1);
-                }
-                eprintln!("warning: the gateway reported {code}: {detail}");
-            }
-            Frame::Other => {}
+        let assigned = matches!(frame, Frame::Assignment { .. });
+        if let Some(commit) = me.apply(frame) {
+            send(&mut ws, commit).await?;
+            me.unconfirmed += 1;
+        }
+        if assigned {
+            next_check = Instant::now();
         }
     };
     match end {
@@ -276,18 +344,29 @@ pub async fn run(gw: &Gateway, args: &ConsumeArgs, group: &str) -> Result<Exit, 
     }
 }
 
-/// Waits (bounded) for the commits in flight, then closes with 1000 and waits for
-/// the server's close, so the group rebalances at once.
+/// Commits the pending positions once more (a commit sent before a rebalance may
+/// have been refused), waits (bounded) for the commits in flight, then closes with 1000
+/// and waits for the server's close, so the group rebalances at once.
 async fn finish(ws: &mut WsStream, me: &mut Member<'_>) {
     let until = Instant::now() + FINISH_WAIT;
-    while me.unconfirmed > 0 {
+    let mut commit = me.commit_pending();
+    loop {
+        if let Some(frame) = commit.take() {
+            if tokio::time::timeout_at(until, send(ws, frame)).await.is_err() {
+                break;
+            }
+            me.unconfirmed += 1;
+        }
+        if me.unconfirmed == 0 {
+            break;
+        }
         match tokio::time::timeout_at(until, ws.next()).await {
             Ok(Some(Ok(Message::Text(text)))) => {
-                if text.starts_with(r#"{"type":"committed""#) {
-                    me.unconfirmed -= 1;
-                } else if text.starts_with(r#"{"type":"error""#) {
-                    eprintln!("warning: {text}");
-                    me.unconfirmed -= 1;
+                if text.starts_with(r#"{"type":"records""#) {
+                    continue;
+                }
+                if let Ok(frame) = serde_json::from_str::<Frame>(&text) {
+                    commit = me.apply(frame);
                 }
             }
             Ok(Some(Ok(Message::Close(_))) | None | Some(Err(_))) => return,
@@ -297,6 +376,10 @@ async fn finish(ws: &mut WsStream, me: &mut Member<'_>) {
                 break;
             }
         }
+    }
+    if !me.pending.is_empty() {
+        let left: Vec<String> = me.pending.iter().map(|(p, o)| format!("{}/{p} at {o}", me.topic)).collect();
+        eprintln!("warning: not committed (the group's next reader reads these records again): {}", left.join(", "));
     }
     let close = CloseFrame { code: CloseCode::Normal, reason: "done".into() };
     if tokio::time::timeout_at(until + FINISH_WAIT, ws.send(Message::Close(Some(close)))).await.is_err() {
@@ -341,8 +424,50 @@ mod tests {
         );
         assert!(matches!(
             serde_json::from_str::<Frame>(r#"{"type":"committed","offsets":[]}"#).unwrap(),
-            Frame::Committed {}
+            Frame::Committed { ref offsets } if offsets.is_empty()
         ));
         assert!(matches!(serde_json::from_str::<Frame>(r#"{"type":"novel","x":1}"#).unwrap(), Frame::Other));
+    }
+
+    fn frame(text: Value) -> Frame {
+        serde_json::from_value(text).unwrap()
+    }
+
+    #[test]
+    fn pending_positions_are_committed_again_with_each_new_generation() {
+        let mut me = Member {
+            topic: "t",
+            generation: 0,
+            id: None,
+            owned: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            unconfirmed: 0,
+        };
+        let assign = json!({"type": "assignment", "generation": 1, "member": "m",
+            "partitions": [{"topic": "t", "partition": 0, "offset": 0}, {"topic": "t", "partition": 1, "offset": 0}]});
+        assert_eq!(me.apply(frame(assign)), None, "nothing printed yet");
+        // Printed up to 10 on both partitions; the commits (generation 1) are in flight.
+        me.pending.extend([(0, 10), (1, 10)]);
+        me.unconfirmed = 2;
+        // Partition 0 is confirmed; then a rebalance takes partition 1 away.
+        let committed = json!({"type": "committed", "offsets": [{"topic": "t", "partition": 0, "offset": 10}]});
+        assert_eq!(me.apply(frame(committed)), None);
+        assert_eq!(me.pending, BTreeMap::from([(1, 10)]));
+        me.pending.insert(0, 20);
+        let revoked = json!({"type": "revoked", "generation": 2, "partitions": [{"topic": "t", "partition": 1}]});
+        let again = me.apply(frame(revoked)).expect("the pending position of the kept partition, again");
+        assert_eq!(
+            again,
+            json!({"type": "commit", "generation": 2, "offsets": [{"topic": "t", "partition": 0, "offset": 20}]})
+        );
+        assert_eq!(me.pending, BTreeMap::from([(0, 20)]), "a revoked partition's commit is already on its way");
+        // The stale refusal of the generation-1 commit is expected: no warning, no resend.
+        let stale = json!({"type": "error", "code": "commit_refused", "detail": "generation 1 is stale (current 2)"});
+        assert_eq!(me.apply(frame(stale)), None);
+        assert_eq!(me.unconfirmed, 0);
+        // The same generation again sends nothing more.
+        let same = json!({"type": "assignment", "generation": 2, "partitions": [{"topic": "t", "partition": 0, "offset": 20}]});
+        assert_eq!(me.apply(frame(same)), None);
+        assert_eq!(me.commit_pending().map(|c| c["generation"].clone()), Some(json!(2)), "what finish sends");
     }
 }

@@ -253,6 +253,10 @@ struct Session {
     /// Positions the client confirmed receiving (by a pong); what auto-commit commits
     /// for a WebSocket session. SSE cannot confirm: it commits what was written.
     confirmed: BTreeMap<TopicPartition, u64>,
+    /// Revoked partitions no longer read that the client (`auto_commit=false`) may
+    /// still commit, each with its log, the position it was sent up to, and when it
+    /// goes to its new owner anyway (`revoke_commit_timeout_ms`).
+    revoking: BTreeMap<TopicPartition, (Arc<PartitionLog>, u64, Instant)>,
     /// Every subscribed topic, with the partition count an ephemeral session reads:
     /// checked on each wake-up, so a session holding no partition of a deleted topic
     /// is closed too, and an ephemeral one starts reading partitions added to a topic.
@@ -350,6 +354,7 @@ async fn run_on(
         probes: std::collections::VecDeque::new(),
         probe_seq: 0,
         confirmed: BTreeMap::new(),
+        revoking: BTreeMap::new(),
     };
     let end = match (s.watch_topics(), control.as_mut()) {
         (Err(end), _) => end,
@@ -569,6 +574,7 @@ impl Session {
                 return end;
             }
             let now = Instant::now();
+            self.settle_revoking(now);
             if expires.is_some_and(|at| now >= at) {
                 return End::Close(close::TOKEN_EXPIRED, "the access token has expired".into());
             }
@@ -604,6 +610,7 @@ impl Session {
             // Nothing to send: sleep until something changes.
             let wake_at = if self.params.auto_commit { next_ping.min(next_commit) } else { next_ping };
             let wake_at = expires.map_or(wake_at, |at| wake_at.min(at));
+            let wake_at = self.revoking.values().map(|(_, _, until)| *until).fold(wake_at, Instant::min);
             if sleep.deadline() != wake_at || sleep.is_elapsed() {
                 sleep.as_mut().reset(wake_at);
             }
@@ -806,21 +813,58 @@ impl Session {
                 if self.params.auto_commit {
                     self.commit_positions(Some(&partitions), false).await;
                 }
+                // A client committing by itself may still commit what it was sent
+                // (see `revoking`); one that committed all of it lets go at once.
+                let grace = Duration::from_millis(self.cfg().revoke_commit_timeout_ms);
+                let may_commit = !self.params.auto_commit && !self.tx.is_sse() && !grace.is_zero();
+                let mut now_free = Vec::with_capacity(partitions.len());
                 for tp in &partitions {
-                    self.positions.remove(tp);
-                    self.committed.remove(tp);
+                    let stopped = self.positions.remove(tp);
+                    let committed = self.committed.remove(tp);
                     self.confirmed.remove(tp);
+                    match stopped {
+                        Some(p) if may_commit && committed != Some(p.next) => {
+                            self.revoking.insert(tp.clone(), (p.log, p.next, Instant::now() + grace));
+                        }
+                        _ if self.revoking.contains_key(tp) => {}
+                        _ => now_free.push(tp.clone()),
+                    }
                 }
                 self.forget_probed(|tp| partitions.contains(tp));
                 self.positions_changed();
                 // Stopped: only now may another member read them.
-                if let Some(group) = &self.params.group {
-                    self.state.coordinator.revoked(group, &self.member, &partitions);
-                }
+                self.hand_over(&now_free);
                 self.send("revoked", protocol::revoked(generation, &partitions)).await?;
                 self.send_assignment().await
             }
         }
+    }
+
+    /// Tells the coordinator this session stopped reading `partitions` (and is done
+    /// committing them): they go to their new owners.
+    fn hand_over(&self, partitions: &[TopicPartition]) {
+        if let (false, Some(group)) = (partitions.is_empty(), &self.params.group) {
+            self.state.coordinator.revoked(group, &self.member, partitions);
+        }
+    }
+
+    /// Hands over the revoked partitions whose commits now cover what was sent, and
+    /// those whose `revoke_commit_timeout_ms` has passed (by `now`).
+    fn settle_revoking(&mut self, now: Instant) {
+        if self.revoking.is_empty() {
+            return;
+        }
+        let done: Vec<TopicPartition> = self
+            .revoking
+            .iter()
+            .filter(|(tp, (_, sent, until))| now >= *until || self.committed.get(*tp).is_some_and(|c| c >= sent))
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        for tp in &done {
+            self.revoking.remove(tp);
+            self.committed.remove(tp);
+        }
+        self.hand_over(&done);
     }
 
     async fn on_frame(&mut self, frame: Option<Result<Message, axum::Error>>) -> Result<(), End> {
@@ -869,7 +913,9 @@ impl Session {
                 // past it would make the group skip records not written yet.
                 let mut rows = Vec::with_capacity(offsets.len());
                 for ((t, p), o) in &offsets {
-                    let Some(log) = self.positions.get(&(t.clone(), *p)).map(|pos| pos.log.clone()) else {
+                    let tp = (t.clone(), *p);
+                    let log = self.positions.get(&tp).map(|pos| pos.log.clone());
+                    let Some(log) = log.or_else(|| self.revoking.get(&tp).map(|(log, ..)| log.clone())) else {
                         let detail = format!("{t}/{p} is not being read by this member");
                         return self.send("error", protocol::error("commit_refused", &detail)).await;
                     };
@@ -880,7 +926,9 @@ impl Session {
                     }
                     rows.push((log, *o));
                 }
-                self.store_commit(&group, offsets, rows).await
+                let stored = self.store_commit(&group, offsets, rows).await;
+                self.settle_revoking(Instant::now());
+                stored
             }
             ClientFrame::Seek { topic, partition, offset, timestamp, to } => {
                 let tp = (topic.unwrap_or(default_topic), partition);

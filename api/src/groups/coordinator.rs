@@ -72,7 +72,8 @@ struct Member {
     control: Option<mpsc::UnboundedSender<Control>>,
     /// Set while disconnected (static members only).
     disconnected_at: Option<Instant>,
-    owned: BTreeSet<TopicPartition>,
+    /// Partitions it holds, each with the generation in which it got it.
+    owned: BTreeMap<TopicPartition, u64>,
     joined_ms: i64,
 }
 
@@ -92,16 +93,17 @@ struct Group {
 /// Gives every target partition that nobody owns to its target member (marks it owned);
 /// returns what each member got.
 fn grant_free(g: &mut Group) -> BTreeMap<String, Vec<TopicPartition>> {
-    let owned: BTreeSet<TopicPartition> = g.members.values().flat_map(|m| m.owned.iter().cloned()).collect();
+    let owned: BTreeSet<TopicPartition> = g.members.values().flat_map(|m| m.owned.keys().cloned()).collect();
     let mut grants: BTreeMap<String, Vec<TopicPartition>> = BTreeMap::new();
     for (tp, owner) in &g.target {
         if !owned.contains(tp) && g.members.contains_key(owner) {
             grants.entry(owner.clone()).or_default().push(tp.clone());
         }
     }
+    let generation = g.generation;
     for (id, parts) in &grants {
         if let Some(m) = g.members.get_mut(id) {
-            m.owned.extend(parts.iter().cloned());
+            m.owned.extend(parts.iter().map(|tp| (tp.clone(), generation)));
         }
     }
     grants
@@ -189,14 +191,14 @@ impl Coordinator {
                 // Static re-join: its partitions back, no rebalance. Partitions a
                 // rebalance moved away while it was gone are released first (its old
                 // session read nothing after it ended).
-                existing.owned.retain(|tp| g.target.get(tp) == Some(&id));
+                existing.owned.retain(|tp, _| g.target.get(tp) == Some(&id));
                 existing.control = Some(tx);
                 existing.disconnected_at = None;
                 existing.client = client;
                 // One assignment: what it kept plus free partitions targeted to it.
                 let mut grants = grant_free(g);
                 grants.remove(&id);
-                let partitions: Vec<_> = g.members[&id].owned.iter().cloned().collect();
+                let partitions: Vec<_> = g.members[&id].owned.keys().cloned().collect();
                 let grown = g.grown_of(&partitions);
                 if let Some(c) = &g.members[&id].control {
                     let _ = c.send(Control::Assign { generation: g.generation, partitions, grown });
@@ -215,7 +217,7 @@ impl Coordinator {
                 is_static: member.is_some(),
                 control: Some(tx),
                 disconnected_at: None,
-                owned: BTreeSet::new(),
+                owned: BTreeMap::new(),
                 joined_ms: now_ms(),
             },
         );
@@ -235,7 +237,7 @@ impl Coordinator {
             m.disconnected_at = Some(Instant::now());
             // A revocation it did not get to confirm: the session is gone, so the
             // partitions are not being read; hand them on now.
-            m.owned.retain(|tp| g.target.get(tp).is_some_and(|owner| owner == member));
+            m.owned.retain(|tp, _| g.target.get(tp).is_some_and(|owner| owner == member));
             self.hand_out_free(g);
             tracing::info!(group, member, "static member disconnected; partitions held for the session timeout");
             return;
@@ -310,14 +312,14 @@ impl Coordinator {
             let current: BTreeMap<TopicPartition, String> = g
                 .members
                 .iter()
-                .flat_map(|(id, m)| m.owned.iter().filter(|tp| tp.0 == topic).map(move |tp| (tp.clone(), id.clone())))
+                .flat_map(|(id, m)| m.owned.keys().filter(|tp| tp.0 == topic).map(move |tp| (tp.clone(), id.clone())))
                 .collect();
             target.extend(assign(&parts, &members, &current));
         }
         g.target = target;
         for (id, m) in g.members.iter_mut() {
             let revoke: Vec<TopicPartition> =
-                m.owned.iter().filter(|tp| g.target.get(*tp) != Some(id)).cloned().collect();
+                m.owned.keys().filter(|tp| g.target.get(*tp) != Some(id)).cloned().collect();
             if revoke.is_empty() {
                 continue;
             }
@@ -364,7 +366,7 @@ impl Coordinator {
         let Some(g) = groups.get(group) else { return };
         for m in g.members.values() {
             let mine: Vec<(TopicPartition, u64)> =
-                offsets.iter().filter(|(tp, _)| m.owned.contains(tp)).cloned().collect();
+                offsets.iter().filter(|(tp, _)| m.owned.contains_key(tp)).cloned().collect();
             if let (false, Some(c)) = (mine.is_empty(), &m.control) {
                 let _ = c.send(Control::Reset { offsets: mine });
             }
@@ -394,8 +396,12 @@ impl Coordinator {
         self.hand_out_free(g);
     }
 
-    /// Checks that `member` may commit these partitions (it owns them, and the
-    /// generation, if given, is current).
+    /// Checks that `member` may commit these partitions: it owns them and, when the
+    /// commit names a generation, has held each of them since that generation or
+    /// earlier (so no one else can have read or committed it in between: a commit sent
+    /// before an unrelated rebalance, one that moved other partitions, still counts).
+    /// A generation newer than the group's, or older than when the member got a
+    /// partition, is stale.
     pub fn check_commit(
         &self,
         group: &str,
@@ -407,14 +413,19 @@ impl Coordinator {
         let g = groups.get(group);
         let current = g.map_or(0, |g| g.generation);
         if let Some(given) = generation
-            && given != current
+            && given > current
         {
             return Err(GroupError::StaleGeneration { given, current });
         }
         let owned = g.and_then(|g| g.members.get(member)).map(|m| &m.owned);
         for (t, p) in partitions {
-            if !owned.is_some_and(|o| o.contains(&(t.clone(), *p))) {
+            let Some(since) = owned.and_then(|o| o.get(&(t.clone(), *p))) else {
                 return Err(GroupError::NotOwner(t.clone(), *p));
+            };
+            if let Some(given) = generation
+                && given < *since
+            {
+                return Err(GroupError::StaleGeneration { given, current });
             }
         }
         Ok(())
@@ -424,11 +435,10 @@ impl Coordinator {
     pub fn describe(&self, group: &str) -> Option<GroupInfo> {
         let groups = self.groups.lock().expect("groups lock");
         let g = groups.get(group)?;
-        let owned: BTreeSet<&TopicPartition> = g.members.values().flat_map(|m| m.owned.iter()).collect();
-        let pending = g
-            .target
-            .iter()
-            .filter(|(tp, owner)| !g.members.get(*owner).is_some_and(|m| m.owned.contains(*tp)) && owned.contains(tp));
+        let owned: BTreeSet<&TopicPartition> = g.members.values().flat_map(|m| m.owned.keys()).collect();
+        let pending = g.target.iter().filter(|(tp, owner)| {
+            !g.members.get(*owner).is_some_and(|m| m.owned.contains_key(*tp)) && owned.contains(tp)
+        });
         Some(GroupInfo {
             generation: g.generation,
             pending: pending.count(),
@@ -441,7 +451,7 @@ impl Coordinator {
                     connected: m.control.is_some(),
                     is_static: m.is_static,
                     topics: m.topics.iter().cloned().collect(),
-                    partitions: m.owned.iter().cloned().collect(),
+                    partitions: m.owned.keys().cloned().collect(),
                     joined_ms: m.joined_ms,
                 })
                 .collect(),
