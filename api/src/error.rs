@@ -144,7 +144,9 @@ impl ApiError {
                 S::TopicExists(_) => (StatusCode::CONFLICT, "topic_exists"),
                 S::PartitionLimit { .. } => (StatusCode::CONFLICT, "partition_limit"),
                 S::PartitionNotFound { .. } => (StatusCode::NOT_FOUND, "partition_not_found"),
-                S::PartitionCountNotIncreased { .. } => (StatusCode::BAD_REQUEST, "invalid_partition_count"),
+                S::PartitionCountNotIncreased { .. } | S::PartitionCountTooLarge { .. } => {
+                    (StatusCode::BAD_REQUEST, "invalid_partition_count")
+                }
                 S::OffsetOutOfRange { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "offset_out_of_range"),
                 S::TopicDeleted(_) => (StatusCode::NOT_FOUND, "topic_deleted"),
                 S::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),

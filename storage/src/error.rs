@@ -27,6 +27,9 @@ pub enum StorageError {
     /// Partition counts can only grow.
     #[error("topic {topic:?} has {current} partitions; the count can only grow (asked for {requested})")]
     PartitionCountNotIncreased { topic: String, current: u32, requested: u32 },
+    /// A topic may have at most [`crate::MAX_PARTITIONS`] partitions.
+    #[error("topic {topic:?} may have at most {max} partitions (asked for {requested})")]
+    PartitionCountTooLarge { topic: String, requested: u32, max: u32 },
     /// The requested offset is outside `[log_start, high_watermark]`.
     #[error("offset {offset} is out of range for {topic}/{partition}: valid offsets are {start}..={end}")]
     OffsetOutOfRange { topic: String, partition: u32, offset: u64, start: u64, end: u64 },

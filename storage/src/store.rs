@@ -534,6 +534,10 @@ impl Store {
             if count <= current {
                 return Err(StorageError::PartitionCountNotIncreased { topic: name, current, requested: count });
             }
+            if count > crate::MAX_PARTITIONS {
+                let max = crate::MAX_PARTITIONS;
+                return Err(StorageError::PartitionCountTooLarge { topic: name, requested: count, max });
+            }
             config.partitions = count;
             config.validate()?;
             s.check_partition_budget(count - current)?;

@@ -114,7 +114,7 @@ async fn added_partitions_take_writes_and_old_ones_keep_their_data() {
     assert_eq!(old, vec![json!(1), json!(2)]);
 
     let resp = server.post("/v1/topics/growing/partitions").json(&json!({"count": 20_000})).send().await.expect("post");
-    assert_problem(resp, 400, "invalid_topic_config").await;
+    assert_problem(resp, 400, "invalid_partition_count").await;
     let resp = server.post("/v1/topics/nope/partitions").json(&json!({"count": 3})).send().await.expect("post");
     assert_problem(resp, 404, "topic_not_found").await;
 }

@@ -868,6 +868,13 @@ async fn group_admin_lists_describes_resets_and_deletes() {
     )
     .await;
     assert_problem(reset(json!({"topic": "ledger"})).await.expect("reset"), 400, "invalid_reset").await;
+    let middle =
+        assert_problem(reset(json!({"topic": "ledger", "to": "middle"})).await.expect("reset"), 400, "invalid_reset")
+            .await;
+    assert!(middle["detail"].as_str().unwrap().contains("\"middle\""), "names the bad value: {middle}");
+    let none = json!({"topic": "ledger", "to": "earliest", "partitions": []});
+    let none = assert_problem(reset(none).await.expect("reset"), 400, "invalid_reset").await;
+    assert!(none["detail"].as_str().unwrap().contains("partitions is empty"), "{none}");
     assert_problem(reset(json!({"topic": "nope", "to": "latest"})).await.expect("reset"), 404, "topic_not_found").await;
     reset(json!({"topic": "ledger", "to": "earliest", "partitions": [2]})).await.expect("reset");
     let d = server.get_json("/v1/groups/ops").await;
@@ -983,8 +990,12 @@ async fn pause_stops_delivery_until_resume() {
     let mut c = Consumer::join(&server, "c", "valve", "").await;
     until("the assignment", &mut [&mut c], |m| m[0].owned.len() == 2).await;
 
-    c.sub.send(&json!({"type": "pause", "partitions": [{"partition": 0}]})).await;
-    c.round_trip().await;
+    // Partition 9 does not exist: named in a not_assigned error, partition 0 is paused.
+    let pause = json!({"type": "pause", "partitions": [{"partition": 0}, {"partition": 9}]});
+    c.request("the not_assigned error", &pause, |c| c.errors_with("not_assigned") == 1).await;
+    let e = c.errors.iter().find(|e| e["code"] == "not_assigned").unwrap();
+    assert!(e["detail"].as_str().unwrap().contains("valve/9"), "{e}");
+    c.errors.clear();
     produce_ids(&server, "valve", 0..10, 2).await;
     until("the unpaused partition's records", &mut [&mut c], |m| m[0].offsets(1).len() == 5).await;
     // Two round trips: the session has looked for records at least once in between.
@@ -1188,7 +1199,8 @@ async fn deleting_a_subscribed_topic_closes_the_socket_with_4001() {
     server.create_topic("doomed", 2).await;
     produce_ids(&server, "doomed", 0..4, 2).await;
     let mut eph = Consumer::join(&server, "ephemeral", "doomed", "from=earliest").await;
-    let mut member = Consumer::join(&server, "member", "doomed", "group=mourners&from=earliest").await;
+    // A static member: it leaves the group with the topic, not after its session timeout.
+    let mut member = Consumer::join(&server, "member", "doomed", "group=mourners&member=m1&from=earliest").await;
     until("both to read the backlog", &mut [&mut eph, &mut member], |m| m.iter().all(|c| c.received() == 4)).await;
     // Two more members: with two partitions, one of the three holds none.
     let mut second = Consumer::join(&server, "second", "doomed", "group=mourners&from=earliest").await;
@@ -1203,6 +1215,21 @@ async fn deleting_a_subscribed_topic_closes_the_socket_with_4001() {
         assert_eq!(c.wait_closed().await, Some(4001), "{c:?}");
         let reason = &c.closed.as_ref().unwrap().1;
         assert!(reason.contains("doomed"), "the close reason names the topic: {reason:?}");
+    }
+    let left = Instant::now();
+    loop {
+        let groups = server.get_json("/v1/groups").await;
+        let members = groups["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["group"] == "mourners")
+            .map(|g| g["members"].clone());
+        if members.is_none_or(|m| m == 0) {
+            break;
+        }
+        assert!(left.elapsed() < SESSION_TIMEOUT / 2, "every member, the static one too, left at once: {groups}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The group's committed offsets went with the topic: a topic re-created under the
     // same name is read from its start, not from where the old one was.

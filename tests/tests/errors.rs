@@ -449,9 +449,9 @@ async fn duplicate_topic_is_409() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partitions_can_not_shrink_or_stay() {
+async fn partitions_can_not_shrink_or_stay_or_pass_the_most_a_topic_may_have() {
     let server = limited().await;
-    for count in [1, 2] {
+    for count in [1, 2, 10_001, u32::MAX] {
         let resp = server.post("/v1/topics/t/partitions").json(&json!({"count": count})).send().await.expect("post");
         assert_problem(resp, 400, "invalid_partition_count").await;
     }
@@ -501,8 +501,16 @@ async fn read_parameters_over_their_limits_are_400() {
         let resp = server.get(&format!("/v1/topics/t/partitions/0/records?{query}")).send().await.expect("get");
         assert_problem(resp, 400, "invalid_parameter").await;
     }
-    let resp = server.get("/v1/topics/t/offsets?timestamp=yesterday").send().await.expect("get");
-    assert_problem(resp, 400, "invalid_parameter").await;
+    for timestamp in ["yesterday", "-1", "-2"] {
+        let resp = server.get(&format!("/v1/topics/t/offsets?timestamp={timestamp}")).send().await.expect("get");
+        assert_problem(resp, 400, "invalid_parameter").await;
+    }
+    // The partition in a read's path: a number from 0 to 4294967295.
+    for partition in ["abc", "-1", "99999999999"] {
+        let resp = server.get(&format!("/v1/topics/t/partitions/{partition}/records")).send().await.expect("get");
+        let problem = assert_problem(resp, 400, "invalid_parameter").await;
+        assert!(problem["detail"].as_str().unwrap().starts_with("the partition in the path"), "{problem}");
+    }
 }
 
 /// Every operation that takes a body answers a wrong media type and an oversized body

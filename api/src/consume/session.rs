@@ -364,7 +364,10 @@ async fn run_on(
             Err(end) => end,
         },
     };
-    let leave = matches!(end, End::Close(code, _) if code == close::NORMAL);
+    // A client's normal close leaves the group; so does a session closed because its
+    // topic was deleted (a static member would otherwise hold the partitions of a topic
+    // created again under the name until its session timeout).
+    let leave = matches!(end, End::Close(code, _) if code == close::NORMAL || code == close::TOPIC_DELETED);
     s.finish(end).await;
     if let Some(group) = &s.params.group {
         state.coordinator.disconnect(group, &s.member, leave);
@@ -960,29 +963,39 @@ impl Session {
                 }
                 self.send_assignment().await
             }
-            ClientFrame::Pause { partitions } => {
-                self.set_paused(partitions, true, &default_topic);
-                Ok(())
-            }
-            ClientFrame::Resume { partitions } => {
-                self.set_paused(partitions, false, &default_topic);
-                Ok(())
-            }
+            ClientFrame::Pause { partitions } => self.pause_or_resume(partitions, true, &default_topic).await,
+            ClientFrame::Resume { partitions } => self.pause_or_resume(partitions, false, &default_topic).await,
         }
     }
 
-    fn set_paused(&mut self, parts: Option<Vec<super::protocol::PartitionRef>>, paused: bool, default_topic: &str) {
+    /// Pauses or resumes the listed partitions (all without a list); the ones listed
+    /// that this session does not read are named in a `not_assigned` error (the others
+    /// are still paused or resumed).
+    async fn pause_or_resume(
+        &mut self,
+        parts: Option<Vec<super::protocol::PartitionRef>>,
+        paused: bool,
+        default_topic: &str,
+    ) -> Result<(), End> {
+        let mut unknown = Vec::new();
         match parts {
             None => self.positions.values_mut().for_each(|p| p.paused = paused),
             Some(list) => {
                 for r in list {
                     let tp = (r.topic.unwrap_or_else(|| default_topic.to_string()), r.partition);
-                    if let Some(p) = self.positions.get_mut(&tp) {
-                        p.paused = paused;
+                    match self.positions.get_mut(&tp) {
+                        Some(p) => p.paused = paused,
+                        None => unknown.push(format!("{}/{}", tp.0, tp.1)),
                     }
                 }
             }
         }
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let verb = if paused { "pause" } else { "resume" };
+        let detail = format!("cannot {verb} {}: not assigned to this session", unknown.join(", "));
+        self.send("error", protocol::error("not_assigned", &detail)).await
     }
 
     /// Stores a client's commit: `rows` are `offsets` with the partition logs they were
@@ -1037,6 +1050,11 @@ impl Session {
                 for (tp, o) in changed {
                     self.committed.insert(tp, o);
                 }
+            }
+            // The topic went away under the session (which closes it with 4001): nothing
+            // to commit to, and not a fault worth a warning per session.
+            Err(e @ (StorageError::TopicDeleted(_) | StorageError::TopicNotFound(_))) => {
+                tracing::debug!(group = %group, error = %e, "auto-commit skipped: the topic is gone");
             }
             Err(e) => tracing::warn!(group = %group, error = %e, "auto-commit failed"),
         }

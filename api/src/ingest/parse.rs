@@ -495,7 +495,10 @@ fn as_envelope<'a>(body: &'a [u8], value: &'a RawValue) -> Result<Option<Vec<Par
             continue;
         };
         let key = match rec.key {
+            // `"key": null` is no key (a record keyed by the text "null" would land on
+            // that key's partition).
             None => None,
+            Some(k) if k.get() == "null" => None,
             Some(k) if k.get().starts_with('"') => match serde_json::from_str::<Cow<'a, str>>(k.get()) {
                 Ok(Cow::Borrowed(s)) => Some(Cow::Borrowed(s.as_bytes())),
                 Ok(Cow::Owned(s)) => Some(Cow::Owned(s.into_bytes())),
@@ -637,6 +640,10 @@ mod tests {
         assert_eq!(ev[0].headers, vec![("h".to_string(), "v".to_string())]);
         assert_eq!(ev[0].timestamp, Some(5));
         assert_eq!(ev[1].key, None);
+        let other = br#"{"records":[{"value":1,"key":null},{"value":2,"key":5},{"value":3,"key":{"a":1}}]}"#;
+        let ev = parse_body(other, BodyFormat::Json, LIMITS).unwrap();
+        let keys: Vec<Option<&[u8]>> = ev.iter().map(|e| e.key.as_deref()).collect();
+        assert_eq!(keys, [None, Some(&b"5"[..]), Some(&br#"{"a":1}"#[..])], "null is no key; others their JSON text");
         let keyed = parse_body(br#"{"writeKey":"pk","records":[{"value":1}]}"#, BodyFormat::Json, LIMITS).unwrap();
         assert_eq!(keyed.len(), 1);
         assert_eq!(keyed[0].value, b"1");

@@ -373,6 +373,19 @@ pub async fn reset_group(
             info.members.iter().flat_map(|m| m.partitions.iter().map(|tp| (tp.clone(), m.member.clone()))).collect()
         })
         .unwrap_or_default();
+    let given = [body.to.is_some(), body.timestamp.is_some(), body.offset.is_some()];
+    if given.iter().filter(|g| **g).count() != 1 {
+        return Err(ApiError::invalid("invalid_reset", "give exactly one of to (earliest|latest), timestamp, offset"));
+    }
+    if let Some(to) = body.to.as_deref().filter(|to| !matches!(*to, "earliest" | "latest")) {
+        return Err(ApiError::invalid("invalid_reset", format!("to must be earliest or latest, not {to:?}")));
+    }
+    if body.partitions.as_ref().is_some_and(Vec::is_empty) {
+        return Err(ApiError::invalid(
+            "invalid_reset",
+            "partitions is empty: list the partitions to reset, or leave it out for all of them",
+        ));
+    }
     let targets: Vec<u32> = body.partitions.clone().unwrap_or_else(|| (0..topic.partition_count()).collect());
     let mut rows = Vec::new();
     let mut out = Vec::new();

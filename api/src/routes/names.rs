@@ -37,5 +37,17 @@ fn refusal(rejection: PathRejection) -> ApiError {
             _ => {}
         }
     }
+    // The one number in a path: `/partitions/{partition}` (`abc`, `-1`, `99999999999`).
+    if let PathRejection::FailedToDeserializePathParams(e) = &rejection
+        && let ErrorKind::ParseErrorAtKey { value, expected_type, .. }
+        | ErrorKind::ParseErrorAtIndex { value, expected_type, .. } = e.kind()
+        && *expected_type == "u32"
+    {
+        let shown: String = value.chars().take(40).collect();
+        return ApiError::invalid(
+            "invalid_parameter",
+            format!("the partition in the path must be a number from 0 to {}, not {shown:?}", u32::MAX),
+        );
+    }
     ApiError::invalid("invalid_request", rejection.body_text())
 }

@@ -208,12 +208,25 @@ pub async fn offsets(
     let at = match params.timestamp.as_deref() {
         None | Some("latest") => At::Latest,
         Some("earliest") => At::Earliest,
-        Some(t) => At::Time(t.parse::<i64>().map_err(|_| {
-            ApiError::invalid(
-                "invalid_parameter",
-                format!("timestamp {t:?} is not ms since the epoch, earliest or latest"),
-            )
-        })?),
+        Some(t) => match t.parse::<i64>() {
+            Ok(ms) if ms >= 0 => At::Time(ms),
+            // Kafka's ListOffsets reads -1 and -2 as latest and earliest; taken as a time
+            // they would quietly mean "from the start", so they are refused by name.
+            Ok(_) => {
+                return Err(ApiError::invalid(
+                    "invalid_parameter",
+                    format!(
+                        "timestamp {t} is negative: give ms since the epoch, or earliest or latest (Kafka's -2 and -1)"
+                    ),
+                ));
+            }
+            Err(_) => {
+                return Err(ApiError::invalid(
+                    "invalid_parameter",
+                    format!("timestamp {t:?} is not ms since the epoch, earliest or latest"),
+                ));
+            }
+        },
     };
     let handle = state.store.topic(&topic)?;
     let mut partitions = Vec::new();
