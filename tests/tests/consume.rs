@@ -1162,6 +1162,23 @@ async fn a_revoked_partition_moves_once_its_member_committed_what_it_was_sent() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_partition_with_nothing_sent_moves_at_once() {
+    let server = TestServer::start(|c| {
+        quick(c);
+        c.revoke_commit_timeout_ms = 60_000;
+    })
+    .await;
+    server.create_topic("idle", 2).await;
+    let q = "group=idle&from=earliest&auto_commit=false";
+    let mut a = Consumer::join(&server, "a", "idle", q).await;
+    until("a owns both", &mut [&mut a], |m| m[0].owned.len() == 2).await;
+    let joined = Instant::now();
+    let mut b = Consumer::join(&server, "b", "idle", q).await;
+    until("one partition each", &mut [&mut a, &mut b], |m| split_evenly(m, 2, &[1, 1])).await;
+    assert!(joined.elapsed() < Duration::from_secs(10), "a had nothing to commit: no wait ({:?})", joined.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_partition_moves_after_revoke_commit_timeout_without_a_commit() {
     let (_server, mut a, mut b, moved) = revocation_setup(300).await;
     until("b gets the partition", &mut [&mut a, &mut b], |m| m[1].owned.contains(&moved)).await;

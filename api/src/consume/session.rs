@@ -174,6 +174,9 @@ struct Position {
     log: Arc<PartitionLog>,
     /// Next offset to deliver.
     next: u64,
+    /// Where delivery started (or was last moved by a seek or reset): nothing was sent
+    /// while `next` is still there.
+    baseline: u64,
     paused: bool,
     /// `tidegate_records_delivered_total` of the partition's topic.
     delivered: metrics::Counter,
@@ -502,7 +505,7 @@ impl Session {
             // Nothing of the partition was sent yet: its start is confirmed.
             self.confirmed.insert(tp.clone(), next);
             let delivered = crate::metrics::delivered(&tp.0);
-            self.positions.insert(tp, Position { log, next, paused: false, delivered });
+            self.positions.insert(tp, Position { log, next, baseline: next, paused: false, delivered });
         }
         self.positions_changed();
         self.send_assignment().await
@@ -796,6 +799,7 @@ impl Session {
                 for (tp, offset) in offsets {
                     if let Some(p) = self.positions.get_mut(&tp) {
                         p.next = offset;
+                        p.baseline = offset;
                         self.committed.remove(&tp);
                         self.confirmed.insert(tp.clone(), offset);
                         self.forget_probed(|t| *t == tp);
@@ -826,7 +830,9 @@ impl Session {
                     let committed = self.committed.remove(tp);
                     self.confirmed.remove(tp);
                     match stopped {
-                        Some(p) if may_commit && committed != Some(p.next) => {
+                        // Something was sent since delivery started (or was moved) that
+                        // the client has not committed.
+                        Some(p) if may_commit && p.next != p.baseline && committed.is_none_or(|c| c < p.next) => {
                             self.revoking.insert(tp.clone(), (p.log, p.next, Instant::now() + grace));
                         }
                         _ if self.revoking.contains_key(tp) => {}
@@ -960,6 +966,7 @@ impl Session {
                 let next = self.start_offset(&log, from).await;
                 if let Some(p) = self.positions.get_mut(&tp) {
                     p.next = next;
+                    p.baseline = next;
                 }
                 self.send_assignment().await
             }
