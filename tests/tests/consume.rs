@@ -1162,6 +1162,18 @@ async fn a_revoked_partition_moves_once_its_member_committed_what_it_was_sent() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_reset_hands_a_revoked_partition_over_at_once() {
+    let (server, mut a, mut b, moved) = revocation_setup(60_000).await;
+    let started = Instant::now();
+    let body = json!({"topic": "grace", "to": "earliest", "partitions": [moved], "force": true});
+    let resp = server.post("/v1/groups/grace/reset").json(&body).send().await.expect("reset");
+    assert_eq!(resp.status(), 200);
+    until("b reads the partition from the reset offset", &mut [&mut a, &mut b], |m| m[1].received() == 10).await;
+    assert_eq!(b.offsets(moved), (0..10).collect::<Vec<u64>>(), "{b:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "not after the grace ({:?})", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_partition_with_nothing_sent_moves_at_once() {
     let server = TestServer::start(|c| {
         quick(c);

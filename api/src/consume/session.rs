@@ -795,6 +795,24 @@ impl Session {
                 Ok(())
             }
             Control::Reset { offsets } => {
+                // A forced reset supersedes what a revoked partition's old owner could
+                // still commit: it goes to its new owner now, from the reset offset
+                // (stored again, after any commit of this session that was in flight).
+                let mut superseded = Vec::new();
+                let mut rows = Vec::new();
+                for (tp, offset) in &offsets {
+                    if let Some((log, ..)) = self.revoking.remove(tp) {
+                        self.committed.remove(tp);
+                        rows.push((log, *offset));
+                        superseded.push(tp.clone());
+                    }
+                }
+                if let (false, Some(group)) = (rows.is_empty(), &self.params.group)
+                    && let Err(e) = self.state.store.commit_offsets(group, rows).await
+                {
+                    tracing::warn!(group = %group, error = %e, "storing a forced reset again failed");
+                }
+                self.hand_over(&superseded);
                 let mut moved = Vec::new();
                 for (tp, offset) in offsets {
                     if let Some(p) = self.positions.get_mut(&tp) {
