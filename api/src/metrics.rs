@@ -241,8 +241,11 @@ pub async fn track_gated(State(state): State<SharedState>, req: Request, next: N
         if let Some(refusal) = crate::auth::refusal(&req) {
             return refusal;
         }
-        let grant = match state.request_memory.reserve(req.headers()).await {
+        let grant = match state.request_memory.reserve(req.method(), req.headers()).await {
             Ok(grant) => grant,
+            // Segment's trackers retry every status but 400: a body over the limit is
+            // 400 there, as the route itself answers it.
+            Err(e) if is_segment_call(&req) => return crate::routes::segment::as_segment_refusal(e).into_response(),
             Err(e) => return e.into_response(),
         };
         if let Some(grant) = &grant {
@@ -253,6 +256,12 @@ pub async fn track_gated(State(state): State<SharedState>, req: Request, next: N
         resp
     })
     .await
+}
+
+fn is_segment_call(req: &Request) -> bool {
+    req.extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|route| crate::routes::segment::CALL_PATHS.contains(&route.as_str()))
 }
 
 /// Runs `answer` on `req`, counting it by route template, method and status.

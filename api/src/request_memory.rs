@@ -1,16 +1,18 @@
 //! The memory budget of request bodies in flight (`request_memory_bytes`).
 //!
 //! Guarantees:
-//! - Before a request's body is read, its size is reserved: its `Content-Length`, or
-//!   `max_body_bytes` when it comes in chunks (its size is not known yet). A body over
-//!   `max_body_bytes` reserves nothing: it is refused (413) without being read.
+//! - Before the body of a `POST`, `PUT` or `PATCH` is read, its size is reserved: its
+//!   `Content-Length`, or `max_body_bytes` when it comes in chunks (its size is not
+//!   known yet). A `Content-Length` over `max_body_bytes` is answered 413 at once,
+//!   without reading the body. Other methods' bodies are never read: they reserve
+//!   nothing.
 //! - A request that does not fit waits, its body unread (so TCP pushes back on the
 //!   client), in arrival order, for at most `request_memory_wait_ms`; then it is
 //!   answered 503 `overloaded` with `Retry-After` and nothing of it is written.
-//! - A compressed body whose decoded size is larger than its reservation reserves the
-//!   difference before its events go on; when that is not free at once it is 503
-//!   `overloaded` too (waiting while holding memory could stall every request that
-//!   holds some).
+//! - A compressed body grows its reservation as it is decoded, a step of
+//!   [`DECODE_STEP`] bytes ahead of the output, so what decoding holds stays within the
+//!   budget; when the next step is not free at once the request is 503 `overloaded`
+//!   (waiting while holding memory could stall every request that holds some).
 //! - A reservation is held until the request's events are written (with `acks=none`,
 //!   until the writer is done with them, after the answer), so bodies read, decoded,
 //!   parsed and waiting for the writer together stay within the budget. The budget
@@ -20,10 +22,13 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, Method, header};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::ApiError;
+
+/// How far ahead of a decoder's output its reservation grows.
+pub const DECODE_STEP: usize = 64 * 1024;
 
 /// Reservations are counted in units of this many bytes (a semaphore counts `u32`
 /// permits at a time).
@@ -76,22 +81,26 @@ impl RequestMemory {
         self.budget_units * UNIT
     }
 
-    /// Bytes to reserve for a request with these headers before its body is read: none
-    /// without a body (or with one over `max_body_bytes`, refused unread).
-    fn needed(&self, headers: &HeaderMap) -> u64 {
+    /// Bytes to reserve for a request before its body is read: none without a body, or
+    /// for a method whose body no route reads. A `Content-Length` over
+    /// `max_body_bytes` is refused (413) here, unread.
+    fn needed(&self, method: &Method, headers: &HeaderMap) -> Result<u64, ApiError> {
+        if !matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
+            return Ok(0);
+        }
         let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
         match length {
-            Some(n) if n > self.max_body => 0,
-            Some(n) => n,
-            None if headers.contains_key(header::TRANSFER_ENCODING) => self.max_body,
-            None => 0,
+            Some(n) if n > self.max_body => Err(crate::ingest::decode::body_too_large(self.max_body as usize)),
+            Some(n) => Ok(n),
+            None if headers.contains_key(header::TRANSFER_ENCODING) => Ok(self.max_body),
+            None => Ok(0),
         }
     }
 
-    /// Reserves the body of a request with `headers`, waiting up to
-    /// `request_memory_wait_ms` for room. `None` when the request has no body to read.
-    pub async fn reserve(&self, headers: &HeaderMap) -> Result<Option<MemoryGrant>, ApiError> {
-        let bytes = self.needed(headers);
+    /// Reserves the body of a request, waiting up to `request_memory_wait_ms` for room.
+    /// `None` when the request has no body to read.
+    pub async fn reserve(&self, method: &Method, headers: &HeaderMap) -> Result<Option<MemoryGrant>, ApiError> {
+        let bytes = self.needed(method, headers)?;
         if bytes == 0 {
             return Ok(None);
         }
@@ -168,20 +177,28 @@ mod tests {
     #[test]
     fn a_body_reserves_its_length_or_the_largest_body_when_chunked() {
         let m = RequestMemory::new(64 * UNIT, 16 * UNIT, Duration::ZERO);
-        assert_eq!(m.needed(&headers(&[])), 0, "no body");
-        assert_eq!(m.needed(&headers(&[("content-length", "0")])), 0);
-        assert_eq!(m.needed(&headers(&[("content-length", "5000")])), 5000);
-        assert_eq!(m.needed(&headers(&[("content-length", "16385")])), 0, "over max_body_bytes: refused unread");
-        assert_eq!(m.needed(&headers(&[("transfer-encoding", "chunked")])), 16 * UNIT);
+        let post = |pairs: &[(&'static str, &str)]| m.needed(&Method::POST, &headers(pairs));
+        assert_eq!(post(&[]).unwrap(), 0, "no body");
+        assert_eq!(post(&[("content-length", "0")]).unwrap(), 0);
+        assert_eq!(post(&[("content-length", "5000")]).unwrap(), 5000);
+        assert!(
+            matches!(post(&[("content-length", "16385")]), Err(ApiError::TooLarge { code: "body_too_large", .. })),
+            "over max_body_bytes: refused unread"
+        );
+        assert_eq!(post(&[("transfer-encoding", "chunked")]).unwrap(), 16 * UNIT);
+        assert_eq!(m.needed(&Method::PATCH, &headers(&[("content-length", "5000")])).unwrap(), 5000);
+        for method in [Method::GET, Method::DELETE, Method::HEAD] {
+            assert_eq!(m.needed(&method, &headers(&[("content-length", "5000")])).unwrap(), 0, "{method}: never read");
+        }
     }
 
     #[tokio::test]
     async fn reservations_are_bounded_and_released_with_their_last_clone() {
         let m = RequestMemory::new(4 * UNIT, 4 * UNIT, Duration::from_millis(20));
         let h = headers(&[("content-length", "3000")]);
-        let a = m.reserve(&h).await.unwrap().unwrap();
+        let a = m.reserve(&Method::POST, &h).await.unwrap().unwrap();
         assert_eq!((a.bytes(), m.reserved_bytes()), (3 * UNIT, 3 * UNIT));
-        let refused = m.reserve(&h).await.unwrap_err();
+        let refused = m.reserve(&Method::POST, &h).await.unwrap_err();
         assert!(matches!(refused, ApiError::Overloaded { budget } if budget == 4 * UNIT));
         assert!(a.cover(3500).is_ok(), "within what it holds");
         assert!(a.cover(4000).is_ok(), "the last free unit");
@@ -192,16 +209,18 @@ mod tests {
         assert_eq!(m.reserved_bytes(), 4 * UNIT, "a clone keeps the reservation");
         drop(clone);
         assert_eq!(m.reserved_bytes(), 0);
-        assert!(m.reserve(&h).await.unwrap().is_some());
+        assert!(m.reserve(&Method::POST, &h).await.unwrap().is_some());
     }
 
     #[tokio::test]
     async fn a_waiting_request_goes_on_when_memory_is_released() {
         let m = Arc::new(RequestMemory::new(4 * UNIT, 4 * UNIT, Duration::from_secs(30)));
-        let first = m.reserve(&headers(&[("content-length", "4096")])).await.unwrap().unwrap();
+        let first = m.reserve(&Method::POST, &headers(&[("content-length", "4096")])).await.unwrap().unwrap();
         let waiting = tokio::spawn({
             let m = m.clone();
-            async move { m.reserve(&headers(&[("content-length", "2048")])).await.map(|g| g.map(|g| g.bytes())) }
+            async move {
+                m.reserve(&Method::POST, &headers(&[("content-length", "2048")])).await.map(|g| g.map(|g| g.bytes()))
+            }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiting.is_finished(), "no room yet");

@@ -573,6 +573,32 @@ mod request_memory {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_declared_body_over_max_body_bytes_is_refused_unread() {
+        use tokio::io::AsyncReadExt;
+        let server = server(30_000).await;
+        for (path, status, code) in
+            [("/v1/topics/t/events", 413, "body_too_large"), ("/v1/batch", 400, "payload_too_large")]
+        {
+            // The head alone, announcing more than max_body_bytes (and asking whether to
+            // send it): the answer comes at once, without a 100 Continue.
+            let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+            let head = format!(
+                "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+                 Expect: 100-continue\r\nContent-Length: 70000\r\n\r\n"
+            );
+            tcp.write_all(head.as_bytes()).await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n =
+                tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf)).await.expect("an answer").unwrap();
+            let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+            assert!(answer.starts_with(&format!("HTTP/1.1 {status} ")), "{path}: {answer}");
+            assert!(answer.contains(code), "{path}: {answer}");
+        }
+        assert_eq!(reserved(&server).await, 0.0);
+        assert_eq!(server.end_offsets("t").await, vec![0]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_body_waits_unread_for_room_then_goes_in() {
         let server = server(30_000).await;
         let (a, b) = (body("a"), body("b"));

@@ -369,8 +369,10 @@ async fn run_on(
     };
     // A client's normal close leaves the group; so does a session closed because its
     // topic was deleted (a static member would otherwise hold the partitions of a topic
-    // created again under the name until its session timeout).
-    let leave = matches!(end, End::Close(code, _) if code == close::NORMAL || code == close::TOPIC_DELETED);
+    // created again under the name until its session timeout), or because the client
+    // went a session timeout without a sign of life (it already had that long).
+    let leave = matches!(end, End::Close(code, _)
+        if code == close::NORMAL || code == close::TOPIC_DELETED || code == close::SESSION_TIMEOUT);
     s.finish(end).await;
     if let Some(group) = &s.params.group {
         state.coordinator.disconnect(group, &s.member, leave);

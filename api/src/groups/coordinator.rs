@@ -49,8 +49,11 @@ pub enum GroupError {
     /// A live session already uses this member id.
     #[error("member {0:?} is already connected")]
     MemberInUse(String),
-    /// The commit names a generation that is no longer current.
-    #[error("generation {given} is stale (current {current})")]
+    /// The commit names a generation in which the member did not hold the partition
+    /// (older than the assignment that gave it), or one the group has not reached.
+    #[error(
+        "generation {given} is stale: the member did not hold the partition then, or the group has not reached it (current {current})"
+    )]
     StaleGeneration { given: u64, current: u64 },
     /// The member does not own the partition it tried to commit.
     #[error("member does not own {0}/{1}")]

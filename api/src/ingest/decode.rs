@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use super::parse::BodyFormat;
 use crate::error::ApiError;
+use crate::request_memory::{self, DECODE_STEP, MemoryGrant};
 
 /// Picks the body format from the media type. No media type is treated as JSON, since
 /// `navigator.sendBeacon` with a string body sends `text/plain` and some trackers send
@@ -77,8 +78,15 @@ pub fn one_value<'h>(headers: &'h axum::http::HeaderMap, name: &str) -> Result<O
 }
 
 /// Undoes `Content-Encoding` (gzip, deflate, br, identity), refusing output larger
-/// than `max_bytes`.
-pub fn decode_body(encoding: Option<&str>, body: Bytes, max_bytes: usize) -> Result<Bytes, ApiError> {
+/// than `max_bytes`. The request's reservation in `request_memory_bytes` (`grant`) grows
+/// ahead of the output's buffer, so decoding never holds memory the budget did not
+/// grant (503 `overloaded` when it has no room; see [`crate::request_memory`]).
+pub fn decode_body(
+    encoding: Option<&str>,
+    body: Bytes,
+    max_bytes: usize,
+    grant: Option<&MemoryGrant>,
+) -> Result<Bytes, ApiError> {
     let encoding = encoding.map(|e| e.trim().to_ascii_lowercase()).unwrap_or_default();
     let reader: Box<dyn Read + '_> = match encoding.as_str() {
         "" | "identity" => return Ok(body),
@@ -93,10 +101,25 @@ pub fn decode_body(encoding: Option<&str>, body: Bytes, max_bytes: usize) -> Res
             });
         }
     };
-    let mut out = Vec::with_capacity((body.len() * 4).min(max_bytes));
-    let read = reader.take(max_bytes as u64 + 1).read_to_end(&mut out);
-    if let Err(e) = read {
-        return Err(ApiError::invalid("invalid_encoding", format!("body is not valid {encoding}: {e}")));
+    let limit = max_bytes + 1;
+    let mut reader = reader.take(limit as u64);
+    let mut out: Vec<u8> = Vec::new();
+    loop {
+        // Room for the next step, the buffer doubling as a Vec would (so copies stay
+        // linear), reserved before it is allocated; the compressed body is held too.
+        let want = (out.len() + DECODE_STEP).min(limit);
+        if want > out.capacity() {
+            let capacity = (out.capacity() * 2).max(want).min(limit);
+            request_memory::cover(grant, body.len() + capacity)?;
+            out.reserve_exact(capacity - out.len());
+        }
+        let step = (want - out.len()) as u64;
+        match (&mut reader).take(step).read_to_end(&mut out) {
+            Ok(0) => break,
+            Ok(_) if out.len() >= limit => break,
+            Ok(_) => {}
+            Err(e) => return Err(ApiError::invalid("invalid_encoding", format!("body is not valid {encoding}: {e}"))),
+        }
     }
     if out.len() > max_bytes {
         return Err(body_too_large(max_bytes));
@@ -148,19 +171,19 @@ mod tests {
     #[test]
     fn every_encoding_round_trips() {
         let data = b"[{\"a\":1}]".repeat(50);
-        let g = decode_body(Some("gzip"), Bytes::from(gzip(&data)), 1 << 20).unwrap();
+        let g = decode_body(Some("gzip"), Bytes::from(gzip(&data)), 1 << 20, None).unwrap();
         assert_eq!(&g[..], &data[..]);
         let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
         z.write_all(&data).unwrap();
-        let d = decode_body(Some("deflate"), Bytes::from(z.finish().unwrap()), 1 << 20).unwrap();
+        let d = decode_body(Some("deflate"), Bytes::from(z.finish().unwrap()), 1 << 20, None).unwrap();
         assert_eq!(&d[..], &data[..]);
         let mut raw = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
         raw.write_all(&data).unwrap();
-        let d = decode_body(Some("deflate"), Bytes::from(raw.finish().unwrap()), 1 << 20).unwrap();
+        let d = decode_body(Some("deflate"), Bytes::from(raw.finish().unwrap()), 1 << 20, None).unwrap();
         assert_eq!(&d[..], &data[..]);
         let mut br = Vec::new();
         brotli::CompressorWriter::new(&mut br, 4096, 5, 22).write_all(&data).unwrap();
-        let b = decode_body(Some("br"), Bytes::from(br), 1 << 20).unwrap();
+        let b = decode_body(Some("br"), Bytes::from(br), 1 << 20, None).unwrap();
         assert_eq!(&b[..], &data[..]);
     }
 
@@ -169,17 +192,40 @@ mod tests {
         let bomb = gzip(&vec![b' '; 10 << 20]);
         assert!(bomb.len() < 64 << 10);
         assert!(matches!(
-            decode_body(Some("gzip"), Bytes::from(bomb), 1 << 20),
+            decode_body(Some("gzip"), Bytes::from(bomb), 1 << 20, None),
             Err(ApiError::TooLarge { code: "body_too_large", .. })
         ));
         assert!(matches!(
-            decode_body(Some("gzip"), Bytes::from_static(b"not gzip"), 1 << 20),
+            decode_body(Some("gzip"), Bytes::from_static(b"not gzip"), 1 << 20, None),
             Err(ApiError::InvalidRequest { code: "invalid_encoding", .. })
         ));
         assert!(matches!(
-            decode_body(Some("zstd"), Bytes::from_static(b"x"), 10),
+            decode_body(Some("zstd"), Bytes::from_static(b"x"), 10, None),
             Err(ApiError::UnsupportedMediaType { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn decoding_grows_the_reservation_ahead_of_its_output_within_the_budget() {
+        use crate::request_memory::RequestMemory;
+        use axum::http::{HeaderMap, Method};
+        let data = vec![b'7'; 1 << 20];
+        let packed = gzip(&data);
+        let mut headers = HeaderMap::new();
+        headers.insert("content-length", packed.len().to_string().parse().unwrap());
+        // A budget of 256 KiB: decoding 1 MiB stops at the budget, 503 overloaded.
+        let small = RequestMemory::new(256 << 10, 256 << 10, std::time::Duration::ZERO);
+        let grant = small.reserve(&Method::POST, &headers).await.unwrap().unwrap();
+        let refused = decode_body(Some("gzip"), Bytes::from(packed.clone()), 2 << 20, Some(&grant));
+        assert!(matches!(refused, Err(ApiError::Overloaded { .. })));
+        assert!(small.reserved_bytes() <= small.budget_bytes());
+        // With room, the same body decodes; what it holds covers the output's buffer.
+        let roomy = RequestMemory::new(8 << 20, 2 << 20, std::time::Duration::ZERO);
+        let grant = roomy.reserve(&Method::POST, &headers).await.unwrap().unwrap();
+        let decoded = decode_body(Some("gzip"), Bytes::from(packed.clone()), 2 << 20, Some(&grant)).unwrap();
+        assert_eq!(&decoded[..], &data[..]);
+        assert!(grant.bytes() >= (packed.len() + data.len()) as u64, "{} bytes held", grant.bytes());
+        assert!(grant.bytes() <= (packed.len() + 2 * data.len()) as u64 + 1024, "{} bytes held", grant.bytes());
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::ingest::pipeline::{
     Answer, Create, Outgoing, Placement, Screened, TopicSet, commit, is_reserved_header, screen,
 };
 use crate::ingest::privacy::gateway_headers;
-use crate::request_memory::{self, MemoryGrant};
+use crate::request_memory::MemoryGrant;
 use crate::state::SharedState;
 
 /// Bodies at least this large are decoded and parsed on a blocking thread, so the
@@ -176,8 +176,7 @@ pub async fn produce(
         // once; parsing below then takes the decoded body.
         let (enc, raw, grant) = (encoding.take(), std::mem::take(&mut body), memory.clone());
         let probe = move || {
-            let decoded = decode_body(enc.as_deref(), raw, max_body)?;
-            request_memory::cover(grant.as_ref(), decoded.len())?;
+            let decoded = decode_body(enc.as_deref(), raw, max_body, grant.as_ref())?;
             Ok::<_, ApiError>((body_write_key(&decoded), decoded))
         };
         let (key, decoded) = if body_len_hint(&request_headers) < INLINE_PARSE_BYTES {
@@ -220,8 +219,7 @@ pub async fn produce(
     let job = {
         let (set, grant) = (set.clone(), memory.clone());
         move || -> Result<(Vec<Outgoing>, Option<RequestIds>), ApiError> {
-            let body = decode_body(encoding.as_deref(), body, max_body)?;
-            request_memory::cover(grant.as_ref(), body.len())?;
+            let body = decode_body(encoding.as_deref(), body, max_body, grant.as_ref())?;
             let events = parse_body(&body, format, limits)?;
             let request = match idempotency_key.as_deref() {
                 Some(key) => {

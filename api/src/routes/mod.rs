@@ -154,6 +154,14 @@ impl utoipa::Modify for DetailsDoc {
                     op.responses.responses.entry("408".into()).or_insert_with(|| {
                         problem("The body did not arrive within `http_body_timeout_ms`").build().into()
                     });
+                    op.responses.responses.entry("503".into()).or_insert_with(|| {
+                        problem(
+                            "`overloaded`: request bodies in flight fill `request_memory_bytes`; nothing was written \
+                             (retry after `Retry-After`)",
+                        )
+                        .build()
+                        .into()
+                    });
                 }
             }
         }

@@ -36,7 +36,7 @@ use crate::ingest::pipeline::{Answer, Create, Outgoing, Screened, TopicSet, comm
 use crate::ingest::privacy::gateway_headers;
 use crate::ingest::privacy::{ClientIpMode, is_anonymous};
 use crate::ingest::segment::{Call, InvalidItem, SegmentOptions, normalize};
-use crate::request_memory::{self, MemoryGrant};
+use crate::request_memory::MemoryGrant;
 use crate::routes::events::now_ms;
 use crate::state::SharedState;
 
@@ -90,7 +90,7 @@ pub fn authorize_write_key(caller: &Caller, body_key: Option<&str>, topics: &[St
 /// A refusal of the Segment API: what the events route answers 413 or 415 is 400 here,
 /// since Segment's trackers retry every other status and resending cannot fix a body
 /// that is too large or encoded in a way the gateway does not read.
-fn as_segment_refusal(e: ApiError) -> ApiError {
+pub(crate) fn as_segment_refusal(e: ApiError) -> ApiError {
     match e {
         ApiError::TooLarge { detail, setting, .. } => {
             ApiError::invalid("payload_too_large", format!("{detail} (setting {setting})"))
@@ -157,8 +157,8 @@ pub async fn segment_call(
     // A compressed body may grow to `max_body` when decoded: always off the workers.
     let inline = encoding.is_none() && body.len() < super::events::INLINE_PARSE_BYTES;
     let job = move || {
-        let body = decode_body(encoding.as_deref(), body, max_body).map_err(as_segment_refusal)?;
-        request_memory::cover(memory.as_ref().map(|Extension(grant)| grant), body.len())?;
+        let grant = memory.as_ref().map(|Extension(grant)| grant);
+        let body = decode_body(encoding.as_deref(), body, max_body, grant).map_err(as_segment_refusal)?;
         let seed = idempotency_key.map(|key| crate::ingest::ids::message_id_seed(&key, call.name(), &body));
         normalize(call, &body, received, SegmentOptions { message_id_seed: seed, ..limits })
     };
