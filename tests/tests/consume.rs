@@ -1174,6 +1174,19 @@ async fn a_forced_reset_hands_a_revoked_partition_over_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_partition_given_back_before_its_handover_is_read_on_at_once() {
+    let (server, mut a, mut b, moved) = revocation_setup(60_000).await;
+    let started = Instant::now();
+    // b leaves while a still may commit `moved`: the rebalance gives it back to a.
+    assert_eq!(b.close().await, Some(1000));
+    until("a owns both again", &mut [&mut a], |m| m[0].owned.len() == 2).await;
+    produce_ids(&server, "grace", 20..22, 2).await;
+    until("a reads on", &mut [&mut a], |m| m[0].received() == 22).await;
+    assert_eq!(a.offsets(moved), (0..11).collect::<Vec<u64>>(), "from where delivery stopped, nothing twice: {a:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "not after the grace ({:?})", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_partition_with_nothing_sent_moves_at_once() {
     let server = TestServer::start(|c| {
         quick(c);

@@ -182,6 +182,18 @@ struct Position {
     delivered: metrics::Counter,
 }
 
+/// A revoked partition the client (`auto_commit=false`) may still commit (see
+/// `Session::revoking`).
+struct Revoking {
+    log: Arc<PartitionLog>,
+    /// Where delivery stopped: the commit that covers it lets the partition go.
+    sent: u64,
+    /// The position's baseline (see [`Position::baseline`]), kept if it is read on.
+    baseline: u64,
+    /// When it goes to its new owner whatever was committed.
+    until: Instant,
+}
+
 /// SSE event id: every position with its topic's incarnation
 /// (`topic:partition:offset:incarnation`), so `Last-Event-ID` resumes exactly, and a
 /// position saved before the topic was deleted and created again is not taken as one in
@@ -259,7 +271,7 @@ struct Session {
     /// Revoked partitions no longer read that the client (`auto_commit=false`) may
     /// still commit, each with its log, the position it was sent up to, and when it
     /// goes to its new owner anyway (`revoke_commit_timeout_ms`).
-    revoking: BTreeMap<TopicPartition, (Arc<PartitionLog>, u64, Instant)>,
+    revoking: BTreeMap<TopicPartition, Revoking>,
     /// Every subscribed topic, with the partition count an ephemeral session reads:
     /// checked on each wake-up, so a session holding no partition of a deleted topic
     /// is closed too, and an ephemeral one starts reading partitions added to a topic.
@@ -618,7 +630,7 @@ impl Session {
             // Nothing to send: sleep until something changes.
             let wake_at = if self.params.auto_commit { next_ping.min(next_commit) } else { next_ping };
             let wake_at = expires.map_or(wake_at, |at| wake_at.min(at));
-            let wake_at = self.revoking.values().map(|(_, _, until)| *until).fold(wake_at, Instant::min);
+            let wake_at = self.revoking.values().map(|r| r.until).fold(wake_at, Instant::min);
             if sleep.deadline() != wake_at || sleep.is_elapsed() {
                 sleep.as_mut().reset(wake_at);
             }
@@ -775,6 +787,13 @@ impl Session {
         match msg {
             Control::Assign { generation, partitions, grown } => {
                 self.generation = generation;
+                if self.read_on_revoking() {
+                    // Partitions the rebalance gave back while they waited to be handed
+                    // over are read on from where delivery stopped (the client learns it
+                    // from the assignment frame).
+                    self.positions_changed();
+                    self.announced = None;
+                }
                 let (grown, new): (Vec<TopicPartition>, Vec<TopicPartition>) = partitions
                     .into_iter()
                     .filter(|tp| !self.positions.contains_key(tp))
@@ -803,9 +822,9 @@ impl Session {
                 let mut superseded = Vec::new();
                 let mut rows = Vec::new();
                 for (tp, offset) in &offsets {
-                    if let Some((log, ..)) = self.revoking.remove(tp) {
+                    if let Some(r) = self.revoking.remove(tp) {
                         self.committed.remove(tp);
-                        rows.push((log, *offset));
+                        rows.push((r.log, *offset));
                         superseded.push(tp.clone());
                     }
                 }
@@ -853,7 +872,9 @@ impl Session {
                         // Something was sent since delivery started (or was moved) that
                         // the client has not committed.
                         Some(p) if may_commit && p.next != p.baseline && committed.is_none_or(|c| c < p.next) => {
-                            self.revoking.insert(tp.clone(), (p.log, p.next, Instant::now() + grace));
+                            let until = Instant::now() + grace;
+                            let revoking = Revoking { log: p.log, sent: p.next, baseline: p.baseline, until };
+                            self.revoking.insert(tp.clone(), revoking);
                         }
                         _ if self.revoking.contains_key(tp) => {}
                         _ => now_free.push(tp.clone()),
@@ -877,6 +898,27 @@ impl Session {
         }
     }
 
+    /// Takes back the revoked partitions that the group's latest rebalance targets to
+    /// this member again (another member left before they were handed over): they are
+    /// still this member's in the coordinator, so it reads on from where it stopped.
+    /// True when it took any back.
+    fn read_on_revoking(&mut self) -> bool {
+        let Some(group) = &self.params.group else { return false };
+        if self.revoking.is_empty() {
+            return false;
+        }
+        let waiting: Vec<TopicPartition> = self.revoking.keys().cloned().collect();
+        let back = self.state.coordinator.targeted_to(group, &self.member, &waiting);
+        for tp in &back {
+            if let Some(r) = self.revoking.remove(tp) {
+                let delivered = crate::metrics::delivered(&tp.0);
+                let p = Position { log: r.log, next: r.sent, baseline: r.baseline, paused: false, delivered };
+                self.positions.insert(tp.clone(), p);
+            }
+        }
+        !back.is_empty()
+    }
+
     /// Hands over the revoked partitions whose commits now cover what was sent, and
     /// those whose `revoke_commit_timeout_ms` has passed (by `now`).
     fn settle_revoking(&mut self, now: Instant) {
@@ -886,7 +928,7 @@ impl Session {
         let done: Vec<TopicPartition> = self
             .revoking
             .iter()
-            .filter(|(tp, (_, sent, until))| now >= *until || self.committed.get(*tp).is_some_and(|c| c >= sent))
+            .filter(|(tp, r)| now >= r.until || self.committed.get(*tp).is_some_and(|c| *c >= r.sent))
             .map(|(tp, _)| tp.clone())
             .collect();
         for tp in &done {
@@ -944,7 +986,7 @@ impl Session {
                 for ((t, p), o) in &offsets {
                     let tp = (t.clone(), *p);
                     let log = self.positions.get(&tp).map(|pos| pos.log.clone());
-                    let Some(log) = log.or_else(|| self.revoking.get(&tp).map(|(log, ..)| log.clone())) else {
+                    let Some(log) = log.or_else(|| self.revoking.get(&tp).map(|r| r.log.clone())) else {
                         let detail = format!("{t}/{p} is not being read by this member");
                         return self.send("error", protocol::error("commit_refused", &detail)).await;
                     };

@@ -386,6 +386,20 @@ impl Coordinator {
         }
     }
 
+    /// Which of `partitions` the group's latest rebalance targets to `member` (a member
+    /// that has not handed revoked partitions over yet may read on those it gets back).
+    pub fn targeted_to(&self, group: &str, member: &str, partitions: &[TopicPartition]) -> Vec<TopicPartition> {
+        let groups = self.groups.lock().expect("groups lock");
+        let Some(g) = groups.get(group) else { return Vec::new() };
+        let held = g.members.get(member).map(|m| &m.owned);
+        partitions
+            .iter()
+            .filter(|tp| g.target.get(*tp).is_some_and(|owner| owner == member))
+            .filter(|tp| held.is_some_and(|o| o.contains_key(*tp)))
+            .cloned()
+            .collect()
+    }
+
     /// A member's session confirms it stopped reading `partitions`; they go to
     /// their new owners.
     pub fn revoked(&self, group: &str, member: &str, partitions: &[TopicPartition]) {
