@@ -268,8 +268,8 @@ pub fn parse_body<'a>(
             }
             vec![ParsedEvent { json: false, ..ParsedEvent::json(empty_raw()) }.with_value(body)]
         }
-        BodyFormat::Ndjson => parse_ndjson(body)?,
-        BodyFormat::Json => parse_json(body)?,
+        BodyFormat::Ndjson => parse_ndjson(body, limits.max_events)?,
+        BodyFormat::Json => parse_json(body, limits.max_events)?,
     };
     check_limits(&events, limits)?;
     Ok(events)
@@ -295,13 +295,7 @@ fn check_limits(events: &[ParsedEvent<'_>], limits: ParseLimits) -> Result<(), A
         return Err(no_events());
     }
     if events.len() > limits.max_events {
-        return Err(ApiError::TooLarge {
-            code: "too_many_events",
-            detail: format!("{} events in one request; the limit is {}", events.len(), limits.max_events),
-            limit: limits.max_events as u64,
-            setting: "max_events_per_request",
-            index: None,
-        });
+        return Err(too_many_events(limits.max_events));
     }
     if let Some((index, size)) =
         events.iter().map(ParsedEvent::size).enumerate().find(|(_, size)| *size > limits.max_event_bytes)
@@ -357,19 +351,19 @@ fn first_byte(body: &[u8]) -> Option<u8> {
     body.iter().copied().find(|b| !b.is_ascii_whitespace())
 }
 
-fn parse_json(body: &[u8]) -> Result<Vec<ParsedEvent<'_>>, ApiError> {
+fn parse_json(body: &[u8], max_events: usize) -> Result<Vec<ParsedEvent<'_>>, ApiError> {
     match first_byte(body) {
         None => Err(no_events()),
-        Some(b'[') => parse_array(body),
+        Some(b'[') => parse_array(body, max_events),
         Some(_) => {
             let mut de = serde_json::Deserializer::from_slice(body);
             let single = <&RawValue>::deserialize(&mut de).and_then(|v| de.end().map(|()| v));
             match single {
-                Ok(value) => match as_envelope(body, value)? {
+                Ok(value) => match as_envelope(body, value, max_events)? {
                     Some(events) => Ok(events),
                     None => Ok(vec![ParsedEvent::json(value)]),
                 },
-                Err(e) if e.is_syntax() && looks_like_ndjson(body) => parse_ndjson(body),
+                Err(e) if e.is_syntax() && looks_like_ndjson(body) => parse_ndjson(body, max_events),
                 Err(e) => Err(ApiError::InvalidEvents { errors: vec![syntax_error(body, 0, 0, &e)] }),
             }
         }
@@ -386,6 +380,8 @@ fn looks_like_ndjson(body: &[u8]) -> bool {
 /// the failing element.
 struct ArrayVisitor<'a, 'b> {
     out: &'b mut Vec<&'a RawValue>,
+    /// Most elements collected: one more stops the parse (see [`raw_array`]).
+    cap: usize,
 }
 
 impl<'de, 'b> Visitor<'de> for ArrayVisitor<'de, 'b> {
@@ -396,26 +392,45 @@ impl<'de, 'b> Visitor<'de> for ArrayVisitor<'de, 'b> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         while let Some(v) = seq.next_element::<&'de RawValue>()? {
             self.out.push(v);
+            if self.out.len() > self.cap {
+                return Err(serde::de::Error::custom("too many elements"));
+            }
         }
         Ok(())
     }
 }
 
-fn raw_array(base: usize, text: &[u8]) -> Result<Vec<&RawValue>, ApiError> {
+/// A JSON array's elements, raw; more than `max_events` of them is `too_many_events`,
+/// found without collecting the rest (a body of tiny events would otherwise cost many
+/// times its size in memory).
+fn raw_array(base: usize, text: &[u8], max_events: usize) -> Result<Vec<&RawValue>, ApiError> {
     let mut out = Vec::new();
     let mut de = serde_json::Deserializer::from_slice(text);
-    let result = serde::Deserializer::deserialize_seq(&mut de, ArrayVisitor { out: &mut out }).and_then(|()| de.end());
+    let visitor = ArrayVisitor { out: &mut out, cap: max_events };
+    let result = serde::Deserializer::deserialize_seq(&mut de, visitor).and_then(|()| de.end());
     match result {
         Ok(()) => Ok(out),
+        Err(_) if out.len() > max_events => Err(too_many_events(max_events)),
         Err(e) => Err(ApiError::InvalidEvents { errors: vec![syntax_error(text, base, out.len(), &e)] }),
     }
 }
 
-fn parse_array(body: &[u8]) -> Result<Vec<ParsedEvent<'_>>, ApiError> {
-    Ok(raw_array(0, body)?.into_iter().map(ParsedEvent::json).collect())
+fn too_many_events(max_events: usize) -> ApiError {
+    ApiError::TooLarge {
+        code: "too_many_events",
+        detail: format!("more than {max_events} events in one request; the limit is {max_events}"),
+        limit: max_events as u64,
+        setting: "max_events_per_request",
+        index: None,
+    }
 }
 
-fn parse_ndjson(body: &[u8]) -> Result<Vec<ParsedEvent<'_>>, ApiError> {
+fn parse_array(body: &[u8], max_events: usize) -> Result<Vec<ParsedEvent<'_>>, ApiError> {
+    Ok(raw_array(0, body, max_events)?.into_iter().map(ParsedEvent::json).collect())
+}
+
+/// NDJSON lines, stopping (`too_many_events`) past `max_events` of them.
+fn parse_ndjson(body: &[u8], max_events: usize) -> Result<Vec<ParsedEvent<'_>>, ApiError> {
     let mut events = Vec::new();
     let mut errors = Vec::new();
     let mut line_start = 0;
@@ -427,6 +442,9 @@ fn parse_ndjson(body: &[u8]) -> Result<Vec<ParsedEvent<'_>>, ApiError> {
             continue;
         }
         let index = events.len() + errors.len();
+        if index >= max_events {
+            return Err(too_many_events(max_events));
+        }
         match serde_json::from_slice::<&RawValue>(line) {
             Ok(v) => events.push(ParsedEvent::json(v)),
             Err(e) => {
@@ -465,7 +483,11 @@ struct EnvelopeRecord<'a> {
 /// If `value` is an object whose only key is `records` holding an array (beside an
 /// optional `writeKey` string), parses it as the envelope; otherwise returns `None`
 /// (it is a plain event).
-fn as_envelope<'a>(body: &'a [u8], value: &'a RawValue) -> Result<Option<Vec<ParsedEvent<'a>>>, ApiError> {
+fn as_envelope<'a>(
+    body: &'a [u8],
+    value: &'a RawValue,
+    max_events: usize,
+) -> Result<Option<Vec<ParsedEvent<'a>>>, ApiError> {
     let text = value.get();
     if !text.starts_with('{') {
         return Ok(None);
@@ -477,7 +499,7 @@ fn as_envelope<'a>(body: &'a [u8], value: &'a RawValue) -> Result<Option<Vec<Par
         _ => return Ok(None),
     };
     let base = offset_in(body, records.get());
-    let raws = raw_array(base, records.get().as_bytes())?;
+    let raws = raw_array(base, records.get().as_bytes(), max_events)?;
     let mut events = Vec::with_capacity(raws.len());
     let mut errors = Vec::new();
     for (index, raw) in raws.into_iter().enumerate() {
@@ -690,6 +712,21 @@ mod tests {
             parse_body(many.as_bytes(), BodyFormat::Json, LIMITS),
             Err(ApiError::TooLarge { code: "too_many_events", .. })
         ));
+        // Found without parsing the rest: what follows the 11th element is never read
+        // (a body of tiny events would otherwise cost many times its size in memory).
+        let cut = format!("[{}, this is not JSON", ["1"; 11].join(","));
+        let envelope = format!(r#"{{"records":[{}]}}"#, [r#"{"value":1}"#; 11].join(","));
+        let ndjson = format!("{}\nnot JSON\n", ["1"; 11].join("\n"));
+        for (body, format) in [
+            (cut.as_str(), BodyFormat::Json),
+            (envelope.as_str(), BodyFormat::Json),
+            (ndjson.as_str(), BodyFormat::Ndjson),
+        ] {
+            let refused = parse_body(body.as_bytes(), format, LIMITS);
+            assert!(matches!(refused, Err(ApiError::TooLarge { code: "too_many_events", .. })), "{body}");
+        }
+        let ten = ["1"; 10].join("\n");
+        assert_eq!(parse_body(ten.as_bytes(), BodyFormat::Ndjson, LIMITS).unwrap().len(), 10, "exactly the limit");
         for empty in [&b""[..], b"  ", b"[]"] {
             assert!(matches!(
                 parse_body(empty, BodyFormat::Json, LIMITS),
