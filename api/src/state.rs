@@ -46,6 +46,9 @@ pub struct AppState {
     pub delivery: crate::delivery::Delivery,
     /// Memory for request bodies in flight (`request_memory_bytes`).
     pub request_memory: crate::request_memory::RequestMemory,
+    /// Bodies decoded and parsed off the async workers at once (see
+    /// [`AppState::body_job`]).
+    body_jobs: tokio::sync::Semaphore,
 }
 
 /// The handle handlers receive.
@@ -69,8 +72,13 @@ impl AppState {
             config.max_body_bytes,
             Duration::from_millis(config.request_memory_wait_ms),
         );
+        // Two per core: enough to keep the cores busy with large bodies, few enough
+        // that a burst of them does not start hundreds of threads (each with its own
+        // allocator cache) while the first ones run.
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
         Arc::new(AppState {
             request_memory,
+            body_jobs: tokio::sync::Semaphore::new(2 * cores),
             frames,
             config,
             store,
@@ -85,6 +93,19 @@ impl AppState {
             rules: RulesCache::default(),
             delivery,
         })
+    }
+
+    /// Runs `job` (decoding and parsing a large request body) on a blocking thread, at
+    /// most two per core at once; the others wait their turn (holding their memory
+    /// reservation, so the bodies waiting are within `request_memory_bytes`).
+    pub async fn body_job<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let _turn = self.body_jobs.acquire().await.map_err(|_| ApiError::ShuttingDown)?;
+        tokio::task::spawn_blocking(job)
+            .await
+            .map_err(|e| ApiError::Storage(tidegate_storage::StorageError::Internal(e.to_string())))?
     }
 
     /// Runs a subscription session on the delivery runtime; `permit` (its place under

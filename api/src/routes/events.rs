@@ -179,13 +179,8 @@ pub async fn produce(
             let decoded = decode_body(enc.as_deref(), raw, max_body, grant.as_ref())?;
             Ok::<_, ApiError>((body_write_key(&decoded), decoded))
         };
-        let (key, decoded) = if body_len_hint(&request_headers) < INLINE_PARSE_BYTES {
-            probe()?
-        } else {
-            tokio::task::spawn_blocking(probe)
-                .await
-                .map_err(|e| ApiError::Storage(tidegate_storage::StorageError::Internal(e.to_string())))??
-        };
+        let (key, decoded) =
+            if body_len_hint(&request_headers) < INLINE_PARSE_BYTES { probe()? } else { state.body_job(probe).await? };
         body = decoded;
         caller.clone().with_body_write_key(key.as_deref()).require(Action::Produce, &topic)?;
     }
@@ -230,13 +225,8 @@ pub async fn produce(
             Ok((outgoing(&set, &body, &events, &params, idempotency_key.as_deref(), body_key)?, request))
         }
     };
-    let (events, request) = if body_len_hint(&request_headers) < INLINE_PARSE_BYTES {
-        job()?
-    } else {
-        tokio::task::spawn_blocking(job)
-            .await
-            .map_err(|e| ApiError::Storage(tidegate_storage::StorageError::Internal(e.to_string())))??
-    };
+    let (events, request) =
+        if body_len_hint(&request_headers) < INLINE_PARSE_BYTES { job()? } else { state.body_job(job).await? };
     let count = events.len();
     let answer = match acks {
         Acks::None => Answer::OnceQueued { hold: memory },

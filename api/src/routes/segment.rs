@@ -162,13 +162,7 @@ pub async fn segment_call(
         let seed = idempotency_key.map(|key| crate::ingest::ids::message_id_seed(&key, call.name(), &body));
         normalize(call, &body, received, SegmentOptions { message_id_seed: seed, ..limits })
     };
-    let request = if inline {
-        job()?
-    } else {
-        tokio::task::spawn_blocking(job)
-            .await
-            .map_err(|e| ApiError::Storage(tidegate_storage::StorageError::Internal(e.to_string())))??
-    };
+    let request = if inline { job()? } else { state.body_job(job).await? };
 
     // Each distinct (type, event name) is mapped to its topic once per request.
     let mut distinct: Vec<String> = Vec::new();
