@@ -34,6 +34,15 @@ async fn quick_server() -> TestServer {
     TestServer::start(quick).await
 }
 
+/// [`quick_server`] with more settings changed by `tweak`.
+async fn quick_server_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+    TestServer::start(|c| {
+        quick(c);
+        tweak(c);
+    })
+    .await
+}
+
 /// Posts events `{"id": i}` for `ids`, event `i` to partition `i % partitions`.
 async fn produce_ids(api: &Api, topic: &str, ids: Range<u64>, partitions: u32) -> Vec<(u32, u64)> {
     let records: Vec<Value> =
@@ -416,8 +425,7 @@ async fn killed_member_resumes_from_last_commit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_member_reconnects_and_keeps_its_partitions() {
     // A longer session timeout: the reconnect below must fit in it on a slow machine.
-    let server = TestServer::start(|c| {
-        quick(c);
+    let server = quick_server_with(|c| {
         c.session_timeout_ms = 10_000;
     })
     .await;
@@ -572,8 +580,7 @@ async fn ephemeral_subscription_resumes_without_gaps() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ephemeral_resume_below_the_log_start_gets_a_gap_frame_first() {
-    let server = TestServer::start(|c| {
-        quick(c);
+    let server = quick_server_with(|c| {
         c.retention_check_interval_ms = 100;
     })
     .await;
@@ -1126,8 +1133,7 @@ async fn a_commit_counts_for_a_generation_in_which_the_member_held_the_partition
 /// A member committing by itself (`auto_commit=false`) reads all 10 records of both
 /// partitions of `grace`, commits less, and a second member joins.
 async fn revocation_setup(timeout_ms: u64) -> (TestServer, Consumer, Consumer, u32) {
-    let server = TestServer::start(|c| {
-        quick(c);
+    let server = quick_server_with(|c| {
         c.revoke_commit_timeout_ms = timeout_ms;
     })
     .await;
@@ -1188,8 +1194,7 @@ async fn a_revoked_partition_given_back_before_its_handover_is_read_on_at_once()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_partition_with_nothing_sent_moves_at_once() {
-    let server = TestServer::start(|c| {
-        quick(c);
+    let server = quick_server_with(|c| {
         c.revoke_commit_timeout_ms = 60_000;
     })
     .await;
@@ -1497,8 +1502,7 @@ async fn every_member_learns_the_current_generation_after_a_rebalance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_member_that_drops_during_a_rebalance_gives_up_the_revoked_partition() {
-    let server = TestServer::start(|c| {
-        quick(c);
+    let server = quick_server_with(|c| {
         c.session_timeout_ms = 10_000;
     })
     .await;
@@ -1543,8 +1547,7 @@ async fn static_member_that_drops_during_a_rebalance_gives_up_the_revoked_partit
 /// the new topic's first records.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn positions_in_a_deleted_topic_are_not_committed_to_its_successor() {
-    let server = TestServer::start(|c| {
-        quick(c);
+    let server = quick_server_with(|c| {
         c.session_timeout_ms = 6000;
         c.heartbeat_interval_ms = 1000;
     })
@@ -1607,8 +1610,7 @@ async fn a_group_reads_partitions_added_while_it_runs_from_their_start() {
 /// retention deleted are reported as a gap, also when an earlier reader cached them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_deleted_by_retention_are_a_gap_even_when_cached() {
-    let server = TestServer::start(|c| {
-        quick(c);
+    let server = quick_server_with(|c| {
         c.retention_check_interval_ms = 100;
     })
     .await;

@@ -517,19 +517,22 @@ mod request_memory {
         server.metric("tidegate_request_memory_bytes").await.expect("request memory gauge")
     }
 
-    async fn both_held(server: &TestServer) {
+    /// A server (see [`server`]) with the bodies `a` and `b` held open: together they
+    /// fill `request_memory_bytes`.
+    async fn two_held(wait_ms: u64) -> (TestServer, [(TcpStream, Vec<u8>); 2]) {
+        let server = server(wait_ms).await;
+        let (a, b) = (body("a"), body("b"));
+        let (held_a, held_b) = (held(&server, &a).await, held(&server, &b).await);
         eventually("two bodies reserved", Duration::from_secs(10), || async {
-            (reserved(server).await >= (2 * BODY) as f64).then_some(())
+            (reserved(&server).await >= (2 * BODY) as f64).then_some(())
         })
         .await;
+        (server, [(held_a, a), (held_b, b)])
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_body_that_finds_no_room_is_503_overloaded_and_writes_nothing() {
-        let server = server(0).await;
-        let (a, b) = (body("a"), body("b"));
-        let (held_a, held_b) = (held(&server, &a).await, held(&server, &b).await);
-        both_held(&server).await;
+        let (server, [(held_a, a), (held_b, b)]) = two_held(0).await;
 
         // A third body does not fit: refused at once (request_memory_wait_ms = 0).
         let resp = server.post("/v1/topics/t/events").header("content-type", "application/x-ndjson").body(body("c"));
@@ -600,10 +603,7 @@ mod request_memory {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_body_waits_unread_for_room_then_goes_in() {
-        let server = server(30_000).await;
-        let (a, b) = (body("a"), body("b"));
-        let (held_a, held_b) = (held(&server, &a).await, held(&server, &b).await);
-        both_held(&server).await;
+        let (server, [(held_a, a), (held_b, b)]) = two_held(30_000).await;
         let waiting = tokio::spawn({
             let request = server
                 .post("/v1/topics/t/events?acks=none")
