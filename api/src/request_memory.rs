@@ -110,21 +110,22 @@ impl RequestMemory {
             Ok(permit) => Ok(permit),
             Err(_) => match tokio::time::timeout(self.wait, self.units.clone().acquire_many_owned(units)).await {
                 Ok(Ok(permit)) => Ok(permit),
-                Ok(Err(_)) | Err(_) => Err(self.overloaded()),
+                Ok(Err(_)) | Err(_) => Err(overloaded(self.budget_bytes())),
             },
         };
-        let permit =
-            acquired.inspect_err(|_| metrics::counter!("tidegate_request_memory_refused_total").increment(1))?;
+        let permit = acquired?;
         Ok(Some(MemoryGrant(Arc::new(Grant {
             units: self.units.clone(),
             budget_bytes: self.budget_bytes(),
             permit: Mutex::new(permit),
         }))))
     }
+}
 
-    fn overloaded(&self) -> ApiError {
-        ApiError::Overloaded { budget: self.budget_bytes() }
-    }
+/// The 503 for a body that found no room, counted in `tidegate_request_memory_refused_total`.
+fn overloaded(budget: u64) -> ApiError {
+    metrics::counter!("tidegate_request_memory_refused_total").increment(1);
+    ApiError::Overloaded { budget }
 }
 
 impl MemoryGrant {
@@ -143,10 +144,7 @@ impl MemoryGrant {
                 permit.merge(extra);
                 Ok(())
             }
-            Err(_) => {
-                metrics::counter!("tidegate_request_memory_refused_total").increment(1);
-                Err(ApiError::Overloaded { budget: self.0.budget_bytes })
-            }
+            Err(_) => Err(overloaded(self.0.budget_bytes)),
         }
     }
 
