@@ -173,14 +173,15 @@ settings! {
     /// upgraded, then `max_subscriptions` bounds them); further clients wait to be
     /// accepted.
     max_connections: u64 = 10_000;
-    /// Memory for request bodies in flight, all requests together: a body's size (its
-    /// `Content-Length`, or `max_body_bytes` when sent in chunks; its decoded size when
-    /// larger) is reserved before it is read and held until its events are written. A
-    /// request that does not fit waits unread (TCP pushes back on the client) for up to
-    /// `request_memory_wait_ms`, then gets 503 `overloaded`. At least `max_body_bytes`.
+    /// Memory for request bodies in flight, all requests together: a body's bytes are
+    /// reserved as they arrive (a client holds only what it has sent; its decoded size
+    /// when larger) and held until its events are written. A piece that does not fit
+    /// waits, with nothing more read (TCP pushes back on the client), for up to
+    /// `request_memory_wait_ms`, then the request gets 503 `overloaded`. At least
+    /// `max_body_bytes`.
     request_memory_bytes: u64 = 512 * MIB;
-    /// Longest a request waits for room in `request_memory_bytes` before 503
-    /// `overloaded` (with `Retry-After`); 0 refuses at once.
+    /// Longest a request's body waits for room in `request_memory_bytes`, all its
+    /// pieces together, before 503 `overloaded` (with `Retry-After`); 0 refuses at once.
     request_memory_wait_ms: u64 = 10_000;
     /// The client IP in the `client-ip` header of ingested records: `full`, `truncated`
     /// (IPv4 to its /24, IPv6 to its /48: the last bytes zeroed) or `none`. A request with

@@ -6,6 +6,9 @@
 //!   connection is closed (a slow-header client cannot hold a connection open).
 //! - A request body that goes `http_body_timeout_ms` without a byte fails the request
 //!   with 408 `request_timeout` (see [`StallTimeout`]).
+//! - The body of a `POST`, `PUT` or `PATCH` is reserved in `request_memory_bytes` as it
+//!   arrives (see [`crate::request_memory::MeteredBody`]); the reservation is in the
+//!   request's extensions ([`crate::request_memory::MemoryGrant`]).
 //! - A request head over `max_request_head_bytes` or with more than
 //!   `max_request_headers` headers is answered 431, and hyper's other answers to heads
 //!   it cannot parse (400, 414) are problem documents too (see [`crate::head_problems`]).
@@ -32,10 +35,11 @@ use tokio::sync::{Semaphore, watch};
 use tower::ServiceExt;
 
 use crate::head_problems::{HeadLimits, HeadsOwed, ProblemIo};
+use crate::request_memory::{MeteredBody, RequestMemory};
 use crate::tls::GatewayListener;
 
 /// Limits of the connection loop (from the configuration).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnectionLimits {
     /// `http_header_timeout_ms`.
     pub header_timeout: Duration,
@@ -45,6 +49,8 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
     /// `max_request_head_bytes` and `max_request_headers`.
     pub head: HeadLimits,
+    /// `request_memory_bytes`, shared by every connection.
+    pub memory: Arc<RequestMemory>,
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then waits for the open
@@ -78,14 +84,21 @@ pub async fn serve_connections(
             accepted = listener.accept() => accepted,
         };
         // The router, with the peer's address as axum's `ConnectInfo` and every request
-        // body bounded by the body timeout between bytes.
-        let (app, body_timeout) = (app.clone(), limits.body_timeout);
+        // body bounded by the body timeout between bytes and counted in the memory
+        // budget as it arrives.
+        let (app, body_timeout, memory) = (app.clone(), limits.body_timeout, limits.memory.clone());
         let owed = HeadsOwed::default();
         let io = ProblemIo::new(io, owed.clone(), limits.head);
         let service = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
             owed.dispatched();
             req.extensions_mut().insert(ConnectInfo(peer));
-            let req = req.map(|body| Body::new(StallTimeout { body, timeout: body_timeout, sleep: None }));
+            let meter = memory.meter(req.method()).map(|(grant, meter)| {
+                req.extensions_mut().insert(grant);
+                meter
+            });
+            let req = req.map(|body| {
+                Body::new(MeteredBody::new(StallTimeout { body, timeout: body_timeout, sleep: None }, meter))
+            });
             app.clone().oneshot(req)
         });
         let service = hyper_util::service::TowerToHyperService::new(service);

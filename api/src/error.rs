@@ -311,18 +311,26 @@ impl IntoResponse for ApiError {
 /// (the error of the connection loop's body wrapper, as extractors report it).
 pub const BODY_TIMEOUT_TEXT: &str = "no byte of the request body arrived within http_body_timeout_ms";
 
+/// What a request body read fails with when its bytes find no room in
+/// `request_memory_bytes` within `request_memory_wait_ms` (see
+/// [`crate::request_memory::MeteredBody`]).
+pub const BODY_OVERLOADED_TEXT: &str =
+    "the request body found no room in request_memory_bytes within request_memory_wait_ms";
+
 /// The problem for a request body that could not be read: over `max_body_bytes`
-/// (413), stalled (408), or broken off (400 `invalid_body`).
+/// (413), stalled (408), without room in `request_memory_bytes` (503 `overloaded`), or
+/// broken off (400 `invalid_body`).
 pub fn body_rejection(
     rejection: &axum::extract::rejection::BytesRejection,
-    max_body: usize,
-    timeout_ms: u64,
+    state: &crate::state::AppState,
 ) -> ApiError {
     let text = rejection.body_text();
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        crate::ingest::decode::body_too_large(max_body)
+        crate::ingest::decode::body_too_large(usize::try_from(state.config.max_body_bytes).unwrap_or(usize::MAX))
     } else if text.contains(BODY_TIMEOUT_TEXT) {
-        ApiError::RequestTimeout { timeout_ms }
+        ApiError::RequestTimeout { timeout_ms: state.config.http_body_timeout_ms }
+    } else if text.contains(BODY_OVERLOADED_TEXT) {
+        ApiError::Overloaded { budget: state.request_memory.budget_bytes() }
     } else {
         ApiError::invalid("invalid_body", text)
     }

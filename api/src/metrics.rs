@@ -13,12 +13,13 @@ use std::sync::{Arc, LazyLock, OnceLock, PoisonError, RwLock};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{Method, StatusCode};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tidegate_storage::Store;
 
+use crate::request_memory::MemoryGrant;
 use crate::state::SharedState;
 
 /// Histogram buckets for latencies, in seconds.
@@ -233,26 +234,31 @@ pub async fn track(req: Request, next: Next) -> Response {
 
 /// Middleware of the API routes, in one layer (each layer costs a boxed future and a
 /// clone of the inner service per request): [`track`] around the route gate
-/// ([`crate::auth::refusal`]), then the reservation of the request's body in
-/// `request_memory_bytes` (see [`crate::request_memory`]), held until the answer; the
-/// handler finds it as an extension ([`crate::request_memory::MemoryGrant`]).
+/// ([`crate::auth::refusal`]) and the check of a declared body size (see
+/// [`crate::request_memory`]); the request's reservation in `request_memory_bytes`
+/// (filled by the connection loop as its body arrives) is held until the answer.
 pub async fn track_gated(State(state): State<SharedState>, req: Request, next: Next) -> Response {
-    measured(req, |mut req| async move {
+    measured(req, |req| async move {
         if let Some(refusal) = crate::auth::refusal(&req) {
             return refusal;
         }
-        let grant = match state.request_memory.reserve(req.method(), req.headers()).await {
-            Ok(grant) => grant,
+        match state.request_memory.check_declared(req.method(), req.headers()) {
+            Ok(()) => {}
             // Segment's trackers retry every status but 400: a body over the limit is
             // 400 there, as the route itself answers it.
             Err(e) if is_segment_call(&req) => return crate::routes::segment::as_segment_refusal(e).into_response(),
             Err(e) => return e.into_response(),
-        };
-        if let Some(grant) = &grant {
-            req.extensions_mut().insert(grant.clone());
         }
-        let resp = next.run(req).await;
-        drop(grant);
+        let grant = req.extensions().get::<MemoryGrant>().cloned();
+        let mut resp = next.run(req).await;
+        if let Some(grant) = grant
+            && !grant.body_read()
+        {
+            // Answered before its body was read (refused, or no room for it): the rest
+            // of the body is still coming, so the connection cannot carry another
+            // request. Saying so keeps clients from reusing it (RFC 9112, 9.6).
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     })
     .await

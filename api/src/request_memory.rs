@@ -1,14 +1,17 @@
 //! The memory budget of request bodies in flight (`request_memory_bytes`).
 //!
 //! Guarantees:
-//! - Before the body of a `POST`, `PUT` or `PATCH` is read, its size is reserved: its
-//!   `Content-Length`, or `max_body_bytes` when it comes in chunks (its size is not
-//!   known yet). A `Content-Length` over `max_body_bytes` is answered 413 at once,
-//!   without reading the body. Other methods' bodies are never read: they reserve
-//!   nothing.
-//! - A request that does not fit waits, its body unread (so TCP pushes back on the
-//!   client), in arrival order, for at most `request_memory_wait_ms`; then it is
-//!   answered 503 `overloaded` with `Retry-After` and nothing of it is written.
+//! - The body of a `POST`, `PUT` or `PATCH` is counted as it arrives: each piece read
+//!   from the client is reserved before it is handed on (see [`MeteredBody`]). A client
+//!   that sends a head and then trickles its body holds only what it has sent, so slow
+//!   or stalled clients cannot take the budget from the others without sending it.
+//!   Other methods' bodies are never read: they reserve nothing.
+//! - A `Content-Length` over `max_body_bytes` is answered 413 at once, without reading
+//!   the body ([`RequestMemory::check_declared`]).
+//! - A piece that does not fit waits, not handed on and with nothing more read (so TCP
+//!   pushes back on the client), in arrival order, for at most `request_memory_wait_ms`
+//!   all the pieces of one body together; then the request is answered 503 `overloaded`
+//!   with `Retry-After` and nothing of it is written.
 //! - A compressed body grows its reservation as it is decoded, a step of
 //!   [`DECODE_STEP`] bytes ahead of the output, so what decoding holds stays within the
 //!   budget; when the next step is not free at once the request is 503 `overloaded`
@@ -19,11 +22,17 @@
 //!   counts body bytes; the request's other copies (parsed events, encoded batches) are
 //!   about as large again.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, Method, header};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 
 use crate::error::ApiError;
 
@@ -51,8 +60,10 @@ pub struct MemoryGrant(Arc<Grant>);
 #[derive(Debug)]
 struct Grant {
     units: Arc<Semaphore>,
-    budget_bytes: u64,
+    budget_units: u64,
     permit: Mutex<OwnedSemaphorePermit>,
+    /// Set once the whole body has been read.
+    read_all: AtomicBool,
 }
 
 fn units_of(bytes: u64) -> u64 {
@@ -81,71 +92,92 @@ impl RequestMemory {
         self.budget_units * UNIT
     }
 
-    /// Bytes to reserve for a request before its body is read: none without a body, or
-    /// for a method whose body no route reads. A `Content-Length` over
-    /// `max_body_bytes` is refused (413) here, unread.
-    fn needed(&self, method: &Method, headers: &HeaderMap) -> Result<u64, ApiError> {
-        if !matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
-            return Ok(0);
+    /// Refuses (413) a request whose `Content-Length` is over `max_body_bytes`, before
+    /// anything of its body is read. Other methods than `POST`, `PUT` and `PATCH` pass:
+    /// their bodies are never read.
+    pub fn check_declared(&self, method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
+        if !reads_body(method) {
+            return Ok(());
         }
         let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
         match length {
             Some(n) if n > self.max_body => Err(crate::ingest::decode::body_too_large(self.max_body as usize)),
-            Some(n) => Ok(n),
-            None if headers.contains_key(header::TRANSFER_ENCODING) => Ok(self.max_body),
-            None => Ok(0),
+            _ => Ok(()),
         }
     }
 
-    /// Reserves the body of a request, waiting up to `request_memory_wait_ms` for room.
-    /// `None` when the request has no body to read.
-    pub async fn reserve(&self, method: &Method, headers: &HeaderMap) -> Result<Option<MemoryGrant>, ApiError> {
-        let bytes = self.needed(method, headers)?;
-        if bytes == 0 {
-            return Ok(None);
+    /// The reservation of a request's body, empty until its bytes arrive, and the meter
+    /// that fills it as they do (for [`MeteredBody`]): `None` for a method whose body no
+    /// route reads.
+    pub fn meter(&self, method: &Method) -> Option<(MemoryGrant, BodyMeter)> {
+        if !reads_body(method) {
+            return None;
         }
-        // At most the whole budget (the settings keep max_body_bytes within it).
-        let units = units_of(bytes).min(self.budget_units) as u32;
-        let acquired = match self.units.clone().try_acquire_many_owned(units) {
-            Ok(permit) => Ok(permit),
-            Err(_) => match tokio::time::timeout(self.wait, self.units.clone().acquire_many_owned(units)).await {
-                Ok(Ok(permit)) => Ok(permit),
-                Ok(Err(_)) | Err(_) => Err(overloaded(self.budget_bytes())),
-            },
-        };
-        let permit = acquired?;
-        Ok(Some(MemoryGrant(Arc::new(Grant {
+        let permit = self.units.clone().try_acquire_many_owned(0).ok()?;
+        let grant = MemoryGrant(Arc::new(Grant {
             units: self.units.clone(),
-            budget_bytes: self.budget_bytes(),
+            budget_units: self.budget_units,
             permit: Mutex::new(permit),
-        }))))
+            read_all: AtomicBool::new(false),
+        }));
+        let meter = BodyMeter { grant: grant.clone(), received: 0, wait_left: self.wait, waiting: None };
+        Some((grant, meter))
     }
 }
 
-/// The 503 for a body that found no room, counted in `tidegate_request_memory_refused_total`.
-fn overloaded(budget: u64) -> ApiError {
+fn reads_body(method: &Method) -> bool {
+    matches!(*method, Method::POST | Method::PUT | Method::PATCH)
+}
+
+/// Counts a 503 `overloaded` in `tidegate_request_memory_refused_total`.
+fn count_refusal() {
     metrics::counter!("tidegate_request_memory_refused_total").increment(1);
-    ApiError::Overloaded { budget }
 }
 
 impl MemoryGrant {
     /// Makes the reservation cover at least `bytes` (a decoded body larger than the body
     /// as sent): 503 `overloaded` when the difference is not free at once.
     pub fn cover(&self, bytes: usize) -> Result<(), ApiError> {
+        match self.try_cover(bytes as u64) {
+            Cover::Held => Ok(()),
+            Cover::Short(_) => {
+                count_refusal();
+                Err(ApiError::Overloaded { budget: self.0.budget_units * UNIT })
+            }
+        }
+    }
+
+    /// Grows the reservation to `bytes` if that is free now; otherwise says how many
+    /// units are missing.
+    fn try_cover(&self, bytes: u64) -> Cover {
         let mut permit = self.0.permit.lock().unwrap_or_else(PoisonError::into_inner);
         let held = permit.num_permits() as u64;
-        let wanted = units_of(bytes as u64);
+        let wanted = units_of(bytes);
         if wanted <= held {
-            return Ok(());
+            return Cover::Held;
         }
         let more = u32::try_from(wanted - held).unwrap_or(u32::MAX);
         match self.0.units.clone().try_acquire_many_owned(more) {
             Ok(extra) => {
                 permit.merge(extra);
-                Ok(())
+                Cover::Held
             }
-            Err(_) => Err(overloaded(self.0.budget_bytes)),
+            Err(_) => Cover::Short(more),
         }
+    }
+
+    fn add(&self, extra: OwnedSemaphorePermit) {
+        self.0.permit.lock().unwrap_or_else(PoisonError::into_inner).merge(extra);
+    }
+
+    /// Whether the request's whole body has been read (an answer given before then
+    /// must close the connection: the rest of the body is still coming).
+    pub fn body_read(&self) -> bool {
+        self.0.read_all.load(Ordering::Acquire)
+    }
+
+    fn mark_read(&self) {
+        self.0.read_all.store(true, Ordering::Release);
     }
 
     /// Bytes this reservation holds.
@@ -154,14 +186,172 @@ impl MemoryGrant {
     }
 }
 
+enum Cover {
+    Held,
+    Short(u32),
+}
+
 /// [`MemoryGrant::cover`] for a request that may hold no reservation (it had no body
 /// to read, so nothing decoded from it needs room).
 pub fn cover(grant: Option<&MemoryGrant>, bytes: usize) -> Result<(), ApiError> {
     grant.map_or(Ok(()), |g| g.cover(bytes))
 }
 
+/// Reserves a request body's bytes in its [`MemoryGrant`] as they arrive (see
+/// [`MeteredBody`]), waiting for room up to `request_memory_wait_ms` in all.
+pub struct BodyMeter {
+    grant: MemoryGrant,
+    received: u64,
+    wait_left: Duration,
+    waiting: Option<Waiting>,
+}
+
+/// A piece of the body held back until its bytes find room.
+struct Waiting {
+    frame: Frame<Bytes>,
+    room: Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    began: Instant,
+}
+
+/// What a request body read fails with when its bytes find no room in
+/// `request_memory_bytes` within `request_memory_wait_ms`: the text is
+/// [`crate::error::BODY_OVERLOADED_TEXT`] (extractors report it so).
+#[derive(Debug)]
+struct NoRoom;
+
+impl std::fmt::Display for NoRoom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(crate::error::BODY_OVERLOADED_TEXT)
+    }
+}
+
+impl std::error::Error for NoRoom {}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl BodyMeter {
+    /// Hands `frame` on once its bytes are reserved.
+    fn admit(&mut self, frame: Frame<Bytes>, cx: &mut Context<'_>) -> Poll<Result<Frame<Bytes>, BoxError>> {
+        let Some(data) = frame.data_ref() else { return Poll::Ready(Ok(frame)) };
+        self.received += data.len() as u64;
+        // At most the whole budget: a body past it is past `max_body_bytes` too (the
+        // settings keep that within the budget), and the body limit refuses it with 413.
+        match self.grant.try_cover(self.received.min(self.grant.0.budget_units * UNIT)) {
+            Cover::Held => Poll::Ready(Ok(frame)),
+            Cover::Short(_) if self.wait_left.is_zero() => {
+                count_refusal();
+                Poll::Ready(Err(Box::new(NoRoom)))
+            }
+            Cover::Short(more) => {
+                let room = Box::pin(self.grant.0.units.clone().acquire_many_owned(more));
+                let timer = Box::pin(tokio::time::sleep(self.wait_left));
+                self.waiting = Some(Waiting { frame, room, timer, began: Instant::now() });
+                self.poll_waiting(cx)
+            }
+        }
+    }
+
+    /// Waits for room for the piece held back.
+    fn poll_waiting(&mut self, cx: &mut Context<'_>) -> Poll<Result<Frame<Bytes>, BoxError>> {
+        let Some(waiting) = self.waiting.as_mut() else {
+            return Poll::Ready(Err(Box::new(NoRoom)));
+        };
+        let got = match waiting.room.as_mut().poll(cx) {
+            Poll::Ready(got) => got.ok(),
+            Poll::Pending => {
+                ready!(waiting.timer.as_mut().poll(cx));
+                None
+            }
+        };
+        let waiting = self.waiting.take().expect("a piece is waiting");
+        self.wait_left = self.wait_left.saturating_sub(waiting.began.elapsed());
+        match got {
+            Some(extra) => {
+                self.grant.add(extra);
+                Poll::Ready(Ok(waiting.frame))
+            }
+            None => {
+                count_refusal();
+                Poll::Ready(Err(Box::new(NoRoom)))
+            }
+        }
+    }
+}
+
+/// A request body whose bytes are reserved in `request_memory_bytes` as they arrive:
+/// a piece is handed on only once its bytes are reserved, and nothing more is read from
+/// `body` while it waits. Without a meter it is `body` as it is.
+pub struct MeteredBody<B> {
+    body: B,
+    meter: Option<BodyMeter>,
+}
+
+impl<B: Body> MeteredBody<B> {
+    /// `body`, metered by `meter` when there is one.
+    pub fn new(body: B, meter: Option<BodyMeter>) -> MeteredBody<B> {
+        if let Some(meter) = &meter
+            && body.is_end_stream()
+        {
+            meter.grant.mark_read();
+        }
+        MeteredBody { body, meter }
+    }
+}
+
+impl<B> Body for MeteredBody<B>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let Some(meter) = this.meter.as_mut() else { return Pin::new(&mut this.body).poll_frame(cx) };
+        if meter.waiting.is_some() {
+            return meter.poll_waiting(cx).map(Some);
+        }
+        match ready!(Pin::new(&mut this.body).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if this.body.is_end_stream() {
+                    meter.grant.mark_read();
+                }
+                meter.admit(frame, cx).map(Some)
+            }
+            None => {
+                meter.grant.mark_read();
+                Poll::Ready(None)
+            }
+            Some(Err(e)) => Poll::Ready(Some(Err(e))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.meter.as_ref().is_none_or(|m| m.waiting.is_none()) && self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let held = self.meter.as_ref().and_then(|m| m.waiting.as_ref()?.frame.data_ref().map(Bytes::len));
+        let mut hint = self.body.size_hint();
+        if let Some(held) = held {
+            let held = held as u64;
+            let upper = hint.upper().map(|u| u.saturating_add(held));
+            hint.set_lower(hint.lower().saturating_add(held));
+            if let Some(upper) = upper {
+                hint.set_upper(upper);
+            }
+        }
+        hint
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
+
+    use http_body_util::BodyExt;
+
     use super::*;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
@@ -172,57 +362,99 @@ mod tests {
         h
     }
 
+    /// A body whose pieces are all there at once.
+    struct Pieces(VecDeque<Bytes>);
+
+    impl Body for Pieces {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.get_mut().0.pop_front().map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    fn metered(m: &RequestMemory, sizes: &[usize]) -> (MemoryGrant, MeteredBody<Pieces>) {
+        let (grant, meter) = m.meter(&Method::POST).expect("POST bodies are metered");
+        let pieces = sizes.iter().map(|n| Bytes::from(vec![b'x'; *n])).collect();
+        (grant, MeteredBody::new(Pieces(pieces), Some(meter)))
+    }
+
     #[test]
-    fn a_body_reserves_its_length_or_the_largest_body_when_chunked() {
+    fn a_declared_length_over_the_largest_body_is_refused_unread() {
         let m = RequestMemory::new(64 * UNIT, 16 * UNIT, Duration::ZERO);
-        let post = |pairs: &[(&'static str, &str)]| m.needed(&Method::POST, &headers(pairs));
-        assert_eq!(post(&[]).unwrap(), 0, "no body");
-        assert_eq!(post(&[("content-length", "0")]).unwrap(), 0);
-        assert_eq!(post(&[("content-length", "5000")]).unwrap(), 5000);
+        let post = |pairs: &[(&'static str, &str)]| m.check_declared(&Method::POST, &headers(pairs));
+        assert!(post(&[]).is_ok(), "no body");
+        assert!(post(&[("content-length", "16384")]).is_ok());
+        assert!(post(&[("transfer-encoding", "chunked")]).is_ok(), "counted as it arrives");
         assert!(
             matches!(post(&[("content-length", "16385")]), Err(ApiError::TooLarge { code: "body_too_large", .. })),
             "over max_body_bytes: refused unread"
         );
-        assert_eq!(post(&[("transfer-encoding", "chunked")]).unwrap(), 16 * UNIT);
-        assert_eq!(m.needed(&Method::PATCH, &headers(&[("content-length", "5000")])).unwrap(), 5000);
         for method in [Method::GET, Method::DELETE, Method::HEAD] {
-            assert_eq!(m.needed(&method, &headers(&[("content-length", "5000")])).unwrap(), 0, "{method}: never read");
+            assert!(m.check_declared(&method, &headers(&[("content-length", "99999")])).is_ok(), "{method}");
+            assert!(m.meter(&method).is_none(), "{method}: its body is never read");
         }
+        assert!(m.meter(&Method::PUT).is_some() && m.meter(&Method::PATCH).is_some());
+        assert_eq!(m.reserved_bytes(), 0, "nothing is reserved before bytes arrive");
     }
 
     #[tokio::test]
-    async fn reservations_are_bounded_and_released_with_their_last_clone() {
-        let m = RequestMemory::new(4 * UNIT, 4 * UNIT, Duration::from_millis(20));
-        let h = headers(&[("content-length", "3000")]);
-        let a = m.reserve(&Method::POST, &h).await.unwrap().unwrap();
+    async fn bytes_are_reserved_as_they_arrive_and_released_with_the_last_clone() {
+        let m = RequestMemory::new(4 * UNIT, 4 * UNIT, Duration::ZERO);
+        let (a, mut body) = metered(&m, &[1000, 1000, 1000]);
+        assert_eq!(a.bytes(), 0, "nothing arrived yet");
+        body.frame().await.unwrap().unwrap();
+        assert_eq!((a.bytes(), m.reserved_bytes()), (UNIT, UNIT));
+        let rest = body.collect().await.unwrap().to_bytes();
+        assert_eq!(rest.len(), 2000);
         assert_eq!((a.bytes(), m.reserved_bytes()), (3 * UNIT, 3 * UNIT));
-        let refused = m.reserve(&Method::POST, &h).await.unwrap_err();
-        assert!(matches!(refused, ApiError::Overloaded { budget } if budget == 4 * UNIT));
+        // The budget's last unit, then no more.
+        let (b, body) = metered(&m, &[2000]);
+        let refused = body.collect().await.map(|_| ()).unwrap_err();
+        assert_eq!(refused.to_string(), crate::error::BODY_OVERLOADED_TEXT);
+        assert_eq!(b.bytes(), 0, "the refused piece holds nothing");
         assert!(a.cover(3500).is_ok(), "within what it holds");
         assert!(a.cover(4000).is_ok(), "the last free unit");
-        assert_eq!(m.reserved_bytes(), 4 * UNIT);
-        assert!(matches!(a.cover(5000), Err(ApiError::Overloaded { .. })), "beyond the budget");
+        assert!(matches!(a.cover(5000), Err(ApiError::Overloaded { budget }) if budget == 4 * UNIT));
         let clone = a.clone();
         drop(a);
         assert_eq!(m.reserved_bytes(), 4 * UNIT, "a clone keeps the reservation");
         drop(clone);
         assert_eq!(m.reserved_bytes(), 0);
-        assert!(m.reserve(&Method::POST, &h).await.unwrap().is_some());
     }
 
     #[tokio::test]
-    async fn a_waiting_request_goes_on_when_memory_is_released() {
+    async fn a_piece_waits_for_room_then_goes_on() {
         let m = Arc::new(RequestMemory::new(4 * UNIT, 4 * UNIT, Duration::from_secs(30)));
-        let first = m.reserve(&Method::POST, &headers(&[("content-length", "4096")])).await.unwrap().unwrap();
+        let (first, body) = metered(&m, &[4096]);
+        let _ = body.collect().await.unwrap();
         let waiting = tokio::spawn({
             let m = m.clone();
             async move {
-                m.reserve(&Method::POST, &headers(&[("content-length", "2048")])).await.map(|g| g.map(|g| g.bytes()))
+                let (grant, body) = metered(&m, &[1024, 1024]);
+                let got = body.collect().await.map(|c| c.to_bytes().len());
+                (got.ok(), grant.bytes())
             }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiting.is_finished(), "no room yet");
         drop(first);
-        assert_eq!(waiting.await.unwrap().unwrap(), Some(2 * UNIT));
+        assert_eq!(waiting.await.unwrap(), (Some(2048), 2 * UNIT));
+    }
+
+    #[tokio::test]
+    async fn a_piece_that_finds_no_room_in_time_fails_the_body() {
+        let m = RequestMemory::new(4 * UNIT, 4 * UNIT, Duration::from_millis(50));
+        let (_first, body) = metered(&m, &[3072]);
+        let _ = body.collect().await.unwrap();
+        // The first piece fits; the second waits out the whole wait and fails.
+        let (second, mut body) = metered(&m, &[1024, 1024]);
+        body.frame().await.unwrap().unwrap();
+        let began = Instant::now();
+        let refused = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(refused.to_string(), crate::error::BODY_OVERLOADED_TEXT);
+        assert!(began.elapsed() >= Duration::from_millis(50));
+        assert_eq!(second.bytes(), UNIT, "what arrived before stays reserved until the request ends");
     }
 }

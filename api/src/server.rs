@@ -122,6 +122,7 @@ pub async fn serve(
             max_head_bytes: usize::try_from(state.config.max_request_head_bytes).unwrap_or(usize::MAX),
             max_headers: usize::try_from(state.config.max_request_headers).unwrap_or(usize::MAX),
         },
+        memory: state.request_memory.clone(),
     };
     let server = crate::connections::serve_connections(listener, app, limits, async move {
         shutdown.await;

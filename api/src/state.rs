@@ -45,7 +45,7 @@ pub struct AppState {
     /// The runtime WebSocket and SSE subscriptions run on.
     pub delivery: crate::delivery::Delivery,
     /// Memory for request bodies in flight (`request_memory_bytes`).
-    pub request_memory: crate::request_memory::RequestMemory,
+    pub request_memory: Arc<crate::request_memory::RequestMemory>,
     /// Bodies decoded and parsed off the async workers at once (see
     /// [`AppState::body_job`]).
     body_jobs: tokio::sync::Semaphore,
@@ -67,11 +67,11 @@ impl AppState {
         let coordinator = Coordinator::new(store.clone(), Duration::from_millis(config.session_timeout_ms));
         let subscriptions = Arc::new(tokio::sync::Semaphore::new(config.max_subscriptions as usize));
         let frames = crate::consume::cache::FrameCache::new(config.subscription_cache_bytes as usize);
-        let request_memory = crate::request_memory::RequestMemory::new(
+        let request_memory = Arc::new(crate::request_memory::RequestMemory::new(
             config.request_memory_bytes,
             config.max_body_bytes,
             Duration::from_millis(config.request_memory_wait_ms),
-        );
+        ));
         // Two per core: enough to keep the cores busy with large bodies, few enough
         // that a burst of them does not start hundreds of threads (each with its own
         // allocator cache) while the first ones run.

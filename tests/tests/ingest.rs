@@ -484,22 +484,35 @@ mod request_memory {
         out
     }
 
-    /// A request whose head and first 100 bytes are sent, the rest held back: its body
-    /// is reserved and stays so until [`finish`] sends the rest.
+    /// Bytes of a body [`held`] keeps back.
+    const KEPT_BACK: usize = 100;
+
+    /// A request whose head and body are sent but for its last [`KEPT_BACK`] bytes:
+    /// what was sent is reserved and stays so until [`finish`] sends the rest.
     async fn held(server: &TestServer, body: &[u8]) -> TcpStream {
+        let tcp = started(server, body.len()).await;
+        send(tcp, &body[..body.len() - KEPT_BACK]).await
+    }
+
+    async fn send(mut tcp: TcpStream, bytes: &[u8]) -> TcpStream {
+        tcp.write_all(bytes).await.unwrap();
+        tcp
+    }
+
+    /// A connection that has sent the head of a request announcing `length` bytes.
+    async fn started(server: &TestServer, length: usize) -> TcpStream {
         let mut tcp = TcpStream::connect(server.addr).await.unwrap();
         let head = format!(
             "POST /v1/topics/t/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-ndjson\r\n\
              Content-Length: {}\r\n\r\n",
-            body.len()
+            length
         );
         tcp.write_all(head.as_bytes()).await.unwrap();
-        tcp.write_all(&body[..100]).await.unwrap();
         tcp
     }
 
     async fn finish(mut tcp: TcpStream, body: &[u8]) -> String {
-        tcp.write_all(&body[100..]).await.unwrap();
+        tcp.write_all(&body[body.len() - KEPT_BACK..]).await.unwrap();
         let mut answer = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         while !String::from_utf8_lossy(&answer).contains("\"offsets\"") && Instant::now() < deadline {
@@ -524,7 +537,7 @@ mod request_memory {
         let (a, b) = (body("a"), body("b"));
         let (held_a, held_b) = (held(&server, &a).await, held(&server, &b).await);
         eventually("two bodies reserved", Duration::from_secs(10), || async {
-            (reserved(&server).await >= (2 * BODY) as f64).then_some(())
+            (reserved(&server).await >= (2 * (BODY - KEPT_BACK)) as f64).then_some(())
         })
         .await;
         (server, [(held_a, a), (held_b, b)])
@@ -537,7 +550,10 @@ mod request_memory {
         // A third body does not fit: refused at once (request_memory_wait_ms = 0).
         let resp = server.post("/v1/topics/t/events").header("content-type", "application/x-ndjson").body(body("c"));
         let resp = resp.send().await.unwrap();
-        assert_eq!(resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned()), Some("1".into()));
+        let header =
+            |resp: &reqwest::Response, name: &str| resp.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(header(&resp, "retry-after"), Some("1".into()));
+        assert_eq!(header(&resp, "connection"), Some("close".into()), "answered before its body was read");
         let problem = assert_problem(resp, 503, "overloaded").await;
         assert_eq!(problem["setting"], "request_memory_bytes", "{problem}");
         assert_eq!(problem["limit"], 128 * 1024, "{problem}");
@@ -552,6 +568,7 @@ mod request_memory {
             .send()
             .await
             .unwrap();
+        assert_eq!(header(&resp, "connection"), None, "its body was read: the connection stays open");
         assert_problem(resp, 503, "overloaded").await;
         assert_eq!(server.end_offsets("t").await, vec![0], "refused requests wrote nothing");
         assert_eq!(server.metric("tidegate_request_memory_refused_total").await, Some(2.0));
@@ -573,6 +590,33 @@ mod request_memory {
             server.read_all("t", 0).await.iter().map(|r| r["value"]["tag"].as_str().unwrap().to_owned()).collect();
         assert_eq!(tags, ["a", "b", "d"].map(String::from).into(), "c was refused, the others are stored");
         assert_eq!(reserved(&server).await, 0.0, "every reservation was released");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn clients_that_announce_bodies_and_trickle_them_hold_only_what_they_sent() {
+        let server = server(0).await;
+        // Eight clients announce 60,000-byte bodies (four times the budget together),
+        // send ten bytes and stop: when a body's announced size was reserved up front,
+        // two of them took the whole budget and every other request got 503.
+        let mut trickling = Vec::new();
+        for _ in 0..8 {
+            trickling.push(send(started(&server, BODY).await, &body("slow")[..10]).await);
+        }
+        eventually("eight ten-byte pieces reserved", Duration::from_secs(10), || async {
+            (reserved(&server).await >= 8.0 * 1024.0).then_some(())
+        })
+        .await;
+        assert!(reserved(&server).await <= 8.0 * 1024.0, "one unit each, not their announced size");
+        let resp = server.post("/v1/topics/t/events").header("content-type", "application/x-ndjson").body(body("a"));
+        let resp = resp.send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+        assert_eq!(server.end_offsets("t").await, vec![body("a").iter().filter(|b| **b == b'\n').count() as u64]);
+        assert_eq!(server.metric("tidegate_request_memory_refused_total").await.unwrap_or(0.0), 0.0, "none refused");
+        drop(trickling);
+        eventually("the trickling bodies' reservations released", Duration::from_secs(10), || async {
+            (reserved(&server).await == 0.0).then_some(())
+        })
+        .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -602,7 +646,7 @@ mod request_memory {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_body_waits_unread_for_room_then_goes_in() {
+    async fn a_body_waits_for_room_then_goes_in() {
         let (server, [(held_a, a), (held_b, b)]) = two_held(30_000).await;
         let waiting = tokio::spawn({
             let request = server

@@ -207,21 +207,25 @@ mod tests {
 
     #[tokio::test]
     async fn decoding_grows_the_reservation_ahead_of_its_output_within_the_budget() {
-        use crate::request_memory::RequestMemory;
-        use axum::http::{HeaderMap, Method};
+        use crate::request_memory::{MemoryGrant, RequestMemory};
+        use axum::http::Method;
         let data = vec![b'7'; 1 << 20];
         let packed = gzip(&data);
-        let mut headers = HeaderMap::new();
-        headers.insert("content-length", packed.len().to_string().parse().unwrap());
+        // The reservation of the body as sent, as the connection loop makes it.
+        let received = |m: &RequestMemory| -> MemoryGrant {
+            let (grant, _) = m.meter(&Method::POST).unwrap();
+            grant.cover(packed.len()).unwrap();
+            grant
+        };
         // A budget of 256 KiB: decoding 1 MiB stops at the budget, 503 overloaded.
         let small = RequestMemory::new(256 << 10, 256 << 10, std::time::Duration::ZERO);
-        let grant = small.reserve(&Method::POST, &headers).await.unwrap().unwrap();
+        let grant = received(&small);
         let refused = decode_body(Some("gzip"), Bytes::from(packed.clone()), 2 << 20, Some(&grant));
         assert!(matches!(refused, Err(ApiError::Overloaded { .. })));
         assert!(small.reserved_bytes() <= small.budget_bytes());
         // With room, the same body decodes; what it holds covers the output's buffer.
         let roomy = RequestMemory::new(8 << 20, 2 << 20, std::time::Duration::ZERO);
-        let grant = roomy.reserve(&Method::POST, &headers).await.unwrap().unwrap();
+        let grant = received(&roomy);
         let decoded = decode_body(Some("gzip"), Bytes::from(packed.clone()), 2 << 20, Some(&grant)).unwrap();
         assert_eq!(&decoded[..], &data[..]);
         assert!(grant.bytes() >= (packed.len() + data.len()) as u64, "{} bytes held", grant.bytes());

@@ -41,11 +41,9 @@ impl<T: DeserializeOwned> FromRequest<SharedState> for AdminJson<T> {
             let detail = "send the body as Content-Type: application/json".to_string();
             return Err(ApiError::UnsupportedMediaType { detail }.into_response());
         }
-        let config = &state.config;
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            let max_body = usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX);
-            crate::error::body_rejection(&rejection, max_body, config.http_body_timeout_ms).into_response()
-        })?;
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|rejection| crate::error::body_rejection(&rejection, state).into_response())?;
         let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
         if first.is_some_and(|b| *b != b'{') {
             let problem = crate::error::Problem::new(

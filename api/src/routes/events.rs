@@ -167,7 +167,7 @@ pub async fn produce(
         caller.require(Action::Produce, &topic)?;
     }
     let max_body = state.config.max_body_bytes as usize;
-    let mut body = body.map_err(|r| crate::error::body_rejection(&r, max_body, state.config.http_body_timeout_ms))?;
+    let mut body = body.map_err(|r| crate::error::body_rejection(&r, &state))?;
     let format = body_format(single_header(&request_headers, header::CONTENT_TYPE)?)?;
     let mut encoding = single_header(&request_headers, header::CONTENT_ENCODING)?.map(str::to_owned);
     let idempotency_key = idempotency_key(&request_headers)?;

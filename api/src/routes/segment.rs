@@ -131,13 +131,7 @@ pub async fn segment_call(
         return Err(ApiError::NotFound { code: "not_found", detail: format!("no Segment call {name:?}") });
     };
     let config = &state.config;
-    let body = body.map_err(|r| {
-        as_segment_refusal(crate::error::body_rejection(
-            &r,
-            config.max_body_bytes as usize,
-            config.http_body_timeout_ms,
-        ))
-    })?;
+    let body = body.map_err(|r| as_segment_refusal(crate::error::body_rejection(&r, &state)))?;
     let encoding = crate::ingest::decode::single_header(&request_headers, header::CONTENT_ENCODING)
         .map_err(as_segment_refusal)?
         .map(str::to_owned);
