@@ -169,6 +169,11 @@ settings! {
     max_request_headers: u64 = 100;
     /// Longest a request body may go without a byte arriving (408 `request_timeout`).
     http_body_timeout_ms: u64 = 30_000;
+    /// Longest the server waits for one request body's bytes, all the gaps together
+    /// (408 `request_timeout`): a client that sends a large body and then trickles the
+    /// rest holds what it sent (in `request_memory_bytes`) for at most this long.
+    /// Time the server itself spends (waiting for memory, writing) does not count.
+    http_body_total_timeout_ms: u64 = 120_000;
     /// Most HTTP connections served at once (WebSocket and SSE subscriptions count until
     /// upgraded, then `max_subscriptions` bounds them); further clients wait to be
     /// accepted.
@@ -525,6 +530,7 @@ impl Config {
         for (name, value) in [
             ("http_header_timeout_ms", self.http_header_timeout_ms),
             ("http_body_timeout_ms", self.http_body_timeout_ms),
+            ("http_body_total_timeout_ms", self.http_body_total_timeout_ms),
             ("max_connections", self.max_connections),
             ("max_request_headers", self.max_request_headers),
             ("max_event_depth", self.max_event_depth),

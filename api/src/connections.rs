@@ -4,8 +4,9 @@
 //! Guarantees:
 //! - A client gets `http_header_timeout_ms` to send a request's head; after it the
 //!   connection is closed (a slow-header client cannot hold a connection open).
-//! - A request body that goes `http_body_timeout_ms` without a byte fails the request
-//!   with 408 `request_timeout` (see [`StallTimeout`]).
+//! - A request body that goes `http_body_timeout_ms` without a byte, or keeps the
+//!   server waiting for its bytes for `http_body_total_timeout_ms` in all, fails the
+//!   request with 408 `request_timeout` (see [`StallTimeout`]).
 //! - The body of a `POST`, `PUT` or `PATCH` is reserved in `request_memory_bytes` as it
 //!   arrives (see [`crate::request_memory::MeteredBody`]); the reservation is in the
 //!   request's extensions ([`crate::request_memory::MemoryGrant`]).
@@ -23,7 +24,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -45,6 +46,8 @@ pub struct ConnectionLimits {
     pub header_timeout: Duration,
     /// `http_body_timeout_ms`.
     pub body_timeout: Duration,
+    /// `http_body_total_timeout_ms`.
+    pub body_total_timeout: Duration,
     /// `max_connections`.
     pub max_connections: usize,
     /// `max_request_head_bytes` and `max_request_headers`.
@@ -86,7 +89,8 @@ pub async fn serve_connections(
         // The router, with the peer's address as axum's `ConnectInfo` and every request
         // body bounded by the body timeout between bytes and counted in the memory
         // budget as it arrives.
-        let (app, body_timeout, memory) = (app.clone(), limits.body_timeout, limits.memory.clone());
+        let (app, memory) = (app.clone(), limits.memory.clone());
+        let (timeout, total) = (limits.body_timeout, limits.body_total_timeout);
         let owed = HeadsOwed::default();
         let io = ProblemIo::new(io, owed.clone(), limits.head);
         let service = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
@@ -96,9 +100,7 @@ pub async fn serve_connections(
                 req.extensions_mut().insert(grant);
                 meter
             });
-            let req = req.map(|body| {
-                Body::new(MeteredBody::new(StallTimeout { body, timeout: body_timeout, sleep: None }, meter))
-            });
+            let req = req.map(|body| Body::new(MeteredBody::new(StallTimeout::new(body, timeout, total), meter)));
             app.clone().oneshot(req)
         });
         let service = hyper_util::service::TowerToHyperService::new(service);
@@ -126,22 +128,37 @@ pub async fn serve_connections(
     let _ = slots.acquire_many(all).await;
 }
 
-/// A request body that fails when no frame arrives for `timeout`. The timer is armed
-/// only while the body is waiting for the client: a body already read with its request
-/// head (nearly every small request) costs no timer at all.
+/// A request body that fails when no frame arrives for `timeout`, or when it has kept
+/// the server waiting for `total` in all (only the time spent waiting for the client
+/// counts). The timer is armed only while the body is waiting for the client: a body
+/// already read with its request head (nearly every small request) costs no timer at
+/// all.
 struct StallTimeout {
     body: Incoming,
     timeout: Duration,
-    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    total: Duration,
+    /// Time spent waiting for the client before the current wait.
+    waited: Duration,
+    /// The current wait: when it began, and the timer that ends it.
+    wait: Option<(Instant, Pin<Box<tokio::time::Sleep>>)>,
 }
 
-/// The error of a stalled body; its text is [`crate::error::BODY_TIMEOUT_TEXT`].
+impl StallTimeout {
+    fn new(body: Incoming, timeout: Duration, total: Duration) -> StallTimeout {
+        StallTimeout { body, timeout, total, waited: Duration::ZERO, wait: None }
+    }
+}
+
+/// The error of a stalled body; its text is [`crate::error::BODY_TIMEOUT_TEXT`], or
+/// [`crate::error::BODY_TOO_SLOW_TEXT`] when it took too long in all.
 #[derive(Debug)]
-struct BodyStalled;
+struct BodyStalled {
+    in_all: bool,
+}
 
 impl std::fmt::Display for BodyStalled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(crate::error::BODY_TIMEOUT_TEXT)
+        f.write_str(if self.in_all { crate::error::BODY_TOO_SLOW_TEXT } else { crate::error::BODY_TIMEOUT_TEXT })
     }
 }
 
@@ -158,14 +175,18 @@ impl hyper::body::Body for StallTimeout {
         let this = self.get_mut();
         match Pin::new(&mut this.body).poll_frame(cx) {
             Poll::Ready(frame) => {
-                this.sleep = None;
+                if let Some((began, _)) = this.wait.take() {
+                    this.waited += began.elapsed();
+                }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
-                let timeout = this.timeout;
-                let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                match sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyStalled)))),
+                let left = this.total.saturating_sub(this.waited);
+                let (_, timer) = this
+                    .wait
+                    .get_or_insert_with(|| (Instant::now(), Box::pin(tokio::time::sleep(this.timeout.min(left)))));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyStalled { in_all: left <= this.timeout })))),
                     Poll::Pending => Poll::Pending,
                 }
             }

@@ -95,6 +95,12 @@ pub enum ApiError {
     /// The request body stalled for `http_body_timeout_ms`.
     #[error("the request body stalled: no byte for {timeout_ms} ms (setting http_body_timeout_ms)")]
     RequestTimeout { timeout_ms: u64 },
+    /// The request body took longer than `http_body_total_timeout_ms` to arrive.
+    #[error(
+        "the request body took more than {limit_ms} ms to arrive (setting http_body_total_timeout_ms); send it \
+         faster or in smaller requests"
+    )]
+    BodyTooSlow { limit_ms: u64 },
     /// The server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
@@ -162,7 +168,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType { .. } => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             ApiError::NotFound { code, .. } => (StatusCode::NOT_FOUND, *code),
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
-            ApiError::RequestTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            ApiError::RequestTimeout { .. } | ApiError::BodyTooSlow { .. } => {
+                (StatusCode::REQUEST_TIMEOUT, "request_timeout")
+            }
             ApiError::TooManySubscriptions { .. } => (StatusCode::SERVICE_UNAVAILABLE, "too_many_subscriptions"),
             ApiError::Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             ApiError::IdempotencyKeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
@@ -311,6 +319,10 @@ impl IntoResponse for ApiError {
 /// (the error of the connection loop's body wrapper, as extractors report it).
 pub const BODY_TIMEOUT_TEXT: &str = "no byte of the request body arrived within http_body_timeout_ms";
 
+/// What a request body read fails with when its bytes take longer than
+/// `http_body_total_timeout_ms` to arrive (as [`BODY_TIMEOUT_TEXT`]).
+pub const BODY_TOO_SLOW_TEXT: &str = "the request body took longer than http_body_total_timeout_ms to arrive";
+
 /// What a request body read fails with when its bytes find no room in
 /// `request_memory_bytes` within `request_memory_wait_ms` (see
 /// [`crate::request_memory::MeteredBody`]).
@@ -318,7 +330,7 @@ pub const BODY_OVERLOADED_TEXT: &str =
     "the request body found no room in request_memory_bytes within request_memory_wait_ms";
 
 /// The problem for a request body that could not be read: over `max_body_bytes`
-/// (413), stalled (408), without room in `request_memory_bytes` (503 `overloaded`), or
+/// (413), stalled or too slow (408), without room in `request_memory_bytes` (503 `overloaded`), or
 /// broken off (400 `invalid_body`).
 pub fn body_rejection(
     rejection: &axum::extract::rejection::BytesRejection,
@@ -329,6 +341,8 @@ pub fn body_rejection(
         crate::ingest::decode::body_too_large(usize::try_from(state.config.max_body_bytes).unwrap_or(usize::MAX))
     } else if text.contains(BODY_TIMEOUT_TEXT) {
         ApiError::RequestTimeout { timeout_ms: state.config.http_body_timeout_ms }
+    } else if text.contains(BODY_TOO_SLOW_TEXT) {
+        ApiError::BodyTooSlow { limit_ms: state.config.http_body_total_timeout_ms }
     } else if text.contains(BODY_OVERLOADED_TEXT) {
         ApiError::Overloaded { budget: state.request_memory.budget_bytes() }
     } else {

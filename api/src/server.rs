@@ -117,6 +117,7 @@ pub async fn serve(
     let limits = crate::connections::ConnectionLimits {
         header_timeout: Duration::from_millis(state.config.http_header_timeout_ms),
         body_timeout: Duration::from_millis(state.config.http_body_timeout_ms),
+        body_total_timeout: Duration::from_millis(state.config.http_body_total_timeout_ms),
         max_connections: usize::try_from(state.config.max_connections).unwrap_or(usize::MAX),
         head: crate::head_problems::HeadLimits {
             max_head_bytes: usize::try_from(state.config.max_request_head_bytes).unwrap_or(usize::MAX),

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -678,7 +678,7 @@ async fn run_binary(args: &[&str], port: u16) -> Result<String, (Option<i32>, St
     let dir = tempfile::tempdir().unwrap();
     let mut child = spawn_serve(dir.path(), args, std::process::Stdio::piped);
     let api = Api::new(([127, 0, 0, 1], port).into());
-    let until = std::time::Instant::now() + STARTUP_DEADLINE;
+    let until = Instant::now() + STARTUP_DEADLINE;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             let out = child.wait_with_output().await.unwrap();
@@ -690,7 +690,7 @@ async fn run_binary(args: &[&str], port: u16) -> Result<String, (Option<i32>, St
             child.kill().await.unwrap();
             return Ok("ready".into());
         }
-        assert!(std::time::Instant::now() < until, "neither ready nor exited");
+        assert!(Instant::now() < until, "neither ready nor exited");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -855,6 +855,7 @@ async fn slow_clients_are_cut_off_and_connections_are_bounded() {
     let server = TestServer::start(|c| {
         c.http_header_timeout_ms = 300;
         c.http_body_timeout_ms = 300;
+        c.http_body_total_timeout_ms = 1_000;
     })
     .await;
     server.create_topic("t", 1).await;
@@ -876,6 +877,31 @@ async fn slow_clients_are_cut_off_and_connections_are_bounded() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("application/problem+json") && answer.contains("\"request_timeout\""), "{answer}");
     assert_eq!(server.end_offsets("t").await, vec![0], "a stalled request wrote nothing");
+
+    // A body that never stalls for 300 ms but trickles a byte every 100 ms: cut off once
+    // the server has waited 1 s for it in all.
+    let mut trickling = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    trickling
+        .write_all(b"POST /v1/topics/t/events HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n[")
+        .await
+        .unwrap();
+    let began = Instant::now();
+    let mut answer = String::new();
+    for _ in 0..50 {
+        if trickling.write_all(b" ").await.is_err() {
+            break;
+        }
+        let (got, closed) = read_until_closed(&mut trickling, Duration::from_millis(100)).await;
+        answer.push_str(&got);
+        if closed || !answer.is_empty() {
+            break;
+        }
+    }
+    let took = began.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("http_body_total_timeout_ms"), "{answer}");
+    assert!(took >= Duration::from_millis(1_000) && took < Duration::from_secs(4), "cut off after {took:?}");
+    assert_eq!(server.end_offsets("t").await, vec![0], "a trickling request wrote nothing");
 
     // At most max_connections are served: the next client waits until one closes.
     // (The test client's own pooled connection may hold a slot too.)

@@ -152,7 +152,12 @@ impl utoipa::Modify for DetailsDoc {
                         );
                     }
                     op.responses.responses.entry("408".into()).or_insert_with(|| {
-                        problem("The body did not arrive within `http_body_timeout_ms`").build().into()
+                        problem(
+                            "`request_timeout`: the body went `http_body_timeout_ms` without a byte, or took more \
+                             than `http_body_total_timeout_ms` to arrive; nothing was written",
+                        )
+                        .build()
+                        .into()
                     });
                     op.responses.responses.entry("503".into()).or_insert_with(|| {
                         problem(
