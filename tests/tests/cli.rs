@@ -266,6 +266,7 @@ async fn produce_names_refused_lines_with_the_servers_detail() {
     assert!(refused.stderr.contains("line 4: malformed JSON"), "the input line is named: {}", refused.stderr);
     assert!(refused.stderr.contains("lines 3-4 were not stored"), "{}", refused.stderr);
     assert!(refused.stdout.starts_with("produced 2 events"), "the lines before were stored: {}", refused.stdout);
+    assert!(refused.stderr.contains("lines from 5 on were not sent (to resume: tail -n +5)"), "{}", refused.stderr);
     let stored: Vec<Value> = server.read_all("p", 0).await.into_iter().map(|r| r["value"].clone()).collect();
     assert_eq!(stored, [json!({"a": 1}), json!({"a": 2})], "nothing after the refusal was sent");
 
@@ -273,6 +274,7 @@ async fn produce_names_refused_lines_with_the_servers_detail() {
     let s = as_json.json();
     assert_eq!(s["events"], 0);
     assert_eq!(s["refused_lines"], json!([1, 2, 3, 4, 5, 6]));
+    assert_eq!(s.get("unsent_from_line"), None, "every line was sent: {s}");
     assert_eq!(s["error"]["code"], "invalid_events");
     assert_eq!(s["error"]["errors"][0]["line"], 4);
     assert!(s["error"]["errors"][0]["detail"].as_str().unwrap().starts_with("malformed JSON"), "{s}");
@@ -293,6 +295,35 @@ async fn produce_names_refused_lines_with_the_servers_detail() {
     );
     tg(&server, &["produce", "p", "--file", "/nonexistent/events.ndjson"]).await.expect(2);
     tg(&server, &["produce"]).await.expect(2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_with_requests_in_flight_accounts_for_every_line_after_refusals() {
+    let server = TestServer::with_defaults().await;
+    server.create_topic("q", 1).await;
+    // 40 lines in requests of 2; lines 7 and 13 are malformed, so two requests of the
+    // first few in flight may be refused. However the requests interleave, every line
+    // is stored, refused or unsent: exactly one of them.
+    let input: String = (1..=40)
+        .map(|n| if n == 7 || n == 13 { "{\"n\":\n".to_string() } else { format!("{{\"n\":{n}}}\n") })
+        .collect();
+    let out = tg_in(&server, &["produce", "q", "--batch", "2", "--in-flight", "4", "--json"], input.as_bytes())
+        .await
+        .expect(1);
+    let s = out.json();
+    let refused: BTreeSet<u64> = s["refused_lines"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    assert!(refused.contains(&7) && refused.contains(&8), "the first malformed line's request: {s}");
+    let unsent_from = s["unsent_from_line"].as_u64().expect("lines were left unsent");
+    let stored: BTreeSet<u64> =
+        server.read_all("q", 0).await.iter().map(|r| r["value"]["n"].as_u64().unwrap()).collect();
+    assert_eq!(s["events"], stored.len() as u64, "{s}");
+    for line in 1..=40u64 {
+        let places = [stored.contains(&line), refused.contains(&line), line >= unsent_from];
+        assert_eq!(places.iter().filter(|p| **p).count(), 1, "line {line}: stored/refused/unsent {places:?}; {s}");
+    }
+    let text = tg_in(&server, &["produce", "q", "--batch", "2", "--in-flight", "4"], input.as_bytes()).await.expect(1);
+    assert!(text.stderr.contains("lines 7-8 were not stored"), "{}", text.stderr);
+    assert!(text.stderr.contains("were not sent (to resume: tail -n +"), "{}", text.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

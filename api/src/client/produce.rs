@@ -267,11 +267,20 @@ struct Summary {
     /// Set when the run stopped early: the refusal (its problem document) or the failure.
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<Value>,
-    /// Input lines that were not stored because their request was refused.
+    /// Input lines that were not stored because their request was refused (every
+    /// refused request's, in input order).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     refused_lines: Vec<u64>,
+    /// When the run stopped early with input left: the first input line that was not
+    /// sent. It and every line after it were not stored (`tail -n +N` resumes there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unsent_from_line: Option<u64>,
     interrupted: bool,
 }
+
+/// How long a run that stopped early waits to learn whether input was left unsent (a
+/// reader still waiting for its input after this means there is more to come).
+const UNSENT_PROBE: Duration = Duration::from_millis(200);
 
 /// Longest wait between resends of a refused batch, whatever `Retry-After` says.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(60);
@@ -362,6 +371,8 @@ pub async fn run(args: ProduceArgs) -> Result<Exit, ClientError> {
     let mut refusals: Vec<Refusal> = Vec::new();
     let mut local: Option<ClientError> = None;
     let mut tasks = JoinSet::new();
+    // The line after the last one posted (batches are posted in input order).
+    let mut next_unsent = 1u64;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
@@ -380,6 +391,7 @@ pub async fn run(args: ProduceArgs) -> Result<Exit, ClientError> {
             item = rx.recv(), if tasks.len() < in_flight => match item {
                 None => break,
                 Some(Ok(batch)) => {
+                    next_unsent = batch.lines.last().map_or(next_unsent, |last| last + 1);
                     tasks.spawn(post(gw.clone(), args.topic.clone(), args.partition, args.retries, batch));
                 }
                 Some(Err(e)) => {
@@ -387,6 +399,19 @@ pub async fn run(args: ProduceArgs) -> Result<Exit, ClientError> {
                     break;
                 }
             },
+        }
+    }
+    // Stopped early: was input left unsent? A batch read but not posted, a line the
+    // reader refused, or input still coming says so; the reader ending says not.
+    let stopped_early = !refusals.is_empty() || local.is_some() || summary.interrupted;
+    if stopped_early {
+        let input_left = local.is_some()
+            || match tokio::time::timeout(UNSENT_PROBE, rx.recv()).await {
+                Ok(Some(_)) | Err(_) => true,
+                Ok(None) => false,
+            };
+        if input_left {
+            summary.unsent_from_line = Some(next_unsent);
         }
     }
     stop.store(true, Ordering::Relaxed);
@@ -403,15 +428,15 @@ pub async fn run(args: ProduceArgs) -> Result<Exit, ClientError> {
     summary.rate = summary.events as f64 / summary.seconds.max(1e-9);
 
     refusals.sort_by_key(|r| r.lines.first().copied().unwrap_or(0));
-    let failure = refusals.into_iter().next();
-    if let Some(r) = &failure {
-        summary.refused_lines = r.lines.clone();
-    }
+    summary.refused_lines = refusals.iter().flat_map(|r| r.lines.iter().copied()).collect();
+    let mut refusals = refusals.into_iter();
+    let failure = refusals.next();
+    let others: Vec<Refusal> = refusals.collect();
     let error = failure.map(|r| (r.error, r.lines)).or_else(|| local.map(|e| (e, Vec::new())));
     if let Some((e, lines)) = &error {
         summary.error = Some(with_lines(e.to_json(), lines));
     }
-    print_summary(&args, &summary, error.as_ref());
+    print_summary(&args, &summary, error.as_ref(), &others);
     Ok(match error {
         Some((e, _)) => e.exit(),
         None if summary.interrupted => Exit::Interrupted,
@@ -455,7 +480,7 @@ fn with_lines(mut problem: Value, lines: &[u64]) -> Value {
     problem
 }
 
-fn print_summary(args: &ProduceArgs, summary: &Summary, error: Option<&(ClientError, Vec<u64>)>) {
+fn print_summary(args: &ProduceArgs, summary: &Summary, error: Option<&(ClientError, Vec<u64>)>, others: &[Refusal]) {
     if args.conn.json {
         super::output::print_json(summary);
         if let Some((e, _)) = error {
@@ -477,6 +502,14 @@ fn print_summary(args: &ProduceArgs, summary: &Summary, error: Option<&(ClientEr
         if let (Some(first), Some(last)) = (lines.first(), lines.last()) {
             eprintln!("lines {first}-{last} were not stored (one request: all of its events or none)");
         }
+        for other in others {
+            if let (Some(first), Some(last)) = (other.lines.first(), other.lines.last()) {
+                eprintln!("lines {first}-{last} were not stored either: {}", other.error);
+            }
+        }
+    }
+    if let Some(line) = summary.unsent_from_line {
+        eprintln!("lines from {line} on were not sent (to resume: tail -n +{line})");
     }
     if summary.interrupted {
         eprintln!("interrupted");
