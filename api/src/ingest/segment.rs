@@ -17,6 +17,7 @@ use std::borrow::Cow;
 
 use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use super::privacy::ClientIpMode;
 use super::rawjson::{RawObject, as_str, quote, scalar_text};
@@ -359,13 +360,24 @@ struct BatchBody<'a> {
     batch: Option<Shallow<'a>>,
 }
 
+impl BatchBody<'_> {
+    /// Whether `batch` is absent, not an array, or an array of objects only (every item
+    /// a possible event: the common case, parsed in one pass).
+    fn all_objects(&self) -> bool {
+        match &self.batch {
+            Some(Shallow::Array(items)) => items.iter().all(|i| matches!(i, Shallow::Object(_))),
+            _ => true,
+        }
+    }
+}
+
 /// A JSON value parsed only as deep as a batch needs: an object's members (values kept
 /// raw), an array's elements, or anything else.
 enum Shallow<'a> {
     Object(RawObject<'a>),
     Array(Vec<Shallow<'a>>),
-    /// A string, number, boolean or null, as JSON text (numbers as serde_json writes
-    /// them: `1.50` becomes `1.5`).
+    /// A string, number, boolean or null, as JSON text (as sent when a batch has such
+    /// items: see [`raw_batch`]).
     Scalar(String),
 }
 
@@ -452,6 +464,54 @@ impl<'de> Deserialize<'de> for BatchBody<'de> {
     }
 }
 
+/// [`BatchBody`] with `batch` kept as raw text: the slow path for a batch whose items
+/// are not all objects (see [`raw_batch`]).
+struct RawBatchBody<'a> {
+    top: RawObject<'a>,
+    batch: Option<&'a RawValue>,
+}
+
+impl<'de> Deserialize<'de> for RawBatchBody<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawBatchBody<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                let (top, batch) = RawObject::from_map_taking(map, Some("batch"))?;
+                Ok(RawBatchBody { top, batch })
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// A value as [`Shallow`] parses it, except that scalars keep their exact text.
+fn shallow_from_raw(raw: &RawValue) -> Result<Shallow<'_>, serde_json::Error> {
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'{') => RawObject::parse(text).map(Shallow::Object),
+        Some(b'[') => serde_json::from_str::<Vec<&RawValue>>(text)?
+            .into_iter()
+            .map(shallow_from_raw)
+            .collect::<Result<Vec<_>, _>>()
+            .map(Shallow::Array),
+        _ => Ok(Shallow::Scalar(text.to_string())),
+    }
+}
+
+/// A batch body parsed with its items kept as written: for a batch with an item that is
+/// not an object (an invalid item, stored as it was sent), where the one-pass parse
+/// would refuse a number beyond a float's range (`1e400`: the whole batch, valid
+/// events too) or turn an integer past 64 bits into a float.
+fn raw_batch(text: &str) -> Result<(RawObject<'_>, Option<Shallow<'_>>), serde_json::Error> {
+    let body: RawBatchBody<'_> = serde_json::from_str(text)?;
+    let batch = body.batch.map(shallow_from_raw).transpose()?;
+    Ok((body.top, batch))
+}
+
 /// Parses and normalises the body of a call. Every failure is a 400: Segment's
 /// trackers retry other statuses. Events are edited as raw JSON (see
 /// [`super::rawjson`]): only their top-level members are parsed.
@@ -483,9 +543,16 @@ pub fn normalize(
         // One pass over the whole body: the batch items' members are collected as the
         // top object is parsed.
         Call::Batch => match serde_json::from_str::<BatchBody<'_>>(text) {
-            Ok(body) => (body.top, body.batch),
+            Ok(body) if body.all_objects() => (body.top, body.batch),
             Err(e) if e.is_data() => return Err(not_object()),
-            Err(e) => return Err(malformed(format!("malformed JSON: {e}"))),
+            // Items that are not objects, or a number the one-pass parse refused (it
+            // can only be in such an item: members are kept raw): parsed again, keeping
+            // them as written.
+            first => match (raw_batch(text), first) {
+                (Ok(parsed), _) => parsed,
+                (Err(_), Err(e)) => return Err(malformed(format!("malformed JSON: {e}"))),
+                (Err(e), Ok(_)) => return Err(malformed(format!("malformed JSON: {e}"))),
+            },
         },
     };
     let mut write_key = top.remove("writeKey").and_then(|k| as_str(&k).map(Cow::into_owned)).filter(|k| !k.is_empty());
@@ -632,9 +699,16 @@ mod tests {
         let r = normalize(Call::Batch, body.as_bytes(), RECEIVED, LIMITS).unwrap();
         let kept: Vec<&str> = r.invalid.iter().map(|i| std::str::from_utf8(&i.value).unwrap()).collect();
         let expected =
-            [r#""page \"x\"""#, "1.5", "-7", "18446744073709551615", "true", "null", "[]", r#"[1,{"a":"b"}]"#];
+            [r#""page \"x\"""#, "1.50", "-7", "18446744073709551615", "true", "null", "[]", r#"[1,{"a":"b"}]"#];
         assert_eq!(kept, expected);
         assert!(r.invalid.iter().all(|i| i.json && i.detail.contains("must be a JSON object")));
+        // Numbers serde_json would refuse (the whole batch with them) or round.
+        let body =
+            r#"{"batch": [{"type": "track", "event": "e", "userId": "u"}, 1e400, 123456789012345678901234567890]}"#;
+        let r = normalize(Call::Batch, body.as_bytes(), RECEIVED, LIMITS).unwrap();
+        assert_eq!(r.events.len(), 1, "the event is kept");
+        let kept: Vec<&str> = r.invalid.iter().map(|i| std::str::from_utf8(&i.value).unwrap()).collect();
+        assert_eq!(kept, ["1e400", "123456789012345678901234567890"]);
     }
 
     #[test]
