@@ -127,8 +127,8 @@ fn gzip(bytes: &[u8]) -> Option<Vec<u8>> {
     z.finish().ok()
 }
 
-/// Whether `If-None-Match` lists `etag` (or is `*`).
-fn etag_matches(request: &HeaderMap, etag: &HeaderValue) -> bool {
+/// Whether `If-None-Match` lists `etag`, weak (`W/`) or not, or is `*`.
+pub(crate) fn etag_matches(request: &HeaderMap, etag: &HeaderValue) -> bool {
     let Some(etag) = etag.to_str().ok() else { return false };
     request
         .get_all(header::IF_NONE_MATCH)

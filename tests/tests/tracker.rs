@@ -318,6 +318,7 @@ async fn a_batch_sets_its_invalid_events_aside_and_stores_the_rest() {
         assert_eq!(answer["invalid_topic"], "segment.invalid");
         let invalid = answer["invalid"].as_array().unwrap();
         assert_eq!(invalid.iter().map(|e| e["index"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+        assert_eq!(answer["invalid_count"], 5);
         assert_eq!(invalid[3]["path"], "", "the schema failure names its path: {answer}");
     }
     // The good events once each (the second post is deduplicated by messageId).
@@ -349,6 +350,13 @@ async fn a_batch_sets_its_invalid_events_aside_and_stores_the_rest() {
     let topics = dropping.get_json("/v1/topics").await;
     let names: Vec<&str> = topics["topics"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
     assert!(!names.contains(&"segment.invalid"), "{names:?}");
+    // The answer lists the first 100 and counts them all: dropped ones too.
+    let mut items: Vec<Value> =
+        (0..150).map(|i| json!({"type": "track", "messageId": format!("no-user-{i}")})).collect();
+    items.push(json!({"type": "track", "userId": "u", "event": "E"}));
+    let resp = dropping.post("/v1/batch").json(&json!({"batch": items})).send().await.unwrap();
+    let answer: Value = resp.json().await.unwrap();
+    assert_eq!((answer["invalid"].as_array().map(Vec::len), answer["invalid_count"].as_u64()), (Some(100), Some(150)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -895,6 +903,12 @@ async fn tracker_js_is_served_as_cacheable_javascript() {
     }
     let resp = server.get("/tracker.js").header("if-none-match", &etag).send().await.unwrap();
     assert_eq!(resp.status(), 304);
+    // Weak comparison: a compressing proxy hands the browser the ETag marked weak.
+    let weak = format!("\"other\", W/{etag}");
+    let resp = server.get("/tracker.js").header("if-none-match", &weak).send().await.unwrap();
+    assert_eq!(resp.status(), 304);
+    let resp = server.get("/tracker.js").header("if-none-match", "W/\"other\"").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
     // A Basic header with a write key and the body form both work for the Segment API.
     let key = base64::engine::general_purpose::STANDARD.encode("wk:");
     let resp = server

@@ -259,6 +259,10 @@ impl<'a> BatchTop<'a> {
     }
 }
 
+/// 0000-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z: the times RFC 3339 can write.
+const MIN_RFC3339_MS: i64 = -62_167_219_200_000;
+const MAX_RFC3339_MS: i64 = 253_402_300_799_999;
+
 /// Checks and completes one event; `Err` is the reason it is malformed (`item` then
 /// holds the event as far as it was completed).
 fn normalize_event<'a>(
@@ -311,6 +315,11 @@ fn normalize_event<'a>(
     apply_context_ip(item, options.context_ip);
     let message_id = match id_text(item.get("messageId")) {
         Some(id) => id,
+        // A value that is no id (not a string or a number): replacing it would lose
+        // what the client meant to deduplicate on.
+        None if item.get("messageId").is_some_and(|v| v != "null" && v != "\"\"") => {
+            return Err("messageId must be a string or a number".into());
+        }
         None => {
             let id = match options.message_id_seed {
                 Some(seed) => format!("idem-{}-{index}", uuid::Uuid::from_bytes(seed).simple()),
@@ -324,11 +333,14 @@ fn normalize_event<'a>(
     let sent = item.get_str("sentAt").and_then(|t| parse_rfc3339_ms(&t));
     match (original, sent) {
         (Some(original), Some(sent)) => {
-            if let Some(ts) = item.remove("timestamp") {
-                item.set("originalTimestamp", ts);
-            }
             let corrected = received_ms.saturating_sub(sent.saturating_sub(original));
-            item.set("timestamp", Cow::Owned(quote(&format_rfc3339_ms(corrected))));
+            // A correction past the years RFC 3339 can write (absurd client clocks)
+            // leaves the timestamp as sent.
+            let in_range = (MIN_RFC3339_MS..=MAX_RFC3339_MS).contains(&corrected);
+            if in_range && let Some(ts) = item.remove("timestamp") {
+                item.set("originalTimestamp", ts);
+                item.set("timestamp", Cow::Owned(quote(&format_rfc3339_ms(corrected))));
+            }
         }
         // Missing or null (some libraries send `"timestamp": null`): the receive time.
         _ if item.get("timestamp").is_none_or(|t| t == "null") => {
@@ -747,6 +759,35 @@ mod tests {
         assert_eq!(v["originalTimestamp"], "2012-12-02T00:30:25.000Z");
         assert_eq!(v["timestamp"], "2012-12-02T00:30:15.000Z");
         assert_eq!((r.events[0].1.key.as_str(), r.events[0].1.message_id.as_str()), ("a1", "m-1"));
+        // A correction past what RFC 3339 can write leaves the timestamp as sent.
+        for (ts, sent) in
+            [("0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z"), ("9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z")]
+        {
+            let body = json!({"anonymousId": "a1", "timestamp": ts, "sentAt": sent});
+            let r = normalize(Call::Single("page"), body.to_string().as_bytes(), RECEIVED, LIMITS).unwrap();
+            let v = stored(&r.events[0].1);
+            assert_eq!((v["timestamp"].as_str(), v.get("originalTimestamp")), (Some(ts), None), "{v}");
+        }
+    }
+
+    #[test]
+    fn a_message_id_that_is_no_id_is_refused_not_replaced() {
+        for id in ["true", "{\"a\":1}", "[1]"] {
+            let body = format!(r#"{{"anonymousId": "a1", "messageId": {id}}}"#);
+            let refused = normalize(Call::Single("page"), body.as_bytes(), RECEIVED, LIMITS).unwrap_err();
+            assert!(refused.to_string().contains("1 invalid event"), "{id}: {refused}");
+            let batch = format!(r#"{{"batch": [{{"type": "page", "anonymousId": "a1", "messageId": {id}}}]}}"#);
+            let r = normalize(Call::Batch, batch.as_bytes(), RECEIVED, LIMITS).unwrap();
+            assert!(r.events.is_empty(), "{id}");
+            assert!(r.invalid[0].detail.contains("messageId must be a string or a number"), "{id}");
+        }
+        // Missing, null, empty: the gateway makes one; a number is an id.
+        for id in ["null", "\"\"", "42"] {
+            let body = format!(r#"{{"anonymousId": "a1", "messageId": {id}}}"#);
+            let r = normalize(Call::Single("page"), body.as_bytes(), RECEIVED, LIMITS).unwrap();
+            let made = r.events[0].1.message_id.as_str();
+            assert!(if id == "42" { made == "42" } else { made.starts_with("tidegate-") }, "{id}: {made}");
+        }
     }
 
     #[test]

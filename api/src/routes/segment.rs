@@ -63,11 +63,15 @@ pub const CALL_PATHS: [&str; 14] = [
 pub struct SegmentAccepted {
     /// Always `true`.
     pub success: bool,
-    /// The events of a batch that could not be accepted (by index; at most 100 listed):
-    /// written to `invalid_topic` instead, or dropped when `segment_invalid_topic` is
-    /// empty. The batch's other events are stored.
+    /// The events of a batch that could not be accepted (by index; the first 100 are
+    /// listed, `invalid_count` counts them all): written to `invalid_topic` instead, or
+    /// dropped when `segment_invalid_topic` is empty. The batch's other events are
+    /// stored.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub invalid: Option<Vec<crate::error::EventError>>,
+    /// How many events of the batch could not be accepted (listed in `invalid` or not).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub invalid_count: Option<u64>,
     /// The topic that received them (`segment_invalid_topic`).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub invalid_topic: Option<String>,
@@ -113,6 +117,7 @@ pub(crate) fn as_segment_refusal(e: ApiError) -> ApiError {
         (status = 200, description = "Stored durably", body = SegmentAccepted),
         (status = 400, description = "Malformed: not JSON, no userId/anonymousId, a track without event, unknown type, over a size limit, an unknown or repeated Content-Encoding, a malformed `Idempotency-Key` (`invalid_idempotency_key`)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such call", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`partition_limit`: creating a topic the events map to would pass `max_partitions`; nothing was written", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "Storage failure; nothing was acknowledged", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Shutting down (`shutting_down`), or `overloaded`: request bodies in flight fill `request_memory_bytes`; nothing was written (retry after `Retry-After`)", body = Problem, content_type = "application/problem+json"),
         (status = 507, description = "`insufficient_storage`: free disk space is below `min_free_disk_bytes`; nothing was written (retry later)", body = Problem, content_type = "application/problem+json"),
@@ -263,7 +268,13 @@ pub async fn segment_call(
         metrics::counter!("tidegate_segment_invalid_events_total").increment(aside.items.len() as u64);
     }
     let invalid = aside.errors();
-    Ok(Json(SegmentAccepted { success: true, invalid: (!invalid.is_empty()).then_some(invalid), invalid_topic }))
+    let count = (!invalid.is_empty()).then_some(aside.items.len() as u64);
+    Ok(Json(SegmentAccepted {
+        success: true,
+        invalid: (!invalid.is_empty()).then_some(invalid),
+        invalid_count: count,
+        invalid_topic,
+    }))
 }
 
 /// The events of a batch set aside (see [`InvalidItem`]): written to

@@ -28,11 +28,8 @@ static ETAG: LazyLock<String> = LazyLock::new(|| {
 pub async fn tracker_js(request: HeaderMap) -> Response {
     let etag = HeaderValue::from_str(&ETAG).expect("the ETag is ASCII");
     let cache = HeaderValue::from_static("public, max-age=3600");
-    let matches = request
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == ETAG.as_str() || t.trim() == "*"));
-    if matches {
+    // Weak comparison (RFC 9110, 13.1.2): a proxy that compresses marks the ETag weak.
+    if crate::web::etag_matches(&request, &etag) {
         return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag), (header::CACHE_CONTROL, cache)]).into_response();
     }
     let content_type = HeaderValue::from_static("application/javascript; charset=utf-8");
