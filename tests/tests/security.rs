@@ -333,6 +333,9 @@ async fn permissions_are_checked_per_topic_and_action() {
     let reset = json!({"topic": "orders", "to": "earliest", "force": true});
     let resp = web_reader.post("/v1/groups/billing/reset").json(&reset).send().await.unwrap();
     assert_problem(resp, 404, "group_not_found").await;
+    // The same answer for a group that does not exist: a reset cannot probe names.
+    let resp = web_reader.post("/v1/groups/no-such-group/reset").json(&reset).send().await.unwrap();
+    assert_problem(resp, 404, "group_not_found").await;
     // Nor can it add a topic it may read to the group (which would lock the group's
     // own members out: they may not consume that topic).
     let hijack = json!({"topic": "web.clicks", "to": "earliest", "force": true});
@@ -365,6 +368,18 @@ async fn permissions_are_checked_per_topic_and_action() {
     assert!(metrics.contains("tidegate_auth_refused_total{reason=\"unauthorized\"}"), "{metrics}");
     let refused = tidegate_tests::has_request_series(&metrics, "/v1/topics", "GET", 401);
     assert!(refused, "the 401s above are counted:\n{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_metrics_serves_metrics_to_anyone_and_nothing_else() {
+    let server = secured(|c| c.public_metrics = true).await;
+    let resp = server.get("/metrics").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.text().await.unwrap().contains("tidegate_request_memory_limit_bytes"));
+    assert_problem(server.get("/v1/topics").send().await.unwrap(), 401, "unauthorized").await;
+    assert_problem(server.get("/v1/status").send().await.unwrap(), 401, "unauthorized").await;
+    let closed = secured(|_| {}).await;
+    assert_problem(closed.get("/metrics").send().await.unwrap(), 401, "unauthorized").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -98,6 +98,9 @@ fn load_spec(index: usize, spec: &JwtKeySpec) -> Result<VerifyKey, String> {
             }
             _ => return Err(key_error(index, "public keys need exactly one of public_key_pem, public_key_file")),
         };
+        if let Some(reason) = unusable_public_pem(spec.alg, &pem) {
+            return Err(key_error(index, reason));
+        }
         let parsed = match spec.alg {
             JwtAlgorithm::RS256 | JwtAlgorithm::RS384 | JwtAlgorithm::RS512 | JwtAlgorithm::PS256 => {
                 DecodingKey::from_rsa_pem(&pem)
@@ -108,6 +111,32 @@ fn load_spec(index: usize, spec: &JwtKeySpec) -> Result<VerifyKey, String> {
         parsed.map_err(|e| key_error(index, format!("not a {:?} public key in PEM: {e}", spec.alg)))?
     };
     Ok(VerifyKey { alg, kid: spec.kid.clone(), key })
+}
+
+/// Why a PEM given as `alg`'s public key could never verify a token: a private key
+/// (whose public half the settings should name), or an EC key on another curve than
+/// the algorithm's. jsonwebtoken takes both without complaint, and every token would
+/// then be refused with a bare "invalid signature".
+fn unusable_public_pem(alg: JwtAlgorithm, pem: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(pem);
+    if text.contains("PRIVATE KEY-----") {
+        return Some("this is a private key: give the public key (openssl pkey -pubout)".into());
+    }
+    // The curve's object identifier (DER) in the key: P-256 1.2.840.10045.3.1.7,
+    // P-384 1.3.132.0.34.
+    const P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    const P384: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+    let wanted = match alg {
+        JwtAlgorithm::ES256 => P256,
+        JwtAlgorithm::ES384 => P384,
+        _ => return None,
+    };
+    use base64::Engine;
+    let body: String = text.lines().filter(|l| !l.starts_with("-----")).map(str::trim).collect();
+    let der = base64::engine::general_purpose::STANDARD.decode(body).ok()?;
+    let has = |oid: &[u8]| der.windows(oid.len()).any(|w| w == oid);
+    let other = if wanted == P256 { P384 } else { P256 };
+    (has(other) && !has(wanted)).then(|| format!("the key's curve is not the one {alg:?} uses"))
 }
 
 /// Keys of a JWKS document. Keys the gateway cannot use are skipped with a warning.
@@ -127,6 +156,10 @@ fn parse_jwks(path: &Path, text: &[u8]) -> Result<Vec<VerifyKey>, String> {
             },
         };
         let kid = jwk.common.key_id.clone();
+        if let Some(reason) = alg.and_then(|alg| unusable_jwk(jwk, alg)) {
+            tracing::warn!(path = %path.display(), kid = ?kid, reason, "JWKS key skipped");
+            continue;
+        }
         match (alg, DecodingKey::from_jwk(jwk)) {
             (Some(alg), Ok(key)) => keys.push(VerifyKey { alg, kid, key }),
             (_, Err(e)) => tracing::warn!(path = %path.display(), kid = ?kid, error = %e, "JWKS key skipped"),
@@ -136,6 +169,43 @@ fn parse_jwks(path: &Path, text: &[u8]) -> Result<Vec<VerifyKey>, String> {
         }
     }
     Ok(keys)
+}
+
+/// Why a JWKS key may not verify `alg` signatures: one meant for encryption, one of
+/// another family than its algorithm (an RSA key labelled HS256 would be used as an
+/// HMAC secret, its public bytes as the secret), or an HMAC secret under 32 bytes
+/// (`jwt_keys` refuses those too: an empty one lets anyone sign tokens).
+fn unusable_jwk(jwk: &jsonwebtoken::jwk::Jwk, alg: Algorithm) -> Option<&'static str> {
+    use jsonwebtoken::jwk::PublicKeyUse;
+    if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+        return Some("the key is for encryption (\"use\": \"enc\")");
+    }
+    let fits = match (&jwk.algorithm, alg) {
+        (AlgorithmParameters::OctetKey(_), Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) => true,
+        (
+            AlgorithmParameters::RSA(_),
+            Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::PS256
+            | Algorithm::PS384
+            | Algorithm::PS512,
+        ) => true,
+        (AlgorithmParameters::EllipticCurve(p), Algorithm::ES256) => p.curve == EllipticCurve::P256,
+        (AlgorithmParameters::EllipticCurve(p), Algorithm::ES384) => p.curve == EllipticCurve::P384,
+        (AlgorithmParameters::OctetKeyPair(_), Algorithm::EdDSA) => true,
+        _ => false,
+    };
+    if !fits {
+        return Some("the key's type does not fit its algorithm");
+    }
+    if let AlgorithmParameters::OctetKey(_) = &jwk.algorithm {
+        let long_enough = DecodingKey::from_jwk(jwk).ok().and_then(|k| Some(k.try_get_as_bytes().ok()?.len() >= 32));
+        if long_enough != Some(true) {
+            return Some("an HMAC secret needs at least 32 bytes");
+        }
+    }
+    None
 }
 
 fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
@@ -389,6 +459,46 @@ mod tests {
         let uncached = verifier(0);
         uncached.verify_cached(&t).unwrap();
         assert!(uncached.cache.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn jwks_keys_that_would_let_anyone_sign_are_skipped() {
+        use base64::Engine;
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let good = b64(SECRET.as_bytes());
+        let keys = |jwks: serde_json::Value| parse_jwks(Path::new("jwks.json"), jwks.to_string().as_bytes()).unwrap();
+        let rsa = serde_json::json!({"kty": "RSA", "n": b64(&[0xc3; 256]), "e": "AQAB"});
+        for (what, key) in [
+            ("an empty secret", serde_json::json!({"kty": "oct", "k": ""})),
+            ("a 1-byte secret", serde_json::json!({"kty": "oct", "k": "eA", "alg": "HS256"})),
+            (
+                "an RSA key labelled HS256",
+                serde_json::json!({"alg": "HS256", "kty": "RSA", "n": rsa["n"], "e": "AQAB"}),
+            ),
+            ("an encryption key", serde_json::json!({"kty": "oct", "k": good, "use": "enc"})),
+            (
+                "a P-256 key labelled ES384",
+                serde_json::json!({"kty": "EC", "crv": "P-256", "alg": "ES384",
+                "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}),
+            ),
+        ] {
+            assert!(keys(serde_json::json!({"keys": [key]})).is_empty(), "{what} was loaded");
+        }
+        let loaded = keys(serde_json::json!({"keys": [{"kty": "oct", "k": good, "use": "sig"}, rsa]}));
+        assert_eq!(loaded.iter().map(|k| k.alg).collect::<Vec<_>>(), [Algorithm::HS256, Algorithm::RS256]);
+    }
+
+    #[test]
+    fn public_keys_that_could_never_verify_are_refused_at_startup() {
+        let keys = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/keys");
+        let spec = |alg: &str, file: &str| -> JwtKeySpec {
+            serde_json::from_value(serde_json::json!({"alg": alg, "public_key_file": keys.join(file)})).unwrap()
+        };
+        let refused = |alg, file| load_spec(0, &spec(alg, file)).err().unwrap_or_default();
+        assert!(refused("RS256", "rsa_private.pem").contains("private key"), "{}", refused("RS256", "rsa_private.pem"));
+        assert!(refused("ES384", "ec_public.pem").contains("curve"), "{}", refused("ES384", "ec_public.pem"));
+        assert!(load_spec(0, &spec("ES256", "ec_public.pem")).is_ok());
+        assert!(load_spec(0, &spec("RS256", "rsa_public.pem")).is_ok());
     }
 
     #[test]

@@ -546,6 +546,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 /// Paths never rate-limited (load-balancer probes).
 const PROBES: [&str; 2] = ["/healthz", "/readyz"];
 
+/// The Prometheus route: public too when `public_metrics` is set.
+pub const METRICS_ROUTE: &str = "/metrics";
+
 /// Route templates anyone may call, credentials or not.
 pub const PUBLIC_ROUTES: &[&str] =
     &["/healthz", "/readyz", "/openapi.json", "/tracker.js", "/v1/projects/{write_key}/settings"];
@@ -584,7 +587,7 @@ pub fn refusal(req: &Request) -> Option<Response> {
         );
         return Some(caller.refuse(e).into_response());
     }
-    if PUBLIC_ROUTES.contains(&route) {
+    if PUBLIC_ROUTES.contains(&route) || (route == METRICS_ROUTE && caller.security.public_metrics()) {
         return None;
     }
     let produce = PRODUCE_ROUTES.contains(&route) || crate::routes::segment::CALL_PATHS.contains(&route);

@@ -361,7 +361,15 @@ pub async fn reset_group(
 ) -> Result<Json<ResetResult>, ApiError> {
     tidegate_storage::validate_group_name(&group)?;
     require_group_access(&state, &caller, &group).await?;
-    caller.require(Action::Consume, &body.topic)?;
+    if let Err(e) = caller.require(Action::Consume, &body.topic) {
+        // A group the caller may not see answers as missing whether it exists or not
+        // (an existing one already did, above), so a reset cannot probe group names.
+        let forbidden = matches!(e, ApiError::Auth(crate::auth::AuthError::Forbidden(_)));
+        if forbidden && matches!(describe(&state, &group).await, Err(ApiError::NotFound { .. })) {
+            return Err(group_not_found(&group));
+        }
+        return Err(e);
+    }
     if !body.force {
         state.coordinator.ensure_empty(&group)?;
     }
