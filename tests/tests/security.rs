@@ -304,6 +304,11 @@ async fn permissions_are_checked_per_topic_and_action() {
     let resp = server.get(&format!("/v1/topics?access_token={}", admin_token())).send().await.unwrap();
     let p = assert_problem(resp, 401, "invalid_token").await;
     assert!(p["detail"].as_str().unwrap().contains("Authorization: Bearer"), "{p}");
+    for page in ["/", "/docs/", "/docs/websocket"] {
+        let resp = server.get(&format!("{page}?access_token={}", admin_token())).send().await.unwrap();
+        assert_problem(resp, 401, "invalid_token").await;
+        assert_eq!(server.get(page).send().await.unwrap().status(), 200, "{page} is public");
+    }
     let resp = server.get(&format!("/v1/topics/orders/stream?access_token={}", admin_token())).send().await.unwrap();
     assert_eq!(resp.status(), 200, "SSE takes the query token");
     drop(resp);

@@ -580,12 +580,7 @@ pub fn refusal(req: &Request) -> Option<Response> {
     };
     // Public routes included: a token in a URL ends up in logs and Referer headers.
     if caller.token_in_query && !QUERY_TOKEN_ROUTES.contains(&route) {
-        // Refused rather than ignored, so the caller learns to send the header.
-        let e = AuthError::InvalidToken(
-            "access_token in the URL is taken only on /subscribe and /stream; send Authorization: Bearer <token>"
-                .into(),
-        );
-        return Some(caller.refuse(e).into_response());
+        return Some(query_token_refusal(caller));
     }
     if PUBLIC_ROUTES.contains(&route) || (route == METRICS_ROUTE && caller.security.public_metrics()) {
         return None;
@@ -601,6 +596,24 @@ pub fn refusal(req: &Request) -> Option<Response> {
         Credential::WriteKey(_) => Some(AuthError::Forbidden("a write key may only produce events".into())),
     };
     refusal.map(|e| caller.refuse(e).into_response())
+}
+
+/// The 401 for a token in the URL of a route that does not take one: refused rather
+/// than ignored, so the caller learns to send the header.
+fn query_token_refusal(caller: &Caller) -> Response {
+    let e = AuthError::InvalidToken(
+        "access_token in the URL is taken only on /subscribe and /stream; send Authorization: Bearer <token>".into(),
+    );
+    caller.refuse(e).into_response()
+}
+
+/// Middleware of the public pages (dashboard, API docs): they take no credentials, and
+/// a token in their URL is refused as everywhere else (see [`refusal`]).
+pub async fn no_query_token(req: Request, next: axum::middleware::Next) -> Response {
+    match req.extensions().get::<Caller>() {
+        Some(caller) if caller.token_in_query => query_token_refusal(caller),
+        _ => next.run(req).await,
+    }
 }
 
 /// Middleware: resolves the [`Caller`] and applies the per-IP rate limit; turns the

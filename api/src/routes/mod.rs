@@ -313,7 +313,10 @@ pub fn router(state: SharedState, cors: Option<tower_http::cors::CorsLayer>) -> 
     let doc_json = openapi_json();
     // The gate covers the API routes (and /openapi.json, listed public); the documents,
     // Swagger UI and the dashboard's files are merged after it and stay public.
-    let public = crate::docs::router().merge(crate::web::router()).route_layer(from_fn(crate::metrics::track));
+    let public = crate::docs::router()
+        .merge(crate::web::router())
+        .route_layer(from_fn(crate::auth::no_query_token))
+        .route_layer(from_fn(crate::metrics::track));
     let app = api
         .route("/openapi.json", get(move || async move { ([("content-type", "application/json")], doc_json) }))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::metrics::track_gated))
