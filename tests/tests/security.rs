@@ -867,6 +867,12 @@ async fn tokens_signed_by_the_cli_are_accepted() {
     assert_problem(resp, 403, "forbidden").await;
     let out = std::process::Command::new(ProcessServer::binary()).args(["token", "-p", "admin"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "an HMAC token without a secret is refused");
+    let out = std::process::Command::new(ProcessServer::binary())
+        .args(["token", "-p", "admin", "--secret", "short"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a secret the gateway would refuse is refused here too");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 32"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -54,6 +54,10 @@ pub fn mint(args: &TokenArgs) -> Result<String, String> {
     let alg = args.alg;
     let key = if alg.is_hmac() {
         let secret = args.secret.as_deref().ok_or("HMAC tokens need --secret (or TIDEGATE_TOKEN_SECRET)")?;
+        if secret.len() < 32 {
+            // The gateway refuses such secrets: a token signed with one would never verify.
+            return Err(format!("the secret has {} bytes; HMAC secrets need at least 32", secret.len()));
+        }
         EncodingKey::from_secret(secret.as_bytes())
     } else {
         let path = args.private_key_file.as_ref().ok_or("this algorithm needs --private-key-file")?;
@@ -63,7 +67,14 @@ pub fn mint(args: &TokenArgs) -> Result<String, String> {
             JwtAlgorithm::EdDSA => EncodingKey::from_ed_pem(&pem),
             _ => EncodingKey::from_rsa_pem(&pem),
         };
-        parsed.map_err(|e| format!("{} is not a {alg:?} private key: {e}", path.display()))?
+        parsed.map_err(|e| {
+            let hint = if String::from_utf8_lossy(&pem).contains("BEGIN EC PRIVATE KEY") {
+                " (an SEC1 key, as `openssl ecparam -genkey` writes; convert it with `openssl pkcs8 -topk8 -nocrypt`)"
+            } else {
+                ""
+            };
+            format!("{} is not a {alg:?} private key: {e}{hint}", path.display())
+        })?
     };
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let mut claims = json!({"iat": now, "exp": now + args.ttl_s});
