@@ -92,6 +92,17 @@ async fn segment_doc_payloads_land_in_their_topics_with_their_keys() {
     let short_batch = json!({"batch": [{"type": "page", "anonymousId": "anon-b", "messageId": "ajs-next-3"}],
         "sentAt": "2024-01-01T00:00:00.000Z"});
     accepted(post_segment(&server, "/v1/b", "text/plain", &short_batch).await).await;
+    // Segment's mobile libraries (analytics-android, analytics-ios) post their batches
+    // to /v1/import.
+    // An alias without previousId is set aside like any invalid batch item.
+    let mobile_batch = json!({"batch": [{"type": "screen", "anonymousId": "mobile-1", "name": "Home",
+        "messageId": "android-1"}, {"type": "alias", "userId": "u", "previousId": {"id": 1}}],
+        "writeKey": "YOUR_WRITE_KEY"});
+    let resp = post_segment(&server, "/v1/import", "application/json", &mobile_batch).await;
+    assert_eq!(resp.status(), 200);
+    let answer: Value = resp.json().await.unwrap();
+    assert_eq!((answer["invalid_count"].as_u64(), answer["invalid"][0]["index"].as_u64()), (Some(1), Some(1)));
+    assert!(answer["invalid"][0]["detail"].as_str().unwrap().contains("previousId"), "{answer}");
 
     let tracks = all_records(&server, "segment.track").await;
     assert_eq!(tracks.len(), 4, "{tracks:?}");
@@ -114,7 +125,11 @@ async fn segment_doc_payloads_land_in_their_topics_with_their_keys() {
     assert_eq!(pages.len(), 2);
     assert!(pages.iter().any(|r| r["key"] == "anon-b" && r["value"]["sentAt"] == "2024-01-01T00:00:00.000Z"));
     let screens = all_records(&server, "segment.screen").await;
-    assert_eq!(screens[0]["value"]["originalTimestamp"], "2012-12-02T00:31:29.738Z", "clock skew corrected");
+    assert_eq!(screens.len(), 2);
+    let skewed = screens.iter().find(|r| r["value"]["messageId"] == "ajs-next-1").unwrap();
+    assert_eq!(skewed["value"]["originalTimestamp"], "2012-12-02T00:31:29.738Z", "clock skew corrected");
+    let mobile = screens.iter().find(|r| r["value"]["messageId"] == "android-1").unwrap();
+    assert_eq!((&mobile["key"], &mobile["value"]["type"]), (&json!("mobile-1"), &json!("screen")));
     assert_eq!(all_records(&server, "segment.group").await[0]["value"]["groupId"], "8e9df332ac");
     assert_eq!(all_records(&server, "segment.alias").await[0]["value"]["previousId"], "39239-239239-239239-23923");
     // Records carry the gateway's headers like any ingested event.
@@ -221,6 +236,9 @@ async fn malformed_segment_calls_are_400_and_nothing_is_stored() {
         ("/v1/track", "{\"userId\":", "invalid_events"),
         ("/v1/track", r#"{"userId":"u"}"#, "invalid_events"), // no event name
         ("/v1/page", r#"{"name":"Home"}"#, "invalid_events"), // no userId or anonymousId
+        ("/v1/group", r#"{"userId":"u","traits":{"name":"Initech"}}"#, "invalid_events"), // no groupId
+        ("/v1/g", r#"{"userId":"u","groupId":""}"#, "invalid_events"),
+        ("/v1/alias", r#"{"userId":"u"}"#, "invalid_events"), // no previousId
         ("/v1/batch", "{\"batch\":[", "invalid_events"),
         ("/v1/batch", r#"{"events":[]}"#, "invalid_segment_payload"),
         ("/v1/b", "[1,2]", "invalid_segment_payload"),

@@ -2,8 +2,8 @@
 //! its servers add, and which topic each event goes to.
 //!
 //! Per event: `type` is the call's (single calls) or must be one of Segment's six
-//! (batch items); it needs a `userId` or an `anonymousId`, and a `track` needs an
-//! `event` name. The gateway adds what Segment's servers add: a `messageId` when the
+//! (batch items); it needs a `userId` or an `anonymousId`, a `track` needs an
+//! `event` name, a `group` a `groupId` and an `alias` a `previousId`. The gateway adds what Segment's servers add: a `messageId` when the
 //! client sent none, `receivedAt`, and — when the client sent both `timestamp` and
 //! `sentAt` — the clock-skew correction `timestamp = receivedAt - (sentAt -
 //! originalTimestamp)`, keeping the client's value as `originalTimestamp`; without a
@@ -47,7 +47,9 @@ impl Call {
             "identify" | "i" => Call::Single("identify"),
             "group" | "g" => Call::Single("group"),
             "alias" | "a" => Call::Single("alias"),
-            "batch" | "b" => Call::Batch,
+            // `/v1/import`: the batch call under the name Segment's mobile libraries
+            // (analytics-android, analytics-ios) post their queued batches to.
+            "batch" | "b" | "import" => Call::Batch,
             _ => return None,
         })
     }
@@ -303,6 +305,16 @@ fn normalize_event<'a>(
         _ if kind == "track" => return Err("a track event needs an \"event\" name".into()),
         _ => None,
     };
+    let required = match kind {
+        "group" => Some(("a group", "groupId")),
+        "alias" => Some(("an alias", "previousId")),
+        _ => None,
+    };
+    if let Some((call, field)) = required
+        && id_text(item.get(field)).is_none()
+    {
+        return Err(format!("{call} event needs a \"{field}\" (a non-empty string or number)"));
+    }
     if let Some(top) = batch {
         merge_object(item, "context", top.context.as_ref());
         merge_object(item, "integrations", top.integrations.as_ref());
@@ -902,6 +914,7 @@ mod tests {
         assert_eq!(SegmentTopics::default().topic_for("identify", None), "segment.identify");
         assert!(r#"{"view":"x"}"#.parse::<SegmentTopics>().unwrap().validate().is_err());
         assert_eq!(Call::from_path("b"), Some(Call::Batch));
+        assert_eq!(Call::from_path("import"), Some(Call::Batch));
         assert_eq!(Call::from_path("t"), Some(Call::Single("track")));
         assert_eq!(Call::from_path("projects"), None);
     }

@@ -41,7 +41,7 @@ use crate::routes::events::now_ms;
 use crate::state::SharedState;
 
 /// The paths of the Segment calls (each routed to [`segment_call`]).
-pub const CALL_PATHS: [&str; 14] = [
+pub const CALL_PATHS: [&str; 15] = [
     "/v1/track",
     "/v1/page",
     "/v1/screen",
@@ -49,6 +49,7 @@ pub const CALL_PATHS: [&str; 14] = [
     "/v1/group",
     "/v1/alias",
     "/v1/batch",
+    "/v1/import",
     "/v1/t",
     "/v1/p",
     "/v1/s",
@@ -106,7 +107,7 @@ pub(crate) fn as_segment_refusal(e: ApiError) -> ApiError {
 
 #[utoipa::path(post, path = "/v1/{call}", tag = "segment",
     params(
-        ("call" = String, Path, description = "track, page, screen, identify, group, alias, batch, or t, p, s, i, g, a, b"),
+        ("call" = String, Path, description = "track, page, screen, identify, group, alias, batch (also `import`, where Segment's mobile libraries post batches), or t, p, s, i, g, a, b"),
         ("Idempotency-Key" = Option<String>, Header, description = "Names the request: events without a `messageId` get `idem-<hash of key and body>-<index>`, so a retry with the same body is not written again"),
     ),
     request_body(description = "A Segment call: one event, or `{\"batch\": [...], \"context\"?, \"integrations\"?, \"sentAt\"?, \"writeKey\"?}`", content(
@@ -115,7 +116,7 @@ pub(crate) fn as_segment_refusal(e: ApiError) -> ApiError {
     )),
     responses(
         (status = 200, description = "Stored durably", body = SegmentAccepted),
-        (status = 400, description = "Malformed: not JSON, no userId/anonymousId, a track without event, unknown type, over a size limit, an unknown or repeated Content-Encoding, a malformed `Idempotency-Key` (`invalid_idempotency_key`)", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed: not JSON, no userId/anonymousId, a track without event, a group without groupId, an alias without previousId, unknown type, over a size limit, an unknown or repeated Content-Encoding, a malformed `Idempotency-Key` (`invalid_idempotency_key`)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such call", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`partition_limit`: creating a topic the events map to would pass `max_partitions`; nothing was written", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "Storage failure; nothing was acknowledged", body = Problem, content_type = "application/problem+json"),
