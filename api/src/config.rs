@@ -276,7 +276,7 @@ settings! {
     jwks_reload_interval_ms: u64 = 5_000;
     /// Accepted token audiences; when set, `aud` is required and must be one of them.
     jwt_audience: StringList = StringList::default();
-    /// Accepted token issuers; when set, `iss` is required and must be one of them.
+    /// Accepted token issuers; when set, `iss` is required and must be one of them (a single string).
     jwt_issuer: StringList = StringList::default();
     /// Clock skew tolerated when checking `exp` and `nbf`, in seconds.
     jwt_leeway_s: u64 = 30;

@@ -873,6 +873,16 @@ async fn tokens_signed_by_the_cli_are_accepted() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "a secret the gateway would refuse is refused here too");
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least 32"), "{}", String::from_utf8_lossy(&out.stderr));
+    // A permission the gateway would read as granting nothing is a mistake, not a token.
+    for (permission, says) in [("produc:cli.*", "unknown action"), ("produce:", "pattern is empty")] {
+        let out = std::process::Command::new(ProcessServer::binary())
+            .args(["token", "-p", permission, "--secret", SECRET])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!((out.status.code(), stderr.contains(says)), (Some(2), true), "{permission}: {stderr}");
+        assert!(out.stdout.is_empty(), "no token is printed");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,7 +31,8 @@ impl Action {
         }
     }
 
-    fn parse(text: &str) -> Option<Action> {
+    /// The action named `text` (`produce`, `consume`, `admin`), as the claim spells it.
+    pub(crate) fn parse(text: &str) -> Option<Action> {
         match text {
             "produce" => Some(Action::Produce),
             "consume" => Some(Action::Consume),

@@ -370,6 +370,11 @@ impl Verifier {
             match jsonwebtoken::decode::<Value>(token, &key.key, &validation) {
                 Ok(data) => {
                     let claims = data.claims;
+                    // RFC 7519 makes `iss` one string; jsonwebtoken also takes an array
+                    // with one listed issuer in it, which would let a token name several.
+                    if !self.issuer.is_empty() && !claims.get("iss").is_some_and(Value::is_string) {
+                        return Err(AuthError::InvalidIssuer);
+                    }
                     // `exp` is a NumericDate: a fraction of a second is allowed (and ignored).
                     let expires_at = claims
                         .get("exp")
@@ -499,6 +504,21 @@ mod tests {
         assert!(refused("ES384", "ec_public.pem").contains("curve"), "{}", refused("ES384", "ec_public.pem"));
         assert!(load_spec(0, &spec("ES256", "ec_public.pem")).is_ok());
         assert!(load_spec(0, &spec("RS256", "rsa_public.pem")).is_ok());
+    }
+
+    #[test]
+    fn the_issuer_must_be_one_listed_string() {
+        let v = Verifier { issuer: vec!["https://idp.example".into()], ..verifier(0) };
+        let signed = |iss: serde_json::Value| {
+            let exp = jsonwebtoken::get_current_timestamp() + 600;
+            let claims = serde_json::json!({"exp": exp, "iss": iss, "permissions": ["admin"]});
+            let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+            jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+        };
+        assert!(v.verify(&signed(serde_json::json!("https://idp.example"))).is_ok());
+        for iss in [serde_json::json!(["https://idp.example"]), serde_json::json!("https://other.example")] {
+            assert!(matches!(v.verify(&signed(iss.clone())), Err(AuthError::InvalidIssuer)), "{iss}");
+        }
     }
 
     #[test]

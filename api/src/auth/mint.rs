@@ -49,8 +49,27 @@ fn parse_alg(s: &str) -> Result<JwtAlgorithm, String> {
     serde_json::from_value(Value::String(s.to_string())).map_err(|_| format!("unknown algorithm {s:?}"))
 }
 
+/// Refuses a permission the gateway would read as granting nothing (it skips unknown
+/// actions, and an empty pattern matches no topic), so a typo is not a silent 403 later.
+fn check_permission(permission: &str) -> Result<(), String> {
+    let (action, pattern) = permission.split_once(':').unwrap_or((permission, "*"));
+    if super::grants::Action::parse(action.trim()).is_none() {
+        return Err(format!(
+            "permission {permission:?}: unknown action {:?} (produce, consume or admin, then :<topic pattern>)",
+            action.trim()
+        ));
+    }
+    if pattern.trim().is_empty() {
+        return Err(format!("permission {permission:?}: the topic pattern is empty (use * for every topic)"));
+    }
+    Ok(())
+}
+
 /// Signs the token described by `args`.
 pub fn mint(args: &TokenArgs) -> Result<String, String> {
+    for permission in &args.permissions {
+        check_permission(permission)?;
+    }
     let alg = args.alg;
     let key = if alg.is_hmac() {
         let secret = args.secret.as_deref().ok_or("HMAC tokens need --secret (or TIDEGATE_TOKEN_SECRET)")?;
