@@ -74,8 +74,44 @@ pub fn parse() -> Cli {
             }
         })
     });
-    let matches = command.get_matches();
+    let matches = command.clone().try_get_matches().unwrap_or_else(|e| {
+        // clap names a bad value by its flag even when it came from the environment.
+        if let Some(var) = from_environment(&command, &e, std::env::args_os().skip(1)) {
+            let _ = e.print();
+            eprintln!("note: that value comes from the environment variable {var}");
+            std::process::exit(e.exit_code());
+        }
+        e.exit()
+    });
     Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// The environment variable that supplied the value `error` refuses, when the flag it
+/// names was not on the command line `args` (so the value can only have come from there).
+fn from_environment(
+    command: &clap::Command,
+    error: &clap::Error,
+    args: impl Iterator<Item = std::ffi::OsString>,
+) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(error.kind(), ErrorKind::ValueValidation | ErrorKind::InvalidValue) {
+        return None;
+    }
+    let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else { return None };
+    let long = arg.split([' ', '=']).next()?.strip_prefix("--")?;
+    let flag = format!("--{long}");
+    let given = args.map(|a| a.to_string_lossy().into_owned()).any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+    if given {
+        return None;
+    }
+    let var = command
+        .get_subcommands()
+        .flat_map(clap::Command::get_arguments)
+        .find(|a| a.get_long() == Some(long))?
+        .get_env()?
+        .to_string_lossy()
+        .into_owned();
+    std::env::var_os(&var).is_some().then_some(var)
 }
 
 /// The configuration reference as a Markdown table.

@@ -275,8 +275,10 @@ settings! {
     /// How often the JWKS file is checked for changes.
     jwks_reload_interval_ms: u64 = 5_000;
     /// Accepted token audiences; when set, `aud` is required and must be one of them.
+    /// Needs a JWT key (`jwt_keys` or `jwks_file`).
     jwt_audience: StringList = StringList::default();
     /// Accepted token issuers; when set, `iss` is required and must be one of them (a single string).
+    /// Needs a JWT key (`jwt_keys` or `jwks_file`).
     jwt_issuer: StringList = StringList::default();
     /// Clock skew tolerated when checking `exp` and `nbf`, in seconds.
     jwt_leeway_s: u64 = 30;
@@ -289,6 +291,8 @@ settings! {
     /// Browser write keys: a TOML array of tables (a JSON array as flag or variable)
     /// `{key, topics, origins?, rate_limit_per_s?, rate_limit_burst?}`. A write key may
     /// only produce, to topics matching `topics` (`*` wildcards), from `origins` (empty: any).
+    /// A pattern no topic name can match (a space, `/`) refuses the start; an error names
+    /// the entry by number (`entry 2 of the write keys`).
     write_keys: WriteKeys = WriteKeys::default();
     /// Requests per second per client IP (an IPv6 client per /64), on every route but
     /// `/healthz` and `/readyz` (429 with `Retry-After` above it); 0: unlimited.
@@ -506,6 +510,9 @@ impl Config {
             if let Err(e) = crate::auth::origins::parse_all(&k.origins) {
                 return invalid("write_keys", e);
             }
+            if let Some(why) = k.topics.iter().find_map(|t| crate::auth::grants::unmatchable(t)) {
+                return invalid("write_keys", format!("key {:?}…: {why}", &k.key[..k.key.len().min(4)]));
+            }
         }
         // CORS allows `cors_origins` and every write key's origins: "*" among them would
         // answer every site with credentials allowed.
@@ -550,6 +557,17 @@ impl Config {
         }
         if self.jwt_permissions_claim.is_empty() {
             return invalid("jwt_permissions_claim", "must not be empty".into());
+        }
+        // Without a JWT key no token is checked at all: an audience or issuer set there
+        // would look like protection while nothing is enforced.
+        let jwt_keys = !self.jwt_keys.0.is_empty() || !self.jwks_file.as_os_str().is_empty();
+        for (name, list) in [("jwt_audience", &self.jwt_audience), ("jwt_issuer", &self.jwt_issuer)] {
+            if !list.0.is_empty() && !jwt_keys {
+                return invalid(
+                    name,
+                    "is set but no JWT key is (jwt_keys or jwks_file): no token would be checked".into(),
+                );
+            }
         }
         Ok(())
     }
@@ -608,6 +626,19 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_key_table_is_named_by_its_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        let text = "[[write_keys]]\nkey = \"pk_one\"\ntopics = [\"web.*\"]\n\n\
+                    [[write_keys]]\nkey = \"pk_two_secret\"\ntopics = \"web.*\"\n";
+        std::fs::write(&path, text).unwrap();
+        let err = Config::load(Some(&path), ConfigLayer::default()).unwrap_err().to_string();
+        // TOML gives the span of the whole array of tables: the entry is named by number.
+        assert!(err.contains("entry 2 of the write keys"), "{err}");
+        assert!(!err.contains("pk_two_secret"), "the key is not echoed: {err}");
+    }
+
+    #[test]
     fn out_of_range_settings_are_refused() {
         let c = Config { max_event_bytes: 10 * MIB, max_body_bytes: MIB, ..Config::default() };
         assert!(matches!(c.validate(), Err(ConfigError::Invalid { name: "max_event_bytes", .. })));
@@ -628,6 +659,19 @@ mod tests {
         Config { max_request_head_bytes: 256 * KIB, ..Config::default() }.validate().unwrap();
         let c = Config { max_request_headers: 0, ..Config::default() };
         assert!(matches!(c.validate(), Err(ConfigError::Invalid { name: "max_request_headers", .. })));
+        for topics in [r#"["web events"]"#, r#"["web.*","a/b"]"#] {
+            let keys: WriteKeys = format!(r#"[{{"key":"pk_k","topics":{topics}}}]"#).parse().unwrap();
+            let err = Config { write_keys: keys, ..Config::default() }.validate().unwrap_err();
+            assert!(err.to_string().contains("matches no topic"), "{err}");
+        }
+        let c = Config { jwt_audience: "tidegate".parse().unwrap(), ..Config::default() };
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { name: "jwt_audience", .. })));
+        let c = Config { jwt_issuer: "https://idp.example".parse().unwrap(), ..Config::default() };
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { name: "jwt_issuer", .. })));
+        let hs256 = r#"[{"alg":"HS256","secret":"unit-test-secret-that-is-long-enough-32"}]"#;
+        Config { jwt_keys: hs256.parse().unwrap(), jwt_audience: "tidegate".parse().unwrap(), ..Config::default() }
+            .validate()
+            .unwrap();
         let keys = |origins: &str| -> WriteKeys {
             format!(r#"[{{"key":"pk_k","topics":["web.*"],"origins":{origins}}}]"#).parse().unwrap()
         };

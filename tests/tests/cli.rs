@@ -749,6 +749,17 @@ async fn commands_against_a_node_with_authentication() {
     assert_eq!(numbers(&group.lines()), (0..50).collect::<Vec<u64>>());
     let described = tg(&server, &["groups", "describe", "readers", "--json", "--token", &reader]).await.expect(0);
     assert_eq!(described.json()["lag"], 0, "{}", described.stdout);
+
+    // status: the node's totals for an admin; for a limited token only what it may
+    // see, and it says so.
+    tg(&server, &["topics", "create", "other.events", "--token", &admin]).await.expect(0);
+    let all = tg(&server, &["status", "--json", "--token", &admin]).await.expect(0).json();
+    assert_eq!((all["topics"].as_u64(), all["filtered"].as_bool()), (Some(2), Some(false)), "{all}");
+    let some = tg(&server, &["status", "--json", "--token", &reader]).await.expect(0).json();
+    assert_eq!((some["topics"].as_u64(), some["records"].as_u64()), (Some(1), Some(50)), "{some}");
+    assert_eq!(some["filtered"].as_bool(), Some(true), "{some}");
+    let human = tg(&server, &["status", "--token", &reader]).await.expect(0);
+    assert!(human.stdout.contains("only what this token may see"), "{}", human.stdout);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -886,6 +897,18 @@ async fn serve_layers_file_environment_and_flags_and_refuses_bad_settings_with_e
         let run = finish(spawn(&args, &[]), &args).await.expect(2);
         assert!(run.stderr.contains(named), "{extra:?}: stderr does not name {named:?}:\n{}", run.stderr);
     }
+
+    // A bad value from the environment is named by its variable, not only by the flag.
+    let args = ["serve", "--addr", "127.0.0.1:0", "--data-dir", data_arg];
+    let run = finish(spawn(&args, &[("TIDEGATE_MAX_EVENT_BYTES", "lots")]), &args).await.expect(2);
+    assert!(run.stderr.contains("TIDEGATE_MAX_EVENT_BYTES"), "the variable is not named:\n{}", run.stderr);
+    let args = ["serve", "--addr", "127.0.0.1:0", "--data-dir", data_arg, "--max-event-bytes", "many"];
+    let run = finish(spawn(&args, &[("TIDEGATE_MAX_EVENT_BYTES", "4096")]), &args).await.expect(2);
+    assert!(
+        !run.stderr.contains("TIDEGATE_MAX_EVENT_BYTES"),
+        "the flag's value is not the variable's:\n{}",
+        run.stderr
+    );
 
     let help = finish(spawn(&["serve", "--help"], &[]), &["serve", "--help"]).await.expect(0);
     for flag in ["--config", "--fsync", "--max-event-bytes", "--write-keys"] {

@@ -874,7 +874,11 @@ async fn tokens_signed_by_the_cli_are_accepted() {
     assert_eq!(out.status.code(), Some(2), "a secret the gateway would refuse is refused here too");
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least 32"), "{}", String::from_utf8_lossy(&out.stderr));
     // A permission the gateway would read as granting nothing is a mistake, not a token.
-    for (permission, says) in [("produc:cli.*", "unknown action"), ("produce:", "pattern is empty")] {
+    for (permission, says) in [
+        ("produc:cli.*", "unknown action"),
+        ("produce:", "pattern is empty"),
+        ("produce:cli events", "matches no topic"),
+    ] {
         let out = std::process::Command::new(ProcessServer::binary())
             .args(["token", "-p", permission, "--secret", SECRET])
             .output()

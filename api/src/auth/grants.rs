@@ -113,10 +113,40 @@ pub fn pattern_matches(pattern: &str, name: &str) -> bool {
     rest.len() >= last.len() && rest.ends_with(last)
 }
 
+/// Why no topic name can ever match `pattern`, if that is so: a character that topic
+/// names may not hold, more fixed characters than a name may have, or (without `*`) a
+/// name that is not valid. Settings and `tidegate token` refuse such patterns, which
+/// would otherwise grant nothing without a word.
+pub fn unmatchable(pattern: &str) -> Option<String> {
+    let fixed: String = pattern.chars().filter(|&c| c != '*').collect();
+    if let Some(c) = fixed.chars().find(|&c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        return Some(format!(
+            "topic pattern {pattern:?} matches no topic: {c:?} cannot appear in a topic name \
+             (ASCII letters, digits, '.', '_' and '-'; '*' matches any run of them)"
+        ));
+    }
+    if (!pattern.contains('*') || fixed.len() > tidegate_storage::MAX_TOPIC_NAME)
+        && let Err(e) = tidegate_storage::validate_topic_name(&fixed)
+    {
+        return Some(format!("topic pattern {pattern:?} matches no topic: {e}"));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn patterns_no_topic_can_match_are_named() {
+        for ok in ["*", "web.*", "*.clicks", "a*b", "orders", "..*", "*..", &"x".repeat(249)] {
+            assert_eq!(unmatchable(ok), None, "{ok:?}");
+        }
+        for bad in ["web events", "web/*", "ö*", "", ".", "..", &"x".repeat(250), &format!("{}*", "x".repeat(250))] {
+            assert!(unmatchable(bad).is_some(), "{bad:?} was taken as matchable");
+        }
+    }
 
     #[test]
     fn patterns_match_whole_names() {

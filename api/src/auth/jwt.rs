@@ -21,6 +21,36 @@ use super::grants::Grants;
 use super::settings::{JwtAlgorithm, JwtKeySpec};
 use crate::config::Config;
 
+/// A token's claims set. A claim name given twice is refused: RFC 7519 §4 lets a
+/// parser refuse such a token or keep the last copy, and keeping the last would let
+/// one token carry two `permissions` claims that different readers see differently
+/// (jsonwebtoken already refuses a repeated `exp`, `nbf`, `aud` or `iss`).
+struct ClaimSet(serde_json::Map<String, Value>);
+
+impl<'de> serde::Deserialize<'de> for ClaimSet {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ClaimSet;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object of claims")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ClaimSet, A::Error> {
+                let mut claims = serde_json::Map::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    let value = map.next_value::<Value>()?;
+                    if claims.contains_key(&name) {
+                        return Err(serde::de::Error::custom(format_args!("the claim {name:?} is given twice")));
+                    }
+                    claims.insert(name, value);
+                }
+                Ok(ClaimSet(claims))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
+}
+
 /// A verification key.
 #[derive(Clone)]
 struct VerifyKey {
@@ -367,9 +397,9 @@ impl Verifier {
         let validation = self.validation(header.alg);
         let mut last = AuthError::InvalidToken("signature does not verify".into());
         for key in &candidates {
-            match jsonwebtoken::decode::<Value>(token, &key.key, &validation) {
+            match jsonwebtoken::decode::<ClaimSet>(token, &key.key, &validation) {
                 Ok(data) => {
-                    let claims = data.claims;
+                    let claims = data.claims.0;
                     // RFC 7519 makes `iss` one string; jsonwebtoken also takes an array
                     // with one listed issuer in it, which would let a token name several.
                     if !self.issuer.is_empty() && !claims.get("iss").is_some_and(Value::is_string) {
@@ -400,6 +430,8 @@ impl Verifier {
                     ErrorKind::MissingRequiredClaim(c) => {
                         return Err(AuthError::InvalidToken(format!("the {c} claim is required")));
                     }
+                    // The signature held (jsonwebtoken checks it before the claims).
+                    ErrorKind::Json(e) => return Err(AuthError::InvalidToken(format!("claims set: {e}"))),
                     other => last = AuthError::InvalidToken(format!("{other:?}")),
                 },
             }
@@ -518,6 +550,29 @@ mod tests {
         assert!(v.verify(&signed(serde_json::json!("https://idp.example"))).is_ok());
         for iss in [serde_json::json!(["https://idp.example"]), serde_json::json!("https://other.example")] {
             assert!(matches!(v.verify(&signed(iss.clone())), Err(AuthError::InvalidIssuer)), "{iss}");
+        }
+    }
+
+    #[test]
+    fn a_claim_given_twice_is_refused() {
+        use base64::Engine as _;
+        let v = verifier(0);
+        let exp = jsonwebtoken::get_current_timestamp() + 600;
+        // serde_json cannot build an object with a repeated name: sign the text directly.
+        let signed = |payload: &str| {
+            let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            let head = b64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+            let message = format!("{head}.{}", b64.encode(payload));
+            let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+            let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::HS256).unwrap();
+            format!("{message}.{signature}")
+        };
+        let once = format!(r#"{{"exp":{exp},"permissions":["consume:t"]}}"#);
+        assert!(v.verify(&signed(&once)).is_ok());
+        let twice = format!(r#"{{"exp":{exp},"permissions":["consume:t"],"permissions":["admin"]}}"#);
+        match v.verify(&signed(&twice)) {
+            Err(AuthError::InvalidToken(why)) => assert!(why.contains("\"permissions\" is given twice"), "{why}"),
+            other => panic!("a repeated permissions claim was not refused: {other:?}"),
         }
     }
 

@@ -62,7 +62,10 @@ fn check_permission(permission: &str) -> Result<(), String> {
     if pattern.trim().is_empty() {
         return Err(format!("permission {permission:?}: the topic pattern is empty (use * for every topic)"));
     }
-    Ok(())
+    match super::grants::unmatchable(pattern.trim()) {
+        Some(why) => Err(format!("permission {permission:?}: {why}")),
+        None => Ok(()),
+    }
 }
 
 /// Signs the token described by `args`.

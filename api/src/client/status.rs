@@ -22,6 +22,9 @@ struct Status {
     records: Option<u64>,
     bytes: Option<u64>,
     groups: Option<u64>,
+    /// The counts cover only the topics and groups the token may see: it lacks `admin`
+    /// on every topic, which `/v1/status` (the node's own totals) needs.
+    filtered: bool,
 }
 
 /// Runs `status`: exit 0 when the gateway is ready, 4 when it answers but is not
@@ -38,6 +41,29 @@ pub async fn run(conn: &Connection) -> Result<Exit, ClientError> {
         Err(e) => return Err(e),
     };
     let ready = not_ready.is_none();
+    // The node's own totals when the token may read them, else the visible lists.
+    match gw.get::<Value>(&["v1", "status"]).await {
+        Ok(node) => {
+            let field = |key: &str| node[key].as_u64();
+            let status = Status {
+                url: gw.base().to_string(),
+                healthy: true,
+                ready,
+                not_ready: not_ready.clone(),
+                topics: field("topics"),
+                partitions: field("partitions"),
+                records: field("records"),
+                bytes: field("bytes"),
+                groups: field("groups"),
+                filtered: false,
+            };
+            show(conn, &status);
+            return Ok(if ready { Exit::Ok } else { Exit::ServerError });
+        }
+        Err(ClientError::Problem { status: 403, .. }) => {}
+        Err(_) if !ready => {}
+        Err(e) => return Err(e),
+    }
     let (topics, groups) = match (gw.get::<Value>(&["v1", "topics"]).await, gw.get::<Value>(&["v1", "groups"]).await) {
         (Ok(t), Ok(g)) => (Some(t), Some(g)),
         // A node that is not ready may not answer; the readiness is the news then.
@@ -58,11 +84,21 @@ pub async fn run(conn: &Connection) -> Result<Exit, ClientError> {
         records: sum("records"),
         bytes: sum("bytes"),
         groups: list(&groups, "groups").map(|g| g.len() as u64),
+        filtered: topics.is_some(),
     };
+    show(conn, &status);
+    Ok(if ready { Exit::Ok } else { Exit::ServerError })
+}
+
+/// Prints `status` as JSON or as aligned fields.
+fn show(conn: &Connection, status: &Status) {
     if conn.json {
-        print_json(&status);
+        print_json(status);
     } else {
-        let show = |v: Option<u64>, f: fn(u64) -> String| v.map_or_else(|| "-".to_string(), f);
+        let not_ready = &status.not_ready;
+        let scope = if status.filtered { " (only what this token may see)" } else { "" };
+        let show =
+            |v: Option<u64>, f: fn(u64) -> String| v.map_or_else(|| "-".to_string(), |v| format!("{}{scope}", f(v)));
         print!(
             "{}",
             fields(&[
@@ -85,5 +121,4 @@ pub async fn run(conn: &Connection) -> Result<Exit, ClientError> {
             ])
         );
     }
-    Ok(if ready { Exit::Ok } else { Exit::ServerError })
 }
