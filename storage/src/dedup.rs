@@ -18,8 +18,10 @@
 //!   holds at most about (window + compaction period) × id rate entries. Memory holds
 //!   the in-flight claims plus a cache of recent entries bounded in bytes: two
 //!   generations, each at most half the budget; when the young one is full it becomes
-//!   the old one and the previous old one is dropped (the oldest half is forgotten
-//!   at once, which costs one hash-map insert per id instead of a FIFO's bookkeeping).
+//!   the old one and the previous old one is emptied and becomes the young one (the
+//!   oldest half is forgotten at once, which costs one hash-map insert per id instead
+//!   of a FIFO's bookkeeping). Emptying keeps a map's allocation, so once both
+//!   generations have filled the cache neither grows (rehashes) nor allocates again.
 //! - In memory an id is its [`Fingerprint`]: 128 bits from two SipHash-1-3 hashes of
 //!   its key, keyed at random per process. The maps hold fixed 40-byte slots instead
 //!   of a copy of every key; two different ids share a fingerprint with probability
@@ -211,34 +213,35 @@ impl Dedup {
     }
 
     /// Remembers `place` for `key` in the cache. When the young generation is full it
-    /// becomes the old one; the previous old generation is returned, for the caller to
-    /// drop outside the lock.
-    fn cache(&self, m: &mut Memory, fp: Fingerprint, place: Remembered) -> Option<IdMap<Remembered>> {
+    /// becomes the old one, and the previous old one, emptied, the young one: clearing
+    /// a map of plain values only resets its control bytes, and its allocation (sized
+    /// for a full generation) is kept, so inserts stop rehashing and faulting in fresh
+    /// pages once the cache has filled twice.
+    fn cache(&self, m: &mut Memory, fp: Fingerprint, place: Remembered) {
         let cost = CACHE_ENTRY_BYTES;
         let half = self.cache_budget / 2;
         if cost > half {
-            return None;
+            return;
         }
-        let mut dropped = None;
         if m.young_bytes + cost > half {
-            let old = std::mem::replace(&mut m.old, std::mem::take(&mut m.young));
-            dropped = Some(old).filter(|old| !old.is_empty());
+            let mut recycled = std::mem::take(&mut m.old);
+            recycled.clear();
+            m.old = std::mem::replace(&mut m.young, recycled);
             m.old_bytes = std::mem::take(&mut m.young_bytes);
         }
         if m.young.insert(fp, place).is_none() {
             m.young_bytes += cost;
         }
-        dropped
     }
 
-    /// Ends a claim: remembers `place` (when written) and wakes waiters. Returns a
-    /// dropped cache generation, if any (see [`Dedup::cache`]).
-    fn resolve(&self, m: &mut Memory, fp: Fingerprint, place: Option<Remembered>) -> Option<IdMap<Remembered>> {
-        let dropped = place.and_then(|place| self.cache(m, fp, place));
+    /// Ends a claim: remembers `place` (when written) and wakes waiters.
+    fn resolve(&self, m: &mut Memory, fp: Fingerprint, place: Option<Remembered>) {
+        if let Some(place) = place {
+            self.cache(m, fp, place);
+        }
         if let Some(Some(waiters)) = m.inflight.remove(&fp) {
             waiters.notify_waiters();
         }
-        dropped
     }
 
     fn stats(&self) -> (u64, u64, u64) {
@@ -297,15 +300,12 @@ impl Claims {
     /// Records where the claimed ids' events were written and ends those claims.
     pub(crate) fn complete(&mut self, places: &[(usize, Remembered)]) {
         let dedup = self.dedup.clone();
-        let mut dropped = Vec::new();
         let mut m = dedup.lock();
         for &(index, place) in places {
             if let Some(fp) = self.held.get_mut(index).and_then(Option::take) {
-                dropped.extend(dedup.resolve(&mut m, fp, Some(place)));
+                dedup.resolve(&mut m, fp, Some(place));
             }
         }
-        drop(m);
-        drop_later(dropped);
     }
 }
 
@@ -319,18 +319,6 @@ impl Drop for Claims {
         for fp in self.held.iter_mut().filter_map(Option::take) {
             dedup.resolve(&mut m, fp, None);
         }
-    }
-}
-
-/// Frees dropped cache generations (up to half the cache budget each) on a thread of
-/// their own, so neither the writer nor a request pays for it.
-fn drop_later(dropped: Vec<IdMap<Remembered>>) {
-    if dropped.is_empty() {
-        return;
-    }
-    let spawned = std::thread::Builder::new().name("tidegate-dedup-free".into()).spawn(move || drop(dropped));
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "could not start a thread to free the dedup cache; freeing inline");
     }
 }
 
@@ -450,18 +438,15 @@ impl Store {
         if !lookup.is_empty() {
             let (lookup, found) = self.dedup_read(&keys, lookup).await?;
             let now = now_ms();
-            let mut dropped = Vec::new();
             let mut m = dedup.lock();
             for (&i, place) in lookup.iter().zip(found) {
                 if let Some(place) = place.filter(|p| dedup.fresh(p, now))
                     && let Some(fp) = claims.held[i].take()
                 {
                     states[i] = IdState::Seen(place);
-                    dropped.extend(dedup.resolve(&mut m, fp, Some(place)));
+                    dedup.resolve(&mut m, fp, Some(place));
                 }
             }
-            drop(m);
-            drop_later(dropped);
         }
         Ok((states, claims))
     }
@@ -569,15 +554,16 @@ mod tests {
         let d = Dedup::new(Duration::from_secs(60), 10 * CACHE_ENTRY_BYTES);
         let fp = |i: u64| d.fingerprints.of(&dedup_key(1, format!("id-{i:02}").as_bytes()));
         let mut m = d.lock();
-        let mut generations_dropped = 0;
+        let mut capacities = Vec::new();
         for i in 0..25u64 {
-            let dropped = d.cache(&mut m, fp(i), place(i, now_ms()));
-            generations_dropped += usize::from(dropped.is_some());
+            d.cache(&mut m, fp(i), place(i, now_ms()));
+            capacities.push(m.young.capacity());
         }
         // Two generations of five entries each: ids 15..=24 are remembered.
         assert_eq!((m.young.len(), m.old.len()), (5, 5));
-        assert_eq!(generations_dropped, 3, "the first rotation drops an empty generation");
         assert!(m.young_bytes + m.old_bytes <= d.cache_budget);
+        // From the third generation on, the young one reuses an emptied map's allocation.
+        assert!(capacities[10..].iter().all(|&c| c == capacities[9]), "{capacities:?}");
         for i in 0..25u64 {
             assert_eq!(m.cached(&fp(i)).map(|p| p.offset), (i >= 15).then_some(i), "id-{i:02}");
         }
