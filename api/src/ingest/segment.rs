@@ -28,6 +28,19 @@ use crate::error::{ApiError, EventError};
 /// Segment's event types.
 pub const TYPES: [&str; 6] = ["track", "page", "screen", "identify", "group", "alias"];
 
+/// A call type as a JSON string: one of [`TYPES`] without an allocation per event.
+fn quoted_type(kind: &'static str) -> Cow<'static, str> {
+    Cow::Borrowed(match kind {
+        "track" => "\"track\"",
+        "page" => "\"page\"",
+        "screen" => "\"screen\"",
+        "identify" => "\"identify\"",
+        "group" => "\"group\"",
+        "alias" => "\"alias\"",
+        other => return Cow::Owned(quote(other)),
+    })
+}
+
 /// One call of the tracking API, by its path (`/v1/track` or analytics.js's `/v1/t`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Call {
@@ -272,7 +285,7 @@ fn normalize_event<'a>(
     call_type: Option<&'static str>,
     batch: Option<&BatchTop<'a>>,
     received_ms: i64,
-    received: &str,
+    received: &'a str,
     options: &SegmentOptions,
     index: usize,
 ) -> Result<SegmentEvent, String> {
@@ -285,7 +298,7 @@ fn normalize_event<'a>(
     }
     let kind = match call_type {
         Some(kind) => {
-            item.set("type", Cow::Owned(quote(kind)));
+            item.set("type", quoted_type(kind));
             kind
         }
         None => match item.get_str("type") {
@@ -355,13 +368,11 @@ fn normalize_event<'a>(
             }
         }
         // Missing or null (some libraries send `"timestamp": null`): the receive time.
-        _ if item.get("timestamp").is_none_or(|t| t == "null") => {
-            item.set("timestamp", Cow::Owned(received.to_owned()))
-        }
+        _ if item.get("timestamp").is_none_or(|t| t == "null") => item.set("timestamp", Cow::Borrowed(received)),
         _ => {}
     }
-    item.set("receivedAt", Cow::Owned(received.to_owned()));
-    let mut value = Vec::new();
+    item.set("receivedAt", Cow::Borrowed(received));
+    let mut value = Vec::with_capacity(item.compact_len());
     item.write(&mut value);
     if value.len() > options.max_stored_bytes {
         return Err(format!(
@@ -683,6 +694,13 @@ mod tests {
 
     fn stored(e: &SegmentEvent) -> Value {
         serde_json::from_slice(&e.value).unwrap()
+    }
+
+    #[test]
+    fn call_types_are_quoted_as_json() {
+        for kind in TYPES.iter().chain(&["odd\"one"]) {
+            assert_eq!(quoted_type(kind), quote(kind));
+        }
     }
 
     #[test]
