@@ -556,6 +556,12 @@ async fn cors_answers_allowed_origins_and_never_echoes_others() {
     let resp = server.get("/healthz").header("origin", "https://dash.example").send().await.unwrap();
     assert_eq!(resp.headers()["access-control-allow-origin"], "https://dash.example");
     assert!(resp.headers()["vary"].to_str().unwrap().to_ascii_lowercase().contains("origin"));
+    // Every answer names what CORS depends on, once, also without an Origin (caches must
+    // not serve it to a page) and on preflights.
+    for resp in [server.get("/healthz").send().await.unwrap(), preflight("https://dash.example").await.unwrap()] {
+        let vary: Vec<_> = resp.headers().get_all("vary").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+        assert_eq!(vary, ["origin, access-control-request-method, access-control-request-headers"]);
+    }
     let resp = server.get("/v1/topics").header("origin", "https://dash.example").send().await.unwrap();
     assert_eq!(resp.headers()["access-control-allow-origin"], "https://dash.example", "refusals carry CORS too");
     let resp = server.get("/healthz").header("origin", "https://evil.example").send().await.unwrap();
