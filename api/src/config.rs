@@ -565,7 +565,7 @@ impl Config {
             if !list.0.is_empty() && !jwt_keys {
                 return invalid(
                     name,
-                    "is set but no JWT key is (jwt_keys or jwks_file): no token would be checked".into(),
+                    "is set, but no JWT key is configured (jwt_keys or jwks_file), so no token would be checked".into(),
                 );
             }
         }
