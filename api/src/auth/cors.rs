@@ -7,8 +7,12 @@
 
 use std::time::Duration;
 
+use axum::Router;
+use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::response::Response;
+use futures_util::future::{Either, FutureExt};
+use tower::{Layer, ServiceExt};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::origins::{self, OriginPattern};
@@ -27,6 +31,12 @@ const ALLOWED_HEADERS: [&str; 9] = [
     "x-requested-with",
 ];
 
+/// `Vary` of every answer while CORS is on: the request headers a CORS answer depends
+/// on. Added as one constant value (tower-http would join its list into a new header
+/// value on every request).
+const VARY: HeaderValue =
+    HeaderValue::from_static("origin, access-control-request-method, access-control-request-headers");
+
 /// Response headers scripts on other origins may read.
 const EXPOSED_HEADERS: [&str; 3] = ["retry-after", "www-authenticate", "location"];
 
@@ -39,12 +49,35 @@ pub fn allowed_origins(config: &Config) -> Result<Vec<OriginPattern>, String> {
     Ok(all)
 }
 
+/// `app` behind the CORS layer `cors`. A request without `Origin` that is not a
+/// preflight (`OPTIONS`) skips the layer: tower-http would add nothing to its answer
+/// but `Vary` (which is added here) once [`only_for_allowed`] has removed what an answer
+/// without `Access-Control-Allow-Origin` must not carry. So servers, curl and SDKs,
+/// which send no `Origin`, do not pay for CORS on every request.
+pub fn wrap(app: Router, cors: CorsLayer) -> Router {
+    let with_cors = cors.vary([] as [HeaderName; 0]).layer(app.clone());
+    let serve = tower::service_fn(move |req: Request| {
+        if req.method() == Method::OPTIONS || req.headers().contains_key(header::ORIGIN) {
+            Either::Left(with_cors.clone().oneshot(req).map(|r| r.map(only_for_allowed)))
+        } else {
+            Either::Right(app.clone().oneshot(req).map(|r| {
+                r.map(|mut response| {
+                    response.headers_mut().append(header::VARY, VARY);
+                    response
+                })
+            }))
+        }
+    });
+    Router::new().fallback_service(serve)
+}
+
 /// Removes the `Access-Control-*` headers of an answer without
 /// `Access-Control-Allow-Origin`: tower-http adds `Allow-Credentials`, `Allow-Methods`,
 /// `Allow-Headers` and `Max-Age` whatever the origin, and a refused origin should learn
-/// nothing of the policy (browsers ignore them there anyway).
-pub async fn only_for_allowed(mut response: Response) -> Response {
+/// nothing of the policy (browsers ignore them there anyway). Adds [`VARY`].
+fn only_for_allowed(mut response: Response) -> Response {
     let headers = response.headers_mut();
+    headers.append(header::VARY, VARY);
     if !headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
         let cors: Vec<HeaderName> =
             headers.keys().filter(|name| name.as_str().starts_with("access-control-")).cloned().collect();
@@ -71,8 +104,7 @@ pub fn layer(config: &Config) -> Result<Option<CorsLayer>, String> {
         .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE, Method::OPTIONS])
         .allow_headers(headers)
         .expose_headers(exposed)
-        .max_age(Duration::from_secs(config.cors_max_age_s))
-        .vary([header::ORIGIN, header::ACCESS_CONTROL_REQUEST_METHOD, header::ACCESS_CONTROL_REQUEST_HEADERS]);
+        .max_age(Duration::from_secs(config.cors_max_age_s));
     if config.cors_allow_credentials {
         cors = cors.allow_credentials(true);
     }

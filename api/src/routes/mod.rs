@@ -326,8 +326,8 @@ pub fn router(state: SharedState, cors: Option<tower_http::cors::CorsLayer>) -> 
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::authenticate))
         .with_state(state);
     match cors {
-        // Outside the CORS layer: tidy what it added to answers for refused origins.
-        Some(cors) => app.layer(cors).layer(axum::middleware::map_response(crate::auth::cors::only_for_allowed)),
+        // Requests without Origin skip the layer; see `wrap`.
+        Some(cors) => crate::auth::cors::wrap(app, cors),
         None => app,
     }
 }
