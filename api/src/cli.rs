@@ -58,7 +58,7 @@ pub fn parse() -> Cli {
     // optional layers over the defaults, so clap itself knows none).
     let defaults: std::collections::HashMap<&str, String> =
         crate::config::Config::reference().into_iter().map(|d| (d.name, d.default)).collect();
-    let command = Cli::command().mut_subcommand("serve", |serve| {
+    let mut command = Cli::command().mut_subcommand("serve", |serve| {
         serve.mut_args(|arg| {
             let id = arg.get_id().as_str();
             if id == "config" || id == "help" || id == "version" {
@@ -74,7 +74,7 @@ pub fn parse() -> Cli {
             }
         })
     });
-    let matches = command.clone().try_get_matches().unwrap_or_else(|e| {
+    let matches = command.try_get_matches_from_mut(std::env::args_os()).unwrap_or_else(|e| {
         // clap names a bad value by its flag even when it came from the environment.
         if let Some(var) = from_environment(&command, &e, std::env::args_os().skip(1)) {
             let _ = e.print();
@@ -100,7 +100,7 @@ fn from_environment(
     let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else { return None };
     let long = arg.split([' ', '=']).next()?.strip_prefix("--")?;
     let flag = format!("--{long}");
-    let given = args.map(|a| a.to_string_lossy().into_owned()).any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+    let given = args.map(|a| a.to_string_lossy().into_owned()).any(|a| a.split('=').next() == Some(flag.as_str()));
     if given {
         return None;
     }

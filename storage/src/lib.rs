@@ -39,4 +39,4 @@ pub use groups::{CommittedOffset, validate_group_name};
 pub use partition::{PartitionLog, PartitionStats};
 pub use read::{ReadLimits, ReadResult, TimestampOffset};
 pub use store::{Store, Topic, TopicInfo};
-pub use topic::{MAX_PARTITIONS, MAX_TOPIC_NAME, TopicConfig, TopicConfigPatch, validate_topic_name};
+pub use topic::{MAX_PARTITIONS, TopicConfig, TopicConfigPatch, validate_topic_name};

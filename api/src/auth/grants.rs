@@ -32,7 +32,7 @@ impl Action {
     }
 
     /// The action named `text` (`produce`, `consume`, `admin`), as the claim spells it.
-    pub(crate) fn parse(text: &str) -> Option<Action> {
+    fn parse(text: &str) -> Option<Action> {
         match text {
             "produce" => Some(Action::Produce),
             "consume" => Some(Action::Consume),
@@ -56,9 +56,8 @@ impl Grants {
         match claim {
             Some(Value::Array(items)) => {
                 for item in items.iter().filter_map(Value::as_str) {
-                    let (action, pattern) = item.split_once(':').unwrap_or((item, "*"));
-                    if let Some(a) = Action::parse(action.trim()) {
-                        rules.push((a, pattern.trim().to_string()));
+                    if let (Ok(a), pattern) = parse_permission(item) {
+                        rules.push((a, pattern.to_string()));
                     }
                 }
             }
@@ -113,24 +112,26 @@ pub fn pattern_matches(pattern: &str, name: &str) -> bool {
     rest.len() >= last.len() && rest.ends_with(last)
 }
 
-/// Why no topic name can ever match `pattern`, if that is so: a character that topic
-/// names may not hold, more fixed characters than a name may have, or (without `*`) a
-/// name that is not valid. Settings and `tidegate token` refuse such patterns, which
-/// would otherwise grant nothing without a word.
+/// One `"<action>:<pattern>"` item of the list form, both parts trimmed; a bare action
+/// means every topic (`*`). The action is `Err` with its text when it is not one of the
+/// three (the claim skips such items; `tidegate token` refuses them).
+pub(crate) fn parse_permission(item: &str) -> (Result<Action, &str>, &str) {
+    let (action, pattern) = item.split_once(':').unwrap_or((item, "*"));
+    let action = action.trim();
+    (Action::parse(action).ok_or(action), pattern.trim())
+}
+
+/// Why no topic name can ever match `pattern`, if that is so: the shortest name it
+/// matches (`*` as nothing, or as one letter where the fixed part alone is no name)
+/// fails [`tidegate_storage::validate_topic_name`]. Settings and `tidegate token`
+/// refuse such patterns, which would otherwise grant nothing without a word.
 pub fn unmatchable(pattern: &str) -> Option<String> {
-    let fixed: String = pattern.chars().filter(|&c| c != '*').collect();
-    if let Some(c) = fixed.chars().find(|&c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
-        return Some(format!(
-            "topic pattern {pattern:?} matches no topic: {c:?} cannot appear in a topic name \
-             (ASCII letters, digits, '.', '_' and '-'; '*' matches any run of them)"
-        ));
+    let mut name: String = pattern.chars().filter(|&c| c != '*').collect();
+    if pattern.contains('*') && matches!(name.as_str(), "" | "." | "..") {
+        name.push('a');
     }
-    if (!pattern.contains('*') || fixed.len() > tidegate_storage::MAX_TOPIC_NAME)
-        && let Err(e) = tidegate_storage::validate_topic_name(&fixed)
-    {
-        return Some(format!("topic pattern {pattern:?} matches no topic: {e}"));
-    }
-    None
+    let refusal = tidegate_storage::validate_topic_name(&name).err()?;
+    Some(format!("topic pattern {pattern:?} matches no topic: {refusal}"))
 }
 
 #[cfg(test)]

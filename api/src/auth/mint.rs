@@ -52,17 +52,16 @@ fn parse_alg(s: &str) -> Result<JwtAlgorithm, String> {
 /// Refuses a permission the gateway would read as granting nothing (it skips unknown
 /// actions, and an empty pattern matches no topic), so a typo is not a silent 403 later.
 fn check_permission(permission: &str) -> Result<(), String> {
-    let (action, pattern) = permission.split_once(':').unwrap_or((permission, "*"));
-    if super::grants::Action::parse(action.trim()).is_none() {
+    let (action, pattern) = super::grants::parse_permission(permission);
+    if let Err(action) = action {
         return Err(format!(
-            "permission {permission:?}: unknown action {:?} (produce, consume or admin, then :<topic pattern>)",
-            action.trim()
+            "permission {permission:?}: unknown action {action:?} (produce, consume or admin, then :<topic pattern>)"
         ));
     }
-    if pattern.trim().is_empty() {
+    if pattern.is_empty() {
         return Err(format!("permission {permission:?}: the topic pattern is empty (use * for every topic)"));
     }
-    match super::grants::unmatchable(pattern.trim()) {
+    match super::grants::unmatchable(pattern) {
         Some(why) => Err(format!("permission {permission:?}: {why}")),
         None => Ok(()),
     }

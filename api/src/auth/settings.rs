@@ -53,52 +53,15 @@ fn json_list<T: DeserializeOwned>(s: &str, what: &str) -> Result<Vec<T>, String>
 /// refusal says how it failed, never the value (the format adds where).
 /// Each entry is read on its own, so a refusal names the entry that failed by number
 /// (TOML's position is that of the whole array of tables, its first `[[write_keys]]`).
-fn secret_list<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D, what: &'static str) -> Result<Vec<T>, D::Error> {
-    struct List<T>(&'static str, std::marker::PhantomData<T>);
-    impl<'de, T: DeserializeOwned> serde::de::Visitor<'de> for List<T> {
-        type Value = Vec<T>;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            write!(f, "a list of {}", self.0)
-        }
-        // Anything but a list is refused without quoting it (serde's default would).
-        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Vec<T>, E> {
-            Err(E::custom(format_args!("not a list of {}: a string", self.0)))
-        }
-        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Vec<T>, E> {
-            Err(E::custom(format_args!("not a list of {}: a number", self.0)))
-        }
-        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Vec<T>, E> {
-            Err(E::custom(format_args!("not a list of {}: a number", self.0)))
-        }
-        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Vec<T>, E> {
-            Err(E::custom(format_args!("not a list of {}: a number", self.0)))
-        }
-        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Vec<T>, E> {
-            Err(E::custom(format_args!("not a list of {}: a boolean", self.0)))
-        }
-        fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<Vec<T>, A::Error> {
-            Err(serde::de::Error::custom(format_args!("not a list of {}: a table", self.0)))
-        }
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
-            let mut entries = Vec::new();
-            while let Some(entry) = seq.next_element_seed(Entry(self.0, entries.len(), std::marker::PhantomData))? {
-                entries.push(entry);
-            }
-            Ok(entries)
-        }
-    }
-    /// One entry, through a JSON value (see above); its index (from 0) names it.
-    struct Entry<T>(&'static str, usize, std::marker::PhantomData<T>);
-    impl<'de, T: DeserializeOwned> serde::de::DeserializeSeed<'de> for Entry<T> {
-        type Value = T;
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<T, D::Error> {
-            let value = serde_json::Value::deserialize(d)?;
-            serde_json::from_value(value).map_err(|e| {
-                D::Error::custom(format!("entry {} of the {}: {}", self.1 + 1, self.0, refusal(e.classify())))
-            })
-        }
-    }
-    d.deserialize_seq(List(what, std::marker::PhantomData))
+fn secret_list<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D, what: &str) -> Result<Vec<T>, D::Error> {
+    let serde_json::Value::Array(entries) = serde_json::Value::deserialize(d)? else {
+        return Err(D::Error::custom(format!("not a list of {what}")));
+    };
+    let entry = |(i, entry): (usize, serde_json::Value)| {
+        serde_json::from_value(entry)
+            .map_err(|e| D::Error::custom(format!("entry {} of the {what}: {}", i + 1, refusal(e.classify()))))
+    };
+    entries.into_iter().enumerate().map(entry).collect()
 }
 
 /// JWT signature algorithms the gateway verifies.
